@@ -1,0 +1,85 @@
+"""HTTP routes for channels: publish (server API, chat over HTTP), history, and SSE streams."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.api.jobs import json_response
+from gateway.api.requests import channel_param, event_id_param, int_param, read_json_object
+from gateway.auth import Forbidden
+from gateway.events import EVENT_TYPE_RE
+from gateway.problems import Problem, bad_request, unprocessable
+from gateway.services import services_of
+from gateway.transports.sse import parse_positions, sse_response
+
+MAX_CHANNELS_PER_STREAM = 32
+
+
+def forbidden(exc: Forbidden) -> Problem:
+    return Problem(403, "Forbidden", str(exc), code="forbidden")
+
+
+async def publish_event(request: Request) -> Response:
+    services = services_of(request)
+    channel = channel_param(request.path_params["channel"])
+    body = await read_json_object(request)
+    type_ = body.get("type", "message")
+    if not isinstance(type_, str) or not EVENT_TYPE_RE.match(type_):
+        raise unprocessable("'type' must be 1-100 characters of [A-Za-z0-9_.:-]")
+    try:
+        services.policy.check_namespace(channel)
+    except Forbidden as exc:
+        raise forbidden(exc) from None
+    event = await services.backend.publish(channel, type_, body.get("data"))
+    assert event is not None
+    return json_response({"id": event.id, "channel": channel}, 202)
+
+
+async def channel_history(request: Request) -> Response:
+    services = services_of(request)
+    channel = channel_param(request.path_params["channel"])
+    since = event_id_param(request.query_params.get("since"))
+    limit = int_param(request, "limit", 100, 1, 1000)
+    try:
+        services.policy.check_subscribe(channel)
+    except Forbidden as exc:
+        raise forbidden(exc) from None
+    history = await services.backend.history(channel, since, limit=limit)
+    last_id = history.events[-1].id if history.events else since
+    head = {
+        "channel": channel,
+        "complete": history.complete,
+        "more": history.more,
+        "last_id": last_id,
+    }
+    # Splice the stored envelopes in as they are instead of decoding and re-encoding each one.
+    events = b",".join(event.envelope for event in history.events)
+    body = json_response(head).body[:-1] + b',"events":[' + events + b"]}"
+    return Response(body, media_type="application/json")
+
+
+async def channel_stream(request: Request) -> Response:
+    services = services_of(request)
+    channels = request.query_params.getlist("channel")
+    if not channels:
+        raise bad_request("name at least one channel: /events?channel=room:lobby")
+    if len(channels) > MAX_CHANNELS_PER_STREAM:
+        raise bad_request(f"at most {MAX_CHANNELS_PER_STREAM} channels per stream")
+    channels = list(dict.fromkeys(channel_param(channel) for channel in channels))
+    for channel in channels:
+        try:
+            services.policy.check_subscribe(channel)
+        except Forbidden as exc:
+            raise forbidden(exc) from None
+    raw = request.headers.get("last-event-id") or request.query_params.get("since")
+    positions = parse_positions(raw, channels)
+    return sse_response(services.hub, services.settings, positions)
+
+
+routes = [
+    Route("/channels/{channel}/events", publish_event, methods=["POST"]),
+    Route("/channels/{channel}/events", channel_history, methods=["GET"]),
+    Route("/events", channel_stream, methods=["GET"]),
+]

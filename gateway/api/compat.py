@@ -1,0 +1,60 @@
+"""The seed documents' endpoint names, as thin aliases over the same job code."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.api.jobs import get_result, json_response, load_or_404, submit
+from gateway.api.requests import read_json_object
+from gateway.services import services_of
+
+
+async def submit_job(request: Request) -> Response:
+    """`POST /submit-job` with `{"jobType", "jobData"}`."""
+    body = await read_json_object(request)
+    record = await submit(
+        services_of(request), body.get("jobType"), body.get("jobData"), body.get("callbackUrl")
+    )
+    return json_response(
+        {
+            "jobId": record.id,
+            "status": record.status,
+            "statusUrl": f"/jobs/{record.id}",
+            "eventsUrl": f"/jobs/{record.id}/events",
+        },
+        202,
+        headers={"Location": f"/jobs/{record.id}"},
+    )
+
+
+async def submit_task(request: Request) -> Response:
+    """`POST /submitTask` with `{"taskName", "parameters", "callbackUrl"}`."""
+    body = await read_json_object(request)
+    callback = body.get("callbackUrl")
+    record = await submit(
+        services_of(request), body.get("taskName"), body.get("parameters"), callback
+    )
+    return json_response(
+        {"taskId": record.id, "status": record.status, "callbackUrl": callback},
+        202,
+        headers={"Location": f"/taskStatus/{record.id}"},
+    )
+
+
+async def task_status(request: Request) -> Response:
+    record = await load_or_404(services_of(request), request.path_params["job_id"])
+    result_url = f"/results/{record.id}" if record.status == "completed" else None
+    body = {"taskId": record.id, "status": record.status, "resultUrl": result_url}
+    if record.error is not None:
+        body["error"] = record.error
+    return json_response(body)
+
+
+routes = [
+    Route("/submit-job", submit_job, methods=["POST"]),
+    Route("/submitTask", submit_task, methods=["POST"]),
+    Route("/taskStatus/{job_id}", task_status, methods=["GET"]),
+    Route("/results/{job_id}", get_result, methods=["GET"]),
+]

@@ -1,0 +1,38 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.api.jobs import json_response
+from gateway.metrics import METRICS
+from gateway.services import services_of
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    services = services_of(request)
+    ready = await services.backend.ping() and not services.hub.draining
+    body = {
+        "status": "ready" if ready else "not ready",
+        "backend": services.backend.kind,
+        "draining": services.hub.draining,
+    }
+    return json_response(body, 200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(METRICS.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

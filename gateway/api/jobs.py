@@ -1,0 +1,160 @@
+"""HTTP routes for jobs: submit, status (with long polling), result, cancel, event stream."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.api.requests import event_id_param, float_param, read_json_object
+from gateway.events import parse_event_id
+from gateway.hub import Subscriber
+from gateway.jobs.handlers import InvalidJobData
+from gateway.jobs.model import JobRecord, create_job, job_channel, load_job, transition
+from gateway.problems import conflict, not_found, unprocessable
+from gateway.services import Services, services_of
+from gateway.transports.sse import parse_positions, sse_response
+
+RETRY_AFTER_SECONDS = "1"
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+async def submit(
+    services: Services, type_: Any, data: Any, callback_url: Any = None
+) -> JobRecord:
+    """Validate and create a job; shared by `POST /jobs` and the seed-compatible aliases."""
+    if not isinstance(type_, str) or not type_:
+        raise unprocessable("'type' must name a job type", job_types=services.registry.names())
+    spec = services.registry.get(type_)
+    if spec is None:
+        raise unprocessable(
+            f"unknown job type {type_!r}", job_types=services.registry.names()
+        )
+    if callback_url is not None and not isinstance(callback_url, str):
+        raise unprocessable("'callback_url' must be a URL string")
+    try:
+        checked = spec.check(data)
+    except InvalidJobData as exc:
+        raise unprocessable(f"invalid data for {type_!r}: {exc}") from None
+    return await create_job(services.backend, type_, checked, callback_url=callback_url)
+
+
+async def load_or_404(services: Services, job_id: str) -> JobRecord:
+    if len(job_id) > 64:
+        raise not_found(f"no job {job_id[:64]!r}")
+    record = await load_job(services.backend, job_id)
+    if record is None:
+        raise not_found(f"no job {job_id!r} (unknown, or expired after its retention time)")
+    return record
+
+
+async def post_job(request: Request) -> Response:
+    services = services_of(request)
+    body = await read_json_object(request)
+    record = await submit(
+        services, body.get("type"), body.get("data"),
+        body.get("callback_url", body.get("callbackUrl")),
+    )
+    return json_response(record.resource(), 202, headers={"Location": f"/jobs/{record.id}"})
+
+
+async def get_job(request: Request) -> Response:
+    services = services_of(request)
+    job_id = request.path_params["job_id"]
+    since = event_id_param(request.query_params.get("since"))
+    wait = float_param(request, "wait", 0.0, 0.0, services.settings.max_wait)
+    record = await load_or_404(services, job_id)
+    if wait > 0 and not record.terminal and not _newer(record, since):
+        await _wait_for_event(services, job_id, since or record.last_event_id, wait)
+        record = await load_or_404(services, job_id)
+    return job_response(record)
+
+
+def job_response(record: JobRecord) -> Response:
+    headers = {} if record.terminal else {"Retry-After": RETRY_AFTER_SECONDS}
+    return json_response(record.resource(), headers=headers)
+
+
+def _newer(record: JobRecord, since: str | None) -> bool:
+    if since is None or record.last_event_id is None:
+        return False
+    return parse_event_id(record.last_event_id) > parse_event_id(since)
+
+
+async def _wait_for_event(services: Services, job_id: str, since: str | None, wait: float) -> None:
+    """Hold a long poll on the hub (one bus subscription per channel, not a poll per request)."""
+    subscriber = Subscriber("sse", 16)
+    try:
+        await services.hub.attach(subscriber, job_channel(job_id), since)
+        await subscriber.wait(timeout=wait)
+    finally:
+        await services.hub.detach_all(subscriber)
+
+
+async def get_result(request: Request) -> Response:
+    record = await load_or_404(services_of(request), request.path_params["job_id"])
+    if record.status != "completed":
+        raise conflict(
+            f"job {record.id} is {record.status}; its result exists once it is completed",
+            job_status=record.status,
+        )
+    return json_response({"job_id": record.id, "result": record.result})
+
+
+async def cancel_job(request: Request) -> Response:
+    services = services_of(request)
+    record = await load_or_404(services, request.path_params["job_id"])
+    if record.terminal:
+        raise conflict(f"job {record.id} already ended as {record.status}", job_status=record.status)
+    event = await transition(
+        services.backend, record.id, "job.cancelled", {"reason": "cancelled by request"},
+        expire=services.settings.job_ttl,
+    )
+    if event is None:
+        record = await load_or_404(services, record.id)
+        raise conflict(f"job {record.id} already ended as {record.status}", job_status=record.status)
+    record = await load_or_404(services, record.id)
+    return job_response(record)
+
+
+async def job_events(request: Request) -> Response:
+    services = services_of(request)
+    job_id = request.path_params["job_id"]
+    raw = request.headers.get("last-event-id") or request.query_params.get("since")
+    channel = job_channel(job_id)
+    positions = parse_positions(raw, [channel])
+    record = await load_or_404(services, job_id)
+    if record.terminal and raw is not None and positions[channel] == record.last_event_id:
+        return Response(status_code=204)
+    return sse_response(services.hub, services.settings, positions, end_after_terminal=True)
+
+
+async def job_types(request: Request) -> Response:
+    registry = services_of(request).registry
+    return json_response(
+        {
+            "job_types": [
+                {"name": spec.name, "description": spec.description, "example": spec.example}
+                for spec in registry.specs()
+            ]
+        }
+    )
+
+
+routes = [
+    Route("/jobs", post_job, methods=["POST"]),
+    Route("/job-types", job_types, methods=["GET"]),
+    Route("/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/jobs/{job_id}/result", get_result, methods=["GET"]),
+    Route("/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+    Route("/jobs/{job_id}/events", job_events, methods=["GET"]),
+]

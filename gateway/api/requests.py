@@ -1,0 +1,71 @@
+"""Reading request bodies and parameters, answering bad input with a problem, never a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from gateway.events import InvalidChannel, InvalidEventId, parse_event_id, validate_channel
+from gateway.problems import Problem, bad_request
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "application/json")
+    if "json" not in content_type.split(";")[0]:
+        raise Problem(
+            415, "Unsupported Media Type", "send the body as application/json",
+            code="unsupported-media-type",
+        )
+    body = await request.body()
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise bad_request("the body must be a JSON object")
+    return value
+
+
+def channel_param(name: str) -> str:
+    try:
+        return validate_channel(name)
+    except InvalidChannel as exc:
+        raise bad_request(str(exc)) from None
+
+
+def event_id_param(value: str | None, what: str = "since") -> str | None:
+    if value is None or value == "":
+        return None
+    try:
+        parse_event_id(value)
+    except InvalidEventId as exc:
+        raise bad_request(f"invalid {what}: {exc}") from None
+    return value
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise bad_request(f"{name} must be between {low} and {high}")
+    return value
+
+
+def float_param(request: Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be a number") from None
+    if not low <= value <= high:
+        raise bad_request(f"{name} must be between {low:g} and {high:g}")
+    return value

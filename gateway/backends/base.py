@@ -1,0 +1,158 @@
+"""The backend interface: everything the gateway asks of its bus and store.
+
+Two implementations keep the same contract (tests/backends/test_contract.py runs against both):
+`MemoryBackend` for one process with no Redis, `RedisBackend` for many processes sharing Redis.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.events import Event
+from gateway.settings import Settings
+
+EventListener = Callable[[Event], None]
+"""Receives every live event of a subscribed channel; must not block (the hub queues frames)."""
+
+RecoveryListener = Callable[[], Awaitable[None]]
+"""Called after the bus reconnected and re-subscribed, so the hub can fetch what it missed."""
+
+JOB_TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+
+class BackendUnavailable(ConnectionError):
+    """The bus or store cannot be reached right now; the request may be retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Events after a position, and whether that position was still inside the retained window.
+
+    `complete` is False when events after `since` were trimmed, expired or lost (Redis restarted
+    without persistence): the reader must be told of the gap instead of seeing silence.
+    """
+
+    events: list[Event]
+    complete: bool
+    more: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One job handed to a worker; `token` identifies the delivery to ack, touch or release."""
+
+    job_id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobUpdate:
+    """Fields to set on a job record in the same atomic step as publishing its event."""
+
+    job_id: str
+    fields: Mapping[str, str]
+    expire: int = 0
+    """Seconds to keep the record from now (set on terminal events); 0 keeps it as it is."""
+
+
+class Backend(abc.ABC):
+    """Bus (publish, history, live subscriptions) and store (jobs, queue) in one interface."""
+
+    kind: str
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._listener: EventListener = _ignore
+        self._recovery: RecoveryListener | None = None
+
+    def set_listener(self, listener: EventListener) -> None:
+        self._listener = listener
+
+    def set_recovery_listener(self, listener: RecoveryListener) -> None:
+        self._recovery = listener
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect; called once before use."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and tasks."""
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True when the store answers and live delivery works (readiness)."""
+
+    # --- bus -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def publish(
+        self,
+        channel: str,
+        type_: str,
+        data: Any,
+        *,
+        source: str | None = None,
+        job: JobUpdate | None = None,
+    ) -> Event | None:
+        """Append to the channel's history and deliver live, atomically.
+
+        With `job`, the job record is updated (and its `last_event_id` set) in the same step;
+        the event is refused (None returned) when the job is missing or already terminal, so no
+        event ever follows a job's terminal event.
+        """
+
+    @abc.abstractmethod
+    async def history(self, channel: str, since: str | None, limit: int = 1000) -> History:
+        """Retained events after `since` (all retained when None), oldest first."""
+
+    @abc.abstractmethod
+    async def subscribe(self, channel: str) -> None:
+        """Start live delivery of the channel's events to the listener."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop live delivery of the channel's events."""
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_job(self, job_id: str, fields: Mapping[str, str]) -> None:
+        """Store a new job record."""
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str) -> dict[str, str] | None:
+        """The job record's fields, or None when unknown or expired."""
+
+    @abc.abstractmethod
+    async def update_job(self, job_id: str, fields: Mapping[str, str]) -> None:
+        """Set fields of an existing job record without publishing an event."""
+
+    @abc.abstractmethod
+    async def count_attempt(self, job_id: str) -> int:
+        """Add one to the job's `attempts` and return the new count."""
+
+    @abc.abstractmethod
+    async def enqueue(self, job_id: str, delay: float = 0.0) -> None:
+        """Queue a job for a worker, now or after `delay` seconds."""
+
+    @abc.abstractmethod
+    async def claim(self, consumer: str, block: float) -> Delivery | None:
+        """Take the next due job, waiting up to `block` seconds; None when there is none."""
+
+    @abc.abstractmethod
+    async def reclaim(self, consumer: str, min_idle: float) -> list[Delivery]:
+        """Take over jobs delivered to workers that went silent for `min_idle` seconds."""
+
+    @abc.abstractmethod
+    async def touch(self, consumer: str, delivery: Delivery) -> None:
+        """Tell the queue the delivery is still being worked on (resets its idle time)."""
+
+    @abc.abstractmethod
+    async def ack(self, delivery: Delivery) -> None:
+        """The delivery is finished (done, failed for good, or re-queued for later)."""
+
+
+def _ignore(event: Event) -> None:
+    return None

@@ -1,0 +1,230 @@
+"""In-process backend: the embedded default when no `REDIS_URL` is set.
+
+Mirrors the Redis backend's semantics (stream-style ids, per-channel retention by size and TTL,
+a job queue with visibility timeouts) so one contract test suite holds both to the same promises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.backends.base import (
+    JOB_TERMINAL_STATUSES,
+    Backend,
+    Delivery,
+    History,
+    JobUpdate,
+)
+from gateway.events import (
+    Event,
+    EventKey,
+    envelope_tail,
+    format_event_id,
+    now_ms,
+    parse_event_id,
+    splice_envelope,
+)
+
+
+@dataclass(slots=True)
+class _Entry:
+    event: Event
+    prev: str
+
+
+@dataclass(slots=True)
+class _Log:
+    entries: deque[_Entry] = field(default_factory=deque)
+    last: EventKey = (0, 0)
+    expires_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Job:
+    fields: dict[str, str]
+    expires_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    job_id: str
+    consumer: str
+    touched: float
+
+
+class MemoryBackend(Backend):
+    kind = "memory"
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self._logs: dict[str, _Log] = {}
+        self._subscribed: set[str] = set()
+        self._jobs: dict[str, _Job] = {}
+        self._ready: deque[str] = deque()
+        self._delayed: list[tuple[float, int, str]] = []
+        self._pending: dict[str, _Pending] = {}
+        self._tokens = itertools.count(1)
+        self._wakeup = asyncio.Event()
+
+    async def ping(self) -> bool:
+        return True
+
+    # --- bus -------------------------------------------------------------------------------
+
+    def _log(self, channel: str) -> _Log | None:
+        log = self._logs.get(channel)
+        if log is not None and log.expires_at <= time.monotonic():
+            del self._logs[channel]
+            return None
+        return log
+
+    async def publish(
+        self,
+        channel: str,
+        type_: str,
+        data: Any,
+        *,
+        source: str | None = None,
+        job: JobUpdate | None = None,
+    ) -> Event | None:
+        record = None
+        if job is not None:
+            record = self._job(job.job_id)
+            if record is None or record.fields.get("status") in JOB_TERMINAL_STATUSES:
+                return None
+        retention = self.settings.retention_for(channel)
+        log = self._log(channel)
+        if log is None:
+            log = self._logs[channel] = _Log()
+        ms = now_ms()
+        key = (ms, 0) if ms > log.last[0] else (log.last[0], log.last[1] + 1)
+        event_id = format_event_id(key)
+        prev = log.entries[-1].event.id if log.entries else ""
+        event = Event(
+            splice_envelope(event_id, envelope_tail(channel, type_, data, source)),
+            id=event_id,
+            channel=channel,
+            type=type_,
+        )
+        log.entries.append(_Entry(event, prev))
+        log.last = key
+        log.expires_at = time.monotonic() + retention.ttl
+        while len(log.entries) > retention.size:
+            log.entries.popleft()
+        if record is not None and job is not None:
+            record.fields.update(job.fields)
+            record.fields["last_event_id"] = event_id
+            if job.expire:
+                record.expires_at = time.monotonic() + job.expire
+        if channel in self._subscribed:
+            self._listener(event)
+        return event
+
+    async def history(self, channel: str, since: str | None, limit: int = 1000) -> History:
+        log = self._log(channel)
+        entries = list(log.entries) if log is not None else []
+        if since is None:
+            chosen = entries[: limit + 1]
+            complete = not chosen or chosen[0].prev == ""
+        else:
+            after = parse_event_id(since)
+            chosen = [entry for entry in entries if entry.event.key > after][: limit + 1]
+            if chosen:
+                complete = chosen[0].prev == since
+            else:
+                complete = bool(entries) and entries[-1].event.id == since
+        more = len(chosen) > limit
+        return History([entry.event for entry in chosen[:limit]], complete, more)
+
+    async def subscribe(self, channel: str) -> None:
+        self._subscribed.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._subscribed.discard(channel)
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    def _job(self, job_id: str) -> _Job | None:
+        job = self._jobs.get(job_id)
+        if job is not None and job.expires_at and job.expires_at <= time.monotonic():
+            del self._jobs[job_id]
+            return None
+        return job
+
+    async def create_job(self, job_id: str, fields: Mapping[str, str]) -> None:
+        self._jobs[job_id] = _Job(dict(fields))
+
+    async def get_job(self, job_id: str) -> dict[str, str] | None:
+        job = self._job(job_id)
+        return dict(job.fields) if job is not None else None
+
+    async def update_job(self, job_id: str, fields: Mapping[str, str]) -> None:
+        job = self._job(job_id)
+        if job is not None:
+            job.fields.update(fields)
+
+    async def count_attempt(self, job_id: str) -> int:
+        job = self._job(job_id)
+        if job is None:
+            return 0
+        attempts = int(job.fields.get("attempts", "0")) + 1
+        job.fields["attempts"] = str(attempts)
+        return attempts
+
+    async def enqueue(self, job_id: str, delay: float = 0.0) -> None:
+        if delay > 0:
+            heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._tokens), job_id))
+        else:
+            self._ready.append(job_id)
+        self._wakeup.set()
+
+    def _promote_due(self) -> float | None:
+        """Move due delayed jobs to the ready queue; return seconds until the next one is due."""
+        now = time.monotonic()
+        while self._delayed and self._delayed[0][0] <= now:
+            self._ready.append(heapq.heappop(self._delayed)[2])
+        return self._delayed[0][0] - now if self._delayed else None
+
+    async def claim(self, consumer: str, block: float) -> Delivery | None:
+        deadline = time.monotonic() + block
+        while True:
+            next_due = self._promote_due()
+            if self._ready:
+                job_id = self._ready.popleft()
+                token = str(next(self._tokens))
+                self._pending[token] = _Pending(job_id, consumer, time.monotonic())
+                return Delivery(job_id, token)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            wait = remaining if next_due is None else min(remaining, next_due)
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+
+    async def reclaim(self, consumer: str, min_idle: float) -> list[Delivery]:
+        now = time.monotonic()
+        taken = []
+        for token, pending in self._pending.items():
+            if now - pending.touched >= min_idle:
+                pending.consumer = consumer
+                pending.touched = now
+                taken.append(Delivery(pending.job_id, token))
+        return taken
+
+    async def touch(self, consumer: str, delivery: Delivery) -> None:
+        pending = self._pending.get(delivery.token)
+        if pending is not None:
+            pending.touched = time.monotonic()
+
+    async def ack(self, delivery: Delivery) -> None:
+        self._pending.pop(delivery.token, None)

@@ -1,0 +1,367 @@
+"""Redis backend: pub/sub for live delivery, Streams for history and the job queue, hashes for jobs.
+
+The only module that talks to Redis. Every key of a channel shares the channel's hash tag
+(`gw:{room:lobby}:log`), so a Redis Cluster keeps each channel's keys on one shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+
+from gateway.backends.base import Backend, BackendUnavailable, Delivery, History, JobUpdate
+from gateway.events import Event, envelope_tail, parse_event_id, splice_envelope
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.redis")
+
+JOB_STREAM = "gw:{jobs}"
+DELAYED_JOBS = "gw:{jobs}:delayed"
+WORKER_GROUP = "workers"
+PUBSUB_IDLE_PROBE = 5.0
+"""Seconds of pub/sub silence after which the reader pings; a second silence means it is dead."""
+
+
+def stream_key(channel: str) -> str:
+    return f"gw:{{{channel}}}:log"
+
+
+def bus_channel(channel: str) -> str:
+    return f"gw:{{{channel}}}"
+
+
+def job_key(job_id: str) -> str:
+    """The job record shares its channel's hash tag, so state and event change in one script."""
+    return f"gw:{{job:{job_id}}}:job"
+
+
+def load_script(name: str) -> str:
+    return resources.files("gateway.backends").joinpath(name).read_text()
+
+
+PUBLISH_LUA = load_script("publish.lua")
+PROMOTE_LUA = load_script("promote.lua")
+
+
+def publish_call(
+    settings: Settings,
+    channel: str,
+    type_: str,
+    data: Any,
+    source: str | None,
+    job: JobUpdate | None,
+) -> tuple[list[str], list[Any], bytes]:
+    """KEYS and ARGV for publish.lua, shared by the async backend and the sync publisher."""
+    retention = settings.retention_for(channel)
+    tail = envelope_tail(channel, type_, data, source)
+    keys = [stream_key(channel)]
+    args: list[Any] = [bus_channel(channel), tail, retention.size, retention.ttl]
+    if job is not None:
+        keys.append(job_key(job.job_id))
+        args.append(job.expire)
+        for name, value in job.fields.items():
+            args.extend((name, value))
+    return keys, args, tail
+
+
+def event_from_entry(channel: str, entry_id: bytes, tail: bytes) -> Event:
+    event_id = entry_id.decode()
+    type_ = _type_from_tail(tail)
+    return Event(splice_envelope(event_id, tail), id=event_id, channel=channel, type=type_)
+
+
+def _type_from_tail(tail: bytes) -> str:
+    """Read `type` from an envelope tail without decoding the whole event."""
+    start = tail.index(b'"type":"') + 8
+    return tail[start : tail.index(b'"', start)].decode()
+
+
+class RedisBackend(Backend):
+    kind = "redis"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._redis = aioredis.Redis.from_url(
+            settings.redis_url, decode_responses=False, health_check_interval=0
+        )
+        self._pubsub_client = aioredis.Redis.from_url(
+            settings.redis_url,
+            decode_responses=False,
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=2,
+        )
+        self._publish = self._redis.register_script(PUBLISH_LUA)
+        self._promote = self._redis.register_script(PROMOTE_LUA)
+        self._channels: set[str] = set()
+        self._confirmations: dict[bytes, asyncio.Future[None]] = {}
+        self._pubsub: aioredis.client.PubSub | None = None
+        self._pubsub_lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self._live = asyncio.Event()
+        self._closing = False
+        self._group_ready = False
+        self.reconnects = 0
+
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._read_forever(), name="gateway-redis-reader")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                await self._reader
+        await self._drop_pubsub()
+        await self._redis.aclose()
+        await self._pubsub_client.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping()) and self._live.is_set()
+        except (RedisError, OSError):
+            return False
+
+    # --- bus -------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        type_: str,
+        data: Any,
+        *,
+        source: str | None = None,
+        job: JobUpdate | None = None,
+    ) -> Event | None:
+        keys, args, tail = publish_call(self.settings, channel, type_, data, source, job)
+        try:
+            entry_id = await self._publish(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"publish to {channel}: {exc}") from exc
+        if entry_id is None:
+            return None
+        event_id = entry_id.decode()
+        return Event(splice_envelope(event_id, tail), id=event_id, channel=channel, type=type_)
+
+    async def history(self, channel: str, since: str | None, limit: int = 1000) -> History:
+        key = stream_key(channel)
+        start = "-" if since is None else "(" + since
+        if since is not None:
+            parse_event_id(since)
+        try:
+            entries = await self._redis.xrange(key, min=start, max="+", count=limit + 1)
+            if not entries and since is not None:
+                tail = await self._redis.xrevrange(key, max="+", min="-", count=1)
+            else:
+                tail = []
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"history of {channel}: {exc}") from exc
+        if entries:
+            first_prev = entries[0][1].get(b"p", b"").decode()
+            complete = first_prev == ("" if since is None else since)
+        else:
+            complete = since is None or (bool(tail) and tail[0][0].decode() == since)
+        events = [event_from_entry(channel, eid, fields[b"e"]) for eid, fields in entries[:limit]]
+        return History(events, complete, more=len(entries) > limit)
+
+    async def subscribe(self, channel: str) -> None:
+        self._channels.add(channel)
+        name = bus_channel(channel).encode()
+        loop = asyncio.get_running_loop()
+        confirmed = self._confirmations.get(name)
+        if confirmed is None:
+            confirmed = self._confirmations[name] = loop.create_future()
+        async with self._pubsub_lock:
+            if self._pubsub is not None:
+                try:
+                    await self._pubsub.subscribe(name)
+                except (RedisError, OSError):
+                    log.warning("subscribe %s failed; the reader will resubscribe", channel)
+        # Wait for Redis to confirm, so history read next cannot miss a live event; if the bus
+        # is down, the reader's recovery delivers what was missed once it is back.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(confirmed), timeout=2.0)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        name = bus_channel(channel).encode()
+        pending = self._confirmations.pop(name, None)
+        if pending is not None and not pending.done():
+            pending.cancel()
+        async with self._pubsub_lock:
+            if self._pubsub is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(name)
+
+    async def _read_forever(self) -> None:
+        """Read pub/sub messages; on any failure reconnect with backoff and jitter.
+
+        Never awaits a client: each message goes to the listener, which only queues frames.
+        """
+        delay = 0.05
+        while not self._closing:
+            try:
+                await self._connect_pubsub()
+                delay = 0.05
+                await self._read_messages()
+            except (RedisError, OSError) as exc:
+                self._live.clear()
+                log.warning("redis pub/sub lost (%s); reconnecting in %.2fs", exc, delay)
+                await self._drop_pubsub()
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+
+    async def _connect_pubsub(self) -> None:
+        async with self._pubsub_lock:
+            pubsub = self._pubsub_client.pubsub()
+            names = [bus_channel(c) for c in self._channels]
+            await pubsub.ping()
+            if names:
+                await pubsub.subscribe(*names)
+            self._pubsub = pubsub
+        recovering = self.reconnects > 0 or self._live.is_set()
+        self._live.set()
+        if recovering and self._recovery is not None:
+            asyncio.create_task(self._recovery())
+        self.reconnects += 1
+
+    async def _read_messages(self) -> None:
+        pubsub = self._pubsub
+        assert pubsub is not None
+        awaiting_pong = False
+        while not self._closing:
+            message = await pubsub.parse_response(block=False, timeout=PUBSUB_IDLE_PROBE)
+            if message is None:
+                if awaiting_pong:
+                    raise RedisConnectionError("pub/sub connection silent: no answer to a ping")
+                awaiting_pong = True
+                await pubsub.ping()
+                continue
+            awaiting_pong = False
+            kind = message[0]
+            if kind == b"message":
+                try:
+                    event = Event.from_envelope(message[2])
+                except (ValueError, KeyError):
+                    log.error("dropping malformed bus message on %r", message[1])
+                    continue
+                self._listener(event)
+            elif kind == b"subscribe":
+                confirmed = self._confirmations.get(message[1])
+                if confirmed is not None and not confirmed.done():
+                    confirmed.set_result(None)
+
+    async def _drop_pubsub(self) -> None:
+        async with self._pubsub_lock:
+            pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(RedisError, OSError, RuntimeError):
+                await pubsub.aclose()
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    async def _call(self, what: str, command: Any) -> Any:
+        try:
+            return await command
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"{what}: {exc}") from exc
+
+    async def create_job(self, job_id: str, fields: Mapping[str, str]) -> None:
+        await self._call("create job", self._redis.hset(job_key(job_id), mapping=dict(fields)))
+
+    async def get_job(self, job_id: str) -> dict[str, str] | None:
+        raw = await self._call("get job", self._redis.hgetall(job_key(job_id)))
+        if not raw:
+            return None
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def update_job(self, job_id: str, fields: Mapping[str, str]) -> None:
+        await self._call("update job", self._update_existing(job_key(job_id), fields))
+
+    async def _update_existing(self, key: str, fields: Mapping[str, str]) -> None:
+        if await self._redis.exists(key):
+            await self._redis.hset(key, mapping=dict(fields))
+
+    async def count_attempt(self, job_id: str) -> int:
+        value = await self._call(
+            "count attempt", self._redis.hincrby(job_key(job_id), "attempts", 1)
+        )
+        return int(value)
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self._redis.xgroup_create(JOB_STREAM, WORKER_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def enqueue(self, job_id: str, delay: float = 0.0) -> None:
+        if delay > 0:
+            due = int((time.time() + delay) * 1000)
+            await self._call("enqueue", self._redis.zadd(DELAYED_JOBS, {job_id: due}))
+        else:
+            await self._call("enqueue", self._redis.xadd(JOB_STREAM, {"job": job_id}))
+
+    async def claim(self, consumer: str, block: float) -> Delivery | None:
+        try:
+            await self._ensure_group()
+            await self._promote(keys=[DELAYED_JOBS, JOB_STREAM], args=[int(time.time() * 1000), 100])
+            reply = await self._redis.xreadgroup(
+                WORKER_GROUP, consumer, {JOB_STREAM: ">"}, count=1, block=max(1, int(block * 1000))
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                self._group_ready = False
+                return None
+            raise BackendUnavailable(f"claim: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            self._group_ready = False
+            raise BackendUnavailable(f"claim: {exc}") from exc
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                return Delivery(fields[b"job"].decode(), entry_id.decode())
+        return None
+
+    async def reclaim(self, consumer: str, min_idle: float) -> list[Delivery]:
+        try:
+            await self._ensure_group()
+            reply = await self._redis.xautoclaim(
+                JOB_STREAM, WORKER_GROUP, consumer, int(min_idle * 1000), "0-0", count=50
+            )
+        except (RedisError, OSError) as exc:
+            self._group_ready = False
+            raise BackendUnavailable(f"reclaim: {exc}") from exc
+        entries: Sequence[Any] = reply[1]
+        return [
+            Delivery(fields[b"job"].decode(), entry_id.decode())
+            for entry_id, fields in entries
+            if fields
+        ]
+
+    async def touch(self, consumer: str, delivery: Delivery) -> None:
+        await self._call(
+            "touch",
+            self._redis.xclaim(
+                JOB_STREAM, WORKER_GROUP, consumer, 0, [delivery.token], justid=True
+            ),
+        )
+
+    async def ack(self, delivery: Delivery) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xack(JOB_STREAM, WORKER_GROUP, delivery.token)
+        pipe.xdel(JOB_STREAM, delivery.token)
+        await self._call("ack", pipe.execute())

@@ -1,0 +1,198 @@
+"""`gateway serve | worker | publish | submit | follow`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from gateway.settings import Settings, SettingsError
+
+log = logging.getLogger("gateway")
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    try:
+        return Settings.from_env(**overrides)
+    except SettingsError as exc:
+        sys.exit(f"gateway {args.command}: configuration error: {exc}")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if level in {"debug", "trace"} else getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    settings = _settings(
+        args,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        handlers=tuple(args.handlers) if args.handlers else None,
+        embedded_worker=args.embedded_worker,
+    )
+    _configure_logging(settings.log_level)
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "ws_per_message_deflate": False,
+        "timeout_graceful_shutdown": 5,
+        "lifespan": "on",
+    }
+    log.info(
+        "serving on http://%s:%d (backend: %s)", settings.host, settings.port, settings.backend_kind
+    )
+    if settings.workers > 1:
+        os.environ.update(settings.to_env())
+        uvicorn.run("gateway.app:app_from_env", factory=True, workers=settings.workers, **options)
+    else:
+        from gateway.app import create_app
+
+        uvicorn.run(create_app(settings), **options)
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    settings = _settings(
+        args,
+        concurrency=args.concurrency,
+        handlers=tuple(args.handlers) if args.handlers else None,
+    )
+    if not settings.redis_url:
+        sys.exit(
+            "gateway worker: REDIS_URL is not set. A separate worker shares jobs with gateways "
+            "through Redis; without Redis, `gateway serve` runs an embedded worker."
+        )
+    _configure_logging(settings.log_level)
+    asyncio.run(_run_worker(settings, args.grace))
+
+
+async def _run_worker(settings: Settings, grace: float) -> None:
+    from gateway.backends.redis import RedisBackend
+    from gateway.jobs.handlers import REGISTRY
+    from gateway.jobs.worker import Worker
+
+    REGISTRY.load_modules(settings.handlers)
+    backend = RedisBackend(settings)
+    await backend.start()
+    worker = Worker(backend, REGISTRY, settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    log.info(
+        "worker %s: concurrency %d, job types: %s",
+        worker.name, settings.concurrency, ", ".join(REGISTRY.names()),
+    )
+    try:
+        await worker.run(grace=grace)
+    finally:
+        await backend.close()
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    from gateway.publish import PublishError, publish
+
+    data = _json_arg(args.data, "--data")
+    try:
+        event_id = publish(args.channel, args.type, data, url=args.url)
+    except (PublishError, ValueError) as exc:
+        sys.exit(f"gateway publish: {exc}")
+    print(event_id)
+
+
+def _json_arg(raw: str | None, name: str) -> Any:
+    if raw is None:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        sys.exit(f"{name} is not valid JSON: {exc}")
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    from gateway.client import follow_job, submit_job
+
+    data = _json_arg(args.data, "--data")
+    with contextlib.suppress(KeyboardInterrupt):
+        job = submit_job(args.url, args.type, data)
+        if not args.follow:
+            print(orjson.dumps(job, option=orjson.OPT_INDENT_2).decode())
+            return
+        sys.exit(follow_job(args.url, job["id"]))
+
+
+def cmd_follow(args: argparse.Namespace) -> None:
+    from gateway.client import follow_channel
+
+    with contextlib.suppress(KeyboardInterrupt):
+        follow_channel(args.url, args.channel, args.since)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="Real-time notification gateway for background jobs."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    url_default = os.environ.get("GATEWAY_URL", "http://127.0.0.1:8000")
+
+    serve = commands.add_parser("serve", help="run the HTTP/WebSocket/SSE gateway")
+    serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8000 or $PORT)")
+    serve.add_argument("--workers", type=int, default=None, help="processes (needs REDIS_URL)")
+    serve.add_argument("--handlers", action="append", help="module with @handler functions")
+    group = serve.add_mutually_exclusive_group()
+    group.add_argument(
+        "--embedded-worker", dest="embedded_worker", action="store_true", default=None,
+        help="run job handlers in this process (default: only without Redis)",
+    )
+    group.add_argument("--no-embedded-worker", dest="embedded_worker", action="store_false")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run job handlers (needs REDIS_URL)")
+    worker.add_argument("--concurrency", type=int, default=None, help="jobs at once (default 4)")
+    worker.add_argument("--handlers", action="append", help="module with @handler functions")
+    worker.add_argument("--grace", type=float, default=10.0, help="seconds to finish on SIGTERM")
+    worker.set_defaults(func=cmd_worker)
+
+    publish = commands.add_parser("publish", help="publish one event to a channel")
+    publish.add_argument("channel")
+    publish.add_argument("--type", default="message")
+    publish.add_argument("--data", default=None, help="JSON")
+    publish.add_argument("--url", default=None, help="gateway URL when REDIS_URL is not set")
+    publish.set_defaults(func=cmd_publish)
+
+    submit = commands.add_parser("submit", help="submit a job (and follow it)")
+    submit.add_argument("type")
+    submit.add_argument("--data", default=None, help="JSON")
+    submit.add_argument("--follow", action="store_true", help="show progress until it ends")
+    submit.add_argument("--url", default=url_default)
+    submit.set_defaults(func=cmd_submit)
+
+    follow = commands.add_parser("follow", help="print a channel's events as JSON lines")
+    follow.add_argument("channel")
+    follow.add_argument("--since", default=None)
+    follow.add_argument("--url", default=url_default)
+    follow.set_defaults(func=cmd_follow)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Event envelope, event ids, channel names and frame encoding.
+
+The one place that knows how an event looks on the bus, over WebSocket and over SSE. An event is
+encoded to JSON once when it is published; each transport's frame is derived from those bytes
+once per process and the same bytes are written to every subscriber.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+SPECVERSION: Final = "1.0"
+CHANNEL_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+EVENT_ID_RE: Final = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+EVENT_TYPE_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+JOB_TERMINAL_TYPES: Final = frozenset({"job.completed", "job.failed", "job.cancelled"})
+
+EventKey = tuple[int, int]
+"""A parsed event id, `(milliseconds, sequence)`: ordered like the ids themselves."""
+
+
+class InvalidChannel(ValueError):
+    """A channel name outside `[A-Za-z0-9_.:-]{1,200}` or without a namespace."""
+
+
+class InvalidEventId(ValueError):
+    """An event id that is not of the form `<ms>-<seq>`."""
+
+
+def validate_channel(name: str) -> str:
+    """Return `name` if it is a valid `namespace:name` channel, else raise `InvalidChannel`."""
+    if not isinstance(name, str) or not CHANNEL_RE.match(name):
+        raise InvalidChannel(
+            "channel names are 1-200 characters of [A-Za-z0-9_.:-], like 'room:lobby'"
+        )
+    namespace, sep, rest = name.partition(":")
+    if not sep or not namespace or not rest:
+        raise InvalidChannel("channel names have a namespace: 'namespace:name', like 'room:lobby'")
+    return name
+
+
+def namespace_of(channel: str) -> str:
+    return channel.partition(":")[0]
+
+
+def parse_event_id(value: str) -> EventKey:
+    """Parse `<ms>-<seq>` into a sortable key; raise `InvalidEventId` for anything else."""
+    match = EVENT_ID_RE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidEventId(f"event ids look like '1732060800000-0', not {value[:60]!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def format_event_id(key: EventKey) -> str:
+    return f"{key[0]}-{key[1]}"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def iso_time(ms: int) -> str:
+    """RFC 3339 UTC timestamp with milliseconds, as CloudEvents `time` wants it."""
+    stamp = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def envelope_tail(channel: str, type_: str, data: Any, source: str | None = None) -> bytes:
+    """Encode everything of the envelope but `specversion` and `id`, which the bus assigns.
+
+    The result is the JSON object's remainder after `{"specversion":"1.0","id":"<id>",`, so the
+    backend can splice the stream entry id in without re-encoding (`splice_envelope`).
+    """
+    body = orjson.dumps(
+        {
+            "source": source or "/channels/" + channel,
+            "type": type_,
+            "channel": channel,
+            "time": iso_time(now_ms()),
+            "data": data,
+        }
+    )
+    return body[1:]
+
+
+_HEAD: Final = b'{"specversion":"1.0","id":"'
+
+
+def splice_envelope(event_id: str, tail: bytes) -> bytes:
+    return _HEAD + event_id.encode() + b'",' + tail
+
+
+class Event:
+    """One published event: its envelope bytes plus the lazily built transport frames.
+
+    Built once per process per event and shared by every subscriber, so the frames are encoded
+    once no matter how many connections receive them.
+    """
+
+    __slots__ = ("_sse", "_sse_body", "_ws", "channel", "envelope", "id", "key", "type")
+
+    def __init__(self, envelope: bytes, *, id: str, channel: str, type: str) -> None:
+        self.envelope = envelope
+        self.id = id
+        self.key = parse_event_id(id)
+        self.channel = channel
+        self.type = type
+        self._sse: bytes | None = None
+        self._sse_body: bytes | None = None
+        self._ws: str | None = None
+
+    @classmethod
+    def from_envelope(cls, envelope: bytes) -> Event:
+        fields = orjson.loads(envelope)
+        return cls(envelope, id=fields["id"], channel=fields["channel"], type=fields["type"])
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in JOB_TERMINAL_TYPES
+
+    def to_dict(self) -> dict[str, Any]:
+        value: dict[str, Any] = orjson.loads(self.envelope)
+        return value
+
+    @property
+    def sse_frame(self) -> bytes:
+        """The SSE frame with this event's own id (single-channel streams)."""
+        if self._sse is None:
+            self._sse = b"id: " + self.id.encode() + b"\n" + self.sse_body
+        return self._sse
+
+    @property
+    def sse_body(self) -> bytes:
+        """The frame without its `id:` line, for streams that write a cursor id of their own."""
+        if self._sse_body is None:
+            self._sse_body = encode_sse_frame(None, self.type, self.envelope)
+        return self._sse_body
+
+    @property
+    def ws_frame(self) -> str:
+        """The WebSocket text frame: `{"op":"event", ...envelope}`."""
+        if self._ws is None:
+            self._ws = '{"op":"event",' + self.envelope[1:].decode()
+        return self._ws
+
+    def __repr__(self) -> str:
+        return f"Event(id={self.id!r}, channel={self.channel!r}, type={self.type!r})"
+
+
+def encode_sse_frame(event_id: str | None, event_type: str, data: bytes) -> bytes:
+    """One SSE frame; `data` must be single-line JSON (orjson never emits raw newlines)."""
+    head = b"id: " + event_id.encode() + b"\n" if event_id is not None else b""
+    return head + b"event: " + event_type.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def encode_ws_message(op: str, **fields: Any) -> bytes:
+    """A control frame of the WebSocket protocol (`ack`, `error`, `gap`, `pong`)."""
+    return orjson.dumps({"op": op, **fields})

@@ -1,0 +1,191 @@
+"""Job records and their state changes.
+
+Every state change of a job is an event on its channel `job:<id>`, published in the same atomic
+step as the change to the record (`Backend.publish(..., job=JobUpdate(...))`), so the record and
+the event history never disagree and nothing follows a terminal event.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.backends.base import JOB_TERMINAL_STATUSES, Backend, JobUpdate
+from gateway.events import Event, iso_time, now_ms
+
+STATUS_BY_EVENT = {
+    "job.queued": "queued",
+    "job.started": "running",
+    "job.progress": "running",
+    "job.retrying": "retrying",
+    "job.completed": "completed",
+    "job.failed": "failed",
+    "job.cancelled": "cancelled",
+}
+
+
+def new_job_id() -> str:
+    """URL-safe and unguessable: knowing one job's id tells nothing of another's."""
+    return secrets.token_hex(8)
+
+
+def job_channel(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+@dataclass(slots=True)
+class JobRecord:
+    id: str
+    type: str
+    status: str = "queued"
+    progress: float = 0.0
+    message: str = ""
+    attempts: int = 0
+    created_at: str = ""
+    updated_at: str = ""
+    data: Any = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    last_event_id: str | None = None
+    callback_url: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in JOB_TERMINAL_STATUSES
+
+    @property
+    def channel(self) -> str:
+        return job_channel(self.id)
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> JobRecord:
+        known = {
+            "id", "type", "status", "progress", "message", "attempts", "created_at",
+            "updated_at", "data", "result", "error", "last_event_id", "callback_url",
+        }
+        return cls(
+            id=fields["id"],
+            type=fields["type"],
+            status=fields.get("status", "queued"),
+            progress=float(fields.get("progress", "0")),
+            message=fields.get("message", ""),
+            attempts=int(fields.get("attempts", "0")),
+            created_at=fields.get("created_at", ""),
+            updated_at=fields.get("updated_at", ""),
+            data=_loads(fields.get("data")),
+            result=_loads(fields.get("result")),
+            error=_loads(fields.get("error")),
+            last_event_id=fields.get("last_event_id") or None,
+            callback_url=fields.get("callback_url") or None,
+            extra={k: v for k, v in fields.items() if k not in known},
+        )
+
+    def to_fields(self) -> dict[str, str]:
+        fields = {
+            "id": self.id,
+            "type": self.type,
+            "status": self.status,
+            "progress": repr(self.progress),
+            "message": self.message,
+            "attempts": str(self.attempts),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "data": orjson.dumps(self.data).decode(),
+        }
+        if self.callback_url:
+            fields["callback_url"] = self.callback_url
+        fields.update(self.extra)
+        return fields
+
+    def resource(self) -> dict[str, Any]:
+        """The public JSON representation (`GET /jobs/{id}`)."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "type": self.type,
+            "status": self.status,
+            "progress": self.progress,
+            "message": self.message or None,
+            "attempts": self.attempts,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "last_event_id": self.last_event_id,
+            "channel": self.channel,
+            "links": {
+                "self": f"/jobs/{self.id}",
+                "events": f"/jobs/{self.id}/events",
+                "ws": f"/ws?channel={self.channel}",
+                "history": f"/channels/{self.channel}/events",
+            },
+        }
+        if self.status == "completed":
+            body["result_url"] = f"/jobs/{self.id}/result"
+            body["links"]["result"] = body["result_url"]
+        if self.error is not None:
+            body["error"] = self.error
+        if self.callback_url:
+            body["callback_url"] = self.callback_url
+        return body
+
+
+def _loads(raw: str | None) -> Any:
+    if raw is None or raw == "":
+        return None
+    return orjson.loads(raw)
+
+
+def timestamp() -> str:
+    return iso_time(now_ms())
+
+
+async def create_job(
+    backend: Backend, type_: str, data: Any, *, callback_url: str | None = None
+) -> JobRecord:
+    """Store a new job, publish `job.queued`, and put it on the queue for a worker."""
+    now = timestamp()
+    record = JobRecord(
+        id=new_job_id(), type=type_, created_at=now, updated_at=now, data=data,
+        callback_url=callback_url,
+    )
+    await backend.create_job(record.id, record.to_fields())
+    event = await transition(backend, record.id, "job.queued", {"type": type_})
+    if event is not None:
+        record.last_event_id = event.id
+    await backend.enqueue(record.id)
+    return record
+
+
+async def transition(
+    backend: Backend,
+    job_id: str,
+    event_type: str,
+    data: dict[str, Any],
+    fields: dict[str, str] | None = None,
+    *,
+    expire: int = 0,
+) -> Event | None:
+    """Publish a job event and apply its state change; None when the job already ended."""
+    changes = {"status": STATUS_BY_EVENT[event_type], "updated_at": timestamp()}
+    if fields:
+        changes.update(fields)
+    return await backend.publish(
+        job_channel(job_id),
+        event_type,
+        {"job_id": job_id, **data},
+        source=f"/jobs/{job_id}",
+        job=JobUpdate(job_id, changes, expire=expire),
+    )
+
+
+async def load_job(backend: Backend, job_id: str) -> JobRecord | None:
+    fields = await backend.get_job(job_id)
+    if fields is None or "id" not in fields:
+        return None
+    return JobRecord.from_fields(fields)
+
+
+def encode_field(value: Any) -> str:
+    return orjson.dumps(value).decode()

@@ -1,0 +1,248 @@
+"""The worker runtime: claim jobs from the queue, run their handlers, publish every state change.
+
+Runs as `gateway worker` (a process of its own) or embedded in `gateway serve`. A delivery is
+acknowledged only after the job reached a final state or was re-queued; a worker that dies
+mid-job leaves it pending, and another worker re-claims it after the visibility timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from typing import Any
+
+from gateway.backends.base import Backend, BackendUnavailable, Delivery
+from gateway.jobs.handlers import HandlerError, HandlerRegistry, HandlerSpec, JobContext
+from gateway.jobs.model import JobRecord, encode_field, load_job, timestamp, transition
+from gateway.metrics import METRICS
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.worker")
+
+
+class Worker:
+    def __init__(
+        self,
+        backend: Backend,
+        registry: HandlerRegistry,
+        settings: Settings,
+        *,
+        name: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.settings = settings
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{random.getrandbits(24):06x}"
+        self._stopping = asyncio.Event()
+        self._reclaimed: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, grace: float = 10.0) -> None:
+        """Work until `stop()`; then give running jobs `grace` seconds before re-queueing them."""
+        slots = [
+            asyncio.create_task(self._slot(), name=f"worker-slot-{i}")
+            for i in range(self.settings.concurrency)
+        ]
+        reclaimer = asyncio.create_task(self._reclaim_forever(), name="worker-reclaimer")
+        try:
+            await self._stopping.wait()
+        finally:
+            reclaimer.cancel()
+            running = list(self._running.values())
+            if running:
+                _done, pending = await asyncio.wait(running, timeout=grace)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            for task in slots:
+                task.cancel()
+            await asyncio.gather(*slots, reclaimer, return_exceptions=True)
+
+    async def _slot(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                delivery = self._reclaimed.get_nowait()
+            except asyncio.QueueEmpty:
+                try:
+                    delivery = await self.backend.claim(self.name, block=1.0)
+                except BackendUnavailable as exc:
+                    log.warning("cannot claim jobs (%s); retrying", exc)
+                    await asyncio.sleep(0.5 + random.random())
+                    continue
+            if delivery is None:
+                continue
+            if self._stopping.is_set():
+                await self._give_back(delivery)
+                return
+            task = asyncio.create_task(self._process(delivery))
+            self._running[delivery.token] = task
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.done():
+                    raise
+            finally:
+                self._running.pop(delivery.token, None)
+
+    async def _reclaim_forever(self) -> None:
+        interval = max(self.settings.visibility_timeout / 2, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                for delivery in await self.backend.reclaim(
+                    self.name, self.settings.visibility_timeout
+                ):
+                    if delivery.token not in self._running:
+                        log.info("re-claimed job %s from a silent worker", delivery.job_id)
+                        self._reclaimed.put_nowait(delivery)
+            except BackendUnavailable as exc:
+                log.warning("cannot reclaim stalled jobs (%s)", exc)
+
+    async def _give_back(self, delivery: Delivery) -> None:
+        with contextlib.suppress(BackendUnavailable):
+            await self.backend.enqueue(delivery.job_id)
+            await self.backend.ack(delivery)
+
+    async def _process(self, delivery: Delivery) -> None:
+        try:
+            await self._run_job(delivery)
+        except asyncio.CancelledError:
+            log.warning("job %s interrupted by shutdown; giving it back", delivery.job_id)
+            await asyncio.shield(self._requeue_interrupted(delivery))
+            raise
+        except BackendUnavailable as exc:
+            log.warning("job %s: backend unavailable (%s); it will be re-claimed", delivery.job_id, exc)
+        except Exception:
+            log.exception("job %s: worker error", delivery.job_id)
+
+    async def _requeue_interrupted(self, delivery: Delivery) -> None:
+        with contextlib.suppress(BackendUnavailable):
+            await transition(
+                self.backend,
+                delivery.job_id,
+                "job.retrying",
+                {"error": {"type": "interrupted", "message": "worker shut down"}, "delay": 0},
+            )
+        await self._give_back(delivery)
+
+    async def _run_job(self, delivery: Delivery) -> None:
+        record = await load_job(self.backend, delivery.job_id)
+        if record is None or record.terminal:
+            await self.backend.ack(delivery)
+            return
+        spec = self.registry.get(record.type)
+        attempts = await self.backend.count_attempt(record.id)
+        max_attempts = self._max_attempts(spec)
+        if spec is None:
+            await self._fail(record, {"type": "unknown_type", "message": f"no handler for {record.type!r}"}, attempts)
+            await self.backend.ack(delivery)
+            return
+        if attempts > max_attempts:
+            error = {"type": "too_many_deliveries", "message": f"gave up after {attempts - 1} deliveries"}
+            await self._fail(record, error, attempts - 1)
+            await self.backend.ack(delivery)
+            return
+        started = await transition(
+            self.backend, record.id, "job.started", {"attempt": attempts},
+            {"attempts": str(attempts), "progress": "0.0"},
+        )
+        if started is None:
+            await self.backend.ack(delivery)
+            return
+        METRICS.jobs.labels(record.type, "running").inc()
+        heartbeat = asyncio.create_task(self._heartbeat(delivery))
+        began = time.monotonic()
+        try:
+            outcome = await self._call_handler(spec, record, attempts)
+        finally:
+            heartbeat.cancel()
+            METRICS.job_duration.labels(record.type).observe(time.monotonic() - began)
+        if isinstance(outcome, _Failure):
+            if attempts < max_attempts:
+                delay = spec.retry.delay(attempts, random.random())
+                await transition(
+                    self.backend, record.id, "job.retrying",
+                    {"attempt": attempts, "error": outcome.error, "delay": delay,
+                     "next_attempt_at": _iso_in(delay)},
+                    {"error": encode_field(outcome.error)},
+                )
+                METRICS.jobs.labels(record.type, "retrying").inc()
+                await self.backend.enqueue(record.id, delay=delay)
+            else:
+                await self._fail(record, outcome.error, attempts)
+        else:
+            await transition(
+                self.backend, record.id, "job.completed",
+                {"result": outcome, "result_url": f"/jobs/{record.id}/result"},
+                {"progress": "1.0", "result": encode_field(outcome), "error": ""},
+                expire=self.settings.job_ttl,
+            )
+            METRICS.jobs.labels(record.type, "completed").inc()
+        await self.backend.ack(delivery)
+
+    def _max_attempts(self, spec: HandlerSpec | None) -> int:
+        if spec is not None and spec.retry.max_attempts is not None:
+            return spec.retry.max_attempts
+        return self.settings.max_attempts
+
+    async def _call_handler(self, spec: HandlerSpec, record: JobRecord, attempt: int) -> Any:
+        async def report(fraction: float, message: str, extra: dict[str, Any]) -> None:
+            await transition(
+                self.backend, record.id, "job.progress",
+                {"progress": fraction, "message": message, **extra},
+                {"progress": repr(fraction), "message": message},
+            )
+
+        ctx = JobContext(
+            job_id=record.id, type=record.type, data=record.data, attempt=attempt,
+            report=report, data_dir=self.settings.data_dir,
+        )
+        try:
+            return await asyncio.wait_for(spec.fn(ctx), timeout=spec.timeout)
+        except TimeoutError:
+            return _Failure({"type": "timeout", "message": f"handler ran past {spec.timeout:g}s"})
+        except HandlerError as exc:
+            return _Failure({"type": "handler_error", "message": str(exc)})
+        except BackendUnavailable:
+            raise
+        except Exception as exc:
+            log.exception("handler %s raised on job %s", spec.name, record.id)
+            return _Failure({"type": type(exc).__name__, "message": str(exc)[:2000]})
+
+    async def _fail(self, record: JobRecord, error: dict[str, Any], attempts: int) -> None:
+        await transition(
+            self.backend, record.id, "job.failed", {"error": error, "attempts": attempts},
+            {"error": encode_field(error)}, expire=self.settings.job_ttl,
+        )
+        METRICS.jobs.labels(record.type, "failed").inc()
+
+    async def _heartbeat(self, delivery: Delivery) -> None:
+        interval = max(self.settings.visibility_timeout / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(BackendUnavailable):
+                await self.backend.touch(self.name, delivery)
+
+
+class _Failure:
+    __slots__ = ("error",)
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        self.error = error
+
+
+def _iso_in(seconds: float) -> str:
+    from gateway.events import iso_time
+
+    return iso_time(int((time.time() + seconds) * 1000))
+
+
+__all__ = ["Worker", "timestamp"]

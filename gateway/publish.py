@@ -1,0 +1,73 @@
+"""Publish events from any Python program: Celery or RQ tasks, cron scripts, other services.
+
+    import gateway
+    gateway.publish("room:lobby", "message", {"text": "hi"})
+
+With `REDIS_URL` set (or `redis_url=` given) the event goes straight into Redis with the same
+atomic script the gateway uses; without it, it is posted to a running gateway's HTTP API
+(`GATEWAY_URL`, default http://127.0.0.1:8000), which is where the in-memory backend lives.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import redis
+
+from gateway.backends.redis import PUBLISH_LUA, publish_call
+from gateway.events import validate_channel
+from gateway.settings import Settings
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class PublishError(RuntimeError):
+    """The event could not be published; the message says where and why."""
+
+
+@cache
+def _redis_script(redis_url: str) -> Any:
+    client = redis.Redis.from_url(redis_url)
+    return client.register_script(PUBLISH_LUA)
+
+
+def publish(
+    channel: str,
+    type: str,
+    data: Any = None,
+    *,
+    redis_url: str | None = None,
+    url: str | None = None,
+    api_key: str | None = None,
+    source: str | None = None,
+) -> str:
+    """Publish one event and return its id."""
+    validate_channel(channel)
+    redis_url = redis_url if redis_url is not None else os.environ.get("REDIS_URL", "")
+    if redis_url:
+        settings = Settings.from_env(redis_url=redis_url)
+        keys, args, _tail = publish_call(settings, channel, type, data, source, None)
+        try:
+            event_id = _redis_script(redis_url)(keys=keys, args=args)
+        except redis.RedisError as exc:
+            raise PublishError(f"publish to {channel} via {redis_url}: {exc}") from exc
+        return str(event_id.decode())
+    base = url or os.environ.get("GATEWAY_URL") or DEFAULT_URL
+    key = api_key or os.environ.get("GATEWAY_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.post(
+            f"{base.rstrip('/')}/channels/{quote(channel, safe=':')}/events",
+            json={"type": type, "data": data},
+            headers=headers,
+            timeout=10,
+        )
+    except httpx.HTTPError as exc:
+        raise PublishError(f"publish to {channel} via {base}: {exc}") from exc
+    if response.status_code != 202:
+        raise PublishError(f"publish to {channel} via {base}: {response.status_code} {response.text}")
+    return str(response.json()["id"])
