@@ -47,12 +47,17 @@ def make_backend(settings: Settings) -> Backend:
 async def handle_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("backend unavailable: %s", exc)
     return problem_response(
-        503, "Service Unavailable", "the event bus is unavailable; try again shortly",
-        code="unavailable", headers={"Retry-After": "1"},
+        503,
+        "Service Unavailable",
+        "the event bus is unavailable; try again shortly",
+        code="unavailable",
+        headers={"Retry-After": "1"},
     )
 
 
-def create_app(settings: Settings | None = None, registry: HandlerRegistry | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None, registry: HandlerRegistry | None = None
+) -> Starlette:
     settings = settings or Settings.from_env()
     registry = registry or REGISTRY
     registry.load_modules(settings.handlers)
@@ -66,9 +71,7 @@ def create_app(settings: Settings | None = None, registry: HandlerRegistry | Non
         worker = Worker(backend, registry, settings) if settings.runs_embedded_worker else None
         worker_task = asyncio.create_task(worker.run()) if worker is not None else None
         drain_task = asyncio.create_task(_drain_on_exit(hub, settings))
-        log.info(
-            "gateway ready: backend=%s embedded_worker=%s", backend.kind, worker is not None
-        )
+        log.info("gateway ready: backend=%s embedded_worker=%s", backend.kind, worker is not None)
         try:
             yield
         finally:
@@ -89,7 +92,9 @@ def create_app(settings: Settings | None = None, registry: HandlerRegistry | Non
         *compat.routes,
         *health.routes,
         WebSocketRoute("/ws", websocket_endpoint),
-        Mount("/static", StaticFiles(directory=settings.static_dir, check_dir=False), name="static"),
+        Mount(
+            "/static", StaticFiles(directory=settings.static_dir, check_dir=False), name="static"
+        ),
     ]
     app = Starlette(
         routes=routes,

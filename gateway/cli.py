@@ -94,7 +94,9 @@ async def _run_worker(settings: Settings, grace: float) -> None:
         loop.add_signal_handler(sig, worker.stop)
     log.info(
         "worker %s: concurrency %d, job types: %s",
-        worker.name, settings.concurrency, ", ".join(REGISTRY.names()),
+        worker.name,
+        settings.concurrency,
+        ", ".join(REGISTRY.names()),
     )
     try:
         await worker.run(grace=grace)
@@ -155,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--handlers", action="append", help="module with @handler functions")
     group = serve.add_mutually_exclusive_group()
     group.add_argument(
-        "--embedded-worker", dest="embedded_worker", action="store_true", default=None,
+        "--embedded-worker",
+        dest="embedded_worker",
+        action="store_true",
+        default=None,
         help="run job handlers in this process (default: only without Redis)",
     )
     group.add_argument("--no-embedded-worker", dest="embedded_worker", action="store_false")

@@ -29,7 +29,9 @@ def _headers() -> dict[str, str]:
 def submit_job(url: str, type_: str, data: Any) -> dict[str, Any]:
     try:
         response = httpx.post(
-            f"{url.rstrip('/')}/jobs", json={"type": type_, "data": data}, headers=_headers(),
+            f"{url.rstrip('/')}/jobs",
+            json={"type": type_, "data": data},
+            headers=_headers(),
             timeout=30,
         )
     except httpx.HTTPError as exc:
@@ -40,7 +42,9 @@ def submit_job(url: str, type_: str, data: Any) -> dict[str, Any]:
     return job
 
 
-def stream_events(url: str, path: str, since: str | None, *, once: bool = False) -> Iterator[dict[str, Any]]:
+def stream_events(
+    url: str, path: str, since: str | None, *, once: bool = False
+) -> Iterator[dict[str, Any]]:
     """Yield event envelopes from an SSE stream, reconnecting and resuming on failures."""
     last_id = since
     delay = 0.5
@@ -49,7 +53,9 @@ def stream_events(url: str, path: str, since: str | None, *, once: bool = False)
         if last_id:
             headers["Last-Event-ID"] = last_id
         try:
-            with httpx.stream("GET", url.rstrip("/") + path, headers=headers, timeout=httpx.Timeout(10, read=60)) as response:
+            with httpx.stream(
+                "GET", url.rstrip("/") + path, headers=headers, timeout=httpx.Timeout(10, read=60)
+            ) as response:
                 if response.status_code == 204:
                     return
                 if response.status_code >= 400:
@@ -84,14 +90,22 @@ def follow_job(url: str, job_id: str) -> int:
         if kind == "job.progress":
             fraction = float(data.get("progress", 0))
             bar = "#" * int(fraction * 30)
-            print(f"\r[{bar:<30}] {fraction:6.1%} {data.get('message', '')[:40]:<40}", end="", file=sys.stderr, flush=True)
+            print(
+                f"\r[{bar:<30}] {fraction:6.1%} {data.get('message', '')[:40]:<40}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
         elif kind == "job.completed":
             print(file=sys.stderr)
             print(orjson.dumps(data.get("result"), option=orjson.OPT_INDENT_2).decode())
             status = 0
         elif kind in {"job.failed", "job.cancelled"}:
             print(file=sys.stderr)
-            print(f"job {job_id} {kind.split('.')[1]}: {orjson.dumps(data.get('error')).decode()}", file=sys.stderr)
+            print(
+                f"job {job_id} {kind.split('.')[1]}: {orjson.dumps(data.get('error')).decode()}",
+                file=sys.stderr,
+            )
         elif kind == "job.retrying":
             print(f"\nretrying: {data.get('error', {}).get('message')}", file=sys.stderr)
     return status

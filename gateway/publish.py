@@ -69,5 +69,7 @@ def publish(
     except httpx.HTTPError as exc:
         raise PublishError(f"publish to {channel} via {base}: {exc}") from exc
     if response.status_code != 202:
-        raise PublishError(f"publish to {channel} via {base}: {response.status_code} {response.text}")
+        raise PublishError(
+            f"publish to {channel} via {base}: {response.status_code} {response.text}"
+        )
     return str(response.json()["id"])

@@ -56,7 +56,7 @@ async def channel_history(request: Request) -> Response:
     }
     # Splice the stored envelopes in as they are instead of decoding and re-encoding each one.
     events = b",".join(event.envelope for event in history.events)
-    body = json_response(head).body[:-1] + b',"events":[' + events + b"]}"
+    body = bytes(json_response(head).body)[:-1] + b',"events":[' + events + b"]}"
     return Response(body, media_type="application/json")
 
 

@@ -46,7 +46,11 @@ async def submit_task(request: Request) -> Response:
 async def task_status(request: Request) -> Response:
     record = await load_or_404(services_of(request), request.path_params["job_id"])
     result_url = f"/results/{record.id}" if record.status == "completed" else None
-    body = {"taskId": record.id, "status": record.status, "resultUrl": result_url}
+    body: dict[str, object] = {
+        "taskId": record.id,
+        "status": record.status,
+        "resultUrl": result_url,
+    }
     if record.error is not None:
         body["error"] = record.error
     return json_response(body)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -28,17 +27,13 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-async def submit(
-    services: Services, type_: Any, data: Any, callback_url: Any = None
-) -> JobRecord:
+async def submit(services: Services, type_: Any, data: Any, callback_url: Any = None) -> JobRecord:
     """Validate and create a job; shared by `POST /jobs` and the seed-compatible aliases."""
     if not isinstance(type_, str) or not type_:
         raise unprocessable("'type' must name a job type", job_types=services.registry.names())
     spec = services.registry.get(type_)
     if spec is None:
-        raise unprocessable(
-            f"unknown job type {type_!r}", job_types=services.registry.names()
-        )
+        raise unprocessable(f"unknown job type {type_!r}", job_types=services.registry.names())
     if callback_url is not None and not isinstance(callback_url, str):
         raise unprocessable("'callback_url' must be a URL string")
     try:
@@ -61,7 +56,9 @@ async def post_job(request: Request) -> Response:
     services = services_of(request)
     body = await read_json_object(request)
     record = await submit(
-        services, body.get("type"), body.get("data"),
+        services,
+        body.get("type"),
+        body.get("data"),
         body.get("callback_url", body.get("callbackUrl")),
     )
     return json_response(record.resource(), 202, headers={"Location": f"/jobs/{record.id}"})
@@ -114,14 +111,21 @@ async def cancel_job(request: Request) -> Response:
     services = services_of(request)
     record = await load_or_404(services, request.path_params["job_id"])
     if record.terminal:
-        raise conflict(f"job {record.id} already ended as {record.status}", job_status=record.status)
+        raise conflict(
+            f"job {record.id} already ended as {record.status}", job_status=record.status
+        )
     event = await transition(
-        services.backend, record.id, "job.cancelled", {"reason": "cancelled by request"},
+        services.backend,
+        record.id,
+        "job.cancelled",
+        {"reason": "cancelled by request"},
         expire=services.settings.job_ttl,
     )
     if event is None:
         record = await load_or_404(services, record.id)
-        raise conflict(f"job {record.id} already ended as {record.status}", job_status=record.status)
+        raise conflict(
+            f"job {record.id} already ended as {record.status}", job_status=record.status
+        )
     record = await load_or_404(services, record.id)
     return job_response(record)
 

@@ -15,7 +15,9 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "application/json")
     if "json" not in content_type.split(";")[0]:
         raise Problem(
-            415, "Unsupported Media Type", "send the body as application/json",
+            415,
+            "Unsupported Media Type",
+            "send the body as application/json",
             code="unsupported-media-type",
         )
     body = await request.body()

@@ -7,6 +7,7 @@ a job queue with visibility timeouts) so one contract test suite holds both to t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
@@ -206,10 +207,8 @@ class MemoryBackend(Backend):
                 return None
             wait = remaining if next_due is None else min(remaining, next_due)
             self._wakeup.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
-            except TimeoutError:
-                pass
 
     async def reclaim(self, consumer: str, min_idle: float) -> list[Delivery]:
         now = time.monotonic()

@@ -109,6 +109,7 @@ class RedisBackend(Backend):
         self._pubsub: aioredis.client.PubSub | None = None
         self._pubsub_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+        self._recovery_task: asyncio.Future[None] | None = None
         self._live = asyncio.Event()
         self._closing = False
         self._group_ready = False
@@ -160,11 +161,10 @@ class RedisBackend(Backend):
         if since is not None:
             parse_event_id(since)
         try:
-            entries = await self._redis.xrange(key, min=start, max="+", count=limit + 1)
+            entries: Any = await self._redis.xrange(key, min=start, max="+", count=limit + 1)
+            tail: Any = []
             if not entries and since is not None:
                 tail = await self._redis.xrevrange(key, max="+", min="-", count=1)
-            else:
-                tail = []
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"history of {channel}: {exc}") from exc
         if entries:
@@ -233,7 +233,7 @@ class RedisBackend(Backend):
         recovering = self.reconnects > 0 or self._live.is_set()
         self._live.set()
         if recovering and self._recovery is not None:
-            asyncio.create_task(self._recovery())
+            self._recovery_task = asyncio.ensure_future(self._recovery())
         self.reconnects += 1
 
     async def _read_messages(self) -> None:
@@ -267,7 +267,7 @@ class RedisBackend(Backend):
             pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             with contextlib.suppress(RedisError, OSError, RuntimeError):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     # --- jobs ------------------------------------------------------------------------------
 
@@ -278,7 +278,8 @@ class RedisBackend(Backend):
             raise BackendUnavailable(f"{what}: {exc}") from exc
 
     async def create_job(self, job_id: str, fields: Mapping[str, str]) -> None:
-        await self._call("create job", self._redis.hset(job_key(job_id), mapping=dict(fields)))
+        mapping: Any = dict(fields)
+        await self._call("create job", self._redis.hset(job_key(job_id), mapping=mapping))
 
     async def get_job(self, job_id: str) -> dict[str, str] | None:
         raw = await self._call("get job", self._redis.hgetall(job_key(job_id)))
@@ -291,7 +292,8 @@ class RedisBackend(Backend):
 
     async def _update_existing(self, key: str, fields: Mapping[str, str]) -> None:
         if await self._redis.exists(key):
-            await self._redis.hset(key, mapping=dict(fields))
+            mapping: Any = dict(fields)
+            await self._redis.hset(key, mapping=mapping)
 
     async def count_attempt(self, job_id: str) -> int:
         value = await self._call(
@@ -317,29 +319,37 @@ class RedisBackend(Backend):
             await self._call("enqueue", self._redis.xadd(JOB_STREAM, {"job": job_id}))
 
     async def claim(self, consumer: str, block: float) -> Delivery | None:
-        try:
-            await self._ensure_group()
-            await self._promote(keys=[DELAYED_JOBS, JOB_STREAM], args=[int(time.time() * 1000), 100])
-            reply = await self._redis.xreadgroup(
-                WORKER_GROUP, consumer, {JOB_STREAM: ">"}, count=1, block=max(1, int(block * 1000))
-            )
-        except ResponseError as exc:
-            if "NOGROUP" in str(exc):
+        deadline = time.monotonic() + block
+        while True:
+            try:
+                await self._ensure_group()
+                next_due = await self._promote(
+                    keys=[DELAYED_JOBS, JOB_STREAM], args=[int(time.time() * 1000), 100]
+                )
+                wait = max(deadline - time.monotonic(), 0.001)
+                if next_due >= 0:
+                    wait = min(wait, next_due / 1000 + 0.001)
+                reply: Any = await self._redis.xreadgroup(
+                    WORKER_GROUP, consumer, {JOB_STREAM: ">"}, count=1, block=int(wait * 1000) or 1
+                )
+            except ResponseError as exc:
                 self._group_ready = False
+                if "NOGROUP" in str(exc):
+                    return None
+                raise BackendUnavailable(f"claim: {exc}") from exc
+            except (RedisError, OSError) as exc:
+                self._group_ready = False
+                raise BackendUnavailable(f"claim: {exc}") from exc
+            for _stream, entries in reply or []:
+                for entry_id, fields in entries:
+                    return Delivery(fields[b"job"].decode(), entry_id.decode())
+            if time.monotonic() >= deadline:
                 return None
-            raise BackendUnavailable(f"claim: {exc}") from exc
-        except (RedisError, OSError) as exc:
-            self._group_ready = False
-            raise BackendUnavailable(f"claim: {exc}") from exc
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                return Delivery(fields[b"job"].decode(), entry_id.decode())
-        return None
 
     async def reclaim(self, consumer: str, min_idle: float) -> list[Delivery]:
         try:
             await self._ensure_group()
-            reply = await self._redis.xautoclaim(
+            reply: Any = await self._redis.xautoclaim(
                 JOB_STREAM, WORKER_GROUP, consumer, int(min_idle * 1000), "0-0", count=50
             )
         except (RedisError, OSError) as exc:

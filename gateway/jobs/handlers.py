@@ -76,7 +76,7 @@ class RetryPolicy:
     cap: float = 60.0
 
     def delay(self, attempt: int, rand: float) -> float:
-        return rand * min(self.cap, self.base * 2 ** max(attempt - 1, 0))
+        return rand * min(self.cap, self.base * 2.0 ** max(attempt - 1, 0))
 
 
 @dataclass(frozen=True, slots=True)

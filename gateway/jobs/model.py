@@ -64,8 +64,19 @@ class JobRecord:
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> JobRecord:
         known = {
-            "id", "type", "status", "progress", "message", "attempts", "created_at",
-            "updated_at", "data", "result", "error", "last_event_id", "callback_url",
+            "id",
+            "type",
+            "status",
+            "progress",
+            "message",
+            "attempts",
+            "created_at",
+            "updated_at",
+            "data",
+            "result",
+            "error",
+            "last_event_id",
+            "callback_url",
         }
         return cls(
             id=fields["id"],
@@ -147,7 +158,11 @@ async def create_job(
     """Store a new job, publish `job.queued`, and put it on the queue for a worker."""
     now = timestamp()
     record = JobRecord(
-        id=new_job_id(), type=type_, created_at=now, updated_at=now, data=data,
+        id=new_job_id(),
+        type=type_,
+        created_at=now,
+        updated_at=now,
+        data=data,
         callback_url=callback_url,
     )
     await backend.create_job(record.id, record.to_fields())

@@ -68,6 +68,7 @@ class Worker:
 
     async def _slot(self) -> None:
         while not self._stopping.is_set():
+            delivery: Delivery | None
             try:
                 delivery = self._reclaimed.get_nowait()
             except asyncio.QueueEmpty:
@@ -119,7 +120,9 @@ class Worker:
             await asyncio.shield(self._requeue_interrupted(delivery))
             raise
         except BackendUnavailable as exc:
-            log.warning("job %s: backend unavailable (%s); it will be re-claimed", delivery.job_id, exc)
+            log.warning(
+                "job %s: backend unavailable (%s); it will be re-claimed", delivery.job_id, exc
+            )
         except Exception:
             log.exception("job %s: worker error", delivery.job_id)
 
@@ -142,16 +145,26 @@ class Worker:
         attempts = await self.backend.count_attempt(record.id)
         max_attempts = self._max_attempts(spec)
         if spec is None:
-            await self._fail(record, {"type": "unknown_type", "message": f"no handler for {record.type!r}"}, attempts)
+            await self._fail(
+                record,
+                {"type": "unknown_type", "message": f"no handler for {record.type!r}"},
+                attempts,
+            )
             await self.backend.ack(delivery)
             return
         if attempts > max_attempts:
-            error = {"type": "too_many_deliveries", "message": f"gave up after {attempts - 1} deliveries"}
+            error = {
+                "type": "too_many_deliveries",
+                "message": f"gave up after {attempts - 1} deliveries",
+            }
             await self._fail(record, error, attempts - 1)
             await self.backend.ack(delivery)
             return
         started = await transition(
-            self.backend, record.id, "job.started", {"attempt": attempts},
+            self.backend,
+            record.id,
+            "job.started",
+            {"attempt": attempts},
             {"attempts": str(attempts), "progress": "0.0"},
         )
         if started is None:
@@ -169,9 +182,15 @@ class Worker:
             if attempts < max_attempts:
                 delay = spec.retry.delay(attempts, random.random())
                 await transition(
-                    self.backend, record.id, "job.retrying",
-                    {"attempt": attempts, "error": outcome.error, "delay": delay,
-                     "next_attempt_at": _iso_in(delay)},
+                    self.backend,
+                    record.id,
+                    "job.retrying",
+                    {
+                        "attempt": attempts,
+                        "error": outcome.error,
+                        "delay": delay,
+                        "next_attempt_at": _iso_in(delay),
+                    },
                     {"error": encode_field(outcome.error)},
                 )
                 METRICS.jobs.labels(record.type, "retrying").inc()
@@ -180,7 +199,9 @@ class Worker:
                 await self._fail(record, outcome.error, attempts)
         else:
             await transition(
-                self.backend, record.id, "job.completed",
+                self.backend,
+                record.id,
+                "job.completed",
                 {"result": outcome, "result_url": f"/jobs/{record.id}/result"},
                 {"progress": "1.0", "result": encode_field(outcome), "error": ""},
                 expire=self.settings.job_ttl,
@@ -196,14 +217,20 @@ class Worker:
     async def _call_handler(self, spec: HandlerSpec, record: JobRecord, attempt: int) -> Any:
         async def report(fraction: float, message: str, extra: dict[str, Any]) -> None:
             await transition(
-                self.backend, record.id, "job.progress",
+                self.backend,
+                record.id,
+                "job.progress",
                 {"progress": fraction, "message": message, **extra},
                 {"progress": repr(fraction), "message": message},
             )
 
         ctx = JobContext(
-            job_id=record.id, type=record.type, data=record.data, attempt=attempt,
-            report=report, data_dir=self.settings.data_dir,
+            job_id=record.id,
+            type=record.type,
+            data=record.data,
+            attempt=attempt,
+            report=report,
+            data_dir=self.settings.data_dir,
         )
         try:
             return await asyncio.wait_for(spec.fn(ctx), timeout=spec.timeout)
@@ -219,8 +246,12 @@ class Worker:
 
     async def _fail(self, record: JobRecord, error: dict[str, Any], attempts: int) -> None:
         await transition(
-            self.backend, record.id, "job.failed", {"error": error, "attempts": attempts},
-            {"error": encode_field(error)}, expire=self.settings.job_ttl,
+            self.backend,
+            record.id,
+            "job.failed",
+            {"error": error, "attempts": attempts},
+            {"error": encode_field(error)},
+            expire=self.settings.job_ttl,
         )
         METRICS.jobs.labels(record.type, "failed").inc()
 

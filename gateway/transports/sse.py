@@ -8,7 +8,6 @@ resumes each channel exactly where it stopped even though ids of different chann
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +26,7 @@ from gateway.events import (
     encode_ws_message,
     parse_event_id,
 )
-from gateway.hub import Hub, Subscriber
+from gateway.hub import Hub, Item, Subscriber
 from gateway.metrics import METRICS
 from gateway.problems import bad_request
 from gateway.settings import Settings
@@ -46,9 +45,7 @@ class GatewayEventSource(EventSourceResponse):
             await super().__call__(scope, receive, send)
 
 
-def parse_positions(
-    raw: str | None, channels: list[str]
-) -> dict[str, str | None]:
+def parse_positions(raw: str | None, channels: list[str]) -> dict[str, str | None]:
     """Resume positions per channel from `Last-Event-ID`/`since`: a plain id or a cursor."""
     positions: dict[str, str | None] = dict.fromkeys(channels)
     if raw is None or raw == "":
@@ -127,10 +124,10 @@ def sse_response(
 
 def _frame_writer(
     cursor: dict[str, str | None] | None,
-) -> Callable[[list[Event | bytes], bool], tuple[bytes, bool]]:
+) -> Callable[[list[Item], bool], tuple[bytes, bool]]:
     """Join queued items into one write; report whether a job's terminal event was written."""
 
-    def frames(items: list[Event | bytes], end_after_terminal: bool) -> tuple[bytes, bool]:
+    def frames(items: list[Item], end_after_terminal: bool) -> tuple[bytes, bool]:
         parts: list[bytes] = []
         for item in items:
             if not isinstance(item, Event):

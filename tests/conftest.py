@@ -1,0 +1,103 @@
+"""Shared fixtures: a private redis-server per test module, gateway and worker processes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.backends.base import Backend
+from gateway.backends.memory import MemoryBackend
+from gateway.settings import Settings
+from tests.support import (
+    MISSING_REDIS,
+    REDIS_BINARY,
+    GatewayProcess,
+    RedisServer,
+    WorkerProcess,
+    gateway_env,
+)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    if REDIS_BINARY is None:
+        pytest.fail(MISSING_REDIS, pytrace=False)
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    redis_server.flush()
+    return redis_server.url
+
+
+def make_settings(redis_url: str = "", **changes: object) -> Settings:
+    return Settings(redis_url=redis_url).replace(**changes)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """The same contract, held against both implementations."""
+    if request.param == "memory":
+        instance: Backend = MemoryBackend(make_settings())
+    else:
+        from gateway.backends.redis import RedisBackend
+
+        url = request.getfixturevalue("redis_url")
+        instance = RedisBackend(make_settings(url))
+    await instance.start()
+    yield instance
+    await instance.close()
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """Start `gateway serve` processes: `gateway_factory(REDIS_URL=..., GATEWAY_X=...)`."""
+    started: list[GatewayProcess] = []
+
+    def start(
+        *, port: int | None = None, args: list[str] | None = None, **env: str
+    ) -> GatewayProcess:
+        process = GatewayProcess(
+            gateway_env(**env),
+            tmp_path / f"gateway-{len(started)}.log",
+            port=port,
+            extra_args=args,
+        )
+        started.append(process)
+        process.start()
+        return process
+
+    yield start
+    for process in started:
+        process.stop(5)
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(*, args: list[str] | None = None, **env: str) -> WorkerProcess:
+        process = WorkerProcess(gateway_env(**env), tmp_path / f"worker-{len(started)}.log", args)
+        started.append(process)
+        process.start()
+        return process
+
+    yield start
+    for process in started:
+        process.stop(5)
+
+
+@pytest.fixture(scope="module")
+def embedded_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """One `gateway serve` on the memory backend with its embedded worker, per test module."""
+    directory = tmp_path_factory.mktemp("gateway")
+    process = GatewayProcess(gateway_env(GATEWAY_SSE_PING="1"), directory / "gateway.log")
+    process.start()
+    yield process
+    process.stop(5)

@@ -1,0 +1,318 @@
+"""Test support: real redis-server and gateway processes on free ports, SSE and WS clients.
+
+Nothing here is a mock: a `RedisServer` is a `redis-server` process in a temporary directory,
+a `GatewayProcess` is `python -m gateway serve` (uvicorn), a `WorkerProcess` is `gateway worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+REDIS_BINARY = shutil.which("redis-server")
+MISSING_REDIS = (
+    "redis-server is not on PATH. The tests start their own Redis server; install it with "
+    "`apt-get install redis-server` (Debian/Ubuntu) or `brew install redis` (macOS)."
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def async_wait_until(
+    condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class RedisServer:
+    """A private redis-server that tests may kill and restart on the same port."""
+
+    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+        if REDIS_BINARY is None:
+            raise RuntimeError(MISSING_REDIS)
+        self.directory = directory
+        self.appendonly = appendonly
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS_BINARY is not None
+        args = [
+            REDIS_BINARY,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+        ]
+        if self.appendonly:
+            args += ["--appendfsync", "always"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_until(lambda: _port_open(self.port), 10, f"redis-server on port {self.port}")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def flush(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        client.flushall()
+        client.close()
+
+
+def gateway_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_") and k != "REDIS_URL"}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class ServiceProcess:
+    """A gateway CLI process (`serve` or `worker`) with its output kept in a log file."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
+        self.args = args
+        self.env = dict(env)
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def signal(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process is None:
+            return None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait(10)
+        self.process = None
+        return code
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class GatewayProcess(ServiceProcess):
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        super().__init__(["serve", "--port", str(self.port), *(extra_args or [])], env, log_path)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self) -> None:
+        super().start()
+
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited early:\n{self.output()}")
+            try:
+                return httpx.get(self.url + "/readyz", timeout=0.5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, 20, f"gateway on port {self.port}")
+
+
+class WorkerProcess(ServiceProcess):
+    def __init__(
+        self, env: Mapping[str, str], log_path: Path, extra_args: list[str] | None = None
+    ) -> None:
+        super().__init__(["worker", *(extra_args or [])], env, log_path)
+
+
+# --- clients ---------------------------------------------------------------------------------
+
+
+class SSEEvent:
+    def __init__(self, event: str | None, id: str | None, data: str) -> None:
+        self.event = event
+        self.id = id
+        self.data = data
+
+    def json(self) -> Any:
+        return orjson.loads(self.data)
+
+    def __repr__(self) -> str:
+        return f"SSEEvent({self.event!r}, id={self.id!r})"
+
+
+async def sse_events(
+    client: httpx.AsyncClient, url: str, headers: Mapping[str, str] | None = None
+) -> AsyncIterator[SSEEvent]:
+    """Parse an SSE response into events (comments and `retry:` lines are skipped)."""
+    async with client.stream("GET", url, headers=dict(headers or {})) as response:
+        if response.status_code != 200:
+            await response.aread()
+            raise AssertionError(f"SSE {url}: {response.status_code} {response.text}")
+        event: str | None = None
+        event_id: str | None = None
+        data: list[str] = []
+        async for line in response.aiter_lines():
+            if line == "":
+                if data:
+                    yield SSEEvent(event, event_id, "\n".join(data))
+                event, event_id, data = None, None, []
+            elif line.startswith(":"):
+                continue
+            elif line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("id: "):
+                event_id = line[4:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+
+
+async def collect_sse(
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    until: Callable[[SSEEvent], bool] | None = None,
+    timeout: float = 20.0,
+) -> list[SSEEvent]:
+    """Read an SSE stream until it ends (or `until` holds), within `timeout`."""
+    events: list[SSEEvent] = []
+
+    async def read() -> None:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(timeout)) as client:
+            async for event in sse_events(client, url, headers):
+                events.append(event)
+                if until is not None and until(event):
+                    return
+
+    await asyncio.wait_for(read(), timeout)
+    return events
+
+
+@contextlib.asynccontextmanager
+async def ws_client(url: str, **kwargs: Any) -> AsyncIterator[Any]:
+    import websockets
+
+    async with websockets.connect(
+        url, subprotocols=["gateway.v1"], open_timeout=10, **kwargs
+    ) as ws:  # type: ignore[list-item]
+        yield ws
+
+
+async def ws_recv(ws: Any, timeout: float = 10.0) -> dict[str, Any]:
+    message = await asyncio.wait_for(ws.recv(), timeout)
+    value: dict[str, Any] = orjson.loads(message)
+    return value
+
+
+async def ws_until(
+    ws: Any, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+) -> list[dict[str, Any]]:
+    """Receive frames until one satisfies `predicate`; return all frames received."""
+    frames: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no matching frame within {timeout}s; got {frames[-5:]}")
+        frame = await ws_recv(ws, remaining)
+        frames.append(frame)
+        if predicate(frame):
+            return frames
