@@ -316,3 +316,8 @@ async def ws_until(
         frames.append(frame)
         if predicate(frame):
             return frames
+
+
+async def ws_send(ws: Any, op: dict[str, Any]) -> None:
+    """Send one protocol op as a JSON text frame."""
+    await ws.send(orjson.dumps(op).decode())
