@@ -1,0 +1,87 @@
+"""The README's commands, run as written in a fresh virtualenv, so the README cannot rot."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import venv
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import free_port, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def code_block_after(heading: str) -> str:
+    section = README.split(heading, 1)[1]
+    match = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert match, f"no sh block after {heading!r}"
+    return match.group(1).strip()
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    command = code_block_after("## Test it")
+    assert command in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.timeout(600)
+def test_run_and_use_commands_work_in_a_fresh_virtualenv(tmp_path: Path) -> None:
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    bin_dir = env_dir / "bin"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GATEWAY_", "VIRTUAL_ENV", "PYTHON")) and k != "REDIS_URL"
+    }
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env["VIRTUAL_ENV"] = str(env_dir)
+    port = free_port()
+    env["GATEWAY_PORT"] = str(port)
+    run_line = code_block_after("## Run it")
+    assert run_line == "pip install -e . && gateway serve"
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(
+        ["bash", "-c", run_line],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+
+        def up() -> bool:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 400, "the README's `gateway serve` to answer")
+        use = code_block_after("## Use it").replace("localhost:8000", f"localhost:{port}")
+        post = " ".join(line.rstrip("\\").strip() for line in use.splitlines()[:2])
+        assert post.startswith("curl -si -X POST")
+        response = subprocess.run(shlex.split(post), capture_output=True, text=True, timeout=30)
+        assert "202 Accepted" in response.stdout
+        job_id = re.search(r"location: /jobs/(\w+)", response.stdout, re.I).group(1)  # type: ignore[union-attr]
+        follow = next(line for line in use.splitlines() if line.startswith("curl -N"))
+        follow = follow.split("#")[0].strip().replace("3f2c9a...", job_id)
+        stream = subprocess.run(shlex.split(follow), capture_output=True, text=True, timeout=30)
+        assert stream.returncode == 0
+        events = re.findall(r"^event: (\S+)$", stream.stdout, re.M)
+        assert events == ["job.queued", "job.started"] + ["job.progress"] * 6 + ["job.completed"]
+        status = httpx.get(f"http://127.0.0.1:{port}/jobs/{job_id}").json()
+        assert status["status"] == "completed" and status["result_url"]
+        result = httpx.get(f"http://127.0.0.1:{port}{status['result_url']}").json()
+        assert result["result"] == {"slept": 3.0, "steps": 6}
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(20)
+        log.close()
