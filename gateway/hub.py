@@ -57,6 +57,8 @@ class Subscriber:
         self.channels: dict[str, _ChannelState] = {}
         self.overflowed = False
         self.closed = False
+        self.on_overflow: Callable[[], None] | None = None
+        """Called once when the backlog overflows, for a writer that may be stuck in a send."""
         self._wakeup = asyncio.Event()
 
     def offer(self, event: Event) -> None:
@@ -83,6 +85,8 @@ class Subscriber:
             self.overflowed = True
             self.queue.clear()
             METRICS.slow_consumers.labels(self.transport).inc()
+            if self.on_overflow is not None:
+                self.on_overflow()
         else:
             self.queue.append(item)
         self._wakeup.set()

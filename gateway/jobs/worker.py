@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from gateway.backends.base import Backend, BackendUnavailable, Delivery
+from gateway.events import Event
 from gateway.jobs.handlers import HandlerError, HandlerRegistry, HandlerSpec, JobContext
 from gateway.jobs.model import JobRecord, encode_field, load_job, timestamp, transition
 from gateway.metrics import METRICS
@@ -128,8 +129,7 @@ class Worker:
 
     async def _requeue_interrupted(self, delivery: Delivery) -> None:
         with contextlib.suppress(BackendUnavailable):
-            await transition(
-                self.backend,
+            await self._transition(
                 delivery.job_id,
                 "job.retrying",
                 {"error": {"type": "interrupted", "message": "worker shut down"}, "delay": 0},
@@ -160,8 +160,7 @@ class Worker:
             await self._fail(record, error, attempts - 1)
             await self.backend.ack(delivery)
             return
-        started = await transition(
-            self.backend,
+        started = await self._transition(
             record.id,
             "job.started",
             {"attempt": attempts},
@@ -181,8 +180,7 @@ class Worker:
         if isinstance(outcome, _Failure):
             if attempts < max_attempts:
                 delay = spec.retry.delay(attempts, random.random())
-                await transition(
-                    self.backend,
+                await self._transition(
                     record.id,
                     "job.retrying",
                     {
@@ -198,8 +196,7 @@ class Worker:
             else:
                 await self._fail(record, outcome.error, attempts)
         else:
-            await transition(
-                self.backend,
+            await self._transition(
                 record.id,
                 "job.completed",
                 {"result": outcome, "result_url": f"/jobs/{record.id}/result"},
@@ -209,6 +206,32 @@ class Worker:
             METRICS.jobs.labels(record.type, "completed").inc()
         await self.backend.ack(delivery)
 
+    async def _transition(
+        self,
+        job_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        fields: dict[str, str] | None = None,
+        *,
+        expire: int = 0,
+    ) -> Event | None:
+        """Publish a job's state change, riding out a short bus outage (Redis restarting).
+
+        Gives up after the visibility timeout: by then the job may be re-claimed elsewhere.
+        """
+        delay = 0.05
+        deadline = time.monotonic() + self.settings.visibility_timeout
+        while True:
+            try:
+                return await transition(
+                    self.backend, job_id, event_type, data, fields, expire=expire
+                )
+            except BackendUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+
     def _max_attempts(self, spec: HandlerSpec | None) -> int:
         if spec is not None and spec.retry.max_attempts is not None:
             return spec.retry.max_attempts
@@ -216,8 +239,7 @@ class Worker:
 
     async def _call_handler(self, spec: HandlerSpec, record: JobRecord, attempt: int) -> Any:
         async def report(fraction: float, message: str, extra: dict[str, Any]) -> None:
-            await transition(
-                self.backend,
+            await self._transition(
                 record.id,
                 "job.progress",
                 {"progress": fraction, "message": message, **extra},
@@ -245,8 +267,7 @@ class Worker:
             return _Failure({"type": type(exc).__name__, "message": str(exc)[:2000]})
 
     async def _fail(self, record: JobRecord, error: dict[str, Any], attempts: int) -> None:
-        await transition(
-            self.backend,
+        await self._transition(
             record.id,
             "job.failed",
             {"error": error, "attempts": attempts},

@@ -58,6 +58,7 @@ class Connection:
         self.websocket = websocket
         self.services = services
         self.subscriber = Subscriber("ws", services.settings.slow_consumer_queue)
+        self._evicted: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
         offered = self.websocket.scope.get("subprotocols", [])
@@ -66,6 +67,16 @@ class Connection:
         hub.connect(self.subscriber)
         writer = asyncio.create_task(self._write_forever())
         reader = asyncio.create_task(self._read_forever())
+
+        def evict() -> None:
+            # The writer may be blocked sending to a client that stopped reading: stop it, so
+            # the close goes out now rather than after the socket drains.
+            writer.cancel()
+            self._evicted = asyncio.ensure_future(
+                self._close(CLOSE_SLOW_CONSUMER, "slow consumer: resume with since")
+            )
+
+        self.subscriber.on_overflow = evict
         try:
             await self._subscribe_from_query()
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
@@ -76,6 +87,8 @@ class Connection:
             for task in (reader, writer):
                 task.cancel()
             await asyncio.gather(reader, writer, return_exceptions=True)
+            if self._evicted is not None:
+                await asyncio.gather(self._evicted, return_exceptions=True)
             await hub.disconnect(self.subscriber)
 
     async def _subscribe_from_query(self) -> None:
