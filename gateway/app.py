@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
+from types import FrameType
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -30,7 +33,6 @@ from gateway.problems import (
 )
 from gateway.services import Services
 from gateway.settings import Settings
-from gateway.transports.sse import GatewayEventSource
 from gateway.transports.ws import websocket_endpoint
 
 log = logging.getLogger("gateway")
@@ -70,12 +72,12 @@ def create_app(
         await backend.start()
         worker = Worker(backend, registry, settings) if settings.runs_embedded_worker else None
         worker_task = asyncio.create_task(worker.run()) if worker is not None else None
-        drain_task = asyncio.create_task(_drain_on_exit(hub, settings))
+        restore_signals = _drain_on_signals(hub, settings)
         log.info("gateway ready: backend=%s embedded_worker=%s", backend.kind, worker is not None)
         try:
             yield
         finally:
-            drain_task.cancel()
+            restore_signals()
             hub.drain(settings.sse_retry_ms)
             if worker is not None and worker_task is not None:
                 worker.stop()
@@ -110,11 +112,36 @@ def create_app(
     return app
 
 
-async def _drain_on_exit(hub: Hub, settings: Settings) -> None:
-    """On SIGTERM/SIGINT, before uvicorn waits for connections to end, ask every client to go."""
-    await GatewayEventSource._listen_for_exit_signal()
-    log.info("shutting down: closing %d client connections", len(hub.connections))
-    hub.drain(settings.sse_retry_ms)
+def _drain_on_signals(hub: Hub, settings: Settings) -> Callable[[], None]:
+    """On SIGTERM/SIGINT, tell every client to go before uvicorn closes the connections.
+
+    Chains in front of the server's own handler (installed before the lifespan starts), so
+    WebSockets close with 1001 and SSE streams end with a `shutdown` event and a `retry:` hint,
+    instead of uvicorn's bare 1012 close.
+    """
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(hub.drain, settings.sse_retry_ms)
+        log.info("shutting down: asking %d client connections to reconnect", len(hub.connections))
+        handler = previous.get(signum)
+        if callable(handler):
+            handler(signum, frame)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, handle)
+        except ValueError:  # not the main thread (e.g. an in-process test server)
+            previous.pop(signum, None)
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            with contextlib.suppress(ValueError):
+                signal.signal(signum, handler)
+
+    return restore
 
 
 def app_from_env() -> Starlette:

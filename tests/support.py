@@ -321,3 +321,75 @@ async def ws_until(
 async def ws_send(ws: Any, op: dict[str, Any]) -> None:
     """Send one protocol op as a JSON text frame."""
     await ws.send(orjson.dumps(op).decode())
+
+
+async def follow_sse_resuming(
+    url: str, until: Callable[[SSEEvent], bool], timeout: float = 60.0
+) -> tuple[list[SSEEvent], int]:
+    """Follow an SSE stream like EventSource does: reconnect with `Last-Event-ID` until `until`.
+
+    Returns the events (control events such as `shutdown` and `gap` included) and the number of
+    connections it took.
+    """
+    events: list[SSEEvent] = []
+    last_id: str | None = None
+    connections = 0
+
+    async def run() -> None:
+        nonlocal last_id, connections
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=30)) as client:
+            while True:
+                connections += 1
+                headers = {"Last-Event-ID": last_id} if last_id else {}
+                try:
+                    async for event in sse_events(client, url, headers):
+                        events.append(event)
+                        if event.id:
+                            last_id = event.id
+                        if until(event):
+                            return
+                except (httpx.HTTPError, AssertionError):
+                    pass
+                await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(run(), timeout)
+    return events, connections
+
+
+async def follow_ws_resuming(
+    ws_url: str, channel: str, until: Callable[[dict[str, Any]], bool], timeout: float = 60.0
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Follow a channel over WebSocket, resubscribing with `since` after every disconnect.
+
+    Returns every frame received and the close codes seen.
+    """
+    import websockets
+
+    frames: list[dict[str, Any]] = []
+    codes: list[int] = []
+    last_id: str | None = None
+
+    async def run() -> None:
+        nonlocal last_id
+        while True:
+            try:
+                async with ws_client(ws_url) as ws:
+                    op: dict[str, Any] = {"op": "subscribe", "channel": channel, "ref": 1}
+                    if last_id:
+                        op["since"] = last_id
+                    await ws_send(ws, op)
+                    while True:
+                        frame = orjson.loads(await ws.recv())
+                        frames.append(frame)
+                        if frame["op"] == "event":
+                            last_id = frame["id"]
+                            if until(frame):
+                                return
+            except websockets.ConnectionClosed as exc:
+                codes.append(exc.rcvd.code if exc.rcvd else 1006)
+            except OSError:
+                pass
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(run(), timeout)
+    return frames, codes
