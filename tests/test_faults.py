@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -135,7 +136,7 @@ async def test_job_that_keeps_killing_workers_is_failed(
         assert worker.process is not None
         process = worker.process
 
-        def ended() -> bool:
+        def ended(process: subprocess.Popen[bytes] = process) -> bool:
             return (
                 process.poll() is not None or job_status(gateway.url, job_id)["status"] == "failed"
             )
