@@ -52,6 +52,8 @@ class Settings:
     visibility_timeout: float = 30.0
     max_attempts: int = 3
     slow_consumer_queue: int = 1000
+    pubsub_probe: float = 5.0
+    """Seconds of pub/sub silence before the reader pings; no answer in as long means dead."""
     sse_ping: float = 15.0
     sse_retry_ms: int = 2000
     job_ttl: int = 86_400
@@ -107,6 +109,7 @@ class Settings:
         read("GATEWAY_VISIBILITY_TIMEOUT", "visibility_timeout", _bounded(float, 0.1, 86_400))
         read("GATEWAY_MAX_ATTEMPTS", "max_attempts", _bounded(int, 1, 1000))
         read("GATEWAY_SLOW_CONSUMER_QUEUE", "slow_consumer_queue", _bounded(int, 1, 10_000_000))
+        read("GATEWAY_PUBSUB_PROBE", "pubsub_probe", _bounded(float, 0.1, 3600))
         read("GATEWAY_SSE_PING", "sse_ping", _bounded(float, 0.1, 3600))
         read("GATEWAY_SSE_RETRY_MS", "sse_retry_ms", _bounded(int, 0, 3_600_000))
         read("GATEWAY_JOB_TTL", "job_ttl", _bounded(int, 1, 10 * 365 * 86_400))
@@ -138,6 +141,7 @@ class Settings:
             "GATEWAY_VISIBILITY_TIMEOUT": str(self.visibility_timeout),
             "GATEWAY_MAX_ATTEMPTS": str(self.max_attempts),
             "GATEWAY_SLOW_CONSUMER_QUEUE": str(self.slow_consumer_queue),
+            "GATEWAY_PUBSUB_PROBE": str(self.pubsub_probe),
             "GATEWAY_SSE_PING": str(self.sse_ping),
             "GATEWAY_SSE_RETRY_MS": str(self.sse_retry_ms),
             "GATEWAY_JOB_TTL": str(self.job_ttl),

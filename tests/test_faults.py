@@ -21,6 +21,10 @@ from tests.support import (
     follow_ws_resuming,
     gateway_env,
     wait_until,
+    ws_client,
+    ws_recv,
+    ws_send,
+    ws_until,
 )
 
 TERMINAL = {"job.completed", "job.failed", "job.cancelled"}
@@ -186,3 +190,35 @@ async def test_gateway_restart_mid_stream_loses_nothing(
     ws_ids = [f["id"] for f in ws_frames if f["op"] == "event"]
     assert sse_ids == ws_ids
     assert sse_ids == final and len(final) == len(set(final)) == 33
+
+
+async def test_silently_dead_pubsub_is_detected_and_recovered(
+    redis_server: RedisServer, redis_url: str, gateway_factory: Callable[..., GatewayProcess]
+) -> None:
+    """A frozen Redis (SIGSTOP: connections stay open, nothing answers) is noticed by the probe."""
+    gateway = gateway_factory(REDIS_URL=redis_url, GATEWAY_PUBSUB_PROBE="0.5")
+    assert redis_server.process is not None
+    async with ws_client(gateway.ws_url) as ws:
+        await ws_send(ws, {"op": "subscribe", "channel": "room:frozen", "ref": 1})
+        assert (await ws_recv(ws))["op"] == "ack"
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            await async_wait_until(
+                lambda: httpx.get(gateway.url + "/readyz", timeout=10).status_code == 503,
+                15,
+                "readyz to notice the frozen bus",
+            )
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        await async_wait_until(
+            lambda: httpx.get(gateway.url + "/readyz", timeout=10).status_code == 200,
+            20,
+            "the gateway to reconnect",
+        )
+        published = httpx.post(
+            f"{gateway.url}/channels/room:frozen/events", json={"data": "after"}
+        ).json()["id"]
+        frame = (await ws_until(ws, lambda f: f["op"] == "event"))[-1]
+        assert frame["id"] == published
+    assert "pub/sub lost" in gateway.output()
+    assert "gateway_redis_reconnects_total 1.0" in httpx.get(gateway.url + "/metrics").text

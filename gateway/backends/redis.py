@@ -23,6 +23,7 @@ from redis.retry import Retry
 
 from gateway.backends.base import Backend, BackendUnavailable, Delivery, History, JobUpdate
 from gateway.events import Event, envelope_tail, parse_event_id, splice_envelope
+from gateway.metrics import METRICS
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.redis")
@@ -30,8 +31,6 @@ log = logging.getLogger("gateway.redis")
 JOB_STREAM = "gw:{jobs}"
 DELAYED_JOBS = "gw:{jobs}:delayed"
 WORKER_GROUP = "workers"
-PUBSUB_IDLE_PROBE = 5.0
-"""Seconds of pub/sub silence after which the reader pings; a second silence means it is dead."""
 
 
 def stream_key(channel: str) -> str:
@@ -94,7 +93,11 @@ class RedisBackend(Backend):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self._redis = aioredis.Redis.from_url(
-            settings.redis_url, decode_responses=False, health_check_interval=0
+            settings.redis_url,
+            decode_responses=False,
+            health_check_interval=0,
+            socket_timeout=10,
+            socket_connect_timeout=2,
         )
         self._pubsub_client = aioredis.Redis.from_url(
             settings.redis_url,
@@ -130,8 +133,9 @@ class RedisBackend(Backend):
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._redis.ping()) and self._live.is_set()
-        except (RedisError, OSError):
+            alive = await asyncio.wait_for(self._redis.ping(), timeout=2)
+            return bool(alive) and self._live.is_set()
+        except (RedisError, OSError, TimeoutError):
             return False
 
     # --- bus -------------------------------------------------------------------------------
@@ -227,11 +231,21 @@ class RedisBackend(Backend):
             pubsub = self._pubsub_client.pubsub()
             names = [bus_channel(c) for c in self._channels]
             await pubsub.ping()
+            # A server that accepts the connection but never answers (frozen, partitioned) is
+            # not live: wait for the PONG before saying so.
+            answer = await pubsub.parse_response(
+                block=False, timeout=max(self.settings.pubsub_probe, 1.0)
+            )
+            if answer is None:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                raise RedisConnectionError("no answer to PING on a new pub/sub connection")
             if names:
                 await pubsub.subscribe(*names)
             self._pubsub = pubsub
         recovering = self.reconnects > 0 or self._live.is_set()
         self._live.set()
+        if recovering:
+            METRICS.redis_reconnects.inc()
         if recovering and self._recovery is not None:
             self._recovery_task = asyncio.ensure_future(self._recovery())
         self.reconnects += 1
@@ -241,7 +255,7 @@ class RedisBackend(Backend):
         assert pubsub is not None
         awaiting_pong = False
         while not self._closing:
-            message = await pubsub.parse_response(block=False, timeout=PUBSUB_IDLE_PROBE)
+            message = await pubsub.parse_response(block=False, timeout=self.settings.pubsub_probe)
             if message is None:
                 if awaiting_pong:
                     raise RedisConnectionError("pub/sub connection silent: no answer to a ping")
