@@ -146,4 +146,12 @@ def _drain_on_signals(hub: Hub, settings: Settings) -> Callable[[], None]:
 
 def app_from_env() -> Starlette:
     """Factory for `uvicorn --factory gateway.app:app_from_env` (and `gateway serve --workers`)."""
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.DEBUG
+            if settings.log_level in {"debug", "trace"}
+            else settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    return create_app(settings)

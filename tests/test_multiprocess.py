@@ -174,3 +174,21 @@ def test_bad_setting_stops_start_with_a_clear_message() -> None:
         timeout=30,
     )
     assert result.returncode != 0 and "REDIS_URL" in result.stderr
+
+
+async def test_serve_with_several_worker_processes(
+    redis_url: str,
+    gateway_factory: Callable[..., GatewayProcess],
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    gateway = gateway_factory(REDIS_URL=redis_url, args=["--workers", "2"])
+    worker_factory(REDIS_URL=redis_url)
+    job = httpx.post(
+        gateway.url + "/jobs", json={"type": "sleep", "data": {"seconds": 0.3, "steps": 3}}
+    ).json()
+    streams = await asyncio.gather(
+        *(collect_sse(f"{gateway.url}/jobs/{job['id']}/events") for _ in range(4))
+    )
+    for events in streams:
+        assert [e.event for e in events] == STORY
+    assert gateway.output().count("gateway ready") == 2
