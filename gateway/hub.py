@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -269,11 +270,23 @@ class Hub:
 
     async def recover(self) -> None:
         """After the bus reconnected: fetch from history what live delivery missed meanwhile."""
-        for channel in list(self._subscribers):
-            try:
-                await self._recover_channel(channel)
-            except BackendUnavailable:
-                log.warning("recovery of %s failed; the next reconnect retries it", channel)
+        pending = list(self._subscribers)
+        delay = 0.05
+        while pending:
+            failed = []
+            for channel in pending:
+                if channel not in self._subscribers:
+                    continue
+                try:
+                    await self._recover_channel(channel)
+                except BackendUnavailable:
+                    failed.append(channel)
+            if not failed:
+                return
+            log.warning("recovery of %d channels failed; retrying in %.2fs", len(failed), delay)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)
+            pending = failed
 
     async def _recover_channel(self, channel: str) -> None:
         last = self._last.get(channel)

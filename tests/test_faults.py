@@ -222,3 +222,23 @@ async def test_silently_dead_pubsub_is_detected_and_recovered(
         assert frame["id"] == published
     assert "pub/sub lost" in gateway.output()
     assert "gateway_redis_reconnects_total 1.0" in httpx.get(gateway.url + "/metrics").text
+
+
+async def test_redis_restarted_empty_tells_connected_clients_of_the_gap(
+    redis_server: RedisServer, redis_url: str, gateway_factory: Callable[..., GatewayProcess]
+) -> None:
+    gateway = gateway_factory(REDIS_URL=redis_url)
+    before = httpx.post(f"{gateway.url}/channels/room:amnesia/events", json={"data": 1}).json()
+    async with ws_client(gateway.ws_url) as ws:
+        await ws_send(ws, {"op": "subscribe", "channel": "room:amnesia", "ref": 1})
+        frames = await ws_until(ws, lambda f: f.get("id") == before["id"])
+        redis_server.restart()  # no persistence: the history is gone
+        gap = await ws_until(ws, lambda f: f["op"] == "gap", timeout=20)
+        assert gap[-1] == {"op": "gap", "channel": "room:amnesia", "since": before["id"]}
+        await async_wait_until(
+            lambda: httpx.get(gateway.url + "/readyz", timeout=10).status_code == 200, 20, "ready"
+        )
+        after = httpx.post(f"{gateway.url}/channels/room:amnesia/events", json={"data": 2}).json()
+        frame = (await ws_until(ws, lambda f: f["op"] == "event"))[-1]
+        assert frame["id"] == after["id"] and frame["data"] == 2
+    assert frames[0]["op"] == "ack"

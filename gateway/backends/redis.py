@@ -16,9 +16,10 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from gateway.backends.base import Backend, BackendUnavailable, Delivery, History, JobUpdate
@@ -98,6 +99,10 @@ class RedisBackend(Backend):
             health_check_interval=0,
             socket_timeout=10,
             socket_connect_timeout=2,
+            # After a Redis restart every pooled connection is stale; retry so that costs a
+            # reconnect, not a failed request per connection.
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self._pubsub_client = aioredis.Redis.from_url(
             settings.redis_url,
