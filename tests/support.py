@@ -393,3 +393,16 @@ async def follow_ws_resuming(
 
     await asyncio.wait_for(run(), timeout)
     return frames, codes
+
+
+def submit_job(url: str, type_: str, data: Mapping[str, Any]) -> str:
+    """`POST /jobs`; returns the new job's id."""
+    response = httpx.post(url + "/jobs", json={"type": type_, "data": dict(data)})
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+def job_status(url: str, job_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(f"{url}/jobs/{job_id}").json()
+    return body

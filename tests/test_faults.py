@@ -20,6 +20,8 @@ from tests.support import (
     follow_sse_resuming,
     follow_ws_resuming,
     gateway_env,
+    job_status,
+    submit_job,
     wait_until,
     ws_client,
     ws_recv,
@@ -39,21 +41,9 @@ def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def submit(url: str, type_: str, data: dict[str, object]) -> str:
-    response = httpx.post(url + "/jobs", json={"type": type_, "data": data})
-    assert response.status_code == 202, response.text
-    job_id: str = response.json()["id"]
-    return job_id
-
-
 def history_ids(url: str, channel: str) -> list[str]:
     body = httpx.get(f"{url}/channels/{channel}/events?limit=1000").json()
     return [event["id"] for event in body["events"]]
-
-
-def job_status(url: str, job_id: str) -> dict[str, object]:
-    body: dict[str, object] = httpx.get(f"{url}/jobs/{job_id}").json()
-    return body
 
 
 async def test_redis_killed_mid_job_loses_nothing(
@@ -64,7 +54,7 @@ async def test_redis_killed_mid_job_loses_nothing(
     env = {"REDIS_URL": aof_redis.url, "GATEWAY_VISIBILITY_TIMEOUT": "20"}
     gateway = gateway_factory(**env)
     worker_factory(**env)
-    job_id = submit(gateway.url, "sleep", {"seconds": 3, "steps": 30})
+    job_id = submit_job(gateway.url, "sleep", {"seconds": 3, "steps": 30})
     channel = f"job:{job_id}"
     sse = asyncio.create_task(
         follow_sse_resuming(f"{gateway.url}/jobs/{job_id}/events", lambda e: e.event in TERMINAL)
@@ -102,7 +92,7 @@ async def test_killed_worker_job_is_reclaimed_and_finished(
     env = {"REDIS_URL": redis_url, "GATEWAY_VISIBILITY_TIMEOUT": "1"}
     gateway = gateway_factory(**env)
     first = worker_factory(**env)
-    job_id = submit(gateway.url, "sleep", {"seconds": 1.5, "steps": 15})
+    job_id = submit_job(gateway.url, "sleep", {"seconds": 1.5, "steps": 15})
     events = asyncio.create_task(collect_sse(f"{gateway.url}/jobs/{job_id}/events", timeout=40))
     await async_wait_until(
         lambda: float(job_status(gateway.url, job_id)["progress"]) >= 0.2,
@@ -134,7 +124,7 @@ async def test_job_that_keeps_killing_workers_is_failed(
         "GATEWAY_HANDLERS": "tests.handlers_for_tests",
     }
     gateway = gateway_factory(**env)
-    job_id = submit(gateway.url, "crash", {})
+    job_id = submit_job(gateway.url, "crash", {})
     for _ in range(4):
         worker = worker_factory(**env)
         assert worker.process is not None
@@ -163,7 +153,7 @@ async def test_gateway_restart_mid_stream_loses_nothing(
     env = {"REDIS_URL": redis_url}
     gateway = gateway_factory(**env)
     worker_factory(**env)
-    job_id = submit(gateway.url, "sleep", {"seconds": 3, "steps": 30})
+    job_id = submit_job(gateway.url, "sleep", {"seconds": 3, "steps": 30})
     channel = f"job:{job_id}"
     sse = asyncio.create_task(
         follow_sse_resuming(f"{gateway.url}/jobs/{job_id}/events", lambda e: e.event in TERMINAL)

@@ -5,23 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import httpx
-
-from tests.support import GatewayProcess, WorkerProcess, async_wait_until, collect_sse
-
-
-def submit(url: str, seconds: float, steps: int) -> str:
-    response = httpx.post(
-        url + "/jobs", json={"type": "sleep", "data": {"seconds": seconds, "steps": steps}}
-    )
-    assert response.status_code == 202
-    job_id: str = response.json()["id"]
-    return job_id
-
-
-def status(url: str, job_id: str) -> dict[str, object]:
-    body: dict[str, object] = httpx.get(f"{url}/jobs/{job_id}").json()
-    return body
+from tests.support import (
+    GatewayProcess,
+    WorkerProcess,
+    async_wait_until,
+    collect_sse,
+    job_status,
+    submit_job,
+)
 
 
 async def test_sigterm_lets_the_running_job_finish_within_grace(
@@ -31,10 +22,12 @@ async def test_sigterm_lets_the_running_job_finish_within_grace(
 ) -> None:
     gateway = gateway_factory(REDIS_URL=redis_url)
     worker = worker_factory(REDIS_URL=redis_url, args=["--grace", "10"])
-    job_id = submit(gateway.url, 1.0, 5)
-    await async_wait_until(lambda: status(gateway.url, job_id)["status"] == "running", 10, "start")
+    job_id = submit_job(gateway.url, "sleep", {"seconds": 1.0, "steps": 5})
+    await async_wait_until(
+        lambda: job_status(gateway.url, job_id)["status"] == "running", 10, "start"
+    )
     assert worker.stop(20) == 0
-    final = status(gateway.url, job_id)
+    final = job_status(gateway.url, job_id)
     assert final["status"] == "completed" and final["attempts"] == 1
 
 
@@ -45,15 +38,17 @@ async def test_sigterm_past_grace_gives_the_job_back(
 ) -> None:
     gateway = gateway_factory(REDIS_URL=redis_url)
     first = worker_factory(REDIS_URL=redis_url, args=["--grace", "0.2"])
-    job_id = submit(gateway.url, 2.0, 10)
+    job_id = submit_job(gateway.url, "sleep", {"seconds": 2.0, "steps": 10})
     stream = asyncio.create_task(collect_sse(f"{gateway.url}/jobs/{job_id}/events", timeout=40))
-    await async_wait_until(lambda: status(gateway.url, job_id)["status"] == "running", 10, "start")
+    await async_wait_until(
+        lambda: job_status(gateway.url, job_id)["status"] == "running", 10, "start"
+    )
     assert first.stop(20) == 0
-    assert status(gateway.url, job_id)["status"] == "retrying"
+    assert job_status(gateway.url, job_id)["status"] == "retrying"
     worker_factory(REDIS_URL=redis_url)
     events = await stream
     types = [e.event for e in events]
     assert types.count("job.started") == 2 and types[-1] == "job.completed"
     interrupted = next(e for e in events if e.event == "job.retrying")
     assert interrupted.json()["data"]["error"]["type"] == "interrupted"
-    assert status(gateway.url, job_id)["attempts"] == 2
+    assert job_status(gateway.url, job_id)["attempts"] == 2
