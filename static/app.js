@@ -71,7 +71,9 @@ async function loadJobTypes() {
 
 function chooseType() {
   const spec = jobTypes.find((t) => t.name === $('job-type').value);
-  $('job-type-help').textContent = spec ? spec.description || '' : '';
+  // Descriptions mark parameter names as `code`.
+  const parts = (spec && spec.description ? spec.description : '').split('`');
+  $('job-type-help').replaceChildren(...parts.map((part, i) => (i % 2 ? el('code', {text: part}) : part)));
   $('job-data').value = spec && spec.example !== null && spec.example !== undefined
     ? JSON.stringify(spec.example, null, 2)
     : '{}';
