@@ -12,18 +12,23 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from gateway.api import channels, compat, health, jobs
-from gateway.auth import ChannelPolicy
+from gateway.api import tokens as token_routes
+from gateway.api.guards import AccessGuard, BodyLimit, install_access_log_redaction
+from gateway.auth import ApiKeys, ChannelPolicy
 from gateway.backends.base import Backend, BackendUnavailable
 from gateway.backends.memory import MemoryBackend
 from gateway.hub import Hub
 from gateway.jobs.handlers import REGISTRY, HandlerRegistry
 from gateway.jobs.worker import Worker
+from gateway.limits import Limits
 from gateway.problems import (
     Problem,
     handle_http_exception,
@@ -65,7 +70,15 @@ def create_app(
     registry.load_modules(settings.handlers)
     backend = make_backend(settings)
     hub = Hub(backend)
-    services = Services(settings, backend, hub, ChannelPolicy(), registry)
+    services = Services(
+        settings,
+        backend,
+        hub,
+        ChannelPolicy.from_settings(settings),
+        registry,
+        ApiKeys(settings.api_keys),
+        Limits.from_settings(settings),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -73,6 +86,8 @@ def create_app(
         worker = Worker(backend, registry, settings) if settings.runs_embedded_worker else None
         worker_task = asyncio.create_task(worker.run()) if worker is not None else None
         restore_signals = _drain_on_signals(hub, settings)
+        install_access_log_redaction()
+        announce_security(settings)
         log.info("gateway ready: backend=%s embedded_worker=%s", backend.kind, worker is not None)
         try:
             yield
@@ -92,6 +107,7 @@ def create_app(
         *jobs.routes,
         *channels.routes,
         *compat.routes,
+        *token_routes.routes,
         *health.routes,
         WebSocketRoute("/ws", websocket_endpoint),
         Mount(
@@ -101,6 +117,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=security_middleware(settings, services),
         exception_handlers={
             Problem: handle_problem,
             HTTPException: handle_http_exception,
@@ -110,6 +127,57 @@ def create_app(
     )
     app.state.services = services
     return app
+
+
+def security_middleware(settings: Settings, services: Services) -> list[Middleware]:
+    """CORS outermost (so refusals carry CORS headers too), then the body limit, then access."""
+    stack: list[Middleware] = []
+    if settings.allowed_origins:
+        wildcard = "*" in settings.allowed_origins
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=["*"] if wildcard else list(settings.allowed_origins),
+                # Never `*` together with credentials: a wildcard allowlist sends no cookies.
+                allow_credentials=not wildcard,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
+                expose_headers=["Location", "Retry-After"],
+                max_age=600,
+            )
+        )
+    stack.append(Middleware(BodyLimit, limit=settings.max_body))
+    stack.append(Middleware(AccessGuard, services=services))
+    return stack
+
+
+def announce_security(settings: Settings) -> None:
+    """Say loudly when the gateway is open, so nobody deploys dev mode by accident."""
+    if settings.dev_mode:
+        log.warning(
+            "\n%s\n  DEV MODE: no GATEWAY_API_KEYS and no GATEWAY_SECRET are configured.\n"
+            "  Anyone who can reach this port may submit jobs, publish, and read every channel.\n"
+            "  Set both (and --require-auth) before exposing the gateway.\n%s",
+            "!" * 78,
+            "!" * 78,
+        )
+        return
+    if not settings.api_keys:
+        log.warning(
+            "OPEN SERVER API: no GATEWAY_API_KEYS configured; anyone may submit jobs and publish. "
+            "Channel reads still need tokens."
+        )
+    if not settings.secrets:
+        log.warning(
+            "no GATEWAY_SECRET configured: channel tokens are signed with a random per-process "
+            "secret and will not verify in other processes or after a restart"
+        )
+    log.info(
+        "auth: %d API key(s), %d token secret(s), allowed origins: %s",
+        len(settings.api_keys),
+        len(settings.secrets),
+        " ".join(settings.allowed_origins) or "same origin",
+    )
 
 
 def _drain_on_signals(hub: Hub, settings: Settings) -> Callable[[], None]:

@@ -1,40 +1,162 @@
-"""Who may subscribe to and publish on which channel.
+"""Who may call the server API, and who may subscribe to and publish on which channel.
 
-Namespaces carry policy: `job:` channels are written only by workers and the server API, while
-clients talk to each other in `room:` channels. Unknown namespaces are refused, so a typo does
-not silently create a channel nobody reads.
+Two kinds of credentials. **API keys** are for server-side callers (submitting jobs, publishing
+from services, minting tokens): long-lived, compared in constant time. **Channel tokens**
+(`gateway.tokens`) are for browsers and scripts: short-lived, scoped to channels and rights.
+
+Namespaces carry policy. Each namespace has a rule for subscribing and one for publishing from a
+client (the server API with an API key may publish on any known namespace):
+
+- `open`: anyone;
+- `token`: a token that grants the right on the channel (exactly or by `namespace:*`);
+- `subject`: a token whose `sub` is the channel's name (`user:42` needs `sub` 42);
+- `none`: never from a client (`job:` channels are written only by workers and the server API).
+
+Unknown namespaces are refused, so a typo does not silently create a channel nobody reads. In
+dev mode (no API keys and no token secret configured) every `token`/`subject` rule is open, so
+a local `gateway serve` works with curl and the dashboard without any credentials.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hmac
+from collections.abc import Mapping
+from typing import Final
 
 from gateway.events import namespace_of
+from gateway.settings import Settings
+from gateway.tokens import ChannelToken, InvalidToken, TokenSigner
 
-KNOWN_NAMESPACES = frozenset({"job", "room", "user"})
-CLIENT_PUBLISH_NAMESPACES = frozenset({"room", "user"})
+OPEN: Final = "open"
+TOKEN: Final = "token"
+SUBJECT: Final = "subject"
+NONE: Final = "none"
+
+DEFAULT_RULES: Final[Mapping[str, tuple[str, str]]] = {
+    "job": (TOKEN, NONE),
+    "room": (TOKEN, TOKEN),
+    "user": (SUBJECT, TOKEN),
+}
+"""`namespace: (subscribe rule, client publish rule)`; `GATEWAY_CHANNEL_POLICY` overrides."""
+
+KNOWN_NAMESPACES = frozenset(DEFAULT_RULES)
 
 
 class Forbidden(Exception):
-    """The caller may not do this on this channel; the message says why."""
+    """The caller may not do this on this channel; the message says why.
+
+    `code` is `forbidden` (credentials are fine but do not allow this), `token_required`,
+    `invalid_token` or `token_expired` (the credentials themselves are the problem: HTTP 401).
+    """
+
+    def __init__(self, message: str, code: str = "forbidden") -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def status(self) -> int:
+        return 403 if self.code == "forbidden" else 401
 
 
-@dataclass(frozen=True, slots=True)
+class ApiKeys:
+    """The configured server API keys; none configured means the API is open (dev mode)."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self._keys = tuple(key.encode() for key in keys)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def match(self, candidate: str | None) -> str | None:
+        """The matching key (as the rate-limit identity), or None.
+
+        Every key is compared, in constant time, so timing tells nothing about which key or how
+        much of it matched.
+        """
+        if not candidate or not self._keys:
+            return None
+        given = candidate.encode("utf-8", "replace")
+        found: bytes | None = None
+        for key in self._keys:
+            if hmac.compare_digest(given, key):
+                found = key
+        return found.decode() if found is not None else None
+
+
 class ChannelPolicy:
-    namespaces: frozenset[str] = KNOWN_NAMESPACES
-    client_publish: frozenset[str] = CLIENT_PUBLISH_NAMESPACES
+    """Namespace rules plus the signer that verifies the tokens those rules ask for."""
+
+    def __init__(
+        self,
+        rules: Mapping[str, tuple[str, str]] | None = None,
+        *,
+        signer: TokenSigner | None = None,
+        open_mode: bool = True,
+    ) -> None:
+        self.rules = dict(DEFAULT_RULES if rules is None else rules)
+        self.signer = signer or TokenSigner.ephemeral()
+        self.open_mode = open_mode
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ChannelPolicy:
+        if settings.secrets:
+            signer = TokenSigner(settings.secrets)
+        elif settings.ephemeral_secret:
+            signer = TokenSigner([settings.ephemeral_secret])
+        else:
+            signer = TokenSigner.ephemeral()
+        rules = {**DEFAULT_RULES, **settings.channel_rules}
+        return cls(rules, signer=signer, open_mode=settings.dev_mode)
+
+    @property
+    def namespaces(self) -> frozenset[str]:
+        return frozenset(self.rules)
+
+    def verify(self, raw: str | None) -> ChannelToken | None:
+        """The verified token, None when none was given; raise `Forbidden` for a bad one."""
+        if raw is None or raw == "":
+            return None
+        try:
+            return self.signer.verify(raw)
+        except InvalidToken as exc:
+            raise Forbidden(exc.message, exc.code) from None
+
+    def job_token(self, job_id: str, ttl: float) -> str:
+        """A token that can subscribe to this job's channel and nothing else.
+
+        Its subject is empty on purpose: it names no user, so it never satisfies a `user:` rule.
+        """
+        return self.signer.mint("", {f"job:{job_id}": ["subscribe"]}, ttl)
 
     def check_namespace(self, channel: str) -> None:
         namespace = namespace_of(channel)
-        if namespace not in self.namespaces:
-            known = ", ".join(sorted(self.namespaces))
+        if namespace not in self.rules:
+            known = ", ".join(sorted(self.rules))
             raise Forbidden(f"unknown namespace {namespace!r}; channels live in: {known}")
 
-    def check_subscribe(self, channel: str) -> None:
+    def check_subscribe(self, channel: str, token: ChannelToken | None = None) -> None:
         self.check_namespace(channel)
+        self._check(channel, "subscribe", self.rules[namespace_of(channel)][0], token)
 
-    def check_client_publish(self, channel: str) -> None:
-        """Publishing from a client connection (WebSocket), as opposed to the server API."""
+    def check_client_publish(self, channel: str, token: ChannelToken | None = None) -> None:
+        """Publishing from a client (WebSocket, or HTTP with a token) rather than the server."""
         self.check_namespace(channel)
-        if namespace_of(channel) not in self.client_publish:
-            raise Forbidden(f"clients cannot publish to {namespace_of(channel)!r} channels")
+        self._check(channel, "publish", self.rules[namespace_of(channel)][1], token)
+
+    def _check(self, channel: str, right: str, rule: str, token: ChannelToken | None) -> None:
+        if rule == NONE:
+            raise Forbidden(f"clients cannot {right} on {namespace_of(channel)!r} channels")
+        if rule == OPEN or self.open_mode:
+            return
+        if token is None:
+            raise Forbidden(f"{right} on {channel} needs a channel token", "token_required")
+        if token.expired():
+            raise Forbidden("the token has expired; get a new one", "token_expired")
+        if rule == SUBJECT:
+            if token.sub and token.sub == channel.partition(":")[2]:
+                return
+            raise Forbidden(f"only a token whose subject is the channel's name may {right} here")
+        if token.grants(channel, right):
+            return
+        raise Forbidden(f"the token does not allow {right} on {channel}")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 
-from gateway.auth import ChannelPolicy
+from gateway.auth import ApiKeys, ChannelPolicy
 from gateway.backends.base import Backend
 from gateway.hub import Hub
 from gateway.jobs.handlers import HandlerRegistry
+from gateway.limits import Limits
 from gateway.settings import Settings
 
 
@@ -20,6 +21,8 @@ class Services:
     hub: Hub
     policy: ChannelPolicy
     registry: HandlerRegistry
+    api_keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))
+    limits: Limits = field(default_factory=Limits)
 
 
 def services_of(connection: HTTPConnection) -> Services:

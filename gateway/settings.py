@@ -58,9 +58,49 @@ class Settings:
     sse_retry_ms: int = 2000
     job_ttl: int = 86_400
     max_wait: float = 60.0
+    webhook_secrets: tuple[str, ...] = ()
+    """`whsec_...` secrets for webhook signatures: the first signs, all sign during rotation."""
+    webhook_allow_private: bool = False
+    """Permit callback URLs on loopback/private/link-local addresses (off: SSRF guard)."""
+    webhook_timeout: float = 10.0
+    webhook_max_attempts: int = 8
+    webhook_backoff: float = 2.0
+    """Base of the exponential webhook retry backoff (seconds, full jitter, capped at 1 h)."""
+    idempotency_ttl: int = 86_400
+    job_timeout: float = 0.0
+    """Default handler timeout in seconds (0: none) for types without their own."""
+    job_timeouts: Mapping[str, float] = field(default_factory=dict)
+    """Per-type handler timeouts, winning over the handler's declared `timeout`."""
+    cancel_grace: float = 2.0
+    """Seconds a running handler gets to stop on its own after a cancel, before it is cancelled."""
     data_dir: Path = field(default_factory=lambda: Path.cwd() / "data")
     static_dir: Path = PROJECT_STATIC
     log_level: str = "info"
+    api_keys: tuple[str, ...] = ()
+    """Keys for server-side calls; none means open (dev) mode, announced loudly at start."""
+    secrets: tuple[str, ...] = ()
+    """Channel token secrets: the first signs, all verify (rotation)."""
+    ephemeral_secret: str = ""
+    """A generated secret shared by `serve --workers N` processes; not a configured one."""
+    require_auth: bool = False
+    allowed_origins: tuple[str, ...] = ()
+    channel_rules: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    """Per-namespace `(subscribe, publish)` rules overriding the defaults in `gateway.auth`."""
+    token_ttl: int = 3600
+    max_token_ttl: int = 86_400
+    max_body: int = 1024 * 1024
+    max_message: int = 64 * 1024
+    max_subscriptions: int = 100
+    max_connections_per_client: int = 256
+    publish_rate: float = 20.0
+    publish_burst: int = 40
+    submit_rate: float = 10.0
+    submit_burst: int = 20
+
+    @property
+    def dev_mode(self) -> bool:
+        """No API keys and no token secret configured: everything open, for local use."""
+        return not self.api_keys and not self.secrets
 
     @property
     def backend_kind(self) -> str:
@@ -114,11 +154,51 @@ class Settings:
         read("GATEWAY_SSE_RETRY_MS", "sse_retry_ms", _bounded(int, 0, 3_600_000))
         read("GATEWAY_JOB_TTL", "job_ttl", _bounded(int, 1, 10 * 365 * 86_400))
         read("GATEWAY_MAX_WAIT", "max_wait", _bounded(float, 0, 3600))
+        read("GATEWAY_WEBHOOK_SECRET", "webhook_secrets", _webhook_secrets)
+        read("GATEWAY_WEBHOOK_ALLOW_PRIVATE", "webhook_allow_private", _flag)
+        read("GATEWAY_WEBHOOK_TIMEOUT", "webhook_timeout", _bounded(float, 0.1, 300))
+        read("GATEWAY_WEBHOOK_MAX_ATTEMPTS", "webhook_max_attempts", _bounded(int, 1, 100))
+        read("GATEWAY_WEBHOOK_BACKOFF", "webhook_backoff", _bounded(float, 0.01, 3600))
+        read("GATEWAY_IDEMPOTENCY_TTL", "idempotency_ttl", _bounded(int, 1, 366 * 86_400))
+        read("GATEWAY_JOB_TIMEOUT", "job_timeout", _bounded(float, 0, 30 * 86_400))
+        read("GATEWAY_JOB_TIMEOUTS", "job_timeouts", _job_timeouts)
+        read("GATEWAY_CANCEL_GRACE", "cancel_grace", _bounded(float, 0, 3600))
         read("GATEWAY_DATA_DIR", "data_dir", Path)
         read("GATEWAY_STATIC_DIR", "static_dir", Path)
         read("GATEWAY_LOG_LEVEL", "log_level", _log_level)
+        read("GATEWAY_API_KEYS", "api_keys", _words)
+        read("GATEWAY_SECRET", "secrets", _words)
+        read("GATEWAY_EPHEMERAL_SECRET", "ephemeral_secret", str)
+        read("GATEWAY_REQUIRE_AUTH", "require_auth", _flag)
+        read("GATEWAY_ALLOWED_ORIGINS", "allowed_origins", _words)
+        read("GATEWAY_CHANNEL_POLICY", "channel_rules", _channel_rules)
+        read("GATEWAY_TOKEN_TTL", "token_ttl", _bounded(int, 1, 366 * 86_400))
+        read("GATEWAY_MAX_TOKEN_TTL", "max_token_ttl", _bounded(int, 1, 366 * 86_400))
+        read("GATEWAY_MAX_BODY", "max_body", _bounded(int, 1, 1 << 32))
+        read("GATEWAY_MAX_MESSAGE", "max_message", _bounded(int, 64, 1 << 28))
+        read("GATEWAY_MAX_SUBSCRIPTIONS", "max_subscriptions", _bounded(int, 1, 1_000_000))
+        read(
+            "GATEWAY_MAX_CONNECTIONS_PER_CLIENT",
+            "max_connections_per_client",
+            _bounded(int, 0, 10_000_000),
+        )
+        read("GATEWAY_PUBLISH_RATE", "publish_rate", _bounded(float, 0, 1e9))
+        read("GATEWAY_PUBLISH_BURST", "publish_burst", _bounded(int, 1, 1_000_000_000))
+        read("GATEWAY_SUBMIT_RATE", "submit_rate", _bounded(float, 0, 1e9))
+        read("GATEWAY_SUBMIT_BURST", "submit_burst", _bounded(int, 1, 1_000_000_000))
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
+        if settings.require_auth and not settings.api_keys:
+            raise SettingsError(
+                "--require-auth (GATEWAY_REQUIRE_AUTH) is set but GATEWAY_API_KEYS is empty: "
+                "configure at least one API key"
+            )
+        for key in settings.api_keys:
+            if len(key) < 16:
+                raise SettingsError("GATEWAY_API_KEYS: each key must be at least 16 characters")
+        for secret in settings.secrets:
+            if len(secret) < 32:
+                raise SettingsError("GATEWAY_SECRET: each secret must be at least 32 characters")
         if settings.workers > 1 and not settings.redis_url:
             raise SettingsError(
                 "--workers N > 1 needs REDIS_URL: processes share events only through Redis"
@@ -146,9 +226,36 @@ class Settings:
             "GATEWAY_SSE_RETRY_MS": str(self.sse_retry_ms),
             "GATEWAY_JOB_TTL": str(self.job_ttl),
             "GATEWAY_MAX_WAIT": str(self.max_wait),
+            "GATEWAY_WEBHOOK_SECRET": " ".join(self.webhook_secrets),
+            "GATEWAY_WEBHOOK_ALLOW_PRIVATE": "1" if self.webhook_allow_private else "0",
+            "GATEWAY_WEBHOOK_TIMEOUT": str(self.webhook_timeout),
+            "GATEWAY_WEBHOOK_MAX_ATTEMPTS": str(self.webhook_max_attempts),
+            "GATEWAY_WEBHOOK_BACKOFF": str(self.webhook_backoff),
+            "GATEWAY_IDEMPOTENCY_TTL": str(self.idempotency_ttl),
+            "GATEWAY_JOB_TIMEOUT": str(self.job_timeout),
+            "GATEWAY_JOB_TIMEOUTS": " ".join(f"{t}={s:g}" for t, s in self.job_timeouts.items()),
+            "GATEWAY_CANCEL_GRACE": str(self.cancel_grace),
             "GATEWAY_DATA_DIR": str(self.data_dir),
             "GATEWAY_STATIC_DIR": str(self.static_dir),
             "GATEWAY_LOG_LEVEL": self.log_level,
+            "GATEWAY_API_KEYS": " ".join(self.api_keys),
+            "GATEWAY_SECRET": " ".join(self.secrets),
+            "GATEWAY_EPHEMERAL_SECRET": self.ephemeral_secret,
+            "GATEWAY_REQUIRE_AUTH": "1" if self.require_auth else "0",
+            "GATEWAY_ALLOWED_ORIGINS": " ".join(self.allowed_origins),
+            "GATEWAY_CHANNEL_POLICY": " ".join(
+                f"{ns}={sub}/{pub}" for ns, (sub, pub) in self.channel_rules.items()
+            ),
+            "GATEWAY_TOKEN_TTL": str(self.token_ttl),
+            "GATEWAY_MAX_TOKEN_TTL": str(self.max_token_ttl),
+            "GATEWAY_MAX_BODY": str(self.max_body),
+            "GATEWAY_MAX_MESSAGE": str(self.max_message),
+            "GATEWAY_MAX_SUBSCRIPTIONS": str(self.max_subscriptions),
+            "GATEWAY_MAX_CONNECTIONS_PER_CLIENT": str(self.max_connections_per_client),
+            "GATEWAY_PUBLISH_RATE": str(self.publish_rate),
+            "GATEWAY_PUBLISH_BURST": str(self.publish_burst),
+            "GATEWAY_SUBMIT_RATE": str(self.submit_rate),
+            "GATEWAY_SUBMIT_BURST": str(self.submit_burst),
         }
         if self.embedded_worker is not None:
             env["GATEWAY_EMBEDDED_WORKER"] = "1" if self.embedded_worker else "0"
@@ -187,6 +294,28 @@ def _log_level(raw: str) -> str:
     return lowered
 
 
+def _words(raw: str) -> tuple[str, ...]:
+    return tuple(raw.split())
+
+
+CHANNEL_RULE_WORDS = frozenset({"open", "token", "subject", "none"})
+
+
+def _channel_rules(raw: str) -> dict[str, tuple[str, str]]:
+    """Parse `room=token/token news=open/none` (namespace=subscribe-rule/publish-rule)."""
+    rules: dict[str, tuple[str, str]] = {}
+    for item in raw.replace(",", " ").split():
+        namespace, eq, spec = item.partition("=")
+        subscribe, slash, publish = spec.partition("/")
+        if not eq or not slash or not namespace:
+            raise ValueError(f"{item!r}: expected namespace=subscribe/publish, like news=open/none")
+        for word in (subscribe, publish):
+            if word not in CHANNEL_RULE_WORDS:
+                raise ValueError(f"{item!r}: rules are {', '.join(sorted(CHANNEL_RULE_WORDS))}")
+        rules[namespace] = (subscribe, publish)
+    return rules
+
+
 def _retention(raw: str) -> dict[str, Retention]:
     """Parse `job=10000/86400 room=500/3600` (namespace=size/ttl-seconds)."""
     rules: dict[str, Retention] = {}
@@ -199,3 +328,35 @@ def _retention(raw: str) -> dict[str, Retention]:
         if rules[namespace].size < 1 or rules[namespace].ttl < 1:
             raise ValueError(f"{item!r}: size and ttl must be positive")
     return rules
+
+
+def _webhook_secrets(raw: str) -> tuple[str, ...]:
+    """`whsec_<base64>` secrets, space-separated (Standard Webhooks' format)."""
+    import base64
+    import binascii
+
+    secrets = tuple(raw.split())
+    for secret in secrets:
+        if not secret.startswith("whsec_"):
+            raise ValueError("each secret must look like whsec_<base64>")
+        try:
+            key = base64.b64decode(secret[6:], validate=True)
+        except binascii.Error:
+            raise ValueError("the part after whsec_ must be base64") from None
+        if len(key) < 24:
+            raise ValueError("each secret must hold at least 24 bytes")
+    return secrets
+
+
+def _job_timeouts(raw: str) -> dict[str, float]:
+    """Parse `sleep=30 data_analysis=120` (job type=seconds)."""
+    timeouts: dict[str, float] = {}
+    for item in raw.replace(",", " ").split():
+        name, eq, seconds = item.partition("=")
+        if not eq or not name:
+            raise ValueError(f"{item!r}: expected type=seconds, like sleep=30")
+        value = float(seconds)
+        if not 0 < value <= 30 * 86_400:
+            raise ValueError(f"{item!r}: seconds must be positive")
+        timeouts[name] = value
+    return timeouts

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.api.guards import caller_of
 from gateway.api.jobs import json_response
 from gateway.api.requests import channel_param, event_id_param, int_param, read_json_object
 from gateway.auth import Forbidden
@@ -43,7 +44,7 @@ async def channel_history(request: Request) -> Response:
     since = event_id_param(request.query_params.get("since"))
     limit = int_param(request, "limit", 100, 1, 1000)
     try:
-        services.policy.check_subscribe(channel)
+        services.policy.check_namespace(channel)  # rights: api.guards
     except Forbidden as exc:
         raise forbidden(exc) from None
     history = await services.backend.history(channel, since, limit=limit)
@@ -70,12 +71,14 @@ async def channel_stream(request: Request) -> Response:
     channels = list(dict.fromkeys(channel_param(channel) for channel in channels))
     for channel in channels:
         try:
-            services.policy.check_subscribe(channel)
+            services.policy.check_namespace(channel)  # rights: api.guards
         except Forbidden as exc:
             raise forbidden(exc) from None
     raw = request.headers.get("last-event-id") or request.query_params.get("since")
     positions = parse_positions(raw, channels)
-    return sse_response(services.hub, services.settings, positions)
+    return sse_response(
+        services.hub, services.settings, positions, expires_at=caller_of(request.scope).expires_at
+    )
 
 
 routes = [

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.api.guards import caller_of
 from gateway.api.requests import event_id_param, float_param, read_json_object
 from gateway.events import parse_event_id
 from gateway.hub import Subscriber
@@ -61,7 +62,9 @@ async def post_job(request: Request) -> Response:
         body.get("data"),
         body.get("callback_url", body.get("callbackUrl")),
     )
-    return json_response(record.resource(), 202, headers={"Location": f"/jobs/{record.id}"})
+    resource = record.resource()
+    resource["token"] = services.policy.job_token(record.id, services.settings.token_ttl)
+    return json_response(resource, 202, headers={"Location": f"/jobs/{record.id}"})
 
 
 async def get_job(request: Request) -> Response:
@@ -139,7 +142,13 @@ async def job_events(request: Request) -> Response:
     record = await load_or_404(services, job_id)
     if record.terminal and raw is not None and positions[channel] == record.last_event_id:
         return Response(status_code=204)
-    return sse_response(services.hub, services.settings, positions, end_after_terminal=True)
+    return sse_response(
+        services.hub,
+        services.settings,
+        positions,
+        end_after_terminal=True,
+        expires_at=caller_of(request.scope).expires_at,
+    )
 
 
 async def job_types(request: Request) -> Response:

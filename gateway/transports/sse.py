@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -76,10 +77,14 @@ def sse_response(
     *,
     end_after_terminal: bool = False,
     headers: dict[str, str] | None = None,
+    expires_at: float | None = None,
 ) -> EventSourceResponse:
     """Stream the channels' history after `positions`, then live events.
 
     `end_after_terminal` is for job streams: the stream ends after the job's terminal event.
+    `expires_at` (epoch seconds) is the expiry of the token that authorized the stream: then the
+    stream ends with an `error` event and a long `retry:`, so the client neither hangs on a
+    stream it may no longer read nor reconnects in a storm (the reconnect gets a 401 anyway).
     """
     channels = list(positions)
     cursor = dict(positions) if len(channels) > 1 else None
@@ -97,7 +102,12 @@ def sse_response(
                 return
             frame_of = _frame_writer(cursor)
             while True:
-                await subscriber.wait()
+                if not await _wait_until_expiry(subscriber, expires_at):
+                    yield control_frame(
+                        "error", code="token_expired", message="the token expired; get a new one"
+                    )
+                    yield f"retry: {TOKEN_EXPIRED_RETRY_MS}\n\n".encode()
+                    return
                 if subscriber.overflowed:
                     log.info("SSE client too slow; ending its stream so it resumes later")
                     return
@@ -120,6 +130,21 @@ def sse_response(
         shutdown_grace_period=2.0,
         headers={"Cache-Control": "no-store", **(headers or {})},
     )
+
+
+TOKEN_EXPIRED_RETRY_MS = 3_600_000
+"""The `retry:` after a token expired: an hour, so a client without a new token stays quiet."""
+
+
+async def _wait_until_expiry(subscriber: Subscriber, expires_at: float | None) -> bool:
+    """Wait for queued items; False when the token expires first."""
+    if expires_at is None:
+        await subscriber.wait()
+        return True
+    remaining = expires_at - time.time()
+    if remaining <= 0:
+        return False
+    return await subscriber.wait(timeout=remaining)
 
 
 def _frame_writer(

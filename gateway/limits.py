@@ -1,0 +1,121 @@
+"""Rate and connection limits: token buckets keyed by who is asking, connection counts per address.
+
+Kept in process memory: each gateway process limits what passes through it. That bounds the
+damage one client can do to one process, which is what protects the other clients of that
+process; a global quota across processes would cost a Redis round trip per message.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from gateway.settings import Settings
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """`rate` tokens per second, at most `burst` saved up; one token per action.
+
+    A rate of 0 (or less) means no limit: the setting that turns the limit off.
+    """
+
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    stamp: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if self.tokens < 0:
+            self.tokens = self.burst
+
+    def take(self, now: float | None = None) -> float:
+        """Take one token: 0.0 if allowed, else the seconds until one is available."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class KeyedRateLimiter:
+    """One token bucket per key (API key, token, client), the least recently used forgotten
+    first so that a flood of distinct keys cannot grow memory without bound."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def take(self, key: str) -> float:
+        """0.0 if `key` may act now, else the seconds to wait (for `Retry-After`)."""
+        if self.rate <= 0:
+            return 0.0
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
+            if len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket.take()
+
+    def bucket(self) -> TokenBucket:
+        """A fresh bucket with this limiter's rate, for one connection."""
+        return TokenBucket(self.rate, self.burst)
+
+
+class ConnectionCounter:
+    """Open streaming connections per client address, refused beyond `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def acquire(self, address: str) -> bool:
+        count = self._open.get(address, 0)
+        if self.limit > 0 and count >= self.limit:
+            return False
+        self._open[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        count = self._open.get(address, 0) - 1
+        if count > 0:
+            self._open[address] = count
+        else:
+            self._open.pop(address, None)
+
+    def count(self, address: str) -> int:
+        return self._open.get(address, 0)
+
+
+def retry_after_header(seconds: float) -> str:
+    """Whole seconds, at least 1, as `Retry-After` wants them."""
+    return str(max(1, math.ceil(min(seconds, 86_400.0))))
+
+
+@dataclass(slots=True)
+class Limits:
+    """The per-process limiters a gateway enforces, built from its settings."""
+
+    publish: KeyedRateLimiter = field(default_factory=lambda: KeyedRateLimiter(20.0, 40))
+    """Publishes per token (and per client address for token-less HTTP publishes)."""
+    submit: KeyedRateLimiter = field(default_factory=lambda: KeyedRateLimiter(10.0, 20))
+    """Job submissions per API key (per client address in open mode)."""
+    connections: ConnectionCounter = field(default_factory=lambda: ConnectionCounter(256))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            publish=KeyedRateLimiter(settings.publish_rate, settings.publish_burst),
+            submit=KeyedRateLimiter(settings.submit_rate, settings.submit_burst),
+            connections=ConnectionCounter(settings.max_connections_per_client),
+        )

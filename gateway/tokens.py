@@ -1,0 +1,128 @@
+"""Channel tokens: short-lived JWTs (HS256) that grant rights on channels.
+
+A token names a subject (`sub`), an expiry (`exp`) and `channels`: an object mapping a channel
+name or a `namespace:*` pattern to rights among `"subscribe"` and `"publish"`. It is a plain JWT,
+so any backend can mint one with a standard JWT library and the shared secret, without calling
+the gateway. Several secrets may be configured for rotation: the first signs, all verify.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import jwt
+
+RIGHTS: Final = frozenset({"subscribe", "publish"})
+ALGORITHM: Final = "HS256"
+MAX_TOKEN_BYTES: Final = 8192
+"""Longer strings are refused before any decoding work: a token is a few hundred bytes."""
+
+
+class InvalidToken(Exception):
+    """A token that cannot be used; `code` is `token_expired` or `invalid_token`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelToken:
+    """A verified token: who it was issued to, until when, and what it grants."""
+
+    sub: str
+    exp: float
+    channels: Mapping[str, frozenset[str]]
+    raw: str = ""
+
+    def grants(self, channel: str, right: str) -> bool:
+        """Whether an exact entry or a `namespace:*` pattern gives `right` on `channel`."""
+        exact = self.channels.get(channel)
+        if exact is not None and right in exact:
+            return True
+        namespace = channel.partition(":")[0]
+        pattern = self.channels.get(namespace + ":*")
+        return pattern is not None and right in pattern
+
+    def expired(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) >= self.exp
+
+
+def parse_grants(value: Any) -> dict[str, frozenset[str]]:
+    """Validate a `channels` claim; raise `ValueError` with a message for the client."""
+    if not isinstance(value, dict):
+        raise ValueError("'channels' must be an object mapping channel names to rights")
+    grants: dict[str, frozenset[str]] = {}
+    for name, rights in value.items():
+        if not isinstance(name, str) or not 0 < len(name) <= 200:
+            raise ValueError("channel names in 'channels' are 1-200 character strings")
+        if not isinstance(rights, list) or not all(isinstance(r, str) for r in rights):
+            raise ValueError(f"rights for {name[:60]!r} must be a list like ['subscribe']")
+        unknown = set(rights) - RIGHTS
+        if unknown:
+            raise ValueError(f"unknown rights {sorted(unknown)}; use 'subscribe' and 'publish'")
+        grants[name] = frozenset(rights)
+    return grants
+
+
+class TokenSigner:
+    """Mints and verifies channel tokens with the configured secrets."""
+
+    def __init__(self, secrets_: Sequence[str]) -> None:
+        if not secrets_:
+            raise ValueError("a TokenSigner needs at least one secret")
+        self.secrets = tuple(secrets_)
+
+    @classmethod
+    def ephemeral(cls) -> TokenSigner:
+        """A random per-process secret: tokens verify only in this process, until it restarts."""
+        return cls([secrets.token_urlsafe(32)])
+
+    def mint(self, sub: str, channels: Mapping[str, Sequence[str]], ttl: float) -> str:
+        now = int(time.time())
+        claims = {
+            "sub": sub,
+            "iat": now,
+            "exp": now + max(1, round(ttl)),
+            "channels": {name: sorted(set(rights)) for name, rights in channels.items()},
+        }
+        return jwt.encode(claims, self.secrets[0], algorithm=ALGORITHM)
+
+    def verify(self, token: str) -> ChannelToken:
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
+            raise InvalidToken("invalid_token", "the token is missing or malformed")
+        expired = False
+        for secret in self.secrets:
+            try:
+                claims = jwt.decode(
+                    token,
+                    secret,
+                    algorithms=[ALGORITHM],
+                    options={"require": ["exp", "sub", "channels"]},
+                )
+            except jwt.ExpiredSignatureError:
+                expired = True
+                continue
+            except jwt.PyJWTError:
+                continue
+            return _from_claims(claims, token)
+        if expired:
+            raise InvalidToken("token_expired", "the token has expired; get a new one")
+        raise InvalidToken("invalid_token", "the token is not valid (bad signature or claims)")
+
+
+def _from_claims(claims: dict[str, Any], raw: str) -> ChannelToken:
+    sub = claims.get("sub")
+    exp = claims.get("exp")
+    if not isinstance(sub, str) or not isinstance(exp, int | float):
+        raise InvalidToken("invalid_token", "the token's 'sub' or 'exp' claim is malformed")
+    try:
+        grants = parse_grants(claims.get("channels"))
+    except ValueError as exc:
+        raise InvalidToken("invalid_token", f"the token's 'channels' claim: {exc}") from None
+    return ChannelToken(sub=sub, exp=float(exp), channels=grants, raw=raw)
