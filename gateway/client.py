@@ -1,7 +1,8 @@
 """A small synchronous client for scripts and terminals: submit, follow a job, follow a channel.
 
-Follows over SSE and resumes with `Last-Event-ID` after a dropped connection, so a long
-`gateway follow` survives gateway restarts without losing or repeating events.
+Follows over SSE and resumes with `Last-Event-ID` after a dropped connection (a gateway restart,
+a proxy timeout, a slow-consumer cut-off), so a long `gateway follow` or `gateway submit --follow`
+survives them without losing or repeating events.
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TextIO
 from urllib.parse import quote
 
 import httpx
 import orjson
+
+RECONNECT_INITIAL = 0.5
+RECONNECT_MAX = 10.0
+BAR_WIDTH = 30
 
 
 class ClientError(RuntimeError):
@@ -26,7 +32,18 @@ def _headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+def _problem(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return f"{response.status_code}: {response.text[:500]}"
+    if isinstance(body, dict) and body.get("detail"):
+        return f"{response.status_code} {body.get('title', '')}: {body['detail']}"
+    return f"{response.status_code}: {response.text[:500]}"
+
+
 def submit_job(url: str, type_: str, data: Any) -> dict[str, Any]:
+    """`POST /jobs`; exits with the gateway's problem detail if it refuses."""
     try:
         response = httpx.post(
             f"{url.rstrip('/')}/jobs",
@@ -37,21 +54,64 @@ def submit_job(url: str, type_: str, data: Any) -> dict[str, Any]:
     except httpx.HTTPError as exc:
         sys.exit(f"gateway submit: cannot reach {url}: {exc}")
     if response.status_code != 202:
-        sys.exit(f"gateway submit: {response.status_code}: {response.text}")
+        sys.exit(f"gateway submit: {_problem(response)}")
     job: dict[str, Any] = response.json()
     return job
 
 
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One SSE frame: `event:` name, `id:` (None for control frames) and the decoded data."""
+
+    event: str
+    id: str | None
+    data: Any
+
+
+def _frames(lines: Iterator[str]) -> Iterator[Frame]:
+    event, event_id, data = "message", None, list[str]()
+    for line in lines:
+        if line == "":
+            decoded = _decode("\n".join(data)) if data else None
+            if decoded is not None:
+                yield Frame(event, event_id, decoded)
+            event, event_id, data = "message", None, []
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "event":
+                event = value
+            elif name == "id":
+                event_id = value
+            elif name == "data":
+                data.append(value)
+
+
+def _decode(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def stream_events(
-    url: str, path: str, since: str | None, *, once: bool = False
+    url: str, path: str, since: str | None, *, log: TextIO | None = None
 ) -> Iterator[dict[str, Any]]:
-    """Yield event envelopes from an SSE stream, reconnecting and resuming on failures."""
+    """Yield event envelopes from an SSE stream, reconnecting and resuming after failures.
+
+    Ends when the gateway ends the stream for good (`204` for a job that already ended); a
+    stream that just stops (restart, slow consumer, network) is resumed with `Last-Event-ID`.
+    """
+    log = log or sys.stderr
     last_id = since
-    delay = 0.5
+    delay = RECONNECT_INITIAL
     while True:
         headers = {"Accept": "text/event-stream", **_headers()}
         if last_id:
             headers["Last-Event-ID"] = last_id
+        retry_hint: float | None = None
         try:
             with httpx.stream(
                 "GET", url.rstrip("/") + path, headers=headers, timeout=httpx.Timeout(10, read=60)
@@ -60,58 +120,119 @@ def stream_events(
                     return
                 if response.status_code >= 400:
                     response.read()
-                    raise ClientError(f"{response.status_code}: {response.text}")
-                delay = 0.5
-                event_id, data = None, None
-                for line in response.iter_lines():
-                    if line.startswith("id: "):
-                        event_id = line[4:]
-                    elif line.startswith("data: "):
-                        data = line[6:]
-                    elif line == "" and data is not None:
-                        envelope = orjson.loads(data)
-                        if event_id is not None:
-                            last_id = event_id
-                            yield envelope
-                        event_id, data = None, None
-            if once:
-                return
+                    if response.status_code < 500 and response.status_code != 429:
+                        raise ClientError(_problem(response))
+                    print(f"gateway answered {_problem(response)}; retrying", file=log)
+                else:
+                    delay = RECONNECT_INITIAL
+                    for frame in _frames(response.iter_lines()):
+                        if frame.id is not None and isinstance(frame.data, dict):
+                            last_id = frame.id
+                            yield frame.data
+                        elif frame.event == "shutdown":
+                            retry_hint = _retry_seconds(frame.data)
+                            print("the gateway is restarting; resuming", file=log)
+                        elif frame.event == "gap":
+                            print(
+                                f"warning: history before {frame.data.get('since')} was trimmed;"
+                                " some events are gone",
+                                file=log,
+                            )
+                        elif frame.event == "error":
+                            print(f"gateway: {frame.data.get('message')}; resuming", file=log)
         except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
-            print(f"connection lost ({exc.__class__.__name__}); resuming", file=sys.stderr)
-        time.sleep(delay)
-        delay = min(delay * 2, 10)
+            print(f"connection lost ({exc.__class__.__name__}); resuming", file=log)
+        time.sleep(retry_hint if retry_hint is not None else delay)
+        delay = min(delay * 2, RECONNECT_MAX)
+
+
+def _retry_seconds(data: Any) -> float | None:
+    if isinstance(data, dict) and isinstance(data.get("retry"), int | float):
+        return min(float(data["retry"]) / 1000, RECONNECT_MAX)
+    return None
+
+
+class ProgressBar:
+    """`[######....]  40% message` on stderr: redrawn in place on a terminal, a line otherwise."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.drawn = False
+
+    def draw(self, fraction: float, message: str) -> None:
+        fraction = max(0.0, min(1.0, fraction))
+        filled = round(fraction * BAR_WIDTH)
+        bar = "#" * filled + "." * (BAR_WIDTH - filled)
+        line = f"[{bar}] {fraction:4.0%} {message[:40]}"
+        if self.tty:
+            self.out.write(f"\r{line:<80}")
+            self.drawn = True
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+    def say(self, text: str) -> None:
+        self.finish()
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def finish(self) -> None:
+        if self.drawn:
+            self.out.write("\n")
+            self.drawn = False
 
 
 def follow_job(url: str, job_id: str) -> int:
-    """Show a progress bar until the job ends; return the exit code (0 completed, 1 otherwise)."""
-    status = 1
-    for event in stream_events(url, f"/jobs/{job_id}/events", None, once=True):
-        kind, data = event["type"], event.get("data") or {}
-        if kind == "job.progress":
-            fraction = float(data.get("progress", 0))
-            bar = "#" * int(fraction * 30)
-            print(
-                f"\r[{bar:<30}] {fraction:6.1%} {data.get('message', '')[:40]:<40}",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-        elif kind == "job.completed":
-            print(file=sys.stderr)
-            print(orjson.dumps(data.get("result"), option=orjson.OPT_INDENT_2).decode())
-            status = 0
-        elif kind in {"job.failed", "job.cancelled"}:
-            print(file=sys.stderr)
-            print(
-                f"job {job_id} {kind.split('.')[1]}: {orjson.dumps(data.get('error')).decode()}",
-                file=sys.stderr,
-            )
+    """Show a progress bar until the job ends; print the result. Exit code: 0 completed, else 1."""
+    bar = ProgressBar(sys.stderr)
+    bar.say(f"job {job_id}: following {url.rstrip('/')}/jobs/{job_id}/events")
+    try:
+        return _follow_job(bar, url, job_id)
+    except ClientError as exc:
+        bar.say(f"gateway submit: {exc}")
+        return 1
+
+
+def _follow_job(bar: ProgressBar, url: str, job_id: str) -> int:
+    for event in stream_events(url, f"/jobs/{job_id}/events", None):
+        kind = event.get("type")
+        raw = event.get("data")
+        data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        if kind == "job.started":
+            bar.say(f"started (attempt {data.get('attempt', 1)})")
+            bar.draw(0.0, "")
+        elif kind == "job.progress":
+            bar.draw(float(data.get("progress") or 0), str(data.get("message") or ""))
         elif kind == "job.retrying":
-            print(f"\nretrying: {data.get('error', {}).get('message')}", file=sys.stderr)
-    return status
+            bar.say(f"retrying after error: {_error_text(data.get('error'))}")
+        elif kind == "job.completed":
+            bar.draw(1.0, "completed")
+            bar.finish()
+            print(orjson.dumps(data.get("result"), option=orjson.OPT_INDENT_2).decode())
+            return 0
+        elif kind == "job.failed":
+            bar.say(f"job {job_id} failed: {_error_text(data.get('error'))}")
+            return 1
+        elif kind == "job.cancelled":
+            bar.say(f"job {job_id} cancelled: {data.get('reason', '')}")
+            return 1
+    bar.say(f"job {job_id}: the stream ended before the job did")
+    return 1
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("type") or orjson.dumps(error).decode())
+    return str(error)
 
 
 def follow_channel(url: str, channel: str, since: str | None) -> None:
-    for event in stream_events(url, f"/events?channel={quote(channel, safe=':')}", since):
-        sys.stdout.write(orjson.dumps(event).decode() + "\n")
-        sys.stdout.flush()
+    """Print a channel's events as JSON lines, forever, resuming across disconnects."""
+    path = f"/events?channel={quote(channel, safe=':')}"
+    try:
+        for event in stream_events(url, path, since):
+            sys.stdout.write(orjson.dumps(event).decode() + "\n")
+            sys.stdout.flush()
+    except ClientError as exc:
+        sys.exit(f"gateway follow: {exc}")
