@@ -1,0 +1,139 @@
+"""Paced publisher: ~200-byte events carrying `"ts":<µs since epoch>` at a fixed offered rate.
+
+Targets:
+  gateway  `gateway.publish(channel, ...)` straight into Redis (the Python publisher: the same
+           Lua script as the gateway, so history and live delivery both happen)
+  http     `POST /channels/{ch}/events` on a running gateway (one keep-alive connection)
+  redis    plain `PUBLISH ch <json>` (the raw-websockets peer)
+  sio      `PUBLISH socket.io#/# <msgpack>` in the @socket.io/redis-emitter wire format
+
+`--channels K` spreads events round-robin over K channels (`{channel}{i}` with `{i}` in the
+name). `--rate 0` publishes as fast as one sequential client can (the publish-throughput
+scenario). Bounded by --duration and --max-count; prints a JSON summary on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+PAD = "x" * 400
+
+
+def make_data(seq: int, size: int) -> dict[str, Any]:
+    ts = time.time_ns() // 1000
+    head = 60  # approximate size of the other fields
+    return {
+        "ts": ts,
+        "seq": seq,
+        "user": f"u{seq % 1000000:06d}",
+        "pad": PAD[: max(0, size - head)],
+    }
+
+
+def make_sender(args: Any) -> Callable[[int], None]:
+    channels = (
+        [args.channel.replace("{i}", str(i)) for i in range(args.channels)]
+        if "{i}" in args.channel
+        else [args.channel]
+    )
+    k = len(channels)
+    if args.target == "gateway":
+        import os
+
+        os.environ["REDIS_URL"] = args.redis_url
+        from gateway.publish import publish
+
+        def send(seq: int) -> None:
+            publish(channels[seq % k], "notification", make_data(seq, args.size))
+
+        return send
+    if args.target == "http":
+        import httpx
+
+        client = httpx.Client(base_url=args.url, timeout=10)
+
+        def send_http(seq: int) -> None:
+            r = client.post(
+                f"/channels/{channels[seq % k]}/events",
+                json={"type": "notification", "data": make_data(seq, args.size)},
+            )
+            if r.status_code != 202:
+                raise RuntimeError(f"publish failed: {r.status_code} {r.text[:200]}")
+
+        return send_http
+    import redis
+
+    r = redis.Redis.from_url(args.redis_url)
+    if args.target == "redis":
+
+        def send_redis(seq: int) -> None:
+            r.publish(channels[seq % k], json.dumps(make_data(seq, args.size)))
+
+        return send_redis
+    import msgpack
+
+    opts = {"rooms": [], "flags": {}, "except": []}
+
+    def send_sio(seq: int) -> None:
+        pkt = {"type": 2, "data": ["msg", make_data(seq, args.size)], "nsp": "/"}
+        r.publish("socket.io#/#", msgpack.packb(["emitter", pkt, opts]))
+
+    return send_sio
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--target", choices=["gateway", "http", "redis", "sio"], required=True)
+    p.add_argument("--channel", default="ch")
+    p.add_argument("--channels", type=int, default=1)
+    p.add_argument("--rate", type=float, default=0)
+    p.add_argument("--duration", type=float, default=5)
+    p.add_argument("--size", type=int, default=200)
+    p.add_argument("--max-count", type=int, default=2_000_000)
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    args = p.parse_args()
+    send = make_sender(args)
+    send(-1)  # warm-up: connection, script load (negative seq: never counted by clients' window)
+    seq = 0
+    t0 = time.time()
+    t_end = t0 + args.duration
+    start_us = time.time_ns() // 1000
+    cpu0 = time.process_time()
+    if args.rate <= 0:
+        while seq < args.max_count:
+            if (seq & 15) == 0 and time.time() >= t_end:
+                break
+            send(seq)
+            seq += 1
+    else:
+        while seq < args.max_count:
+            now = time.time()
+            if now >= t_end:
+                break
+            due = int((now - t0) * args.rate) + 1
+            while seq < due and seq < args.max_count:
+                send(seq)
+                seq += 1
+            delay = t0 + seq / args.rate - time.time()
+            if delay > 0:
+                time.sleep(min(delay, 0.01))
+    end_us = time.time_ns() // 1000
+    res = {
+        "target": args.target,
+        "rate": args.rate,
+        "count": seq,
+        "start_us": start_us,
+        "end_us": end_us,
+        "achieved_rate": seq / max(1e-6, (end_us - start_us) / 1e6),
+        "cpu_s": time.process_time() - cpu0,
+    }
+    print(json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()

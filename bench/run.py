@@ -1,0 +1,895 @@
+"""The gateway benchmark: fan-out, many channels, idle capacity, job round trip, publish.
+
+Everything runs on 127.0.0.1 and is started (and stopped, by pid) by this script: a private
+redis-server in a temporary directory, the server under test (`python -m gateway serve` with
+REDIS_URL, or a peer), load clients in separate processes, and a paced publisher. Every wait is
+bounded. See bench/README.md for the scenarios and how to read the output.
+
+    python -m bench quick                # the main comparison in < 3 minutes
+    python -m bench fanout -n 1000 --servers gw-ws,gw-sse,ws,sio
+    python -m bench idle -n 20000 --servers gw-ws
+    python -m bench roundtrip --jobs 500
+    python -m bench publish
+    python -m bench channels -n 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PY = sys.executable
+NODE_DIR = BENCH / "node"
+P99_BOUND_MS = 200.0
+DELIVERY_BOUND = 0.999
+_PROCS: list[subprocess.Popen[Any]] = []
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+
+def spawn(
+    cmd: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[Any]:
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _PROCS.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    if proc in _PROCS:
+        _PROCS.remove(proc)
+
+
+def stop_all() -> None:
+    for proc in list(reversed(_PROCS)):
+        stop(proc, 5)
+
+
+atexit.register(stop_all)
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    try:
+        p = psutil.Process(pid)
+        return [p, *p.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def cpu_s(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def rss(procs: list[psutil.Process]) -> int:
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
+    return total
+
+
+class Redis:
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            sys.exit("redis-server is not on PATH (apt-get install redis-server)")
+        self.port = free_port()
+        self.dir = workdir / "redis"
+        self.dir.mkdir()
+        self.proc = spawn(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            workdir / "redis.log",
+        )
+        wait_for(lambda: port_open(self.port), 10, "redis-server")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def flush(self) -> None:
+        import redis
+
+        redis.Redis.from_url(self.url).flushall()
+
+
+# --- servers under test ------------------------------------------------------------------------
+
+SERVERS = {
+    "gw-ws": "gateway, WebSocket (/ws?channel=...)",
+    "gw-sse": "gateway, SSE (/events?channel=...)",
+    "ws": "raw websockets + redis.asyncio (Python floor)",
+    "sio": "Node Socket.IO 4 + @socket.io/redis-adapter",
+}
+
+
+def ensure_node_peer() -> None:
+    if (NODE_DIR / "node_modules" / "socket.io").exists():
+        return
+    if shutil.which("npm") is None:
+        sys.exit("the Socket.IO peer needs node and npm on PATH")
+    log("installing the Socket.IO peer (npm install in bench/node)")
+    subprocess.run(
+        ["npm", "install", "--no-audit", "--no-fund", "--silent"],
+        cwd=NODE_DIR,
+        check=True,
+        timeout=240,
+    )
+
+
+class Server:
+    """One server under test, with what its clients and publisher need to know."""
+
+    def __init__(self, name: str, redis: Redis, workdir: Path, *, gw_args: list[str]) -> None:
+        self.name = name
+        self.port = free_port()
+        self.channel = "room:bench-" + uuid.uuid4().hex[:8]
+        logf = workdir / f"{name}-{self.port}.log"
+        env = {"REDIS_URL": redis.url, "PORT": str(self.port)}
+        self.subprotocol = ""
+        self.ready_token = ""
+        if name in ("gw-ws", "gw-sse"):
+            env["GATEWAY_LOG_LEVEL"] = "warning"
+            cmd = [PY, "-m", "gateway", "serve", "--port", str(self.port), *gw_args]
+            self.kind = "ws" if name == "gw-ws" else "sse"
+            if name == "gw-ws":
+                self.path_for = lambda ch: f"/ws?channel={ch}"
+                self.subprotocol = "gateway.v1"
+                self.ready_token = '"op":"ack"'
+            else:
+                self.path_for = lambda ch: f"/events?channel={ch}"
+            self.target = "gateway"
+        elif name == "ws":
+            self.channel = "ch"
+            env["CHANNEL"] = self.channel
+            cmd = [PY, str(BENCH / "srv_ws.py")]
+            self.kind, self.target = "ws", "redis"
+            self.path_for = lambda ch: "/"
+        elif name == "sio":
+            ensure_node_peer()
+            cmd = ["node", str(NODE_DIR / "srv_sio.js")]
+            self.kind, self.target = "sio", "sio"
+            self.path_for = lambda ch: "/socket.io/?EIO=4&transport=websocket"
+        else:
+            raise SystemExit(f"unknown server {name!r}; one of {', '.join(SERVERS)}")
+        self.proc = spawn(cmd, logf, env)
+        self.logf = logf
+        wait_for(self._ready, 30, f"{name} on port {self.port}")
+        time.sleep(0.5)
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited:\n{self.logf.read_text()[-2000:]}")
+        if not port_open(self.port):
+            return False
+        if self.target == "gateway":
+            import httpx
+
+            try:
+                return httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).is_success
+            except httpx.HTTPError:
+                return False
+        return True
+
+    def procs(self) -> list[psutil.Process]:
+        return tree(self.proc.pid)
+
+    def close(self) -> None:
+        stop(self.proc)
+
+
+class Clients:
+    """K load-client processes holding N connections between them."""
+
+    def __init__(
+        self,
+        server: Server,
+        n: int,
+        k: int,
+        workdir: Path,
+        tag: str,
+        path: str | None = None,
+        max_seconds: float = 600,
+    ) -> None:
+        self.outs = [str(workdir / f"{tag}.client{i}") for i in range(k)]
+        self.procs: list[subprocess.Popen[str]] = []
+        base = 0
+        for i in range(k):
+            count = n // k + (1 if i < n % k else 0)
+            cmd = [
+                PY,
+                str(BENCH / "loadclient.py"),
+                "--kind",
+                server.kind,
+                "--port",
+                str(server.port),
+                "--path",
+                path or server.path_for(server.channel),
+                "-n",
+                str(count),
+                "--index-base",
+                str(base),
+                "--out",
+                self.outs[i],
+                "--concurrency",
+                "200",
+                "--max-seconds",
+                str(max_seconds),
+                "--subprotocol",
+                server.subprotocol,
+                "--ready-token",
+                server.ready_token,
+            ]
+            base += count
+            err = open(self.outs[i] + ".err", "w")  # noqa: SIM115 - closed with the process
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+            _PROCS.append(proc)
+            self.procs.append(proc)
+        self.connected = 0
+        self.failed = 0
+        self.connect_s: list[float] = []
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().split()  # bounded: each connect times out after 60 s
+            if not line or line[0] != "READY":
+                raise RuntimeError(f"load client not ready: {line!r}")
+            self.connected += int(line[1])
+            self.failed += int(line[2])
+            self.connect_s.append(float(line[3]))
+        self.ps = [psutil.Process(p.pid) for p in self.procs]
+
+    def cpu(self) -> list[float]:
+        return [cpu_s([p]) for p in self.ps]
+
+    def finish(self) -> tuple[Any, Any, list[dict[str, Any]]]:
+        import numpy as np
+
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            stop(proc, 60)
+        ts, lat, infos = [], [], []
+        for out in self.outs:
+            infos.append(json.loads(Path(out + ".json").read_text()))
+            ts.append(np.fromfile(out + ".ts", dtype=np.int64))
+            lat.append(np.fromfile(out + ".lat", dtype=np.int64))
+            for ext in (".ts", ".lat"):
+                os.remove(out + ext)
+        return np.concatenate(ts), np.concatenate(lat), infos
+
+
+def publish(
+    server: Server,
+    redis: Redis,
+    rate: float,
+    duration: float,
+    *,
+    channel: str | None = None,
+    channels: int = 1,
+    target: str | None = None,
+) -> dict[str, Any]:
+    cmd = [
+        PY,
+        str(BENCH / "publisher.py"),
+        "--target",
+        target or server.target,
+        "--channel",
+        channel or server.channel,
+        "--channels",
+        str(channels),
+        "--rate",
+        str(rate),
+        "--duration",
+        str(duration),
+        "--redis-url",
+        redis.url,
+        "--url",
+        f"http://127.0.0.1:{server.port}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=duration + 30, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"publisher failed: {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def pct(values: Any, q: float) -> float | None:
+    import numpy as np
+
+    if len(values) == 0:
+        return None
+    return round(float(np.percentile(values, q)) / 1000, 2)
+
+
+# --- scenarios -------------------------------------------------------------------------------
+
+
+def fanout(
+    a: argparse.Namespace,
+    redis: Redis,
+    workdir: Path,
+    name: str,
+    n: int,
+    rates: list[float],
+    *,
+    many_channels: bool = False,
+) -> dict[str, Any]:
+    """Step the offered rate until delivery falls behind; one server, one set of clients."""
+    server = Server(name, redis, workdir, gw_args=a.gw_args)
+    steps: list[dict[str, Any]] = []
+    try:
+        path = None
+        channel = None
+        if many_channels:
+            channel = server.channel + "-{i}"
+            path = server.path_for(channel)
+        tag = f"fanout-{name}-{n}{'-mc' if many_channels else ''}"
+        t_conn = time.monotonic()
+        clients = Clients(server, n, a.clients, workdir, tag, path=path)
+        log(
+            f"{name}: {clients.connected} connected, {clients.failed} failed "
+            f"in {time.monotonic() - t_conn:.1f}s"
+        )
+        time.sleep(a.settle)
+        srv_ps = server.procs()
+        rds = tree(redis.proc.pid)
+        failures = 0
+        for rate in rates:
+            c0 = (cpu_s(srv_ps), clients.cpu(), cpu_s(rds), time.monotonic())
+            pub = publish(
+                server,
+                redis,
+                rate,
+                a.duration,
+                channel=channel,
+                channels=n if many_channels else 1,
+            )
+            time.sleep(a.grace)
+            c1 = (cpu_s(srv_ps), clients.cpu(), cpu_s(rds), time.monotonic())
+            wall = c1[3] - c0[3]
+            step = {
+                "offered_events_s": rate,
+                "published": pub["count"],
+                "pub_rate": round(pub["achieved_rate"], 1),
+                "start_us": pub["start_us"],
+                "end_us": pub["end_us"],
+                "cpu_pct": {
+                    "server": round(100 * (c1[0] - c0[0]) / wall),
+                    "clients": [
+                        round(100 * (y - x) / wall) for x, y in zip(c0[1], c1[1], strict=True)
+                    ],
+                    "redis": round(100 * (c1[2] - c0[2]) / wall),
+                    "publisher": round(100 * pub["cpu_s"] / wall),
+                },
+                "server_rss_mb": round(rss(srv_ps) / 2**20, 1),
+            }
+            steps.append(step)
+            alive = server.proc.poll() is None
+            log(
+                f"{name}: offered {rate:g} ev/s (~{rate * clients.connected:,.0f} deliveries/s), "
+                f"server cpu {step['cpu_pct']['server']}%"
+            )
+            if not alive:
+                break
+            # quick check of this step's outcome requires the clients' data; we use a cheap
+            # proxy to stop early: the server is saturated if it used ~all of a core and more
+            # steps would only add noise. Exact pass/fail is computed afterwards.
+            if step["cpu_pct"]["server"] >= a.stop_cpu:
+                failures += 1
+                if failures >= 2:
+                    break
+        ts, lat, infos = clients.finish()
+    finally:
+        server.close()
+    connected = sum(i["connected"] for i in infos)
+    best = None
+    for step in steps:
+        mask = (ts >= step.pop("start_us")) & (ts <= step.pop("end_us"))
+        got = lat[mask]
+        expected = step["published"] * connected
+        window = step["published"] / max(step["pub_rate"], 1e-9)
+        step["delivered"] = int(got.size)
+        step["delivery_ratio"] = round(got.size / expected, 4) if expected else None
+        step["offered_deliveries_s"] = round(step["pub_rate"] * connected)
+        step["delivered_s"] = round(got.size / window) if window else 0
+        step["lat_ms"] = {"p50": pct(got, 50), "p99": pct(got, 99), "max": pct(got, 100)}
+        p99 = step["lat_ms"]["p99"]
+        step["ok"] = bool(
+            step["delivery_ratio"] is not None
+            and step["delivery_ratio"] >= DELIVERY_BOUND
+            and p99 is not None
+            and p99 < P99_BOUND_MS
+        )
+        if step["ok"] and (best is None or step["delivered_s"] > best):
+            best = step["delivered_s"]
+    closed = sum(i["closed"] for i in infos)
+    return {
+        "scenario": "channels" if many_channels else "fanout",
+        "server": name,
+        "describe": SERVERS[name],
+        "n": n,
+        "connected": connected,
+        "failed": sum(i["failed"] for i in infos),
+        "closed_by_server": closed,
+        "sustainable_deliveries_s": best,
+        "p99_bound_ms": P99_BOUND_MS,
+        "steps": steps,
+        "client_connect_s": [round(i["connect_s"], 2) for i in infos],
+    }
+
+
+def idle(a: argparse.Namespace, redis: Redis, workdir: Path, name: str, n: int) -> dict[str, Any]:
+    server = Server(name, redis, workdir, gw_args=a.gw_args)
+    try:
+        time.sleep(1)
+        srv_ps = server.procs()
+        rss0 = rss(srv_ps)
+        k = max(a.clients, -(-n // 9000))
+        clients = Clients(server, n, k, workdir, f"idle-{name}-{n}")
+        time.sleep(a.settle + 1)
+        srv_ps = server.procs()
+        rss1 = rss(srv_ps)
+        c0, t0 = cpu_s(srv_ps), time.monotonic()
+        time.sleep(a.rest)
+        cpu_rest = 100 * (cpu_s(srv_ps) - c0) / (time.monotonic() - t0)
+        alive = server.proc.poll() is None
+        _ts, _lat, infos = clients.finish()
+    finally:
+        server.close()
+    connected = sum(i["connected"] for i in infos)
+    errors: dict[str, int] = {}
+    for info in infos:
+        for key, value in info["errors"].items():
+            errors[key] = errors.get(key, 0) + value
+    return {
+        "scenario": "idle",
+        "server": name,
+        "n": n,
+        "connected": connected,
+        "failed": sum(i["failed"] for i in infos),
+        "errors": errors,
+        "closed_by_server": sum(i["closed"] for i in infos),
+        "server_alive": alive,
+        "rss_before_mb": round(rss0 / 2**20, 1),
+        "rss_after_mb": round(rss1 / 2**20, 1),
+        "kb_per_conn": round((rss1 - rss0) / 1024 / max(1, connected), 2),
+        "cpu_at_rest_pct": round(cpu_rest, 1),
+        "client_connect_s": [round(i["connect_s"], 2) for i in infos],
+    }
+
+
+def roundtrip(a: argparse.Namespace, redis: Redis, workdir: Path) -> dict[str, Any]:
+    """Submit a no-op job (`sleep`, 0 s, 1 step) over HTTP; time until a WS subscriber of the
+    job's channel sees `job.completed`. One job at a time, one subscriber."""
+    server = Server("gw-ws", redis, workdir, gw_args=a.gw_args)
+    worker = spawn(
+        [PY, "-m", "gateway", "worker"],
+        workdir / "worker.log",
+        {"REDIS_URL": redis.url, "GATEWAY_LOG_LEVEL": "warning"},
+    )
+    try:
+        time.sleep(1.0)
+        result = asyncio.run(_roundtrips(server.port, a.jobs))
+        result["worker_alive"] = worker.poll() is None
+    finally:
+        stop(worker)
+        server.close()
+    return result
+
+
+async def _roundtrips(port: int, jobs: int) -> dict[str, Any]:
+    import httpx
+    import numpy as np
+    import orjson
+    from websockets.asyncio.client import connect
+
+    samples: list[float] = []
+    async with (
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http,
+        connect(
+            f"ws://127.0.0.1:{port}/ws",
+            subprotocols=["gateway.v1"],  # type: ignore[list-item]
+            compression=None,
+        ) as ws,
+    ):
+        ref = 0
+        for i in range(jobs + 20):  # the first 20 warm up connections and code paths
+            t0 = time.perf_counter()
+            r = await http.post("/jobs", json={"type": "sleep", "data": {"seconds": 0, "steps": 1}})
+            r.raise_for_status()
+            channel = "job:" + r.json()["id"]
+            ref += 1
+            await ws.send(
+                orjson.dumps({"op": "subscribe", "channel": channel, "ref": ref}).decode()
+            )
+            while True:
+                msg = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                if (
+                    msg.get("op") == "event"
+                    and msg.get("channel") == channel
+                    and msg.get("type") in ("job.completed", "job.failed")
+                ):
+                    break
+            if i >= 20:
+                samples.append((time.perf_counter() - t0) * 1000)
+            ref += 1
+            await ws.send(
+                orjson.dumps({"op": "unsubscribe", "channel": channel, "ref": ref}).decode()
+            )
+    arr = np.array(samples)
+    return {
+        "scenario": "roundtrip",
+        "jobs": len(samples),
+        "ms": {
+            "p50": round(float(np.percentile(arr, 50)), 2),
+            "p99": round(float(np.percentile(arr, 99)), 2),
+            "max": round(float(arr.max()), 2),
+            "mean": round(float(arr.mean()), 2),
+        },
+    }
+
+
+def publish_throughput(a: argparse.Namespace, redis: Redis, workdir: Path) -> list[dict[str, Any]]:
+    """Events/s accepted with `a.clients` publisher processes (each one request at a time)."""
+    server = Server("gw-ws", redis, workdir, gw_args=a.gw_args)
+    out = []
+    try:
+        for target in ("http", "gateway"):
+            srv_ps = server.procs()
+            c0, t0 = cpu_s(srv_ps), time.monotonic()
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            procs = [
+                subprocess.Popen(
+                    [
+                        PY,
+                        str(BENCH / "publisher.py"),
+                        "--target",
+                        target,
+                        "--channel",
+                        server.channel,
+                        "--rate",
+                        "0",
+                        "--duration",
+                        str(a.duration),
+                        "--redis-url",
+                        redis.url,
+                        "--url",
+                        f"http://127.0.0.1:{server.port}",
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                for _ in range(a.clients)
+            ]
+            results = []
+            for p in procs:
+                stdout, _ = p.communicate(timeout=a.duration + 30)
+                results.append(json.loads(stdout.strip().splitlines()[-1]))
+            wall = time.monotonic() - t0
+            out.append(
+                {
+                    "scenario": "publish",
+                    "via": "POST /channels/{ch}/events"
+                    if target == "http"
+                    else "gateway.publish (Python, Redis)",
+                    "publishers": a.clients,
+                    "events_s": round(sum(r["achieved_rate"] for r in results)),
+                    "server_cpu_pct": round(100 * (cpu_s(srv_ps) - c0) / wall),
+                    "publisher_cpu_pct": [round(100 * r["cpu_s"] / a.duration) for r in results],
+                }
+            )
+    finally:
+        server.close()
+    return out
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = []
+    fan = [r for r in results if r["scenario"] in ("fanout", "channels")]
+    if fan:
+        lines.append(
+            "\nFan-out (sustainable = highest delivered rate with every event delivered "
+            f"and p99 < {P99_BOUND_MS:g} ms)"
+        )
+        lines.append(
+            f"{'scenario':9} {'server':7} {'N':>6} {'sustainable/s':>14} "
+            f"{'p99@~20k/s':>11} {'srv cpu':>8} {'client cpu':>11}"
+        )
+        for r in fan:
+            near = _near(r["steps"], 20_000)
+            okstep = [s for s in r["steps"] if s["ok"]]
+            last = okstep[-1] if okstep else (r["steps"][0] if r["steps"] else None)
+            lines.append(
+                f"{r['scenario']:9} {r['server']:7} {r['connected']:>6} "
+                f"{r['sustainable_deliveries_s'] or 0:>14,} "
+                f"{(near['lat_ms']['p99'] if near else 'n/a')!s:>11} "
+                f"{(str(last['cpu_pct']['server']) + '%') if last else 'n/a':>8} "
+                f"{(','.join(map(str, last['cpu_pct']['clients'])) + '%') if last else 'n/a':>11}"
+            )
+        lines.append("\n  steps: offered ev/s -> delivered/s, ratio, p50/p99 ms")
+        for r in fan:
+            for s in r["steps"]:
+                lines.append(
+                    f"  {r['server']:7} {s['offered_events_s']:>6g} -> {s['delivered_s']:>7,}/s "
+                    f"ratio {s['delivery_ratio']} p50 {s['lat_ms']['p50']} p99 "
+                    f"{s['lat_ms']['p99']} {'ok' if s['ok'] else 'FAIL'}"
+                )
+    for r in results:
+        if r["scenario"] == "idle":
+            lines.append(
+                f"idle      {r['server']:7} {r['connected']:>6}/{r['n']} conns, "
+                f"{r['kb_per_conn']} KB/conn, cpu at rest {r['cpu_at_rest_pct']}%, "
+                f"failed {r['failed']}, server alive {r['server_alive']}"
+            )
+        elif r["scenario"] == "roundtrip":
+            lines.append(
+                f"roundtrip gw      {r['jobs']} jobs: p50 {r['ms']['p50']} ms, "
+                f"p99 {r['ms']['p99']} ms, max {r['ms']['max']} ms"
+            )
+        elif r["scenario"] == "publish":
+            lines.append(
+                f"publish   {r['via']}: {r['events_s']:,} events/s with "
+                f"{r['publishers']} publishers (server cpu {r['server_cpu_pct']}%)"
+            )
+    return "\n".join(lines)
+
+
+def _near(steps: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
+    if not steps:
+        return None
+    return min(steps, key=lambda s: abs(s["offered_deliveries_s"] - target))
+
+
+def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fan = [r for r in results if r["scenario"] in ("fanout", "channels") and r["steps"]]
+    if not fan:
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for r in fan:
+        label = f"{r['server']} ({r['scenario']}, N={r['connected']})"
+        x = [s["offered_deliveries_s"] / 1000 for s in r["steps"]]
+        ax1.plot(x, [s["delivered_s"] / 1000 for s in r["steps"]], marker="o", label=label)
+        line = ax2.plot(
+            x, [s["lat_ms"]["p99"] or 0 for s in r["steps"]], marker="o", label=label + " p99"
+        )
+        ax2.plot(
+            x,
+            [s["lat_ms"]["p50"] or 0 for s in r["steps"]],
+            linestyle="--",
+            color=line[0].get_color(),
+            label=label + " p50",
+        )
+    top = max(s["offered_deliveries_s"] for r in fan for s in r["steps"]) / 1000
+    ax1.plot([0, top], [0, top], color="grey", linewidth=0.8, linestyle=":")
+    ax1.set(
+        xlabel="offered deliveries/s (thousands)",
+        ylabel="delivered/s (thousands)",
+        title="Delivered vs offered",
+    )
+    ax2.set(
+        xlabel="offered deliveries/s (thousands)",
+        ylabel="latency ms (log)",
+        title="p50 (dashed) / p99 latency",
+        yscale="log",
+    )
+    ax2.axhline(P99_BOUND_MS, color="red", linewidth=0.8, linestyle=":")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=6, ncol=2)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def rates_for(n: int, quick: bool) -> list[float]:
+    """Offered events/s per step: deliveries/s = rate * N."""
+    per_k = [20, 40, 60, 80, 100, 125, 150] if quick else [10, 20, 40, 60, 80, 100, 125, 150, 200]
+    return [r * 1000 / n for r in per_k]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "scenario", choices=["quick", "fanout", "channels", "idle", "roundtrip", "publish", "all"]
+    )
+    p.add_argument(
+        "--servers", default="gw-ws,gw-sse,ws,sio", help="comma-separated: " + ", ".join(SERVERS)
+    )
+    p.add_argument("-n", type=int, action="append", help="connections (repeatable)")
+    p.add_argument("--rates", help="offered events/s per step, comma-separated")
+    p.add_argument("--clients", type=int, default=2, help="load-client processes (>= 2)")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds per step")
+    p.add_argument("--grace", type=float, default=1.0)
+    p.add_argument("--settle", type=float, default=1.0)
+    p.add_argument("--rest", type=float, default=5.0, help="idle: seconds to measure CPU at rest")
+    p.add_argument(
+        "--stop-cpu",
+        type=float,
+        default=97.0,
+        help="stop stepping after two steps with the server above this CPU %%",
+    )
+    p.add_argument("--jobs", type=int, default=300, help="roundtrip: jobs")
+    p.add_argument("--workers", type=int, default=1, help="gateway serve --workers")
+    p.add_argument("--out", type=Path, default=None, help="directory for JSON and PNG")
+    p.add_argument("--plot", type=Path, default=None, help="also write the PNG here")
+    a = p.parse_args(argv)
+    a.gw_args = ["--workers", str(a.workers)] if a.workers > 1 else []
+    servers = [s for s in a.servers.split(",") if s]
+    for s in servers:
+        if s not in SERVERS:
+            p.error(f"unknown server {s!r}")
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20_000) if hard > 0 else 20_000, hard))
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = a.out or BENCH / "results" / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    t_begin = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
+        workdir = Path(tmp)
+        redis = Redis(workdir)
+        try:
+            sc = a.scenario
+            if sc == "quick":
+                a.duration = min(a.duration, 2.5)
+            if sc in ("quick", "fanout", "all"):
+                ns = a.n or ([1000] if sc == "quick" else [1000, 10_000])
+                for n in ns:
+                    for s in servers:
+                        rates = (
+                            [float(x) for x in a.rates.split(",")]
+                            if a.rates
+                            else rates_for(n, sc == "quick")
+                        )
+                        results.append(fanout(a, redis, workdir, s, n, rates))
+                        redis.flush()
+            if sc in ("channels", "all"):
+                for n in a.n or [1000]:
+                    rates = (
+                        [float(x) for x in a.rates.split(",")]
+                        if a.rates
+                        else [r * 1000 / n for r in (5, 10, 20, 40, 60)]
+                    )
+                    results.append(fanout(a, redis, workdir, "gw-ws", n, rates, many_channels=True))
+                    redis.flush()
+            if sc in ("quick", "idle", "all"):
+                ns = [2000] if sc == "quick" else a.n or [10_000, 20_000]
+                for n in ns:
+                    for s in servers:
+                        results.append(idle(a, redis, workdir, s, n))
+                        log(table(results[-1:]))
+            if sc in ("quick", "roundtrip", "all"):
+                if sc == "quick":
+                    a.jobs = min(a.jobs, 200)
+                results.append(roundtrip(a, redis, workdir))
+            if sc in ("publish", "all"):
+                results.extend(publish_throughput(a, redis, workdir))
+        finally:
+            stop_all()
+    meta = {
+        "date": stamp,
+        "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "elapsed_s": round(time.monotonic() - t_begin, 1),
+    }
+    doc = {"meta": meta, "results": results}
+    (out / "results.json").write_text(json.dumps(doc, indent=1))
+    title = f"{meta['command']} · {stamp} · {os.cpu_count()} CPUs"
+    plot(results, out / "bench.png", title)
+    if a.plot:
+        plot(results, a.plot, title)
+    print(table(results))
+    print(f"\nJSON: {out / 'results.json'}\nPNG:  {out / 'bench.png'}  ({meta['elapsed_s']} s)")
+
+
+if __name__ == "__main__":
+    main()
