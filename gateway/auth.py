@@ -23,6 +23,10 @@ import hmac
 from collections.abc import Mapping
 from typing import Final
 
+from starlette.datastructures import Headers, QueryParams
+from starlette.requests import cookie_parser
+from starlette.types import Scope
+
 from gateway.events import namespace_of
 from gateway.settings import Settings
 from gateway.tokens import ChannelToken, InvalidToken, TokenSigner
@@ -40,6 +44,7 @@ DEFAULT_RULES: Final[Mapping[str, tuple[str, str]]] = {
 """`namespace: (subscribe rule, client publish rule)`; `GATEWAY_CHANNEL_POLICY` overrides."""
 
 KNOWN_NAMESPACES = frozenset(DEFAULT_RULES)
+TOKEN_COOKIE: Final = "gateway_token"
 
 
 class Forbidden(Exception):
@@ -160,3 +165,22 @@ class ChannelPolicy:
         if token.grants(channel, right):
             return
         raise Forbidden(f"the token does not allow {right} on {channel}")
+
+
+def bearer_of(headers: Headers) -> str | None:
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def token_of(scope: Scope, *, api_key_value: str | None = None) -> str | None:
+    """The channel token a request carries: `?token=`, the cookie, or a Bearer that is not an
+    API key (EventSource can send neither headers nor a body, hence the query and cookie)."""
+    query = QueryParams(scope.get("query_string", b""))
+    if query.get("token"):
+        return query["token"]
+    headers = Headers(scope=scope)
+    cookies = cookie_parser(headers.get("cookie", ""))
+    if cookies.get(TOKEN_COOKIE):
+        return cookies[TOKEN_COOKIE]
+    bearer = bearer_of(headers)
+    return bearer if bearer is not None and bearer != api_key_value else None

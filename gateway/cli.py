@@ -43,9 +43,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
         workers=args.workers,
         handlers=tuple(args.handlers) if args.handlers else None,
         embedded_worker=args.embedded_worker,
+        require_auth=args.require_auth,
     )
     _configure_logging(settings.log_level)
+    if settings.workers > 1 and not settings.secrets and not settings.ephemeral_secret:
+        # One generated secret for all worker processes, so a token minted by one verifies in
+        # the others (it still changes on restart: configure GATEWAY_SECRET for that).
+        import secrets
+
+        settings = settings.replace(ephemeral_secret=secrets.token_urlsafe(32))
     options: dict[str, Any] = {
+        "ws_max_size": settings.max_message,
+        "h11_max_incomplete_event_size": 16 * 1024,
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
@@ -155,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="port (default 8000 or $PORT)")
     serve.add_argument("--workers", type=int, default=None, help="processes (needs REDIS_URL)")
     serve.add_argument("--handlers", action="append", help="module with @handler functions")
+    serve.add_argument(
+        "--require-auth",
+        action="store_true",
+        default=None,
+        help="refuse to start without GATEWAY_API_KEYS (no open dev mode)",
+    )
     group = serve.add_mutually_exclusive_group()
     group.add_argument(
         "--embedded-worker",

@@ -52,7 +52,8 @@ def parse_event_id(value: str) -> EventKey:
     """Parse `<ms>-<seq>` into a sortable key; raise `InvalidEventId` for anything else."""
     match = EVENT_ID_RE.match(value) if isinstance(value, str) else None
     if match is None:
-        raise InvalidEventId(f"event ids look like '1732060800000-0', not {value[:60]!r}")
+        shown = value[:60] if isinstance(value, str) else type(value).__name__
+        raise InvalidEventId(f"event ids look like '1732060800000-0', not {shown!r}")
     return int(match.group(1)), int(match.group(2))
 
 

@@ -17,11 +17,10 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, QueryParams
-from starlette.requests import cookie_parser
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.auth import Forbidden
+from gateway.auth import Forbidden, bearer_of, token_of
 from gateway.events import InvalidChannel, validate_channel
 from gateway.jobs.model import load_job
 from gateway.limits import retry_after_header
@@ -31,7 +30,6 @@ from gateway.tokens import ChannelToken
 
 log = logging.getLogger("gateway.auth")
 
-TOKEN_COOKIE: Final = "gateway_token"
 SERVER_ONLY: Final = re.compile(r"^/(?:jobs|submit-job|submitTask|tokens|jobs/[^/]+/cancel)$")
 SUBMISSIONS: Final = re.compile(r"^/(?:jobs|submit-job|submitTask)$")
 JOB_READS: Final = re.compile(
@@ -63,25 +61,6 @@ def caller_of(scope: Scope) -> Caller:
 def client_address(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
-
-
-def bearer_of(headers: Headers) -> str | None:
-    scheme, _, value = headers.get("authorization", "").partition(" ")
-    return value.strip() or None if scheme.lower() == "bearer" else None
-
-
-def token_of(scope: Scope, *, api_key_value: str | None = None) -> str | None:
-    """The channel token a request carries: `?token=`, the cookie, or a Bearer that is not an
-    API key (EventSource can send neither headers nor a body, hence the query and cookie)."""
-    query = QueryParams(scope.get("query_string", b""))
-    if query.get("token"):
-        return query["token"]
-    headers = Headers(scope=scope)
-    cookies = cookie_parser(headers.get("cookie", ""))
-    if cookies.get(TOKEN_COOKIE):
-        return cookies[TOKEN_COOKIE]
-    bearer = bearer_of(headers)
-    return bearer if bearer is not None and bearer != api_key_value else None
 
 
 def _refuse(exc: Forbidden) -> Response:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.auth import Forbidden
+from gateway.auth import Forbidden, bearer_of, token_of
 from gateway.backends.base import BackendUnavailable
 from gateway.events import (
     EVENT_TYPE_RE,
@@ -28,6 +29,7 @@ from gateway.events import (
 from gateway.hub import Subscriber
 from gateway.metrics import METRICS
 from gateway.services import Services, services_of
+from gateway.tokens import ChannelToken
 
 log = logging.getLogger("gateway.ws")
 SUBPROTOCOL = "gateway.v1"
@@ -45,10 +47,11 @@ CLOSE_PROTOCOL = 4400
 class OpError(Exception):
     """A client op that cannot be done; becomes an `error` frame, the connection stays open."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.extra = extra
 
 
 class Connection:
@@ -59,6 +62,12 @@ class Connection:
         self.services = services
         self.subscriber = Subscriber("ws", services.settings.slow_consumer_queue)
         self._evicted: asyncio.Future[None] | None = None
+        scope = websocket.scope
+        self.api_key = services.api_keys.match(bearer_of(websocket.headers))
+        self._connection_token = token_of(scope, api_key_value=self.api_key)
+        self._publish_bucket = services.limits.publish.bucket()
+        self._expiry: asyncio.TimerHandle | None = None
+        self._closing: tuple[int, str] | None = None
 
     async def run(self) -> None:
         offered = self.websocket.scope.get("subprotocols", [])
@@ -84,6 +93,8 @@ class Connection:
                 if not task.cancelled() and task.exception() is not None:
                     log.warning("websocket task ended with %r", task.exception())
         finally:
+            if self._expiry is not None:
+                self._expiry.cancel()
             for task in (reader, writer):
                 task.cancel()
             await asyncio.gather(reader, writer, return_exceptions=True)
@@ -111,6 +122,9 @@ class Connection:
                 await send({"type": "websocket.send", "text": text})
             if items:
                 METRICS.frames_delivered.labels("ws").inc(len(items))
+            if self._closing is not None:
+                await self._close(*self._closing)
+                return
             if subscriber.closed:
                 code = CLOSE_GOING_AWAY if self.services.hub.draining else CLOSE_NORMAL
                 await self._close(code, "the gateway is restarting")
@@ -126,6 +140,11 @@ class Connection:
             if message["type"] == "websocket.disconnect":
                 return
             text = message.get("text")
+            size = len(text) if text is not None else len(message.get("bytes") or b"")
+            if size > self.services.settings.max_message:
+                # uvicorn's ws_max_size normally closes first; this holds under other servers.
+                await self._close(CLOSE_TOO_BIG, "message too big (GATEWAY_MAX_MESSAGE)")
+                return
             if text is None:
                 self._error(None, "binary_not_supported", "send JSON text frames, not binary")
                 continue
@@ -156,9 +175,9 @@ class Connection:
             else:
                 raise OpError("unknown_op", "op must be subscribe, unsubscribe, publish or ping")
         except OpError as exc:
-            self._error(ref, exc.code, exc.message)
+            self._error(ref, exc.code, exc.message, **exc.extra)
         except Forbidden as exc:
-            self._error(ref, "forbidden", str(exc))
+            self._error(ref, exc.code, str(exc))
         except BackendUnavailable:
             self._error(ref, "unavailable", "the event bus is unavailable; try again")
 
@@ -176,10 +195,19 @@ class Connection:
                 parse_event_id(since)
             except InvalidEventId as exc:
                 raise OpError("invalid_since", str(exc)) from None
-        self.services.policy.check_subscribe(channel)
+        token = self._token(op)
+        if self.api_key is None:
+            self.services.policy.check_subscribe(channel, token)
+        else:
+            self.services.policy.check_namespace(channel)
         if channel in self.subscriber.channels:
             self._send("ack", ref=ref, channel=channel, recovered=True, already=True)
             return
+        limit = self.services.settings.max_subscriptions
+        if len(self.subscriber.channels) >= limit:
+            raise OpError("too_many_subscriptions", f"at most {limit} subscriptions per connection")
+        if token is not None and self.api_key is None:
+            self._end_at(token.exp)
 
         def acknowledge(complete: bool) -> None:
             self._send("ack", ref=ref, channel=channel, recovered=complete)
@@ -198,15 +226,56 @@ class Connection:
         type_ = op.get("type", "message")
         if not isinstance(type_, str) or not EVENT_TYPE_RE.match(type_):
             raise OpError("invalid_type", "type must be 1-100 characters of [A-Za-z0-9_.:-]")
-        self.services.policy.check_client_publish(channel)
+        token = self._token(op)
+        if self.api_key is None:
+            self.services.policy.check_client_publish(channel, token)
+            self._take_publish(token)
+        else:
+            self.services.policy.check_namespace(channel)
         event = await self.services.backend.publish(channel, type_, op.get("data"))
         self._send("ack", ref=ref, channel=channel, id=event.id if event else None)
 
     def _send(self, op: str, **fields: Any) -> None:
         self.subscriber.put(encode_ws_message(op, **fields).decode())
 
-    def _error(self, ref: Any, code: str, message: str) -> None:
-        self._send("error", ref=ref, code=code, message=message)
+    def _error(self, ref: Any, code: str, message: str, **extra: Any) -> None:
+        self._send("error", ref=ref, code=code, message=message, **extra)
+
+    def _token(self, op: dict[str, Any]) -> ChannelToken | None:
+        """The op's own token, else the connection's (`?token=` or cookie); verified unless the
+        gateway runs open, where tokens are not needed and a stale one should not get in the way.
+        """
+        if self.services.policy.open_mode or self.api_key is not None:
+            return None
+        raw = op.get("token", self._connection_token)
+        if raw is not None and not isinstance(raw, str):
+            raise OpError("invalid_token", "token must be a string")
+        return self.services.policy.verify(raw)
+
+    def _take_publish(self, token: ChannelToken | None) -> None:
+        """Token buckets per connection and per token: one noisy client cannot flood a room."""
+        wait = self._publish_bucket.take()
+        if wait == 0 and token is not None:
+            wait = self.services.limits.publish.take("token:" + token.raw)
+        if wait > 0:
+            raise OpError(
+                "rate_limited", "publishing too fast; slow down", retry_after=round(wait, 3)
+            )
+
+    def _end_at(self, expires_at: float) -> None:
+        """End the connection when the earliest token it subscribed with expires: an error frame
+        saying why, then close 1008, rather than events silently continuing or stopping."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(0.0, expires_at - time.time())
+        if self._expiry is not None:
+            if self._expiry.when() <= when:
+                return
+            self._expiry.cancel()
+        self._expiry = loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._closing = (CLOSE_POLICY, "token expired")
+        self._error(None, "token_expired", "the token expired; reconnect with a new one")
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
