@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.api.idempotency import idempotent
 from gateway.api.jobs import get_result, json_response, load_or_404, submit
 from gateway.api.requests import read_json_object
 from gateway.services import services_of
@@ -14,33 +15,41 @@ from gateway.services import services_of
 async def submit_job(request: Request) -> Response:
     """`POST /submit-job` with `{"jobType", "jobData"}`."""
     body = await read_json_object(request)
-    record = await submit(
-        services_of(request), body.get("jobType"), body.get("jobData"), body.get("callbackUrl")
-    )
-    return json_response(
-        {
-            "jobId": record.id,
-            "status": record.status,
-            "statusUrl": f"/jobs/{record.id}",
-            "eventsUrl": f"/jobs/{record.id}/events",
-        },
-        202,
-        headers={"Location": f"/jobs/{record.id}"},
-    )
+
+    async def produce() -> Response:
+        record = await submit(
+            services_of(request), body.get("jobType"), body.get("jobData"), body.get("callbackUrl")
+        )
+        return json_response(
+            {
+                "jobId": record.id,
+                "status": record.status,
+                "statusUrl": f"/jobs/{record.id}",
+                "eventsUrl": f"/jobs/{record.id}/events",
+            },
+            202,
+            headers={"Location": f"/jobs/{record.id}"},
+        )
+
+    return await idempotent(request, produce)
 
 
 async def submit_task(request: Request) -> Response:
     """`POST /submitTask` with `{"taskName", "parameters", "callbackUrl"}`."""
     body = await read_json_object(request)
     callback = body.get("callbackUrl")
-    record = await submit(
-        services_of(request), body.get("taskName"), body.get("parameters"), callback
-    )
-    return json_response(
-        {"taskId": record.id, "status": record.status, "callbackUrl": callback},
-        202,
-        headers={"Location": f"/taskStatus/{record.id}"},
-    )
+
+    async def produce() -> Response:
+        record = await submit(
+            services_of(request), body.get("taskName"), body.get("parameters"), callback
+        )
+        return json_response(
+            {"taskId": record.id, "status": record.status, "callbackUrl": callback},
+            202,
+            headers={"Location": f"/taskStatus/{record.id}"},
+        )
+
+    return await idempotent(request, produce)
 
 
 async def task_status(request: Request) -> Response:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from typing import Any
 
 import orjson
@@ -10,14 +13,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.api.guards import caller_of
-from gateway.api.requests import event_id_param, float_param, read_json_object
+from gateway.api.idempotency import idempotent
+from gateway.api.requests import event_id_param, float_param, int_param, read_json_object
+from gateway.backends.base import JOB_TERMINAL_STATUSES
 from gateway.events import parse_event_id
 from gateway.hub import Subscriber
 from gateway.jobs.handlers import InvalidJobData
 from gateway.jobs.model import JobRecord, create_job, job_channel, load_job, transition
-from gateway.problems import conflict, not_found, unprocessable
+from gateway.problems import bad_request, conflict, not_found, unprocessable
 from gateway.services import Services, services_of
 from gateway.transports.sse import parse_positions, sse_response
+from gateway.webhooks import UnsafeCallbackUrl, check_callback_url, parse_callback_events
 
 RETRY_AFTER_SECONDS = "1"
 
@@ -28,7 +34,13 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-async def submit(services: Services, type_: Any, data: Any, callback_url: Any = None) -> JobRecord:
+async def submit(
+    services: Services,
+    type_: Any,
+    data: Any,
+    callback_url: Any = None,
+    callback_events: Any = None,
+) -> JobRecord:
     """Validate and create a job; shared by `POST /jobs` and the seed-compatible aliases."""
     if not isinstance(type_, str) or not type_:
         raise unprocessable("'type' must name a job type", job_types=services.registry.names())
@@ -38,10 +50,27 @@ async def submit(services: Services, type_: Any, data: Any, callback_url: Any = 
     if callback_url is not None and not isinstance(callback_url, str):
         raise unprocessable("'callback_url' must be a URL string")
     try:
+        events = parse_callback_events(callback_events)
+    except ValueError as exc:
+        raise unprocessable(str(exc)) from None
+    if callback_url:
+        try:
+            await check_callback_url(
+                callback_url, allow_private=services.settings.webhook_allow_private
+            )
+        except UnsafeCallbackUrl as exc:
+            raise unprocessable(f"callback_url refused: {exc}") from None
+    try:
         checked = spec.check(data)
     except InvalidJobData as exc:
         raise unprocessable(f"invalid data for {type_!r}: {exc}") from None
-    return await create_job(services.backend, type_, checked, callback_url=callback_url)
+    return await create_job(
+        services.backend,
+        type_,
+        checked,
+        callback_url=callback_url or None,
+        callback_events=events,
+    )
 
 
 async def load_or_404(services: Services, job_id: str) -> JobRecord:
@@ -56,15 +85,20 @@ async def load_or_404(services: Services, job_id: str) -> JobRecord:
 async def post_job(request: Request) -> Response:
     services = services_of(request)
     body = await read_json_object(request)
-    record = await submit(
-        services,
-        body.get("type"),
-        body.get("data"),
-        body.get("callback_url", body.get("callbackUrl")),
-    )
-    resource = record.resource()
-    resource["token"] = services.policy.job_token(record.id, services.settings.token_ttl)
-    return json_response(resource, 202, headers={"Location": f"/jobs/{record.id}"})
+
+    async def produce() -> Response:
+        record = await submit(
+            services,
+            body.get("type"),
+            body.get("data"),
+            body.get("callback_url", body.get("callbackUrl")),
+            body.get("callback_events", body.get("callbackEvents")),
+        )
+        resource = record.resource()
+        resource["token"] = services.policy.job_token(record.id, services.settings.token_ttl)
+        return json_response(resource, 202, headers={"Location": f"/jobs/{record.id}"})
+
+    return await idempotent(request, produce)
 
 
 async def get_job(request: Request) -> Response:
@@ -76,12 +110,25 @@ async def get_job(request: Request) -> Response:
     if wait > 0 and not record.terminal and not _newer(record, since):
         await _wait_for_event(services, job_id, since or record.last_event_id, wait)
         record = await load_or_404(services, job_id)
-    return job_response(record)
+    return job_response(record, request.headers.get("if-none-match"))
 
 
-def job_response(record: JobRecord) -> Response:
-    headers = {} if record.terminal else {"Retry-After": RETRY_AFTER_SECONDS}
-    return json_response(record.resource(), headers=headers)
+def job_response(record: JobRecord, if_none_match: str | None = None) -> Response:
+    """The job resource with its version as `ETag`; `304` when the client has that version."""
+    body = orjson.dumps(record.resource())
+    etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if not record.terminal:
+        headers["Retry-After"] = RETRY_AFTER_SECONDS
+    if if_none_match is not None and _etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def _etag_matches(if_none_match: str, etag: str) -> bool:
+    """Weak comparison, as RFC 9110 asks for `If-None-Match`."""
+    candidates = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in candidates or etag in candidates
 
 
 def _newer(record: JobRecord, since: str | None) -> bool:
@@ -121,8 +168,9 @@ async def cancel_job(request: Request) -> Response:
         services.backend,
         record.id,
         "job.cancelled",
-        {"reason": "cancelled by request"},
+        {"reason": "cancelled by request", "was": record.status},
         expire=services.settings.job_ttl,
+        callback=record.callback,
     )
     if event is None:
         record = await load_or_404(services, record.id)
@@ -151,6 +199,70 @@ async def job_events(request: Request) -> Response:
     )
 
 
+LIST_SCAN_BUDGET = 1000
+"""Index entries one `GET /jobs` page may look at; a sparse filter returns a shorter page."""
+
+
+async def list_jobs(request: Request) -> Response:
+    """Recent jobs, newest first, `limit` at a time; `next_cursor` continues where this stopped.
+
+    The index may name jobs that expired; they are skipped here and pruned from it.
+    """
+    services = services_of(request)
+    limit = int_param(request, "limit", 20, 1, 200)
+    statuses = _filter_param(request, "status")
+    if statuses and not statuses <= {"queued", "running", "retrying", *JOB_TERMINAL_STATUSES}:
+        raise bad_request("status must be queued, running, retrying, completed, failed, cancelled")
+    types = _filter_param(request, "type")
+    before = _decode_cursor(request.query_params.get("cursor"))
+    found: list[dict[str, Any]] = []
+    scanned = 0
+    more = True
+    while more and len(found) < limit and scanned < LIST_SCAN_BUDGET:
+        batch = await services.backend.job_index(before, 100)
+        more = len(batch) == 100
+        gone = []
+        for index, pair in enumerate(batch):
+            record = await load_job(services.backend, pair[1])
+            before, scanned = pair, scanned + 1
+            if record is None:
+                gone.append(pair[1])
+            elif (not statuses or record.status in statuses) and (
+                not types or record.type in types
+            ):
+                found.append(record.resource())
+                if len(found) == limit:
+                    more = more or index < len(batch) - 1
+                    break
+        await services.backend.unindex_jobs(gone)
+    cursor = _encode_cursor(before) if more and before is not None else None
+    body: dict[str, Any] = {"jobs": found, "next_cursor": cursor}
+    if cursor is not None:
+        kept = "&".join(f"{k}={v}" for k, v in request.query_params.multi_items() if k != "cursor")
+        body["links"] = {"next": f"/jobs?{kept + '&' if kept else ''}cursor={cursor}"}
+    return json_response(body)
+
+
+def _filter_param(request: Request, name: str) -> set[str]:
+    values = request.query_params.getlist(name)
+    return {part for value in values for part in value.split(",") if part}
+
+
+def _encode_cursor(position: tuple[int, str]) -> str:
+    return base64.urlsafe_b64encode(f"{position[0]}:{position[1]}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(raw: str | None) -> tuple[int, str] | None:
+    if not raw:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        ms, _, job_id = text.partition(":")
+        return int(ms), job_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise bad_request("cursor is not one this API returned") from None
+
+
 async def job_types(request: Request) -> Response:
     registry = services_of(request).registry
     return json_response(
@@ -165,6 +277,7 @@ async def job_types(request: Request) -> Response:
 
 routes = [
     Route("/jobs", post_job, methods=["POST"]),
+    Route("/jobs", list_jobs, methods=["GET"]),
     Route("/job-types", job_types, methods=["GET"]),
     Route("/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/jobs/{job_id}/result", get_result, methods=["GET"]),

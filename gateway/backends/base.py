@@ -153,6 +153,63 @@ class Backend(abc.ABC):
     async def ack(self, delivery: Delivery) -> None:
         """The delivery is finished (done, failed for good, or re-queued for later)."""
 
+    # --- job index and retention -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def index_job(self, job_id: str, created_ms: int) -> None:
+        """Add a job to the index `GET /jobs` lists, ordered by creation time."""
+
+    @abc.abstractmethod
+    async def job_index(self, before: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
+        """Indexed `(created_ms, job_id)` pairs strictly older than `before`, newest first.
+
+        The index may still name jobs whose records expired; readers prune them with
+        `unindex_jobs` when they find the record gone.
+        """
+
+    @abc.abstractmethod
+    async def unindex_jobs(self, job_ids: list[str]) -> None:
+        """Drop expired jobs from the index."""
+
+    @abc.abstractmethod
+    async def expire_history(self, channel: str, seconds: int) -> None:
+        """Let a channel's history expire within `seconds` (a finished job's events go with it)."""
+
+    # --- idempotency keys --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def idempotency_begin(self, key: str, value: bytes, ttl: int) -> bytes | None:
+        """Claim `key` with `value` for `ttl` seconds, or return the value already stored.
+
+        None means the caller owns the key now; shared by every gateway process.
+        """
+
+    @abc.abstractmethod
+    async def idempotency_finish(self, key: str, value: bytes, ttl: int) -> None:
+        """Store the final value of a claimed key for `ttl` seconds."""
+
+    @abc.abstractmethod
+    async def idempotency_abandon(self, key: str) -> None:
+        """Forget a claimed key (the request failed before anything was created)."""
+
+    # --- webhook delivery schedule -----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def schedule_webhook(self, delivery_id: str, payload: bytes, due: float) -> None:
+        """Persist a webhook delivery (new or rescheduled) due at unix time `due`."""
+
+    @abc.abstractmethod
+    async def claim_webhooks(self, limit: int, lease: float) -> list[tuple[str, bytes]]:
+        """Take up to `limit` due deliveries, hiding them for `lease` seconds.
+
+        A worker that dies mid-delivery leaves it hidden only until the lease ends; then
+        another worker claims it again, so no delivery is lost.
+        """
+
+    @abc.abstractmethod
+    async def finish_webhook(self, delivery_id: str) -> None:
+        """Forget a delivery that succeeded or failed for good."""
+
 
 def _ignore(event: Event) -> None:
     return None

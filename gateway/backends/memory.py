@@ -28,10 +28,12 @@ from gateway.events import (
     EventKey,
     envelope_tail,
     format_event_id,
+    namespace_of,
     now_ms,
     parse_event_id,
     splice_envelope,
 )
+from gateway.metrics import METRICS
 
 
 @dataclass(slots=True)
@@ -73,6 +75,9 @@ class MemoryBackend(Backend):
         self._pending: dict[str, _Pending] = {}
         self._tokens = itertools.count(1)
         self._wakeup = asyncio.Event()
+        self._index: dict[str, int] = {}
+        self._idempotency: dict[str, tuple[bytes, float]] = {}
+        self._webhooks: dict[str, tuple[bytes, float]] = {}
 
     async def ping(self) -> bool:
         return True
@@ -124,6 +129,7 @@ class MemoryBackend(Backend):
             record.fields["last_event_id"] = event_id
             if job.expire:
                 record.expires_at = time.monotonic() + job.expire
+        METRICS.events_published.labels(namespace_of(channel)).inc()
         if channel in self._subscribed:
             self._listener(event)
         return event
@@ -227,3 +233,61 @@ class MemoryBackend(Backend):
 
     async def ack(self, delivery: Delivery) -> None:
         self._pending.pop(delivery.token, None)
+
+    # --- job index and retention -------------------------------------------------------------
+
+    async def index_job(self, job_id: str, created_ms: int) -> None:
+        self._index[job_id] = created_ms
+
+    async def job_index(self, before: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
+        pairs = sorted(((ms, job_id) for job_id, ms in self._index.items()), reverse=True)
+        if before is not None:
+            pairs = [pair for pair in pairs if pair < before]
+        return pairs[:limit]
+
+    async def unindex_jobs(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            self._index.pop(job_id, None)
+
+    async def expire_history(self, channel: str, seconds: int) -> None:
+        log = self._log(channel)
+        if log is not None:
+            log.expires_at = min(log.expires_at, time.monotonic() + seconds)
+
+    # --- idempotency keys --------------------------------------------------------------------
+
+    async def idempotency_begin(self, key: str, value: bytes, ttl: int) -> bytes | None:
+        now = time.monotonic()
+        stored = self._idempotency.get(key)
+        if stored is not None and stored[1] > now:
+            return stored[0]
+        self._idempotency[key] = (value, now + ttl)
+        return None
+
+    async def idempotency_finish(self, key: str, value: bytes, ttl: int) -> None:
+        self._idempotency[key] = (value, time.monotonic() + ttl)
+
+    async def idempotency_abandon(self, key: str) -> None:
+        self._idempotency.pop(key, None)
+
+    # --- webhook delivery schedule -----------------------------------------------------------
+
+    async def schedule_webhook(self, delivery_id: str, payload: bytes, due: float) -> None:
+        self._webhooks[delivery_id] = (payload, due)
+
+    async def claim_webhooks(self, limit: int, lease: float) -> list[tuple[str, bytes]]:
+        now = time.time()
+        due = sorted(
+            (entry[1], delivery_id)
+            for delivery_id, entry in self._webhooks.items()
+            if entry[1] <= now
+        )[:limit]
+        claimed = []
+        for _due, delivery_id in due:
+            payload = self._webhooks[delivery_id][0]
+            self._webhooks[delivery_id] = (payload, now + lease)
+            claimed.append((delivery_id, payload))
+        return claimed
+
+    async def finish_webhook(self, delivery_id: str) -> None:
+        self._webhooks.pop(delivery_id, None)

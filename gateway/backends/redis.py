@@ -32,6 +32,9 @@ log = logging.getLogger("gateway.redis")
 JOB_STREAM = "gw:{jobs}"
 DELAYED_JOBS = "gw:{jobs}:delayed"
 WORKER_GROUP = "workers"
+JOB_INDEX = "gw:{jobs}:index"
+WEBHOOK_SCHEDULE = "gw:{webhooks}:due"
+WEBHOOK_PAYLOADS = "gw:{webhooks}:payloads"
 
 
 def stream_key(channel: str) -> str:
@@ -47,12 +50,17 @@ def job_key(job_id: str) -> str:
     return f"gw:{{job:{job_id}}}:job"
 
 
+def idempotency_key(key: str) -> str:
+    return f"gw:idem:{key}"
+
+
 def load_script(name: str) -> str:
     return resources.files("gateway.backends").joinpath(name).read_text()
 
 
 PUBLISH_LUA = load_script("publish.lua")
 PROMOTE_LUA = load_script("promote.lua")
+CLAIM_WEBHOOKS_LUA = load_script("claim_webhooks.lua")
 
 
 def publish_call(
@@ -112,6 +120,7 @@ class RedisBackend(Backend):
         )
         self._publish = self._redis.register_script(PUBLISH_LUA)
         self._promote = self._redis.register_script(PROMOTE_LUA)
+        self._claim_webhooks = self._redis.register_script(CLAIM_WEBHOOKS_LUA)
         self._channels: set[str] = set()
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self._pubsub: aioredis.client.PubSub | None = None
@@ -394,3 +403,82 @@ class RedisBackend(Backend):
         pipe.xack(JOB_STREAM, WORKER_GROUP, delivery.token)
         pipe.xdel(JOB_STREAM, delivery.token)
         await self._call("ack", pipe.execute())
+
+    # --- job index and retention -------------------------------------------------------------
+
+    async def index_job(self, job_id: str, created_ms: int) -> None:
+        await self._call("index job", self._redis.zadd(JOB_INDEX, {job_id: created_ms}))
+
+    async def job_index(self, before: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
+        """Same-millisecond ties come in reverse id order, the order the cursor skips them in."""
+        top: Any = "+inf" if before is None else before[0]
+        pairs: list[tuple[int, str]] = []
+        offset = 0
+        while len(pairs) < limit:
+            batch: Any = await self._call(
+                "list jobs",
+                self._redis.zrevrangebyscore(
+                    JOB_INDEX, top, "-inf", start=offset, num=limit + 50, withscores=True
+                ),
+            )
+            for member, score in batch:
+                pair = (int(score), member.decode())
+                if before is None or pair < before:
+                    pairs.append(pair)
+            if len(batch) < limit + 50:
+                break
+            offset += len(batch)
+        return pairs[:limit]
+
+    async def unindex_jobs(self, job_ids: list[str]) -> None:
+        if job_ids:
+            await self._call("unindex jobs", self._redis.zrem(JOB_INDEX, *job_ids))
+
+    async def expire_history(self, channel: str, seconds: int) -> None:
+        key = stream_key(channel)
+        ttl = await self._call("history ttl", self._redis.ttl(key))
+        if ttl < 0 or ttl > seconds:
+            await self._call("expire history", self._redis.expire(key, seconds))
+
+    # --- idempotency keys --------------------------------------------------------------------
+
+    async def idempotency_begin(self, key: str, value: bytes, ttl: int) -> bytes | None:
+        name = idempotency_key(key)
+        for _ in range(3):
+            if await self._call("idempotency", self._redis.set(name, value, nx=True, ex=ttl)):
+                return None
+            stored: Any = await self._call("idempotency", self._redis.get(name))
+            if stored is not None:
+                return bytes(stored)
+        raise BackendUnavailable("idempotency key kept vanishing")
+
+    async def idempotency_finish(self, key: str, value: bytes, ttl: int) -> None:
+        await self._call("idempotency", self._redis.set(idempotency_key(key), value, ex=ttl))
+
+    async def idempotency_abandon(self, key: str) -> None:
+        await self._call("idempotency", self._redis.delete(idempotency_key(key)))
+
+    # --- webhook delivery schedule -----------------------------------------------------------
+
+    async def schedule_webhook(self, delivery_id: str, payload: bytes, due: float) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(WEBHOOK_PAYLOADS, delivery_id, payload)
+        pipe.zadd(WEBHOOK_SCHEDULE, {delivery_id: int(due * 1000)})
+        await self._call("schedule webhook", pipe.execute())
+
+    async def claim_webhooks(self, limit: int, lease: float) -> list[tuple[str, bytes]]:
+        now = int(time.time() * 1000)
+        flat: Any = await self._call(
+            "claim webhooks",
+            self._claim_webhooks(
+                keys=[WEBHOOK_SCHEDULE, WEBHOOK_PAYLOADS],
+                args=[now, limit, now + int(lease * 1000)],
+            ),
+        )
+        return [(flat[i].decode(), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def finish_webhook(self, delivery_id: str) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zrem(WEBHOOK_SCHEDULE, delivery_id)
+        pipe.hdel(WEBHOOK_PAYLOADS, delivery_id)
+        await self._call("finish webhook", pipe.execute())

@@ -15,6 +15,7 @@ import orjson
 
 from gateway.backends.base import JOB_TERMINAL_STATUSES, Backend, JobUpdate
 from gateway.events import Event, iso_time, now_ms
+from gateway.webhooks import TERMINAL_EVENTS, Callback, schedule_event, webhook_state
 
 STATUS_BY_EVENT = {
     "job.queued": "queued",
@@ -51,6 +52,7 @@ class JobRecord:
     error: dict[str, Any] | None = None
     last_event_id: str | None = None
     callback_url: str | None = None
+    callback_events: tuple[str, ...] = TERMINAL_EVENTS
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -60,6 +62,10 @@ class JobRecord:
     @property
     def channel(self) -> str:
         return job_channel(self.id)
+
+    @property
+    def callback(self) -> Callback | None:
+        return Callback(self.callback_url, self.callback_events) if self.callback_url else None
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> JobRecord:
@@ -77,7 +83,9 @@ class JobRecord:
             "error",
             "last_event_id",
             "callback_url",
+            "callback_events",
         }
+        events = _loads(fields.get("callback_events"))
         return cls(
             id=fields["id"],
             type=fields["type"],
@@ -92,6 +100,7 @@ class JobRecord:
             error=_loads(fields.get("error")),
             last_event_id=fields.get("last_event_id") or None,
             callback_url=fields.get("callback_url") or None,
+            callback_events=tuple(events) if events else TERMINAL_EVENTS,
             extra={k: v for k, v in fields.items() if k not in known},
         )
 
@@ -109,6 +118,7 @@ class JobRecord:
         }
         if self.callback_url:
             fields["callback_url"] = self.callback_url
+            fields["callback_events"] = orjson.dumps(list(self.callback_events)).decode()
         fields.update(self.extra)
         return fields
 
@@ -139,6 +149,8 @@ class JobRecord:
             body["error"] = self.error
         if self.callback_url:
             body["callback_url"] = self.callback_url
+            body["callback_events"] = list(self.callback_events)
+            body["webhook"] = webhook_state(self.extra)
         return body
 
 
@@ -153,10 +165,16 @@ def timestamp() -> str:
 
 
 async def create_job(
-    backend: Backend, type_: str, data: Any, *, callback_url: str | None = None
+    backend: Backend,
+    type_: str,
+    data: Any,
+    *,
+    callback_url: str | None = None,
+    callback_events: tuple[str, ...] = TERMINAL_EVENTS,
 ) -> JobRecord:
     """Store a new job, publish `job.queued`, and put it on the queue for a worker."""
-    now = timestamp()
+    created = now_ms()
+    now = iso_time(created)
     record = JobRecord(
         id=new_job_id(),
         type=type_,
@@ -164,9 +182,13 @@ async def create_job(
         updated_at=now,
         data=data,
         callback_url=callback_url,
+        callback_events=callback_events,
     )
     await backend.create_job(record.id, record.to_fields())
-    event = await transition(backend, record.id, "job.queued", {"type": type_})
+    await backend.index_job(record.id, created)
+    event = await transition(
+        backend, record.id, "job.queued", {"type": type_}, callback=record.callback
+    )
     if event is not None:
         record.last_event_id = event.id
     await backend.enqueue(record.id)
@@ -181,18 +203,30 @@ async def transition(
     fields: dict[str, str] | None = None,
     *,
     expire: int = 0,
+    callback: Callback | None = None,
 ) -> Event | None:
-    """Publish a job event and apply its state change; None when the job already ended."""
+    """Publish a job event and apply its state change; None when the job already ended.
+
+    A terminal event (`expire` > 0) also bounds the job's history to the job's own lifetime,
+    and an event the job's `callback` subscribed to is scheduled for webhook delivery.
+    """
     changes = {"status": STATUS_BY_EVENT[event_type], "updated_at": timestamp()}
     if fields:
         changes.update(fields)
-    return await backend.publish(
+    event = await backend.publish(
         job_channel(job_id),
         event_type,
         {"job_id": job_id, **data},
         source=f"/jobs/{job_id}",
         job=JobUpdate(job_id, changes, expire=expire),
     )
+    if event is None:
+        return None
+    if expire:
+        await backend.expire_history(job_channel(job_id), expire)
+    if callback is not None:
+        await schedule_event(backend, job_id, callback, event)
+    return event
 
 
 async def load_job(backend: Backend, job_id: str) -> JobRecord | None:

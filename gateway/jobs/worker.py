@@ -22,8 +22,12 @@ from gateway.jobs.handlers import HandlerError, HandlerRegistry, HandlerSpec, Jo
 from gateway.jobs.model import JobRecord, encode_field, load_job, timestamp, transition
 from gateway.metrics import METRICS
 from gateway.settings import Settings
+from gateway.webhooks import Callback, WebhookDispatcher
 
 log = logging.getLogger("gateway.worker")
+
+CANCEL_POLL_INTERVAL = 0.25
+"""How often a running job's record is checked for a cancel request (one HGET per job)."""
 
 
 class Worker:
@@ -42,6 +46,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._reclaimed: asyncio.Queue[Delivery] = asyncio.Queue()
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._callbacks: dict[str, Callback | None] = {}
+        self.webhooks = WebhookDispatcher(backend, settings)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -53,6 +59,7 @@ class Worker:
             for i in range(self.settings.concurrency)
         ]
         reclaimer = asyncio.create_task(self._reclaim_forever(), name="worker-reclaimer")
+        webhooks = asyncio.create_task(self.webhooks.run(self._stopping), name="worker-webhooks")
         try:
             await self._stopping.wait()
         finally:
@@ -65,7 +72,7 @@ class Worker:
                 await asyncio.gather(*pending, return_exceptions=True)
             for task in slots:
                 task.cancel()
-            await asyncio.gather(*slots, reclaimer, return_exceptions=True)
+            await asyncio.gather(*slots, reclaimer, webhooks, return_exceptions=True)
 
     async def _slot(self) -> None:
         while not self._stopping.is_set():
@@ -126,6 +133,8 @@ class Worker:
             )
         except Exception:
             log.exception("job %s: worker error", delivery.job_id)
+        finally:
+            self._callbacks.pop(delivery.job_id, None)
 
     async def _requeue_interrupted(self, delivery: Delivery) -> None:
         with contextlib.suppress(BackendUnavailable):
@@ -141,6 +150,7 @@ class Worker:
         if record is None or record.terminal:
             await self.backend.ack(delivery)
             return
+        self._callbacks[record.id] = record.callback
         spec = self.registry.get(record.type)
         attempts = await self.backend.count_attempt(record.id)
         max_attempts = self._max_attempts(spec)
@@ -177,7 +187,10 @@ class Worker:
         finally:
             heartbeat.cancel()
             METRICS.job_duration.labels(record.type).observe(time.monotonic() - began)
-        if isinstance(outcome, _Failure):
+        if outcome is CANCELLED:
+            log.info("job %s: handler stopped after a cancel request", record.id)
+            METRICS.jobs.labels(record.type, "cancelled").inc()
+        elif isinstance(outcome, _Failure):
             if attempts < max_attempts:
                 delay = spec.retry.delay(attempts, random.random())
                 await self._transition(
@@ -224,7 +237,13 @@ class Worker:
         while True:
             try:
                 return await transition(
-                    self.backend, job_id, event_type, data, fields, expire=expire
+                    self.backend,
+                    job_id,
+                    event_type,
+                    data,
+                    fields,
+                    expire=expire,
+                    callback=self._callbacks.get(job_id),
                 )
             except BackendUnavailable:
                 if time.monotonic() + delay > deadline:
@@ -254,10 +273,24 @@ class Worker:
             report=report,
             data_dir=self.settings.data_dir,
         )
+        timeout = self.timeout_for(spec)
+        task: asyncio.Future[Any] = asyncio.ensure_future(spec.fn(ctx))
+        watcher = asyncio.create_task(self._watch_cancel(record.id, ctx, task))
         try:
-            return await asyncio.wait_for(spec.fn(ctx), timeout=spec.timeout)
-        except TimeoutError:
-            return _Failure({"type": "timeout", "message": f"handler ran past {spec.timeout:g}s"})
+            done, _pending = await asyncio.wait({task}, timeout=timeout)
+        finally:
+            watcher.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if ctx.cancelled.is_set():
+            return CANCELLED
+        if not done:
+            return _Failure({"type": "timeout", "message": f"handler ran past {timeout:g}s"})
+        try:
+            return task.result()
+        except asyncio.CancelledError:
+            return _Failure({"type": "cancelled", "message": "the handler was cancelled"})
         except HandlerError as exc:
             return _Failure({"type": "handler_error", "message": str(exc)})
         except BackendUnavailable:
@@ -265,6 +298,29 @@ class Worker:
         except Exception as exc:
             log.exception("handler %s raised on job %s", spec.name, record.id)
             return _Failure({"type": type(exc).__name__, "message": str(exc)[:2000]})
+
+    def timeout_for(self, spec: HandlerSpec) -> float | None:
+        """Per-type setting, else the handler's own, else the default; None runs unbounded."""
+        timeout = self.settings.job_timeouts.get(spec.name) or spec.timeout
+        return timeout or self.settings.job_timeout or None
+
+    async def _watch_cancel(self, job_id: str, ctx: JobContext, task: asyncio.Future[Any]) -> None:
+        """Tell the handler when its job was cancelled; stop it if it ignores that for long.
+
+        Polls the job record, which works the same in a worker process and the embedded
+        worker and costs one HGET per running job per interval.
+        """
+        while not task.done():
+            await asyncio.sleep(CANCEL_POLL_INTERVAL)
+            try:
+                fields = await self.backend.get_job(job_id)
+            except BackendUnavailable:
+                continue
+            if fields is not None and fields.get("status") == "cancelled":
+                ctx.cancelled.set()
+                await asyncio.wait({task}, timeout=self.settings.cancel_grace)
+                task.cancel()
+                return
 
     async def _fail(self, record: JobRecord, error: dict[str, Any], attempts: int) -> None:
         await self._transition(
@@ -282,6 +338,10 @@ class Worker:
             await asyncio.sleep(interval)
             with contextlib.suppress(BackendUnavailable):
                 await self.backend.touch(self.name, delivery)
+
+
+CANCELLED = object()
+"""The handler's outcome when its job was cancelled while it ran: nothing more to publish."""
 
 
 class _Failure:
