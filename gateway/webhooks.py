@@ -298,6 +298,7 @@ class WebhookDispatcher:
         job = await self.backend.get_job(pending.job_id)
         if job is not None and job.get("webhook_gone") == "1":
             await self.backend.finish_webhook(pending.id)
+            await self.backend.update_job(pending.job_id, {"webhook_next_attempt_at": ""})
             return
         pending.attempt += 1
         outcome = await self._send(client, pending)
