@@ -138,6 +138,7 @@ class Hub:
         self.draining = False
         backend.set_listener(self.dispatch)
         backend.set_recovery_listener(self.recover)
+        METRICS.watch_queues(lambda: [s.queue for s in self.connections])
 
     @property
     def channels(self) -> Iterable[str]:
@@ -175,6 +176,7 @@ class Hub:
         if state is not None:
             return Attached(0, True, None)
         state = subscriber.channels[channel] = _ChannelState()
+        METRICS.subscriptions.inc()
         self._subscribers.setdefault(channel, set()).add(subscriber)
         try:
             await self._ensure_subscribed(channel)
@@ -234,7 +236,8 @@ class Hub:
         await asyncio.shield(ready)
 
     async def detach(self, subscriber: Subscriber, channel: str) -> None:
-        subscriber.channels.pop(channel, None)
+        if subscriber.channels.pop(channel, None) is not None:
+            METRICS.subscriptions.dec()
         subscribers = self._subscribers.get(channel)
         if subscribers is None:
             return

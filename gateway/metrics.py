@@ -6,7 +6,19 @@ does not slow it down.
 
 from __future__ import annotations
 
+import itertools
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway.events import Event
+
+LAG_SAMPLE_EVERY = 16
+"""Observe the publish-to-write lag once per this many written batches (all transports)."""
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
@@ -58,6 +70,47 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.lag = Histogram(
+            "gateway_publish_deliver_lag_seconds",
+            "Event `time` to the write of its frame to a client (sampled once per batches)",
+            ["transport"],
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "gateway_queue_depth",
+            "Frames waiting in client outbound queues (sum, or max over connections)",
+            ["stat"],
+            registry=r,
+        )
+        self._batches = itertools.count()
+
+    def observe_lag(self, transport: str, item: object) -> None:
+        """Sample the lag of one written item (call once per written batch; cheap when skipped).
+
+        For an event, its envelope's `time` (RFC 3339, milliseconds) is compared with now.
+        """
+        if not isinstance(item, Event) or next(self._batches) % LAG_SAMPLE_EVERY:
+            return
+        envelope = item.envelope
+        start = envelope.find(b'"time":"')
+        if start < 0:
+            return
+        start += 8
+        try:
+            stamp = datetime.fromisoformat(envelope[start : envelope.index(b'"', start)].decode())
+        except ValueError:
+            return
+        self.lag.labels(transport).observe(max(0.0, time.time() - stamp.timestamp()))
+
+    def watch_queues(self, queues: Callable[[], Iterable[Any]]) -> None:
+        """Report the outbound queue depths of `queues()` (sized collections) at scrape time."""
+
+        def depths() -> list[int]:
+            return [len(q) for q in queues()]
+
+        self.queue_depth.labels("sum").set_function(lambda: float(sum(depths())))
+        self.queue_depth.labels("max").set_function(lambda: float(max(depths(), default=0)))
 
 
 METRICS = Metrics()

@@ -23,7 +23,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from gateway.backends.base import Backend, BackendUnavailable, Delivery, History, JobUpdate
-from gateway.events import Event, envelope_tail, parse_event_id, splice_envelope
+from gateway.events import (
+    Event,
+    envelope_tail,
+    namespace_of,
+    parse_event_id,
+    splice_envelope,
+)
 from gateway.metrics import METRICS
 from gateway.settings import Settings
 
@@ -171,6 +177,7 @@ class RedisBackend(Backend):
         if entry_id is None:
             return None
         event_id = entry_id.decode()
+        METRICS.events_published.labels(namespace_of(channel)).inc()
         return Event(splice_envelope(event_id, tail), id=event_id, channel=channel, type=type_)
 
     async def history(self, channel: str, since: str | None, limit: int = 1000) -> History:

@@ -116,6 +116,7 @@ def sse_response(
                 if chunk:
                     yield chunk
                     METRICS.frames_delivered.labels("sse").inc(len(items))
+                    METRICS.observe_lag("sse", items[-1])
                 if ended or subscriber.closed:
                     return
         finally:

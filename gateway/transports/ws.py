@@ -122,6 +122,7 @@ class Connection:
                 await send({"type": "websocket.send", "text": text})
             if items:
                 METRICS.frames_delivered.labels("ws").inc(len(items))
+                METRICS.observe_lag("ws", items[-1])
             if self._closing is not None:
                 await self._close(*self._closing)
                 return
