@@ -19,7 +19,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from gateway.api import channels, compat, health, jobs
+from gateway.api import channels, compat, docs, health, jobs
 from gateway.api import tokens as token_routes
 from gateway.api.guards import AccessGuard, BodyLimit, install_access_log_redaction
 from gateway.auth import ApiKeys, ChannelPolicy
@@ -108,6 +108,7 @@ def create_app(
         *channels.routes,
         *compat.routes,
         *token_routes.routes,
+        *docs.routes,
         *health.routes,
         WebSocketRoute("/ws", websocket_endpoint),
         Mount(

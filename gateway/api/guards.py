@@ -31,6 +31,8 @@ from gateway.tokens import ChannelToken
 log = logging.getLogger("gateway.auth")
 
 SERVER_ONLY: Final = re.compile(r"^/(?:jobs|submit-job|submitTask|tokens|jobs/[^/]+/cancel)$")
+SERVER_READS: Final = re.compile(r"^/jobs$")
+"""`GET /jobs` lists every job: with API keys configured, only the server may see that."""
 SUBMISSIONS: Final = re.compile(r"^/(?:jobs|submit-job|submitTask)$")
 JOB_READS: Final = re.compile(
     r"^/(?:jobs/(?P<a>[^/]+)(?:/result|/events)?|taskStatus/(?P<b>[^/]+)|results/(?P<c>[^/]+))$"
@@ -170,6 +172,8 @@ class AccessGuard:
                 if wait > 0:
                     return _too_many("too many job submissions; slow down", wait)
             return None
+        if method == "GET" and SERVER_READS.match(path) and keys.enabled and not caller.api_key:
+            return _refuse(Forbidden("listing jobs needs an API key", "api_key_required"))
         channels = self._read_channels(method, path, scope)
         if channels:
             return await self._check_read(scope, path, channels, caller)

@@ -1,0 +1,551 @@
+"""`GET /openapi.json` (OpenAPI 3.1) and `GET /asyncapi.json` (AsyncAPI 3.0).
+
+The OpenAPI document is built from the app's own routes: every route is listed with its real
+methods and path parameters, and `OPERATIONS` adds what a route alone cannot say (bodies,
+parameters, responses). A test checks that no route is missing from `OPERATIONS`, so the document
+cannot silently drift from the code; schemathesis then fuzzes the gateway from it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.api.jobs import json_response
+
+PROBLEM: Final = {"$ref": "#/components/schemas/Problem"}
+CHANNEL_RE_TEXT: Final = "^[A-Za-z0-9_.:-]{1,200}$"
+EVENT_ID: Final = {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"}
+
+JOB_TYPES: Final = ["sleep", "fail", "data_analysis"]
+
+
+def _problem_responses(*codes: int) -> dict[str, Any]:
+    reasons = {
+        400: "bad input",
+        401: "missing, invalid or expired credentials",
+        403: "credentials do not allow this",
+        404: "not found",
+        409: "conflict with the job's state",
+        413: "body over GATEWAY_MAX_BODY",
+        415: "not JSON",
+        422: "well-formed but invalid",
+        429: "rate limited; see Retry-After",
+        503: "event bus unavailable",
+    }
+    return {
+        str(code): {
+            "description": reasons[code],
+            "content": {"application/problem+json": {"schema": PROBLEM}},
+        }
+        for code in codes
+    }
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+SSE: Final = {
+    "description": "Server-Sent Events: history, then live events",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+TOKEN_QUERY: Final = {
+    "name": "token",
+    "in": "query",
+    "required": False,
+    "description": "channel token (EventSource cannot send headers)",
+    "schema": {"type": "string"},
+}
+SINCE_QUERY: Final = {"name": "since", "in": "query", "required": False, "schema": EVENT_ID}
+LAST_EVENT_ID: Final = {"name": "Last-Event-ID", "in": "header", "required": False}
+LAST_EVENT_ID_SCHEMA: Final = {"type": "string", "maxLength": 4000}
+JOB_RESPONSES: Final = _problem_responses(400, 401, 403, 404, 503)
+WRITE_RESPONSES: Final = _problem_responses(400, 401, 403, 413, 415, 422, 429, 503)
+
+OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
+    ("GET", "/"): {
+        "summary": "The live dashboard",
+        "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+    },
+    ("POST", "/jobs"): {
+        "summary": "Submit a job (API key)",
+        "security": [{"apiKey": []}],
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+            }
+        ],
+        "requestBody": _body({"$ref": "#/components/schemas/JobRequest"}),
+        "responses": {
+            "202": _json({"$ref": "#/components/schemas/Job"}, "accepted"),
+            **WRITE_RESPONSES,
+            **_problem_responses(409),
+        },
+    },
+    ("GET", "/jobs"): {
+        "summary": "Recent jobs, newest first (API key when keys are configured)",
+        "security": [{"apiKey": []}],
+        "parameters": [
+            {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}},
+            {"name": "status", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "type", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+        ],
+        "responses": {"200": _json({"type": "object"}), **_problem_responses(400, 401, 503)},
+    },
+    ("GET", "/job-types"): {
+        "summary": "The registered job types",
+        "responses": {"200": _json({"type": "object"})},
+    },
+    ("GET", "/jobs/{job_id}"): {
+        "summary": "A job's state; `wait` long-polls for something newer than `since`",
+        "security": [{"channelToken": []}, {"apiKey": []}],
+        "parameters": [
+            {"name": "wait", "in": "query", "required": False, "schema": {"type": "number"}},
+            SINCE_QUERY,
+            TOKEN_QUERY,
+        ],
+        "responses": {"200": _json({"$ref": "#/components/schemas/Job"}), **JOB_RESPONSES},
+    },
+    ("GET", "/jobs/{job_id}/result"): {
+        "summary": "A completed job's result",
+        "security": [{"channelToken": []}, {"apiKey": []}],
+        "parameters": [TOKEN_QUERY],
+        "responses": {
+            "200": _json({"type": "object"}),
+            **JOB_RESPONSES,
+            **_problem_responses(409),
+        },
+    },
+    ("POST", "/jobs/{job_id}/cancel"): {
+        "summary": "Cancel a queued or running job (API key)",
+        "security": [{"apiKey": []}],
+        "responses": {
+            "200": _json({"$ref": "#/components/schemas/Job"}),
+            "202": _json({"$ref": "#/components/schemas/Job"}),
+            **WRITE_RESPONSES,
+            **_problem_responses(404, 409),
+        },
+    },
+    ("GET", "/jobs/{job_id}/events"): {
+        "summary": "The job's events as SSE; ends after the terminal event",
+        "security": [{"channelToken": []}, {"apiKey": []}],
+        "parameters": [
+            TOKEN_QUERY,
+            SINCE_QUERY,
+            {**LAST_EVENT_ID, "schema": LAST_EVENT_ID_SCHEMA},
+        ],
+        "responses": {
+            "200": SSE,
+            "204": {"description": "the job ended at Last-Event-ID: stop reconnecting"},
+            **JOB_RESPONSES,
+            **_problem_responses(429),
+        },
+    },
+    ("POST", "/channels/{channel}/events"): {
+        "summary": "Publish an event (API key, or a token with `publish`)",
+        "security": [{"apiKey": []}, {"channelToken": []}],
+        "requestBody": _body({"$ref": "#/components/schemas/PublishRequest"}),
+        "responses": {
+            "202": _json({"type": "object", "properties": {"id": EVENT_ID}}),
+            **WRITE_RESPONSES,
+        },
+    },
+    ("GET", "/channels/{channel}/events"): {
+        "summary": "A channel's history as JSON",
+        "security": [{"channelToken": []}, {"apiKey": []}],
+        "parameters": [
+            SINCE_QUERY,
+            {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}},
+            TOKEN_QUERY,
+        ],
+        "responses": {"200": _json({"type": "object"}), **JOB_RESPONSES},
+    },
+    ("GET", "/events"): {
+        "summary": "SSE on one or more channels",
+        "security": [{"channelToken": []}, {"apiKey": []}],
+        "parameters": [
+            {
+                "name": "channel",
+                "in": "query",
+                "required": True,
+                "style": "form",
+                "explode": True,
+                "schema": {"type": "array", "items": {"type": "string"}},
+            },
+            SINCE_QUERY,
+            TOKEN_QUERY,
+            {**LAST_EVENT_ID, "schema": LAST_EVENT_ID_SCHEMA},
+        ],
+        "responses": {"200": SSE, **JOB_RESPONSES, **_problem_responses(429)},
+    },
+    ("POST", "/submit-job"): {
+        "summary": "Seed-compatible submit (`jobType`, `jobData`) (API key)",
+        "security": [{"apiKey": []}],
+        "requestBody": _body(
+            {
+                "type": "object",
+                "properties": {"jobType": {"type": "string"}, "jobData": {}},
+                "required": ["jobType"],
+            }
+        ),
+        "responses": {"202": _json({"type": "object"}), **WRITE_RESPONSES},
+    },
+    ("POST", "/submitTask"): {
+        "summary": "Seed-compatible submit (`taskName`, `parameters`, `callbackUrl`) (API key)",
+        "security": [{"apiKey": []}],
+        "requestBody": _body(
+            {
+                "type": "object",
+                "properties": {
+                    "taskName": {"type": "string"},
+                    "parameters": {},
+                    "callbackUrl": {"type": "string"},
+                },
+                "required": ["taskName"],
+            }
+        ),
+        "responses": {"202": _json({"type": "object"}), **WRITE_RESPONSES},
+    },
+    ("GET", "/taskStatus/{job_id}"): {
+        "summary": "Seed-compatible job status",
+        "parameters": [TOKEN_QUERY],
+        "responses": {"200": _json({"type": "object"}), **JOB_RESPONSES},
+    },
+    ("GET", "/results/{job_id}"): {
+        "summary": "Seed-compatible job result",
+        "parameters": [TOKEN_QUERY],
+        "responses": {
+            "200": _json({"type": "object"}),
+            **JOB_RESPONSES,
+            **_problem_responses(409),
+        },
+    },
+    ("POST", "/tokens"): {
+        "summary": "Mint a channel token (API key)",
+        "security": [{"apiKey": []}],
+        "requestBody": _body({"$ref": "#/components/schemas/TokenRequest"}),
+        "responses": {
+            "201": _json(
+                {
+                    "type": "object",
+                    "properties": {
+                        "token": {"type": "string"},
+                        "sub": {"type": "string"},
+                        "channels": {"type": "object"},
+                        "expires_at": {"type": "integer"},
+                    },
+                    "required": ["token", "sub", "channels", "expires_at"],
+                },
+                "created",
+            ),
+            **WRITE_RESPONSES,
+        },
+    },
+    ("GET", "/healthz"): {"summary": "Liveness", "responses": {"200": _json({"type": "object"})}},
+    ("GET", "/readyz"): {
+        "summary": "Readiness: the bus is reachable and pub/sub alive",
+        "responses": {"200": _json({"type": "object"}), "503": _json({"type": "object"})},
+    },
+    ("GET", "/metrics"): {
+        "summary": "Prometheus metrics",
+        "responses": {"200": {"description": "text", "content": {"text/plain": {}}}},
+    },
+    ("GET", "/openapi.json"): {
+        "summary": "This document",
+        "responses": {"200": _json({"type": "object"})},
+    },
+    ("GET", "/asyncapi.json"): {
+        "summary": "The WebSocket and SSE channels (AsyncAPI 3.0)",
+        "responses": {"200": _json({"type": "object"})},
+    },
+}
+
+SCHEMAS: Final[dict[str, Any]] = {
+    "Problem": {
+        "type": "object",
+        "description": "RFC 9457 problem details",
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+        },
+        "required": ["type", "title", "status", "detail"],
+    },
+    "JobRequest": {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "examples": JOB_TYPES},
+            "data": {"type": "object"},
+            "callback_url": {"type": "string", "format": "uri"},
+        },
+        "required": ["type"],
+    },
+    "Job": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "type": {"type": "string"},
+            "status": {
+                "type": "string",
+                "enum": ["queued", "running", "retrying", "completed", "failed", "cancelled"],
+            },
+            "progress": {"type": ["number", "null"]},
+            "attempts": {"type": "integer"},
+            "created_at": {"type": ["string", "number"]},
+            "updated_at": {"type": ["string", "number"]},
+            "last_event_id": {"type": ["string", "null"]},
+            "channel": {"type": "string"},
+            "links": {"type": "object"},
+            "token": {"type": "string", "description": "subscribes to this job's channel only"},
+        },
+        "required": ["id", "type", "status"],
+    },
+    "PublishRequest": {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,100}$"},
+            "data": {},
+        },
+    },
+    "TokenRequest": {
+        "type": "object",
+        "properties": {
+            "sub": {"type": "string", "minLength": 1, "maxLength": 200},
+            "channels": {
+                "type": "object",
+                "description": "channel name or `namespace:*` → rights",
+                "additionalProperties": {
+                    "type": "array",
+                    "items": {"type": "string", "enum": ["subscribe", "publish"]},
+                },
+            },
+            "ttl": {"type": "integer", "minimum": 1},
+        },
+        "required": ["sub", "channels"],
+    },
+}
+
+_PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?}")
+
+
+def openapi_document(routes: list[Any]) -> dict[str, Any]:
+    """Build the document from the app's routes (see the module docstring)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        if not isinstance(route, Route) or not route.methods:
+            continue
+        path = _PARAM.sub(r"{\1}", route.path)
+        for method in sorted(route.methods - {"HEAD"}):
+            operation = dict(
+                OPERATIONS.get((method, path))
+                or {"summary": route.name, "responses": {"200": {"description": "OK"}}}
+            )
+            names = _PARAM.findall(route.path)
+            if names:
+                operation["parameters"] = [
+                    {
+                        "name": name,
+                        "in": "path",
+                        "required": True,
+                        "schema": _path_schema(name),
+                    }
+                    for name in names
+                ] + list(operation.get("parameters", []))
+            operation["operationId"] = f"{method.lower()}_{route.name}"
+            paths.setdefault(path, {})[method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "gateway",
+            "version": "1",
+            "description": "Real-time notification gateway for background jobs.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "GATEWAY_API_KEYS"},
+                "channelToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "channel token; also ?token= or the gateway_token cookie",
+                },
+            },
+        },
+    }
+
+
+def _path_schema(name: str) -> dict[str, Any]:
+    if name == "channel":
+        return {"type": "string", "pattern": CHANNEL_RE_TEXT}
+    return {"type": "string", "minLength": 1, "maxLength": 200}
+
+
+def asyncapi_document() -> dict[str, Any]:
+    """The WebSocket protocol (DESIGN §5) and the SSE streams (§6) as AsyncAPI 3.0."""
+    envelope = {
+        "type": "object",
+        "description": "CloudEvents 1.0 envelope",
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "id": EVENT_ID,
+            "source": {"type": "string"},
+            "type": {"type": "string"},
+            "channel": {"type": "string"},
+            "time": {"type": "string", "format": "date-time"},
+            "data": {},
+        },
+        "required": ["specversion", "id", "source", "type", "channel", "time"],
+    }
+
+    def op_schema(name: str, required: list[str], **props: Any) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "properties": {
+                "op": {"const": name},
+                "ref": {"type": ["integer", "string"]},
+                **props,
+            },
+            "required": ["op", *required],
+        }
+
+    channel = {"type": "string", "pattern": CHANNEL_RE_TEXT}
+    client_messages = {
+        "subscribe": op_schema(
+            "subscribe", ["channel"], channel=channel, since=EVENT_ID, token={"type": "string"}
+        ),
+        "unsubscribe": op_schema("unsubscribe", ["channel"], channel=channel),
+        "publish": op_schema(
+            "publish",
+            ["channel"],
+            channel=channel,
+            type={"type": "string"},
+            data={},
+            token={"type": "string"},
+        ),
+        "ping": op_schema("ping", []),
+    }
+    server_messages = {
+        "ack": op_schema("ack", [], channel=channel, recovered={"type": "boolean"}, id=EVENT_ID),
+        "error": op_schema(
+            "error",
+            ["code", "message"],
+            code={
+                "type": "string",
+                "examples": [
+                    "forbidden",
+                    "token_required",
+                    "invalid_token",
+                    "token_expired",
+                    "rate_limited",
+                    "too_many_subscriptions",
+                    "invalid_json",
+                    "unknown_op",
+                ],
+            },
+            message={"type": "string"},
+        ),
+        "event": {"allOf": [envelope, {"properties": {"op": {"const": "event"}}}]},
+        "gap": op_schema("gap", ["channel"], channel=channel, since=EVENT_ID),
+        "pong": op_schema("pong", []),
+    }
+    messages = {
+        **{f"client.{k}": {"name": k, "payload": v} for k, v in client_messages.items()},
+        **{f"server.{k}": {"name": k, "payload": v} for k, v in server_messages.items()},
+        "sse.event": {
+            "name": "event",
+            "contentType": "text/event-stream",
+            "description": "`id: <id>`, `event: <type>`, `data: <envelope>`",
+            "payload": envelope,
+        },
+    }
+    refs = {name: {"$ref": f"#/components/messages/{name}"} for name in messages}
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "gateway real-time channels",
+            "version": "1",
+            "description": (
+                "WebSocket `/ws` (subprotocol gateway.v1, JSON text frames) and SSE streams. "
+                "Close codes: 1000 normal, 1001 going away, 1008 policy (auth, origin, token "
+                "expired), 1009 too big, 1011 internal, 1013 try again later, 4008 slow "
+                "consumer, 4400 protocol error."
+            ),
+        },
+        "servers": {
+            "gateway": {"host": "localhost:8000", "protocol": "ws", "pathname": "/"},
+        },
+        "channels": {
+            "ws": {
+                "address": "/ws",
+                "messages": {name: refs[name] for name in messages if name != "sse.event"},
+            },
+            "jobEvents": {
+                "address": "/jobs/{job_id}/events",
+                "parameters": {"job_id": {"description": "the job id"}},
+                "messages": {"sse.event": refs["sse.event"]},
+            },
+            "events": {
+                "address": "/events",
+                "messages": {"sse.event": refs["sse.event"]},
+            },
+        },
+        "operations": {
+            **{
+                f"send_{k}": {
+                    "action": "send",
+                    "channel": {"$ref": "#/channels/ws"},
+                    "messages": [{"$ref": f"#/channels/ws/messages/client.{k}"}],
+                }
+                for k in client_messages
+            },
+            **{
+                f"receive_{k}": {
+                    "action": "receive",
+                    "channel": {"$ref": "#/channels/ws"},
+                    "messages": [{"$ref": f"#/channels/ws/messages/server.{k}"}],
+                }
+                for k in server_messages
+            },
+            "receiveJobEvents": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/jobEvents"},
+                "messages": [{"$ref": "#/channels/jobEvents/messages/sse.event"}],
+            },
+            "receiveEvents": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/events"},
+                "messages": [{"$ref": "#/channels/events/messages/sse.event"}],
+            },
+        },
+        "components": {"messages": messages},
+    }
+
+
+async def openapi(request: Request) -> Response:
+    return json_response(openapi_document(list(request.app.routes)))
+
+
+async def asyncapi(request: Request) -> Response:
+    return json_response(asyncapi_document())
+
+
+routes = [
+    Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/asyncapi.json", asyncapi, methods=["GET"]),
+]
