@@ -71,7 +71,9 @@ def make_sender(args: Any) -> Callable[[int], None]:
     if args.target == "redis":
 
         def send_redis(seq: int) -> None:
-            r.publish(channels[seq % k], json.dumps(make_data(seq, args.size)))
+            r.publish(
+                channels[seq % k], json.dumps(make_data(seq, args.size), separators=(",", ":"))
+            )
 
         return send_redis
     import msgpack

@@ -180,6 +180,16 @@ class Redis:
 
 # --- servers under test ------------------------------------------------------------------------
 
+GATEWAY_LIMITS = {
+    # every load client comes from 127.0.0.1: lift the per-address and rate limits
+    "GATEWAY_LOG_LEVEL": "warning",
+    "GATEWAY_MAX_CONNECTIONS_PER_CLIENT": "10000000",
+    "GATEWAY_MAX_SUBSCRIPTIONS": "1000000",
+    "GATEWAY_PUBLISH_RATE": "1000000000",
+    "GATEWAY_PUBLISH_BURST": "1000000000",
+    "GATEWAY_SUBMIT_RATE": "1000000000",
+}
+
 SERVERS = {
     "gw-ws": "gateway, WebSocket (/ws?channel=...)",
     "gw-sse": "gateway, SSE (/events?channel=...)",
@@ -214,7 +224,7 @@ class Server:
         self.subprotocol = ""
         self.ready_token = ""
         if name in ("gw-ws", "gw-sse"):
-            env["GATEWAY_LOG_LEVEL"] = "warning"
+            env.update(GATEWAY_LIMITS)
             cmd = [PY, "-m", "gateway", "serve", "--port", str(self.port), *gw_args]
             self.kind = "ws" if name == "gw-ws" else "sse"
             if name == "gw-ws":
@@ -553,7 +563,7 @@ def roundtrip(a: argparse.Namespace, redis: Redis, workdir: Path) -> dict[str, A
     worker = spawn(
         [PY, "-m", "gateway", "worker"],
         workdir / "worker.log",
-        {"REDIS_URL": redis.url, "GATEWAY_LOG_LEVEL": "warning"},
+        {"REDIS_URL": redis.url, **GATEWAY_LIMITS},
     )
     try:
         time.sleep(1.0)
@@ -823,6 +833,7 @@ def main(argv: list[str] | None = None) -> None:
     for s in servers:
         if s not in SERVERS:
             p.error(f"unknown server {s!r}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally`: stop everything
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20_000) if hard > 0 else 20_000, hard))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
