@@ -80,6 +80,16 @@ export class Gateway {
     this._ws = null;
     this._sse = null;
     this._sseRestart = false;
+    this._onOnline = () => {
+      // Back online: retry now rather than when the backoff timer says.
+      if (this.state === 'reconnecting' || this.state === 'connecting') {
+        if (this._reconnectTimer && this._timers.has(this._reconnectTimer)) {
+          this._cancel(this._reconnectTimer);
+          this._start();
+        }
+      }
+    };
+    if (globalThis.addEventListener) globalThis.addEventListener('online', this._onOnline);
     this._start();
   }
 
@@ -150,6 +160,7 @@ export class Gateway {
   close() {
     if (this._closed) return;
     this._closed = true;
+    if (globalThis.removeEventListener) globalThis.removeEventListener('online', this._onOnline);
     for (const timer of this._timers) clearTimeout(timer);
     this._timers.clear();
     this._teardownWs();
@@ -334,7 +345,10 @@ export class Gateway {
     this._pingTimer = this._later(() => {
       if (!this._wsReady()) return;
       this._send({op: 'ping', ref: this._nextRef()});
+      // Any frame from the server cancels this; silence means the connection is dead.
+      this._cancel(this._pongTimer);
       this._pongTimer = this._later(() => this._dropWs(), this.options.heartbeatTimeout);
+      this._schedulePing();
     }, this.options.heartbeat);
   }
 
@@ -352,7 +366,7 @@ export class Gateway {
       delete frame.op;
       this._deliver(frame);
     } else if (op === 'pong') {
-      this._schedulePing();
+      // The heartbeat is already running; any frame proved the connection alive.
     } else if (op === 'ack' || op === 'error') {
       this._settle(frame);
     } else if (op === 'gap') {
@@ -373,7 +387,10 @@ export class Gateway {
     this._cancel(pending.timer);
     if (pending.subscribe) {
       if (frame.op === 'error') {
-        this._subscriptionError(pending.subscribe, new GatewayError(frame.code, frame.message));
+        const channel = pending.subscribe;
+        this._subscriptionError(channel, new GatewayError(frame.code, frame.message));
+        // Refused for good (forbidden, invalid): do not ask again on every reconnect.
+        if (frame.code !== 'unavailable') this._subs.delete(channel);
       }
       return;
     }
@@ -502,9 +519,25 @@ export class Gateway {
       });
       if (!response.ok || !response.body) {
         const detail = await response.json().catch(() => ({}));
-        const error = new GatewayError(detail.code || 'http_' + response.status, detail.detail);
-        for (const channel of channels) this._subscriptionError(channel, error);
+        const error = new GatewayError(problemCode(detail, response.status), detail.detail);
+        // One refused channel fails the whole stream: blame (and drop) the channels that never
+        // streamed before, so the others keep working. Server trouble (5xx, 429) is retried.
+        const refused = response.status < 500 && response.status !== 429;
+        const fresh = channels.filter((channel) => !this._subs.get(channel)?.streamed);
+        for (const channel of fresh.length ? fresh : channels) {
+          this._subscriptionError(channel, error);
+          if (refused && fresh.length) this._subs.delete(channel);
+        }
+        if (refused && fresh.length && this._sse === controller) {
+          this._sse = null;
+          this._restartSse();
+          return;
+        }
         throw error;
+      }
+      for (const channel of channels) {
+        const sub = this._subs.get(channel);
+        if (sub) sub.streamed = true;
       }
       this._opened();
       await this._readSse(response.body, controller);
@@ -584,10 +617,19 @@ export class Gateway {
     });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
-      throw new GatewayError(body.code || 'http_' + response.status, body.detail || body.title, body);
+      throw new GatewayError(problemCode(body, response.status), body.detail || body.title, body);
     }
     return body;
   }
+}
+
+/** The code of an RFC 9457 problem body: its `code`, else the last segment of its `type`. */
+function problemCode(body, status) {
+  if (body && body.code) return body.code;
+  if (body && typeof body.type === 'string' && body.type.includes('/')) {
+    return body.type.slice(body.type.lastIndexOf('/') + 1);
+  }
+  return `http_${status}`;
 }
 
 function baseUrl(url) {
