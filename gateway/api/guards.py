@@ -81,16 +81,37 @@ def _too_many(detail: str, wait: float) -> Response:
     )
 
 
+MAX_HEADER_BYTES: Final = 32 * 1024
+"""Request heads larger than this get 431: the HTTP parser alone would accept far more."""
+
+
 class BodyLimit:
     """Refuse request bodies over `limit` bytes with 413: by `Content-Length` before reading,
-    and by counting as the body streams in (chunked uploads have no length)."""
+    and by counting as the body streams in (chunked uploads have no length). Oversized request
+    heads get 431 first."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in {"http", "websocket"}:
+            await self.app(scope, receive, send)
+            return
+        head = sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+        head += len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        if head > MAX_HEADER_BYTES:
+            if scope["type"] == "websocket":
+                await _refuse_websocket(receive, send, 1009, "request headers too large")
+            else:
+                await problem_response(
+                    431,
+                    "Request Header Fields Too Large",
+                    f"the request head is over {MAX_HEADER_BYTES} bytes",
+                    code="headers-too-large",
+                )(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
             await self.app(scope, receive, send)
             return
         length = Headers(scope=scope).get("content-length")
@@ -260,12 +281,12 @@ class AccessGuard:
         origin = headers.get("origin")
         if origin is not None and not self._origin_allowed(origin, headers.get("host", "")):
             log.info("refused WebSocket from origin %r", origin[:200])
-            await _accept_and_close(receive, send, 1008, "origin not allowed")
+            await _refuse_websocket(receive, send, 1008, "origin not allowed")
             return
         counter = self.services.limits.connections
         address = client_address(scope)
         if not counter.acquire(address):
-            await _accept_and_close(receive, send, 1013, "too many connections from this address")
+            await _refuse_websocket(receive, send, 1013, "too many connections from this address")
             return
         try:
             await self.app(scope, receive, send)
@@ -294,7 +315,7 @@ def _valid_channels(names: Iterable[str]) -> list[str]:
     return valid
 
 
-async def _accept_and_close(receive: Receive, send: Send, code: int, reason: str) -> None:
+async def _refuse_websocket(receive: Receive, send: Send, code: int, reason: str) -> None:
     """Complete the handshake only to close with a code and reason the client can read."""
     message = await receive()
     if message["type"] != "websocket.connect":

@@ -246,11 +246,11 @@ class Connection:
         """The op's own token, else the connection's (`?token=` or cookie); verified unless the
         gateway runs open, where tokens are not needed and a stale one should not get in the way.
         """
-        if self.services.policy.open_mode or self.api_key is not None:
-            return None
         raw = op.get("token", self._connection_token)
         if raw is not None and not isinstance(raw, str):
             raise OpError("invalid_token", "token must be a string")
+        if self.services.policy.open_mode or self.api_key is not None:
+            return None
         return self.services.policy.verify(raw)
 
     def _take_publish(self, token: ChannelToken | None) -> None:
