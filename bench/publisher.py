@@ -98,15 +98,26 @@ def main() -> None:
     p.add_argument("--max-count", type=int, default=2_000_000)
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379")
     p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--rates", default="", help="several steps: comma-separated rates")
+    p.add_argument("--gap", type=float, default=1.0, help="seconds between steps")
     args = p.parse_args()
     send = make_sender(args)
-    send(-1)  # warm-up: connection, script load (negative seq: never counted by clients' window)
+    send(-1)  # warm-up: connection, script load (its ts is outside every step's window)
+    rates = [float(r) for r in args.rates.split(",") if r] or [args.rate]
+    for i, rate in enumerate(rates):
+        if i:
+            time.sleep(args.gap)
+        print(json.dumps(run_step(args, send, rate)), flush=True)
+
+
+def run_step(args: Any, send: Callable[[int], None], rate: float) -> dict[str, Any]:
+    """Publish at `rate` events/s (0: as fast as possible) for --duration seconds."""
     seq = 0
     t0 = time.time()
     t_end = t0 + args.duration
     start_us = time.time_ns() // 1000
     cpu0 = time.process_time()
-    if args.rate <= 0:
+    if rate <= 0:
         while seq < args.max_count:
             if (seq & 15) == 0 and time.time() >= t_end:
                 break
@@ -117,24 +128,23 @@ def main() -> None:
             now = time.time()
             if now >= t_end:
                 break
-            due = int((now - t0) * args.rate) + 1
+            due = int((now - t0) * rate) + 1
             while seq < due and seq < args.max_count:
                 send(seq)
                 seq += 1
-            delay = t0 + seq / args.rate - time.time()
+            delay = t0 + seq / rate - time.time()
             if delay > 0:
                 time.sleep(min(delay, 0.01))
     end_us = time.time_ns() // 1000
-    res = {
+    return {
         "target": args.target,
-        "rate": args.rate,
+        "rate": rate,
         "count": seq,
         "start_us": start_us,
         "end_us": end_us,
         "achieved_rate": seq / max(1e-6, (end_us - start_us) / 1e6),
         "cpu_s": time.process_time() - cpu0,
     }
-    print(json.dumps(res), flush=True)
 
 
 if __name__ == "__main__":

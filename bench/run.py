@@ -391,6 +391,43 @@ def publish(
     return result
 
 
+def start_publisher(
+    server: Server,
+    redis: Redis,
+    rates: list[float],
+    duration: float,
+    gap: float,
+    *,
+    channel: str | None = None,
+    channels: int = 1,
+) -> subprocess.Popen[str]:
+    """One publisher process for all steps: one JSON line per finished step on stdout."""
+    cmd = [
+        PY,
+        str(BENCH / "publisher.py"),
+        "--target",
+        server.target,
+        "--channel",
+        channel or server.channel,
+        "--channels",
+        str(channels),
+        "--rates",
+        ",".join(f"{r:g}" for r in rates),
+        "--duration",
+        str(duration),
+        "--gap",
+        str(gap),
+        "--redis-url",
+        redis.url,
+        "--url",
+        f"http://127.0.0.1:{server.port}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    _PROCS.append(proc)
+    return proc
+
+
 def pct(values: Any, q: float) -> float | None:
     import numpy as np
 
@@ -431,19 +468,24 @@ def fanout(
         time.sleep(a.settle)
         srv_ps = server.procs()
         rds = tree(redis.proc.pid)
-        failures = 0
+        pub_proc = start_publisher(
+            server,
+            redis,
+            rates,
+            a.duration,
+            a.grace,
+            channel=channel,
+            channels=n if many_channels else 1,
+        )
+        pub_ps = psutil.Process(pub_proc.pid)
+        c0 = (cpu_s(srv_ps), clients.cpu(), cpu_s(rds), time.monotonic(), cpu_s([pub_ps]))
+        assert pub_proc.stdout is not None
         for rate in rates:
-            c0 = (cpu_s(srv_ps), clients.cpu(), cpu_s(rds), time.monotonic())
-            pub = publish(
-                server,
-                redis,
-                rate,
-                a.duration,
-                channel=channel,
-                channels=n if many_channels else 1,
-            )
-            time.sleep(a.grace)
-            c1 = (cpu_s(srv_ps), clients.cpu(), cpu_s(rds), time.monotonic())
+            line = pub_proc.stdout.readline()  # bounded: the publisher ends after its steps
+            if not line:
+                raise RuntimeError("publisher ended early; see its stderr")
+            pub = json.loads(line)
+            c1 = (cpu_s(srv_ps), clients.cpu(), cpu_s(rds), time.monotonic(), cpu_s([pub_ps]))
             wall = c1[3] - c0[3]
             step = {
                 "offered_events_s": rate,
@@ -457,25 +499,18 @@ def fanout(
                         round(100 * (y - x) / wall) for x, y in zip(c0[1], c1[1], strict=True)
                     ],
                     "redis": round(100 * (c1[2] - c0[2]) / wall),
-                    "publisher": round(100 * pub["cpu_s"] / wall),
+                    "publisher": round(100 * (c1[4] - c0[4]) / wall),
                 },
                 "server_rss_mb": round(rss(srv_ps) / 2**20, 1),
             }
+            c0 = c1
             steps.append(step)
-            alive = server.proc.poll() is None
             log(
                 f"{name}: offered {rate:g} ev/s (~{rate * clients.connected:,.0f} deliveries/s), "
                 f"server cpu {step['cpu_pct']['server']}%"
             )
-            if not alive:
-                break
-            # quick check of this step's outcome requires the clients' data; we use a cheap
-            # proxy to stop early: the server is saturated if it used ~all of a core and more
-            # steps would only add noise. Exact pass/fail is computed afterwards.
-            if step["cpu_pct"]["server"] >= a.stop_cpu:
-                failures += 1
-                if failures >= 2:
-                    break
+        stop(pub_proc, 30)
+        time.sleep(a.grace)
         ts, lat, infos = clients.finish()
     finally:
         server.close()
@@ -737,6 +772,23 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+class _Results(list[dict[str, Any]]):
+    """A list of results that also appends each one to a JSON-lines file as it arrives."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def append(self, item: dict[str, Any]) -> None:
+        super().append(item)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(item) + "\n")
+
+    def extend(self, items: Any) -> None:
+        for item in items:
+            self.append(item)
+
+
 def _near(steps: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
     if not steps:
         return None
@@ -839,7 +891,7 @@ def main(argv: list[str] | None = None) -> None:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = a.out or BENCH / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
-    results: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = _Results(out / "partial.jsonl")
     t_begin = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
         workdir = Path(tmp)
