@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import GatewayProcess, gateway_env
+
 CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
 )
@@ -32,7 +34,10 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running in this thread
+# while it is open, so pytest-asyncio tests collected after the browser tests would fail with
+# "Runner.run() cannot be called from a running event loop".
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
@@ -58,3 +63,18 @@ def context(browser: Any) -> Iterator[Any]:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """One embedded gateway per module for the tests that do not restart it.
+
+    A job fails at its first error; rooms keep 10 events (tests use rooms of their own).
+    """
+    process = GatewayProcess(
+        gateway_env(GATEWAY_MAX_ATTEMPTS="1", GATEWAY_RETENTION="room=10/3600 job=1000/3600"),
+        tmp_path_factory.mktemp("browser-gateway") / "gateway.log",
+    )
+    process.start()
+    yield process
+    process.stop(5)
