@@ -80,10 +80,9 @@ def say(page: Page, text: str) -> None:
 
 
 def test_sleep_job_progresses_and_completes_with_its_result(
-    context: Any, gateway_factory: Callable[..., GatewayProcess], artifacts: Path
+    context: Any, gateway: GatewayProcess, artifacts: Path
 ) -> None:
     expect = _expect()
-    gateway = gateway_factory()
     page = open_dashboard(context, gateway)
     expect(page.locator("#job-data")).to_have_value('{\n  "seconds": 3,\n  "steps": 6\n}')
     join_room(page, "lobby", "ada")
@@ -120,11 +119,8 @@ def test_sleep_job_progresses_and_completes_with_its_result(
     assert logged_event_ids(page, job_id) == history_ids(gateway, f"job:{job_id}")
 
 
-def test_failed_job_shows_its_error(
-    context: Any, gateway_factory: Callable[..., GatewayProcess]
-) -> None:
+def test_failed_job_shows_its_error(context: Any, gateway: GatewayProcess) -> None:
     expect = _expect()
-    gateway = gateway_factory(GATEWAY_MAX_ATTEMPTS="1")
     page = open_dashboard(context, gateway)
     job_id = submit_job(page, "fail", '{"message": "the disk is on fire"}')
     card = page.locator(f'.job[data-job-id="{job_id}"]')
@@ -134,10 +130,9 @@ def test_failed_job_shows_its_error(
 
 
 def test_two_browsers_chat_in_a_room_and_late_joiners_get_history(
-    browser: Any, gateway_factory: Callable[..., GatewayProcess]
+    browser: Any, gateway: GatewayProcess
 ) -> None:
     expect = _expect()
-    gateway = gateway_factory()
     room = "room-" + secrets.token_hex(3)
     first, second = browser.new_context(), browser.new_context()
     try:
@@ -199,10 +194,9 @@ def test_gateway_restart_mid_job_reconnects_and_loses_nothing(
 
 
 def test_page_works_over_sse_when_websocket_is_blocked(
-    context: Any, gateway_factory: Callable[..., GatewayProcess]
+    context: Any, gateway: GatewayProcess
 ) -> None:
     expect = _expect()
-    gateway = gateway_factory()
     attempts: list[str] = []
 
     def refuse(ws: Any) -> None:
@@ -229,10 +223,7 @@ def test_page_works_over_sse_when_websocket_is_blocked(
     assert page.evaluate("window.gateway.transport") == "sse"
 
 
-def test_dashboard_fits_a_phone(
-    browser: Any, gateway_factory: Callable[..., GatewayProcess]
-) -> None:
-    gateway = gateway_factory()
+def test_dashboard_fits_a_phone(browser: Any, gateway: GatewayProcess) -> None:
     phone = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True)
     try:
         page = open_dashboard(phone, gateway)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -57,9 +56,8 @@ async ({transport, since}) => {
 
 @pytest.mark.parametrize("transport", ["websocket", "sse"])
 def test_errors_and_trimmed_history_reach_the_caller(
-    context: Any, gateway_factory: Callable[..., GatewayProcess], transport: str
+    context: Any, gateway: GatewayProcess, transport: str
 ) -> None:
-    gateway = gateway_factory(GATEWAY_RETENTION="room=10/3600 job=100/3600")
     with httpx.Client(base_url=gateway.url, timeout=10) as client:
         ids = [
             client.post("/channels/room:trimmed/events", json={"data": {"n": n}}).json()["id"]
@@ -78,10 +76,9 @@ def test_errors_and_trimmed_history_reach_the_caller(
 
 
 def test_a_silent_connection_is_detected_by_the_heartbeat(
-    context: Any, gateway_factory: Callable[..., GatewayProcess]
+    context: Any, gateway: GatewayProcess
 ) -> None:
     """A proxy that keeps the socket open but stops delivering pongs: reconnect, lose nothing."""
-    gateway = gateway_factory()
     swallowed: list[str] = []
 
     def half_dead(ws: Any) -> None:
