@@ -543,12 +543,21 @@ def fanout(
         "n": n,
         "connected": connected,
         "failed": sum(i["failed"] for i in infos),
+        "connect_errors": _errors(infos),
         "closed_by_server": closed,
         "sustainable_deliveries_s": best,
         "p99_bound_ms": P99_BOUND_MS,
         "steps": steps,
         "client_connect_s": [round(i["connect_s"], 2) for i in infos],
     }
+
+
+def _errors(infos: list[dict[str, Any]]) -> dict[str, int]:
+    errors: dict[str, int] = {}
+    for info in infos:
+        for key, value in info["errors"].items():
+            errors[key] = errors.get(key, 0) + value
+    return errors
 
 
 def idle(a: argparse.Namespace, redis: Redis, workdir: Path, name: str, n: int) -> dict[str, Any]:
@@ -570,10 +579,7 @@ def idle(a: argparse.Namespace, redis: Redis, workdir: Path, name: str, n: int) 
     finally:
         server.close()
     connected = sum(i["connected"] for i in infos)
-    errors: dict[str, int] = {}
-    for info in infos:
-        for key, value in info["errors"].items():
-            errors[key] = errors.get(key, 0) + value
+    errors = _errors(infos)
     return {
         "scenario": "idle",
         "server": name,
