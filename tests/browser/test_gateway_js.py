@@ -120,3 +120,53 @@ def test_a_silent_connection_is_detected_by_the_heartbeat(
         )
     page.wait_for_function("window.probe.events.length >= 3", timeout=WAIT_MS)
     assert page.evaluate("window.probe.events") == [0, 1, 2]
+
+
+def test_a_slow_consumer_close_resumes_without_loss_or_repeats(
+    context: Any, gateway: GatewayProcess
+) -> None:
+    """Close code 4008 (the gateway cut a slow consumer off): resume at once from the last id."""
+    channel = "room:slow-" + str(id(context))
+    connections: list[str] = []
+    cut: list[str] = []
+
+    def cut_after_first_event(ws: Any) -> None:
+        server = ws.connect_to_server()
+        connections.append(ws.url)
+
+        def to_page(message: str | bytes) -> None:
+            ws.send(message)
+            text = message if isinstance(message, str) else ""
+            if not cut and '"op":"event"' in text and f'"channel":"{channel}"' in text:
+                cut.append(text)
+                ws.close(code=4008, reason="slow consumer: resume with since")
+
+        server.on_message(to_page)
+
+    context.route_web_socket("**/ws", cut_after_first_event)
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+
+        def send(n: int) -> None:
+            client.post(f"/channels/{channel}/events", json={"data": {"n": n}})
+
+        for n in range(3):
+            send(n)
+        page = context.new_page()
+        page.goto(gateway.url + "/")
+        page.evaluate(
+            """async (channel) => {
+              const {connect} = await import('/static/gateway.js');
+              const gw = connect({transport: 'websocket'});
+              window.probe = {states: [], events: []};
+              gw.on('state', (state) => window.probe.states.push(state));
+              gw.subscribe(channel, (event) => window.probe.events.push(event.data.n));
+            }""",
+            channel,
+        )
+        page.wait_for_function("window.probe.states.includes('reconnecting')", timeout=WAIT_MS)
+        for n in range(3, 6):
+            send(n)
+        page.wait_for_function("window.probe.events.length >= 6", timeout=WAIT_MS)
+    assert page.evaluate("window.probe.events") == [0, 1, 2, 3, 4, 5]
+    assert page.evaluate("window.probe.states")[-1] == "open"
+    assert cut and len(connections) >= 3  # the dashboard's own, the cut one, the resumed one
