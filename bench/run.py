@@ -863,8 +863,11 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "scenario", choices=["quick", "fanout", "channels", "idle", "roundtrip", "publish", "all"]
+        "scenario",
+        nargs="?",
+        choices=["quick", "fanout", "channels", "idle", "roundtrip", "publish", "all"],
     )
+    p.add_argument("--quick", action="store_true", help="same as the `quick` scenario")
     p.add_argument(
         "--servers", default="gw-ws,gw-sse,ws,sio", help="comma-separated: " + ", ".join(SERVERS)
     )
@@ -875,17 +878,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grace", type=float, default=1.0)
     p.add_argument("--settle", type=float, default=1.0)
     p.add_argument("--rest", type=float, default=5.0, help="idle: seconds to measure CPU at rest")
-    p.add_argument(
-        "--stop-cpu",
-        type=float,
-        default=97.0,
-        help="stop stepping after two steps with the server above this CPU %%",
-    )
     p.add_argument("--jobs", type=int, default=300, help="roundtrip: jobs")
     p.add_argument("--workers", type=int, default=1, help="gateway serve --workers")
     p.add_argument("--out", type=Path, default=None, help="directory for JSON and PNG")
     p.add_argument("--plot", type=Path, default=None, help="also write the PNG here")
     a = p.parse_args(argv)
+    if a.scenario is None:
+        if not a.quick:
+            p.error("name a scenario (or --quick)")
+        a.scenario = "quick"
     a.gw_args = ["--workers", str(a.workers)] if a.workers > 1 else []
     servers = [s for s in a.servers.split(",") if s]
     for s in servers:
