@@ -509,7 +509,12 @@ export class Gateway {
         // Nothing to stream yet: check that the gateway answers, so `open` means something.
         const response = await fetch(`${this.baseUrl}/healthz`, {signal: controller.signal});
         if (!response.ok) throw new GatewayError('unavailable', `healthz: ${response.status}`);
-        if (this._sse === controller) this._opened();
+        if (this._sse !== controller) return;
+        this._opened();
+        // No stream to notice a lost gateway: ask again every heartbeat while idle.
+        this._idleTimer = this._later(() => {
+          if (this._sse === controller) this._openSse();
+        }, this.options.heartbeat);
         return;
       }
       const response = await fetch(this._sseUrl(channels), {
