@@ -103,6 +103,9 @@ async def test_job_token_reads_its_job_only(secure: GatewayProcess) -> None:
     assert refused.status_code == 403 and refused.json()["type"].endswith("forbidden")
     assert httpx.get(f"{secure.url}/jobs/{other['id']}", params={"token": token}).status_code == 403
     assert httpx.get(f"{secure.url}/jobs/{other['id']}/events").status_code == 401
+    assert httpx.head(f"{secure.url}/jobs/{other['id']}").status_code == 401
+    assert httpx.get(f"{secure.url}/jobs").status_code == 401  # the listing is for the server
+    assert httpx.get(f"{secure.url}/jobs", headers=AUTH).status_code == 200
     history = httpx.get(f"{secure.url}/channels/job:{other['id']}/events", params={"token": token})
     assert history.status_code == 403
     # The server, with its API key, reads anything.

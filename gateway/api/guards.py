@@ -175,13 +175,15 @@ class AccessGuard:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        if scope["method"] == "GET" and STREAMS.match(scope["path"]):
+        if scope["method"] in {"GET", "HEAD"} and STREAMS.match(scope["path"]):
             await self._counted(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
     async def _check_http(self, scope: Scope, headers: Headers, caller: Caller) -> Response | None:
-        method, path = scope["method"], scope["path"]
+        # HEAD runs the GET route (headers such as ETag included), so it is authorized as one.
+        method = "GET" if scope["method"] == "HEAD" else scope["method"]
+        path = scope["path"]
         keys = self.services.api_keys
         if method == "POST" and SERVER_ONLY.match(path):
             if keys.enabled and caller.api_key is None:
