@@ -20,6 +20,8 @@ import jwt
 import pytest
 import websockets
 
+from gateway.auth import ChannelPolicy, Forbidden
+from gateway.settings import Settings
 from tests.support import (
     GatewayProcess,
     collect_sse,
@@ -127,6 +129,11 @@ async def test_job_token_in_cookie_and_over_websocket(secure: GatewayProcess) ->
         assert error[-1]["op"] == "error" and error[-1]["code"] == "forbidden"
         await ws_send(ws, {"op": "ping", "ref": 3})
         assert (await ws_until(ws, lambda f: f.get("ref") == 3))[-1]["op"] == "pong"
+    cookie = {"Cookie": f"gateway_token={job['token']}"}
+    async with ws_client(secure.ws_url, additional_headers=cookie) as ws:
+        await ws_send(ws, {"op": "subscribe", "channel": f"job:{job['id']}", "ref": 1})
+        frames = await ws_until(ws, lambda f: f.get("type") == "job.completed")
+        assert frames[0]["op"] == "ack"
 
 
 async def test_room_token_without_publish_cannot_publish(secure: GatewayProcess) -> None:
@@ -319,3 +326,38 @@ def test_require_auth_with_keys_starts(gateway_factory: Callable[..., GatewayPro
         httpx.get(f"{gateway.url}/jobs/{job['id']}", params={"token": job["token"]}).status_code
         == 200
     )
+
+
+def test_policy_rules_and_custom_namespaces() -> None:
+    settings = Settings.from_env(
+        {"GATEWAY_SECRET": SECRET, "GATEWAY_CHANNEL_POLICY": "news=open/none room=token/none"}
+    )
+    policy = ChannelPolicy.from_settings(settings)
+    assert not policy.open_mode
+    policy.check_subscribe("news:today")  # open: no token needed
+    with pytest.raises(Forbidden) as refused:
+        policy.check_client_publish("news:today")
+    assert refused.value.status == 403
+    token = policy.verify(policy.signer.mint("eve", {"room:*": ["subscribe", "publish"]}, 60))
+    assert token is not None
+    policy.check_subscribe("room:any", token)
+    with pytest.raises(Forbidden):  # the configured rule beats the token's right
+        policy.check_client_publish("room:any", token)
+    with pytest.raises(Forbidden) as missing:
+        policy.check_subscribe("room:any")
+    assert missing.value.code == "token_required" and missing.value.status == 401
+    policy.check_subscribe("user:eve", token)
+    with pytest.raises(Forbidden):
+        policy.check_subscribe("user:adam", token)
+    with pytest.raises(Forbidden):
+        policy.check_subscribe("elsewhere:x", token)
+    job_token = policy.verify(policy.job_token("abc", 60))
+    assert job_token is not None and job_token.sub == ""
+    policy.check_subscribe("job:abc", job_token)
+    with pytest.raises(Forbidden):
+        policy.check_subscribe("job:abd", job_token)
+    dev = ChannelPolicy.from_settings(Settings())
+    assert dev.open_mode
+    dev.check_subscribe("job:anything")
+    with pytest.raises(Forbidden):
+        dev.check_client_publish("job:anything")  # `none` holds even in dev mode
