@@ -192,3 +192,18 @@ async def test_serve_with_several_worker_processes(
     for events in streams:
         assert [e.event for e in events] == STORY
     assert gateway.output().count("gateway ready") == 2
+
+
+async def test_a_burst_of_subscribers_all_get_their_ack(
+    redis_url: str, gateway_factory: Callable[..., GatewayProcess]
+) -> None:
+    """Hundreds of clients subscribing at once queue for Redis; none is told `unavailable`."""
+    gateway = gateway_factory(REDIS_URL=redis_url, GATEWAY_MAX_CONNECTIONS_PER_CLIENT="10000")
+    httpx.post(f"{gateway.url}/channels/room:burst/events", json={"data": "history"})
+
+    async def subscribe() -> str:
+        async with ws_client(f"{gateway.ws_url}?channel=room:burst") as ws:
+            return str((await ws_recv(ws, timeout=30))["op"])
+
+    replies = await asyncio.gather(*(subscribe() for _ in range(400)))
+    assert replies.count("ack") == 400, {r: replies.count(r) for r in set(replies)}

@@ -16,11 +16,11 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from gateway.backends.base import Backend, BackendUnavailable, Delivery, History, JobUpdate
 from gateway.events import (
@@ -41,6 +41,10 @@ WORKER_GROUP = "workers"
 JOB_INDEX = "gw:{jobs}:index"
 WEBHOOK_SCHEDULE = "gw:{webhooks}:due"
 WEBHOOK_PAYLOADS = "gw:{webhooks}:payloads"
+
+
+REDIS_POOL_SIZE = 64
+"""Connections one process opens for commands; blocking job reads hold one each."""
 
 
 def stream_key(channel: str) -> str:
@@ -107,15 +111,25 @@ class RedisBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self._redis = aioredis.Redis.from_url(
+        # After a Redis restart every pooled connection is stale; retry so that costs a
+        # reconnect, not a failed request per connection.
+        retry = Retry(ExponentialBackoff(cap=0.5, base=0.02), 3)
+        # A bounded pool that makes callers wait for a free connection: a burst of a thousand
+        # subscribers must queue for history reads, not open a thousand connections at once
+        # (which times out and answers them `unavailable`).
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis_url,
-            decode_responses=False,
+            max_connections=REDIS_POOL_SIZE,
+            timeout=20,
             health_check_interval=0,
             socket_timeout=10,
             socket_connect_timeout=2,
-            # After a Redis restart every pooled connection is stale; retry so that costs a
-            # reconnect, not a failed request per connection.
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
+            retry=retry,
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        self._redis = aioredis.Redis(
+            connection_pool=pool,
+            retry=retry,
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self._pubsub_client = aioredis.Redis.from_url(

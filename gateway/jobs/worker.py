@@ -327,7 +327,8 @@ class Worker:
             record.id,
             "job.failed",
             {"error": error, "attempts": attempts},
-            {"error": encode_field(error)},
+            # The record counts handler runs; a delivery refused for being one too many is not one.
+            {"error": encode_field(error), "attempts": str(attempts)},
             expire=self.settings.job_ttl,
         )
         METRICS.jobs.labels(record.type, "failed").inc()

@@ -179,7 +179,8 @@ class Connection:
             self._error(ref, exc.code, exc.message, **exc.extra)
         except Forbidden as exc:
             self._error(ref, exc.code, str(exc))
-        except BackendUnavailable:
+        except BackendUnavailable as exc:
+            log.warning("op %r failed: %s", op.get("op"), exc)
             self._error(ref, "unavailable", "the event bus is unavailable; try again")
 
     def _channel(self, op: dict[str, Any]) -> str:
