@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -75,7 +76,7 @@ def test_openapi_is_served(embedded_gateway: GatewayProcess) -> None:
 
 
 def test_schemathesis_finds_no_server_errors(
-    gateway_factory: Callable[..., GatewayProcess],
+    gateway_factory: Callable[..., GatewayProcess], tmp_path: Path
 ) -> None:
     """Fuzz every operation from the gateway's own document (bounded: a few examples each)."""
     gateway = gateway_factory(GATEWAY_SUBMIT_RATE="0", GATEWAY_PUBLISH_RATE="0")
@@ -100,6 +101,7 @@ def test_schemathesis_finds_no_server_errors(
         capture_output=True,
         text=True,
         timeout=90,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert httpx.get(f"{gateway.url}/healthz").status_code == 200
