@@ -7,6 +7,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -46,14 +47,8 @@ def history_ids(url: str, channel: str) -> list[str]:
     return [event["id"] for event in body["events"]]
 
 
-async def test_redis_killed_mid_job_loses_nothing(
-    aof_redis: RedisServer,
-    gateway_factory: Callable[..., GatewayProcess],
-    worker_factory: Callable[..., WorkerProcess],
-) -> None:
-    env = {"REDIS_URL": aof_redis.url, "GATEWAY_VISIBILITY_TIMEOUT": "20"}
-    gateway = gateway_factory(**env)
-    worker_factory(**env)
+async def follow_long_job(gateway: GatewayProcess) -> tuple[str, str, Any, Any]:
+    """Submit a 30-step job, follow it over SSE and WS (both resuming), wait for progress."""
     job_id = submit_job(gateway.url, "sleep", {"seconds": 3, "steps": 30})
     channel = f"job:{job_id}"
     sse = asyncio.create_task(
@@ -65,6 +60,18 @@ async def test_redis_killed_mid_job_loses_nothing(
     await async_wait_until(
         lambda: len(history_ids(gateway.url, channel)) >= 6, 15, "the job to make progress"
     )
+    return job_id, channel, sse, ws
+
+
+async def test_redis_killed_mid_job_loses_nothing(
+    aof_redis: RedisServer,
+    gateway_factory: Callable[..., GatewayProcess],
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    env = {"REDIS_URL": aof_redis.url, "GATEWAY_VISIBILITY_TIMEOUT": "20"}
+    gateway = gateway_factory(**env)
+    worker_factory(**env)
+    job_id, channel, sse, ws = await follow_long_job(gateway)
     aof_redis.kill()
     await async_wait_until(
         lambda: httpx.get(gateway.url + "/readyz").status_code == 503, 10, "readyz to say not ready"
@@ -153,17 +160,7 @@ async def test_gateway_restart_mid_stream_loses_nothing(
     env = {"REDIS_URL": redis_url}
     gateway = gateway_factory(**env)
     worker_factory(**env)
-    job_id = submit_job(gateway.url, "sleep", {"seconds": 3, "steps": 30})
-    channel = f"job:{job_id}"
-    sse = asyncio.create_task(
-        follow_sse_resuming(f"{gateway.url}/jobs/{job_id}/events", lambda e: e.event in TERMINAL)
-    )
-    ws = asyncio.create_task(
-        follow_ws_resuming(gateway.ws_url, channel, lambda f: f["type"] in TERMINAL)
-    )
-    await async_wait_until(
-        lambda: len(history_ids(gateway.url, channel)) >= 6, 15, "the job to make progress"
-    )
+    _job_id, channel, sse, ws = await follow_long_job(gateway)
     assert gateway.stop(15) in (0, -signal.SIGTERM), "a clean, prompt shutdown on SIGTERM"
     assert "Traceback" not in gateway.output()
     replacement = GatewayProcess(gateway_env(**env), tmp_path / "again.log", port=gateway.port)
