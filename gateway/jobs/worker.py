@@ -17,9 +17,9 @@ import time
 from typing import Any
 
 from gateway.backends.base import Backend, BackendUnavailable, Delivery
-from gateway.events import Event
+from gateway.events import Event, iso_time
 from gateway.jobs.handlers import HandlerError, HandlerRegistry, HandlerSpec, JobContext
-from gateway.jobs.model import JobRecord, encode_field, load_job, timestamp, transition
+from gateway.jobs.model import JobRecord, encode_field, load_job, transition
 from gateway.metrics import METRICS
 from gateway.settings import Settings
 from gateway.webhooks import Callback, WebhookDispatcher
@@ -353,9 +353,4 @@ class _Failure:
 
 
 def _iso_in(seconds: float) -> str:
-    from gateway.events import iso_time
-
     return iso_time(int((time.time() + seconds) * 1000))
-
-
-__all__ = ["Worker", "timestamp"]
