@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from gateway.api import channels, compat, docs, health, jobs
 from gateway.api import tokens as token_routes
@@ -39,6 +40,7 @@ from gateway.problems import (
 )
 from gateway.services import Services
 from gateway.settings import Settings
+from gateway.transports.wire import RAW_SEND
 from gateway.transports.ws import websocket_endpoint
 
 log = logging.getLogger("gateway")
@@ -61,6 +63,15 @@ async def handle_unavailable(request: Request, exc: Exception) -> Response:
         code="unavailable",
         headers={"Retry-After": "1"},
     )
+
+
+class GatewayApp(Starlette):
+    """Starlette, plus the server's own `send` in the scope (before middleware wraps it), which
+    the transports use to find the socket for their fast path (`gateway.transports.wire`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[RAW_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -122,7 +133,7 @@ def create_app(
             "/static", StaticFiles(directory=settings.static_dir, check_dir=False), name="static"
         ),
     ]
-    app = Starlette(
+    app = GatewayApp(
         routes=routes,
         lifespan=lifespan,
         middleware=security_middleware(settings, services),

@@ -8,6 +8,7 @@ once per process and the same bytes are written to every subscriber.
 from __future__ import annotations
 
 import re
+import struct
 import time
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -103,7 +104,18 @@ class Event:
     once no matter how many connections receive them.
     """
 
-    __slots__ = ("_sse", "_sse_body", "_ws", "channel", "envelope", "id", "key", "type")
+    __slots__ = (
+        "_sse",
+        "_sse_body",
+        "_sse_chunk",
+        "_ws",
+        "_ws_wire",
+        "channel",
+        "envelope",
+        "id",
+        "key",
+        "type",
+    )
 
     def __init__(self, envelope: bytes, *, id: str, channel: str, type: str) -> None:
         self.envelope = envelope
@@ -114,6 +126,8 @@ class Event:
         self._sse: bytes | None = None
         self._sse_body: bytes | None = None
         self._ws: str | None = None
+        self._ws_wire: bytes | None = None
+        self._sse_chunk: bytes | None = None
 
     @classmethod
     def from_envelope(cls, envelope: bytes) -> Event:
@@ -149,6 +163,21 @@ class Event:
             self._ws = '{"op":"event",' + self.envelope[1:].decode()
         return self._ws
 
+    @property
+    def ws_wire(self) -> bytes:
+        """The whole WebSocket frame as it goes on the wire (server frames are not masked), so
+        one encoding serves every subscriber's socket."""
+        if self._ws_wire is None:
+            self._ws_wire = ws_text_frame(b'{"op":"event",' + self.envelope[1:])
+        return self._ws_wire
+
+    @property
+    def sse_chunk(self) -> bytes:
+        """`sse_frame` as one HTTP/1.1 chunk, ready for a chunked response's socket."""
+        if self._sse_chunk is None:
+            self._sse_chunk = http_chunk(self.sse_frame)
+        return self._sse_chunk
+
     def __repr__(self) -> str:
         return f"Event(id={self.id!r}, channel={self.channel!r}, type={self.type!r})"
 
@@ -162,3 +191,20 @@ def encode_sse_frame(event_id: str | None, event_type: str, data: bytes) -> byte
 def encode_ws_message(op: str, **fields: Any) -> bytes:
     """A control frame of the WebSocket protocol (`ack`, `error`, `gap`, `pong`)."""
     return orjson.dumps({"op": op, **fields})
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """An unmasked, final, uncompressed WebSocket text frame (RFC 6455 §5.2)."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x81, size))
+    elif size < 65536:
+        head = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        head = struct.pack("!BBQ", 0x81, 127, size)
+    return head + payload
+
+
+def http_chunk(data: bytes) -> bytes:
+    """One chunk of an HTTP/1.1 chunked body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)

@@ -45,11 +45,29 @@ class Attached:
 
 
 class Subscriber:
-    """The outbound side of one connection: a bounded queue drained by the connection's writer.
+    """The outbound side of one connection: a direct write when possible, else a bounded queue.
 
-    A subscriber that lets `limit` items pile up is a slow consumer: it is marked `overflowed`,
-    stops receiving, and its writer disconnects it so it can resume from its last id.
+    When the connection has a `sink` (a synchronous write straight to its socket, see
+    `gateway.transports.wire`) and nothing is queued or being written, an item is handed to the
+    sink at once: no task wakes up per subscriber per event. Otherwise it is queued and
+    `on_pending` asks the connection to drain the queue (through ASGI, which waits for a slow
+    socket). A subscriber that lets `limit` items pile up is a slow consumer: it is marked
+    `overflowed`, stops receiving, and is disconnected so it can resume from its last id.
     """
+
+    __slots__ = (
+        "_wakeup",
+        "channels",
+        "closed",
+        "limit",
+        "on_overflow",
+        "on_pending",
+        "overflowed",
+        "queue",
+        "sink",
+        "transport",
+        "writing",
+    )
 
     def __init__(self, transport: Transport, limit: int) -> None:
         self.transport = transport
@@ -58,6 +76,12 @@ class Subscriber:
         self.channels: dict[str, _ChannelState] = {}
         self.overflowed = False
         self.closed = False
+        self.writing = False
+        """True while a writer holds items taken from the queue: direct writes must wait."""
+        self.sink: Callable[[Item], bool] | None = None
+        """Writes an item now if the socket takes it (True), else refuses (False)."""
+        self.on_pending: Callable[[], None] | None = None
+        """Called when items were queued or the subscriber closed: someone must drain."""
         self.on_overflow: Callable[[], None] | None = None
         """Called once when the backlog overflows, for a writer that may be stuck in a send."""
         self._wakeup = asyncio.Event()
@@ -82,6 +106,9 @@ class Subscriber:
         """
         if self.overflowed or self.closed:
             return
+        sink = self.sink
+        if sink is not None and not self.queue and not self.writing and sink(item):
+            return
         if bounded and len(self.queue) >= self.limit:
             self.overflowed = True
             self.queue.clear()
@@ -91,11 +118,15 @@ class Subscriber:
         else:
             self.queue.append(item)
         self._wakeup.set()
+        if self.on_pending is not None:
+            self.on_pending()
 
     def close(self) -> None:
         """Wake the writer so it notices the connection is over."""
         self.closed = True
         self._wakeup.set()
+        if self.on_pending is not None:
+            self.on_pending()
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait until something is queued (or the subscriber closed); False on timeout."""

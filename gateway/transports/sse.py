@@ -8,16 +8,13 @@ resumes each channel exactly where it stopped even though ids of different chann
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import anyio
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from sse_starlette.sse import SendTimeoutError
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.backends.base import BackendUnavailable
 from gateway.events import (
@@ -25,25 +22,27 @@ from gateway.events import (
     InvalidEventId,
     encode_sse_frame,
     encode_ws_message,
+    http_chunk,
     parse_event_id,
 )
 from gateway.hub import Hub, Item, Subscriber
 from gateway.metrics import METRICS
 from gateway.problems import bad_request
 from gateway.settings import Settings
+from gateway.transports.wire import ChunkedWire, chunked_wire
 
 log = logging.getLogger("gateway.sse")
-SEND_TIMEOUT = 10.0
-"""Seconds a single write may block before the client is treated as gone (slow or dead)."""
-
-
-class GatewayEventSource(EventSourceResponse):
-    """EventSourceResponse that ends quietly when a write times out (a client that stopped
-    reading), instead of surfacing the timeout as an application error."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        with contextlib.suppress(SendTimeoutError):
-            await super().__call__(scope, receive, send)
+END_TIMEOUT = 2.0
+"""Seconds the last chunk of a stream may wait for a slow socket before the connection drops."""
+PING = b": ping\n\n"
+TOKEN_EXPIRED_RETRY_MS = 3_600_000
+"""The `retry:` after a token expired: an hour, so a client without a new token stays quiet."""
+DELIVERED = METRICS.delivered
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
 def parse_positions(raw: str | None, channels: list[str]) -> dict[str, str | None]:
@@ -70,6 +69,41 @@ def control_frame(event: str, **fields: Any) -> bytes:
     return encode_sse_frame(None, event, encode_ws_message(event, **fields))
 
 
+class EventStream(Response):
+    """The SSE response: history after `positions`, then live events, until the client leaves.
+
+    `end_after_terminal` is for job streams: the stream ends after the job's terminal event.
+    `expires_at` (epoch seconds) is the expiry of the token that authorized the stream: then the
+    stream ends with an `error` event and a long `retry:`, so the client neither hangs on a
+    stream it may no longer read nor reconnects in a storm (the reconnect gets a 401 anyway).
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        settings: Settings,
+        positions: dict[str, str | None],
+        *,
+        end_after_terminal: bool = False,
+        headers: dict[str, str] | None = None,
+        expires_at: float | None = None,
+    ) -> None:
+        super().__init__(status_code=200, headers=headers)
+        self.hub = hub
+        self.settings = settings
+        self.positions = positions
+        self.end_after_terminal = end_after_terminal
+        self.expires_at = expires_at
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        own = [(k, v) for k, v in self.raw_headers if k not in (b"content-length", b"content-type")]
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS + own})
+        if scope.get("method") == "HEAD":
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await _Stream(self, send, chunked_wire(scope)).run(receive)
+
+
 def sse_response(
     hub: Hub,
     settings: Settings,
@@ -78,95 +112,221 @@ def sse_response(
     end_after_terminal: bool = False,
     headers: dict[str, str] | None = None,
     expires_at: float | None = None,
-) -> EventSourceResponse:
-    """Stream the channels' history after `positions`, then live events.
-
-    `end_after_terminal` is for job streams: the stream ends after the job's terminal event.
-    `expires_at` (epoch seconds) is the expiry of the token that authorized the stream: then the
-    stream ends with an `error` event and a long `retry:`, so the client neither hangs on a
-    stream it may no longer read nor reconnects in a storm (the reconnect gets a 401 anyway).
-    """
-    channels = list(positions)
-    cursor = dict(positions) if len(channels) > 1 else None
-
-    async def body() -> AsyncIterator[bytes]:
-        subscriber = Subscriber("sse", settings.slow_consumer_queue)
-        hub.connect(subscriber)
-        try:
-            yield f"retry: {settings.sse_retry_ms}\n\n".encode()
-            try:
-                for channel in channels:
-                    await hub.attach(subscriber, channel, positions[channel])
-            except BackendUnavailable:
-                yield control_frame("error", code="unavailable", message="bus unavailable; retry")
-                return
-            frame_of = _frame_writer(cursor)
-            while True:
-                if not await _wait_until_expiry(subscriber, expires_at):
-                    yield control_frame(
-                        "error", code="token_expired", message="the token expired; get a new one"
-                    )
-                    yield f"retry: {TOKEN_EXPIRED_RETRY_MS}\n\n".encode()
-                    return
-                if subscriber.overflowed:
-                    log.info("SSE client too slow; ending its stream so it resumes later")
-                    return
-                items = subscriber.take()
-                chunk, ended = frame_of(items, end_after_terminal)
-                if chunk:
-                    yield chunk
-                    METRICS.frames_delivered.labels("sse").inc(len(items))
-                    METRICS.observe_lag("sse", items[-1])
-                if ended or subscriber.closed:
-                    return
-        finally:
-            await hub.disconnect(subscriber)
-
-    return GatewayEventSource(
-        body(),
-        ping=settings.sse_ping,
-        ping_message_factory=lambda: ServerSentEvent(comment="ping"),
-        send_timeout=SEND_TIMEOUT,
-        shutdown_event=anyio.Event(),
-        shutdown_grace_period=2.0,
-        headers={"Cache-Control": "no-store", **(headers or {})},
+) -> EventStream:
+    return EventStream(
+        hub,
+        settings,
+        positions,
+        end_after_terminal=end_after_terminal,
+        headers=headers,
+        expires_at=expires_at,
     )
 
 
-TOKEN_EXPIRED_RETRY_MS = 3_600_000
-"""The `retry:` after a token expired: an hour, so a client without a new token stays quiet."""
+class _Stream:
+    """One SSE connection once its headers are out.
 
+    Frames go straight to the socket when the server allows it (`ChunkedWire`) and nothing is
+    waiting before them; otherwise they queue and a drain task, started only while there is a
+    backlog, writes them through ASGI in one chunk per batch. The request's own coroutine just
+    waits for the end: the client leaving, the job's terminal event, token expiry, shutdown, or
+    the client falling too far behind (then the connection is dropped; it resumes with
+    `Last-Event-ID`). Keep-alive comments come from a timer, not a task.
+    """
 
-async def _wait_until_expiry(subscriber: Subscriber, expires_at: float | None) -> bool:
-    """Wait for queued items; False when the token expires first."""
-    if expires_at is None:
-        await subscriber.wait()
+    def __init__(self, response: EventStream, send: Send, wire: ChunkedWire | None) -> None:
+        self.response = response
+        self.send = send
+        self.wire = wire
+        settings = response.settings
+        self.subscriber = Subscriber("sse", settings.slow_consumer_queue)
+        channels = list(response.positions)
+        self.cursor = dict(response.positions) if len(channels) > 1 else None
+        self.ended = False
+        self.finishing = False
+        self.slow = False
+        self.disconnected = False
+        self.drainer: asyncio.Task[None] | None = None
+        self.ping_timer: asyncio.TimerHandle | None = None
+        self.expiry_timer: asyncio.TimerHandle | None = None
+        self.ended_event: asyncio.Event | None = None
+
+    async def run(self, receive: Receive) -> None:
+        response, subscriber, hub = self.response, self.subscriber, self.response.hub
+        if self.wire is not None:
+            subscriber.sink = self._write_now
+        subscriber.on_pending = self._kick
+        subscriber.on_overflow = self._evict
+        hub.connect(subscriber)
+        try:
+            subscriber.put(f"retry: {response.settings.sse_retry_ms}\n\n".encode(), bounded=False)
+            try:
+                for channel, position in response.positions.items():
+                    await hub.attach(subscriber, channel, position)
+            except BackendUnavailable:
+                frame = control_frame("error", code="unavailable", message="bus unavailable; retry")
+                subscriber.put(frame, bounded=False)
+                self._finish()
+            self._schedule()
+            await self._wait_for_end(receive)
+        finally:
+            for timer in (self.ping_timer, self.expiry_timer):
+                if timer is not None:
+                    timer.cancel()
+            subscriber.on_pending = None
+            if self.drainer is not None:
+                self.drainer.cancel()
+                await asyncio.gather(self.drainer, return_exceptions=True)
+            await hub.disconnect(subscriber)
+        await self._end_response()
+
+    def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.ping_timer = loop.call_later(self.response.settings.sse_ping, self._ping)
+        expires_at = self.response.expires_at
+        if expires_at is not None:
+            delay = max(0.0, expires_at - time.time())
+            self.expiry_timer = loop.call_later(delay, self._expire)
+
+    def _ping(self) -> None:
+        """A comment line keeps proxies from timing out the stream and finds dead peers."""
+        if self.ended:
+            return
+        if not self.subscriber.queue:
+            self.subscriber.put(PING, bounded=False)
+        loop = asyncio.get_running_loop()
+        self.ping_timer = loop.call_later(self.response.settings.sse_ping, self._ping)
+
+    def _expire(self) -> None:
+        subscriber = self.subscriber
+        message = "the token expired; get a new one"
+        subscriber.put(control_frame("error", code="token_expired", message=message), bounded=False)
+        subscriber.put(f"retry: {TOKEN_EXPIRED_RETRY_MS}\n\n".encode(), bounded=False)
+        self._finish()
+
+    def _frame(self, item: Item) -> tuple[bytes, bool]:
+        """An item's SSE frame, and whether it is the job's last (the stream ends after it)."""
+        if not isinstance(item, Event):
+            return (item if isinstance(item, bytes) else item.encode()), False
+        ends = self.response.end_after_terminal and item.terminal
+        if self.cursor is None:
+            return item.sse_frame, ends
+        self.cursor[item.channel] = item.id
+        marker = ",".join(f"{ch}@{pos}" for ch, pos in self.cursor.items() if pos)
+        return b"id: " + marker.encode() + b"\n" + item.sse_body, ends
+
+    def _write_now(self, item: Item) -> bool:
+        """The subscriber's sink: one chunk straight to the socket, if it can take it now."""
+        assert self.wire is not None
+        if self.ended or self.finishing:
+            return False
+        if isinstance(item, Event) and self.cursor is None:
+            if not self.wire.write(item.sse_chunk):
+                return False
+            DELIVERED["sse"] += 1
+            METRICS.observe_lag("sse", item)
+            if self.response.end_after_terminal and item.terminal:
+                self._end()
+            return True
+        saved = dict(self.cursor) if self.cursor is not None else None
+        frame, ends = self._frame(item)
+        if not self.wire.write(http_chunk(frame)):
+            self.cursor = saved
+            return False
+        if isinstance(item, Event):
+            DELIVERED["sse"] += 1
+        if ends:
+            self._end()
         return True
-    remaining = expires_at - time.time()
-    if remaining <= 0:
-        return False
-    return await subscriber.wait(timeout=remaining)
 
+    def _kick(self) -> None:
+        """Items were queued (or the stream is ending): make sure a drain task runs."""
+        if self.drainer is None and not self.ended:
+            self.drainer = asyncio.get_running_loop().create_task(self._drain())
 
-def _frame_writer(
-    cursor: dict[str, str | None] | None,
-) -> Callable[[list[Item], bool], tuple[bytes, bool]]:
-    """Join queued items into one write; report whether a job's terminal event was written."""
+    async def _drain(self) -> None:
+        subscriber = self.subscriber
+        try:
+            while not self.ended and (items := subscriber.take()):
+                subscriber.writing = True
+                parts: list[bytes] = []
+                events = 0
+                ends = False
+                for item in items:
+                    frame, ends = self._frame(item)
+                    parts.append(frame)
+                    events += isinstance(item, Event)
+                    if ends:
+                        break
+                message = {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
+                await self.send(message)
+                subscriber.writing = False
+                DELIVERED["sse"] += events
+                METRICS.observe_lag("sse", items[-1])
+                if ends:
+                    self._end()
+            if self.finishing or subscriber.closed:
+                self._end()
+        except OSError:
+            self._end()
+        finally:
+            subscriber.writing = False
+            self.drainer = None
 
-    def frames(items: list[Item], end_after_terminal: bool) -> tuple[bytes, bool]:
-        parts: list[bytes] = []
-        for item in items:
-            if not isinstance(item, Event):
-                parts.append(item if isinstance(item, bytes) else item.encode())
-                continue
-            if cursor is None:
-                parts.append(item.sse_frame)
-            else:
-                cursor[item.channel] = item.id
-                marker = ",".join(f"{ch}@{pos}" for ch, pos in cursor.items() if pos)
-                parts.append(b"id: " + marker.encode() + b"\n" + item.sse_body)
-            if end_after_terminal and item.terminal:
-                return b"".join(parts), True
-        return b"".join(parts), False
+    def _finish(self) -> None:
+        """End the stream once what is already queued has been written."""
+        self.finishing = True
+        self._kick()
 
-    return frames
+    def _evict(self) -> None:
+        log.info("SSE client too slow; dropping it so it resumes later")
+        self.slow = True
+        if self.drainer is not None:
+            self.drainer.cancel()
+        self._end()
+
+    def _end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self.wire is not None:
+            self.wire.nudge()
+        elif self.ended_event is not None:
+            self.ended_event.set()
+
+    async def _wait_for_end(self, receive: Receive) -> None:
+        if self.wire is not None:
+            # uvicorn's receive() returns on disconnect, or when `ChunkedWire.nudge` wakes it.
+            while not self.ended:
+                if (await receive())["type"] == "http.disconnect":
+                    self.disconnected = True
+                    return
+            return
+        self.ended_event = asyncio.Event()
+        watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+        try:
+            if not self.ended:
+                await self.ended_event.wait()
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _watch(self, receive: Receive) -> None:
+        message: Message = await receive()
+        while message["type"] != "http.disconnect":
+            message = await receive()
+        self.disconnected = True
+        self._end()
+
+    async def _end_response(self) -> None:
+        if self.disconnected:
+            return
+        if self.slow and self.wire is not None:
+            self.wire.abort()
+            return
+        last = {"type": "http.response.body", "body": b"", "more_body": False}
+        try:
+            await asyncio.wait_for(self.send(last), END_TIMEOUT)
+        except (TimeoutError, OSError):
+            if self.wire is not None:
+                self.wire.abort()

@@ -1,7 +1,8 @@
 """WebSocket transport: `/ws`, subprotocol `gateway.v1`, JSON text frames (DESIGN §5).
 
-Two tasks per connection: the reader parses client ops; the writer drains the subscriber's
-queue. A client that falls behind is closed with 4008 and resumes with `since`.
+The connection's coroutine reads client ops; frames to the client are written directly or, when
+the socket is busy, by a drain task (see `Connection`). A client that falls behind is closed
+with 4008 and resumes with `since`.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from gateway.events import (
     encode_ws_message,
     parse_event_id,
     validate_channel,
+    ws_text_frame,
 )
-from gateway.hub import Subscriber
+from gateway.hub import Item, Subscriber
 from gateway.metrics import METRICS
 from gateway.services import Services, services_of
 from gateway.tokens import ChannelToken
+from gateway.transports.wire import WebSocketWire, websocket_wire
 
 log = logging.getLogger("gateway.ws")
 SUBPROTOCOL = "gateway.v1"
@@ -43,6 +46,10 @@ CLOSE_TRY_AGAIN = 1013
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_PROTOCOL = 4400
 
+EVICT_GRACE = 5.0
+"""Seconds a slow consumer's 4008 close may wait behind unread data before the drop."""
+DELIVERED = METRICS.delivered
+
 
 class OpError(Exception):
     """A client op that cannot be done; becomes an `error` frame, the connection stays open."""
@@ -55,7 +62,13 @@ class OpError(Exception):
 
 
 class Connection:
-    """One WebSocket client: its subscriber, its writer task, and the handling of its ops."""
+    """One WebSocket client: its subscriber, the handling of its ops, and its outbound path.
+
+    The connection's own coroutine reads client ops. Outbound frames go straight to the socket
+    when the server allows it (`WebSocketWire`) and nothing is waiting before them; otherwise
+    they queue and a drain task, started only while there is a backlog, sends them through
+    ASGI. An idle connection therefore holds no task of its own beyond the server's.
+    """
 
     def __init__(self, websocket: WebSocket, services: Services) -> None:
         self.websocket = websocket
@@ -68,39 +81,35 @@ class Connection:
         self._publish_bucket = services.limits.publish.bucket()
         self._expiry: asyncio.TimerHandle | None = None
         self._closing: tuple[int, str] | None = None
+        self._drainer: asyncio.Task[None] | None = None
+        self._wire: WebSocketWire | None = None
+        self._abort: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         offered = self.websocket.scope.get("subprotocols", [])
         await self.websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         hub = self.services.hub
-        hub.connect(self.subscriber)
-        writer = asyncio.create_task(self._write_forever())
-        reader = asyncio.create_task(self._read_forever())
-
-        def evict() -> None:
-            # The writer may be blocked sending to a client that stopped reading: stop it, so
-            # the close goes out now rather than after the socket drains.
-            writer.cancel()
-            self._evicted = asyncio.ensure_future(
-                self._close(CLOSE_SLOW_CONSUMER, "slow consumer: resume with since")
-            )
-
-        self.subscriber.on_overflow = evict
+        subscriber = self.subscriber
+        self._wire = websocket_wire(self.websocket.scope)
+        if self._wire is not None:
+            subscriber.sink = self._write_now
+        subscriber.on_pending = self._kick
+        subscriber.on_overflow = self._evict
+        hub.connect(subscriber)
         try:
             await self._subscribe_from_query()
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    log.warning("websocket task ended with %r", task.exception())
+            await self._read_forever()
         finally:
-            if self._expiry is not None:
-                self._expiry.cancel()
-            for task in (reader, writer):
-                task.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
+            for timer in (self._expiry, self._abort):
+                if timer is not None:
+                    timer.cancel()
+            subscriber.on_pending = None
+            if self._drainer is not None:
+                self._drainer.cancel()
+                await asyncio.gather(self._drainer, return_exceptions=True)
             if self._evicted is not None:
                 await asyncio.gather(self._evicted, return_exceptions=True)
-            await hub.disconnect(self.subscriber)
+            await hub.disconnect(subscriber)
 
     async def _subscribe_from_query(self) -> None:
         params = self.websocket.query_params
@@ -108,28 +117,74 @@ class Connection:
         for channel in params.getlist("channel"):
             await self._handle({"op": "subscribe", "channel": channel, "since": since})
 
-    async def _write_forever(self) -> None:
+    def _write_now(self, item: Item) -> bool:
+        """The subscriber's sink: the item's wire frame to the socket, if it can take it now."""
+        assert self._wire is not None
+        if self._closing is not None:
+            return False
+        if isinstance(item, Event):
+            if not self._wire.write(item.ws_wire):
+                return False
+            DELIVERED["ws"] += 1
+            METRICS.observe_lag("ws", item)
+            return True
+        data = item.encode() if isinstance(item, str) else item
+        return self._wire.write(ws_text_frame(data))
+
+    def _kick(self) -> None:
+        """Items were queued (or the connection is ending): make sure a drain task runs."""
+        if self._drainer is None and not self.subscriber.overflowed:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        """Send the backlog through ASGI (waits while the socket is paused), then end if due."""
         subscriber = self.subscriber
         send = self.websocket.send
-        while True:
-            await subscriber.wait()
-            if subscriber.overflowed:
-                await self._close(CLOSE_SLOW_CONSUMER, "slow consumer: resume with since")
-                return
-            items = subscriber.take()
-            for item in items:
-                text = item.ws_frame if isinstance(item, Event) else item
-                await send({"type": "websocket.send", "text": text})
-            if items:
-                METRICS.frames_delivered.labels("ws").inc(len(items))
+        try:
+            while items := subscriber.take():
+                subscriber.writing = True
+                events = 0
+                for item in items:
+                    if isinstance(item, Event):
+                        events += 1
+                        text = item.ws_frame
+                    else:
+                        text = item if isinstance(item, str) else item.decode()
+                    await send({"type": "websocket.send", "text": text})
+                subscriber.writing = False
+                DELIVERED["ws"] += events
                 METRICS.observe_lag("ws", items[-1])
+            if subscriber.overflowed:
+                return
             if self._closing is not None:
                 await self._close(*self._closing)
-                return
-            if subscriber.closed:
+            elif subscriber.closed:
                 code = CLOSE_GOING_AWAY if self.services.hub.draining else CLOSE_NORMAL
                 await self._close(code, "the gateway is restarting")
-                return
+        except (RuntimeError, OSError, WebSocketDisconnect):
+            pass  # the client is gone; the reader sees the disconnect
+        finally:
+            subscriber.writing = False
+            self._drainer = None
+
+    def _evict(self) -> None:
+        """A slow consumer: stop its writer and close it with 4008 so it resumes with `since`.
+
+        The close frame waits behind whatever the client has not read; if it has not gone out
+        after `EVICT_GRACE` seconds, the connection is dropped.
+        """
+        if self._drainer is not None:
+            self._drainer.cancel()
+        self._evicted = asyncio.ensure_future(
+            self._close(CLOSE_SLOW_CONSUMER, "slow consumer: resume with since")
+        )
+        if self._wire is not None:
+            self._abort = asyncio.get_running_loop().call_later(EVICT_GRACE, self._wire.abort)
+
+    def _finish(self, code: int, reason: str) -> None:
+        """Close after what is already queued has been sent."""
+        self._closing = (code, reason)
+        self._kick()
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
@@ -276,8 +331,8 @@ class Connection:
         self._expiry = loop.call_at(when, self._expire)
 
     def _expire(self) -> None:
-        self._closing = (CLOSE_POLICY, "token expired")
         self._error(None, "token_expired", "the token expired; reconnect with a new one")
+        self._finish(CLOSE_POLICY, "token expired")
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
