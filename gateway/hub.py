@@ -98,16 +98,19 @@ class Subscriber:
         state.last = event.key
         self.put(event)
 
-    def put(self, item: Item, *, bounded: bool = True) -> None:
-        """Queue an item; a live backlog beyond `limit` marks the subscriber as overflowed.
+    def put(self, item: Item, *, bounded: bool = True, direct: bool = True) -> None:
+        """Write or queue an item; a live backlog beyond `limit` marks the subscriber as overflowed.
 
         Replayed history is queued unbounded (`bounded=False`): its size is already bounded by
-        retention, and it is the very thing a resuming client asked for.
+        retention, and it is the very thing a resuming client asked for. `direct=False` always
+        queues: replies to a client's own ops are batched by the drain task, so a client that
+        floods ops without reading the replies overflows its queue quickly instead of keeping
+        the process busy writing replies into its socket buffers.
         """
         if self.overflowed or self.closed:
             return
         sink = self.sink
-        if sink is not None and not self.queue and not self.writing and sink(item):
+        if direct and sink is not None and not self.queue and not self.writing and sink(item):
             return
         if bounded and len(self.queue) >= self.limit:
             self.overflowed = True
@@ -188,6 +191,8 @@ class Hub:
             self._last[event.channel] = event.key
         for subscriber in subscribers:
             subscriber.offer(event)
+        # Direct writes are done by now; queued ones observe their own lag when drained.
+        METRICS.observe_lag(subscriber.transport, event)
 
     async def attach(
         self,

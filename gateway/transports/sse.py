@@ -224,7 +224,6 @@ class _Stream:
             if not self.wire.write(item.sse_chunk):
                 return False
             DELIVERED["sse"] += 1
-            METRICS.observe_lag("sse", item)
             if self.response.end_after_terminal and item.terminal:
                 self._end()
             return True

@@ -48,6 +48,8 @@ CLOSE_PROTOCOL = 4400
 
 EVICT_GRACE = 5.0
 """Seconds a slow consumer's 4008 close may wait behind unread data before the drop."""
+FAIR_SHARE = 64
+"""Ops read from one client in a row before letting others run (frames arrive in bursts)."""
 DELIVERED = METRICS.delivered
 
 
@@ -126,7 +128,6 @@ class Connection:
             if not self._wire.write(item.ws_wire):
                 return False
             DELIVERED["ws"] += 1
-            METRICS.observe_lag("ws", item)
             return True
         data = item.encode() if isinstance(item, str) else item
         return self._wire.write(ws_text_frame(data))
@@ -191,7 +192,13 @@ class Connection:
             await self.websocket.close(code=code, reason=reason)
 
     async def _read_forever(self) -> None:
-        while True:
+        # An evicted client is not read any more: its close is on the way, and a client that
+        # floods ops without reading the answers must not keep the gateway busy meanwhile.
+        read = 0
+        while not self.subscriber.overflowed:
+            read += 1
+            if read % FAIR_SHARE == 0:
+                await asyncio.sleep(0)
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
@@ -293,7 +300,7 @@ class Connection:
         self._send("ack", ref=ref, channel=channel, id=event.id if event else None)
 
     def _send(self, op: str, **fields: Any) -> None:
-        self.subscriber.put(encode_ws_message(op, **fields).decode())
+        self.subscriber.put(encode_ws_message(op, **fields).decode(), direct=False)
 
     def _error(self, ref: Any, code: str, message: str, **extra: Any) -> None:
         self._send("error", ref=ref, code=code, message=message, **extra)
