@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -72,7 +71,7 @@ class Subscriber:
     def __init__(self, transport: Transport, limit: int) -> None:
         self.transport = transport
         self.limit = limit
-        self.queue: deque[Item] = deque()
+        self.queue: list[Item] = []
         self.channels: dict[str, _ChannelState] = {}
         self.overflowed = False
         self.closed = False
@@ -84,9 +83,11 @@ class Subscriber:
         """Called when items were queued or the subscriber closed: someone must drain."""
         self.on_overflow: Callable[[], None] | None = None
         """Called once when the backlog overflows, for a writer that may be stuck in a send."""
-        self._wakeup = asyncio.Event()
+        self._wakeup: asyncio.Event | None = None
+        """Only for `wait()` (long polling); connections with a drain task never make one."""
 
     def offer(self, event: Event) -> None:
+        """A live event from the hub: dropped if already seen, else written or queued."""
         state = self.channels.get(event.channel)
         if state is None:
             return
@@ -96,7 +97,15 @@ class Subscriber:
         if event.key <= state.last:
             return
         state.last = event.key
-        self.put(event)
+        # The fan-out's hot path, inlined: a direct write when nothing is waiting before it.
+        sink = self.sink
+        if (
+            sink is not None
+            and not (self.queue or self.writing or self.closed or self.overflowed)
+            and sink(event)
+        ):
+            return
+        self.put(event, direct=False)
 
     def put(self, item: Item, *, bounded: bool = True, direct: bool = True) -> None:
         """Write or queue an item; a live backlog beyond `limit` marks the subscriber as overflowed.
@@ -114,20 +123,22 @@ class Subscriber:
             return
         if bounded and len(self.queue) >= self.limit:
             self.overflowed = True
-            self.queue.clear()
+            self.queue = []
             METRICS.slow_consumers.labels(self.transport).inc()
             if self.on_overflow is not None:
                 self.on_overflow()
         else:
             self.queue.append(item)
-        self._wakeup.set()
-        if self.on_pending is not None:
-            self.on_pending()
+        self._wake()
 
     def close(self) -> None:
         """Wake the writer so it notices the connection is over."""
         self.closed = True
-        self._wakeup.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
         if self.on_pending is not None:
             self.on_pending()
 
@@ -135,6 +146,8 @@ class Subscriber:
         """Wait until something is queued (or the subscriber closed); False on timeout."""
         if self.queue or self.overflowed or self.closed:
             return True
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
         self._wakeup.clear()
         try:
             await asyncio.wait_for(self._wakeup.wait(), timeout)
@@ -144,8 +157,7 @@ class Subscriber:
 
     def take(self) -> list[Item]:
         """Everything queued so far, to be written in one go."""
-        items = list(self.queue)
-        self.queue.clear()
+        items, self.queue = self.queue, []
         return items
 
     def control(self, op: str, **fields: Any) -> None:

@@ -49,12 +49,8 @@ class WebSocketWire(Wire):
 
     def write(self, data: bytes) -> bool:
         protocol = self._owner
-        if (
-            protocol.close_sent
-            or protocol.disconnected
-            or not protocol.writable.is_set()
-            or self.transport.is_closing()
-        ):
+        # A lost connection's transport is closing too: no separate `disconnected` check.
+        if protocol.close_sent or not protocol.writable.is_set() or self.transport.is_closing():
             return False
         self.transport.write(data)
         return True
