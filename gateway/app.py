@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api import channels, compat, docs, health, jobs
 from gateway.api import tokens as token_routes
@@ -41,7 +41,7 @@ from gateway.problems import (
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.transports.wire import RAW_SEND
-from gateway.transports.ws import websocket_endpoint
+from gateway.transports.ws import websocket_app, websocket_endpoint
 
 log = logging.getLogger("gateway")
 
@@ -66,11 +66,23 @@ async def handle_unavailable(request: Request, exc: Exception) -> Response:
 
 
 class GatewayApp(Starlette):
-    """Starlette, plus the server's own `send` in the scope (before middleware wraps it), which
-    the transports use to find the socket for their fast path (`gateway.transports.wire`)."""
+    """Starlette, plus two things for the connections that stay open:
+
+    - the server's own `send` in the scope (before middleware wraps it), which the transports
+      use to find the socket for their fast path (`gateway.transports.wire`);
+    - `/ws` goes straight to its guards and endpoint (`websocket_app`), past the router and the
+      HTTP-only middleware: every layer is a coroutine frame that each open connection keeps
+      for its whole life (~0.4 KB apiece; memory per idle connection is a target).
+    """
+
+    websocket_app: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[RAW_SEND] = send
+        if scope["type"] == "websocket" and scope["path"] == "/ws" and self.websocket_app:
+            scope["app"] = self
+            await self.websocket_app(scope, receive, send)
+            return
         await super().__call__(scope, receive, send)
 
 
@@ -145,6 +157,10 @@ def create_app(
         },
     )
     app.state.services = services
+    # The same guards as the middleware stack applies, in the same order (CORS is HTTP-only).
+    app.websocket_app = BodyLimit(
+        AccessGuard(websocket_app, services=services), limit=settings.max_body
+    )
     return app
 
 

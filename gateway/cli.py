@@ -36,6 +36,8 @@ def _configure_logging(level: str) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from gateway.transports.server import LeanHttpToolsProtocol, LeanWebSocketProtocol
+
     settings = _settings(
         args,
         host=args.host,
@@ -59,6 +61,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         "port": settings.port,
         "log_level": settings.log_level,
         "ws_per_message_deflate": False,
+        "http": LeanHttpToolsProtocol,
+        "ws": LeanWebSocketProtocol,
         "timeout_graceful_shutdown": 5,
         "lifespan": "on",
     }

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import orjson
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.auth import Forbidden, bearer_of, token_of
@@ -343,4 +344,10 @@ class Connection:
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
+    await Connection(websocket, services_of(websocket)).run()
+
+
+async def websocket_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """`/ws` as a bare ASGI app, for `GatewayApp`'s direct route (no router in between)."""
+    websocket = WebSocket(scope, receive, send)
     await Connection(websocket, services_of(websocket)).run()
