@@ -98,5 +98,10 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The handshake is answered; its parsed request and response are not used again.
+            # (websockets' parser generator keeps the request for the connection's life, so
+            # its headers are emptied in place; the ASGI scope has its own copy.)
+            request = getattr(self, "request", None)
+            if request is not None:
+                request.headers.clear()
             self.request = None  # type: ignore[assignment]
             self.response = None  # type: ignore[assignment]

@@ -134,6 +134,22 @@ class _Stream:
     `Last-Event-ID`). Keep-alive comments come from a timer, not a task.
     """
 
+    __slots__ = (
+        "cursor",
+        "disconnected",
+        "drainer",
+        "ended",
+        "ended_event",
+        "expiry_timer",
+        "finishing",
+        "ping_timer",
+        "response",
+        "send",
+        "slow",
+        "subscriber",
+        "wire",
+    )
+
     def __init__(self, response: EventStream, send: Send, wire: ChunkedWire | None) -> None:
         self.response = response
         self.send = send

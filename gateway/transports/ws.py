@@ -73,6 +73,21 @@ class Connection:
     ASGI. An idle connection therefore holds no task of its own beyond the server's.
     """
 
+    __slots__ = (
+        "_abort",
+        "_closing",
+        "_connection_token",
+        "_drainer",
+        "_evicted",
+        "_expiry",
+        "_publish_bucket",
+        "_wire",
+        "api_key",
+        "services",
+        "subscriber",
+        "websocket",
+    )
+
     def __init__(self, websocket: WebSocket, services: Services) -> None:
         self.websocket = websocket
         self.services = services
