@@ -40,9 +40,12 @@ class Metrics:
             registry=r,
         )
         self.delivered: dict[str, int] = {"ws": 0, "sse": 0}
-        """Event frames written to clients, by transport: plain ints, bumped on the fan-out
-        path once per frame (a prometheus Counter takes a lock per increment), read at scrape."""
-        r.register(_DeliveredCollector(self.delivered))
+        """Event frames written straight to the socket on the fan-out path, by transport: plain
+        ints bumped once per frame (a prometheus Counter takes a lock per increment), read at
+        scrape time."""
+        self.drained: dict[str, int] = {"ws": 0, "sse": 0}
+        """Event frames that waited in a connection's queue and went out through ASGI."""
+        r.register(_DeliveredCollector({"direct": self.delivered, "queued": self.drained}))
         self.slow_consumers = Counter(
             "gateway_slow_consumer_disconnects",
             "Clients disconnected for falling behind",
@@ -114,15 +117,19 @@ class Metrics:
 
 
 class _DeliveredCollector(Collector):
-    def __init__(self, counts: dict[str, int]) -> None:
+    def __init__(self, counts: dict[str, dict[str, int]]) -> None:
         self._counts = counts
 
     def collect(self) -> Iterable[CounterMetricFamily]:
         family = CounterMetricFamily(
-            "gateway_frames_delivered", "Event frames written to clients", labels=["transport"]
+            "gateway_frames_delivered",
+            "Event frames written to clients, by transport and path (direct: written at once "
+            "on the fan-out; queued: waited for a busy socket)",
+            labels=["transport", "path"],
         )
-        for transport, count in self._counts.items():
-            family.add_metric([transport], count)
+        for path, counts in self._counts.items():
+            for transport, count in counts.items():
+                family.add_metric([transport, path], count)
         yield family
 
 

@@ -38,6 +38,7 @@ PING = b": ping\n\n"
 TOKEN_EXPIRED_RETRY_MS = 3_600_000
 """The `retry:` after a token expired: an hour, so a client without a new token stays quiet."""
 DELIVERED = METRICS.delivered
+DRAINED = METRICS.drained
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-store"),
@@ -276,7 +277,7 @@ class _Stream:
                 message = {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
                 await self.send(message)
                 subscriber.writing = False
-                DELIVERED["sse"] += events
+                DRAINED["sse"] += events
                 METRICS.observe_lag("sse", items[-1])
                 if ends:
                     self._end()

@@ -52,6 +52,7 @@ EVICT_GRACE = 5.0
 FAIR_SHARE = 64
 """Ops read from one client in a row before letting others run (frames arrive in bursts)."""
 DELIVERED = METRICS.delivered
+DRAINED = METRICS.drained
 
 
 class OpError(Exception):
@@ -169,7 +170,7 @@ class Connection:
                         text = item if isinstance(item, str) else item.decode()
                     await send({"type": "websocket.send", "text": text})
                 subscriber.writing = False
-                DELIVERED["ws"] += events
+                DRAINED["ws"] += events
                 METRICS.observe_lag("ws", items[-1])
             if subscriber.overflowed:
                 return
