@@ -103,6 +103,17 @@ class Backend(abc.ABC):
         event ever follows a job's terminal event.
         """
 
+    async def publish_and_enqueue(
+        self, channel: str, type_: str, data: Any, *, source: str | None, job: JobUpdate
+    ) -> Event | None:
+        """A new job's first event, then the job on the queue, in that order (so whatever a
+        worker publishes comes after it). Backends may send both in one round trip; only for
+        a job just stored, which publish never refuses."""
+        event = await self.publish(channel, type_, data, source=source, job=job)
+        if event is not None:
+            await self.enqueue(job.job_id)
+        return event
+
     @abc.abstractmethod
     async def history(self, channel: str, since: str | None, limit: int = 1000) -> History:
         """Retained events after `since` (all retained when None), oldest first."""
@@ -158,6 +169,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def index_job(self, job_id: str, created_ms: int) -> None:
         """Add a job to the index `GET /jobs` lists, ordered by creation time."""
+
+    async def store_job(self, job_id: str, fields: Mapping[str, str], created_ms: int) -> None:
+        """Store a new job record and index it (`create_job` + `index_job`); backends may do
+        both in one round trip: submission latency is a target."""
+        await self.create_job(job_id, fields)
+        await self.index_job(job_id, created_ms)
 
     @abc.abstractmethod
     async def job_index(self, before: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:

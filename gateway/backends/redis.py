@@ -194,6 +194,28 @@ class RedisBackend(Backend):
         METRICS.events_published.labels(namespace_of(channel)).inc()
         return Event(splice_envelope(event_id, tail), id=event_id, channel=channel, type=type_)
 
+    async def publish_and_enqueue(
+        self, channel: str, type_: str, data: Any, *, source: str | None, job: JobUpdate
+    ) -> Event | None:
+        """One pipeline (ordered, not atomic: the keys are in different Cluster slots)."""
+        keys, args, tail = publish_call(self.settings, channel, type_, data, source, job)
+        try:
+            # EVAL with the source, not the Script object: in a pipeline that asks SCRIPT
+            # EXISTS first (a round trip of its own), and a bare EVALSHA could meet a server
+            # that lost its scripts (restarted) while the XADD after it still ran. Redis
+            # caches the compiled script by its hash, so EVAL costs only the bytes.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.eval(PUBLISH_LUA, len(keys), *keys, *args)
+                pipe.xadd(JOB_STREAM, {"job": job.job_id})
+                entry_id, _queued = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"publish to {channel} and enqueue: {exc}") from exc
+        if entry_id is None:
+            return None
+        event_id = entry_id.decode()
+        METRICS.events_published.labels(namespace_of(channel)).inc()
+        return Event(splice_envelope(event_id, tail), id=event_id, channel=channel, type=type_)
+
     async def history(self, channel: str, since: str | None, limit: int = 1000) -> History:
         key = stream_key(channel)
         start = "-" if since is None else "(" + since
@@ -429,6 +451,16 @@ class RedisBackend(Backend):
 
     async def index_job(self, job_id: str, created_ms: int) -> None:
         await self._call("index job", self._redis.zadd(JOB_INDEX, {job_id: created_ms}))
+
+    async def store_job(self, job_id: str, fields: Mapping[str, str], created_ms: int) -> None:
+        mapping: Any = dict(fields)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(job_key(job_id), mapping=mapping)
+                pipe.zadd(JOB_INDEX, {job_id: created_ms})
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"store job: {exc}") from exc
 
     async def job_index(self, before: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
         """Same-millisecond ties come in reverse id order, the order the cursor skips them in."""

@@ -184,14 +184,12 @@ async def create_job(
         callback_url=callback_url,
         callback_events=callback_events,
     )
-    await backend.create_job(record.id, record.to_fields())
-    await backend.index_job(record.id, created)
+    await backend.store_job(record.id, record.to_fields(), created)
     event = await transition(
-        backend, record.id, "job.queued", {"type": type_}, callback=record.callback
+        backend, record.id, "job.queued", {"type": type_}, callback=record.callback, enqueue=True
     )
     if event is not None:
         record.last_event_id = event.id
-    await backend.enqueue(record.id)
     return record
 
 
@@ -204,16 +202,19 @@ async def transition(
     *,
     expire: int = 0,
     callback: Callback | None = None,
+    enqueue: bool = False,
 ) -> Event | None:
     """Publish a job event and apply its state change; None when the job already ended.
 
     A terminal event (`expire` > 0) also bounds the job's history to the job's own lifetime,
     and an event the job's `callback` subscribed to is scheduled for webhook delivery.
+    `enqueue` (a new job's `job.queued`) puts the job on the queue right after the event.
     """
     changes = {"status": STATUS_BY_EVENT[event_type], "updated_at": timestamp()}
     if fields:
         changes.update(fields)
-    event = await backend.publish(
+    publish = backend.publish_and_enqueue if enqueue else backend.publish
+    event = await publish(
         job_channel(job_id),
         event_type,
         {"job_id": job_id, **data},

@@ -23,6 +23,21 @@ async def test_job_index_is_newest_first_and_pages_by_position(backend: Backend)
     assert [job_id for _ms, job_id in await backend.job_index(None, 10)] == ["d", "b", "a"]
 
 
+async def test_create_job_stores_publishes_queued_and_enqueues(backend: Backend) -> None:
+    """`create_job` uses `store_job` and `publish_and_enqueue` (one round trip each on Redis):
+    the record exists, `job.queued` is the job's first event, and a worker can claim it."""
+    record = await create_job(backend, "sleep", {"seconds": 0})
+    stored = await load_job(backend, record.id)
+    assert stored is not None and stored.status == "queued"
+    assert stored.last_event_id == record.last_event_id is not None
+    history = await backend.history(f"job:{record.id}", None)
+    assert [e.type for e in history.events] == ["job.queued"]
+    assert history.events[0].id == record.last_event_id
+    delivery = await backend.claim("w", block=2)
+    assert delivery is not None and delivery.job_id == record.id
+    await backend.ack(delivery)
+
+
 async def test_create_job_indexes_it(backend: Backend) -> None:
     first = await create_job(backend, "sleep", {})
     second = await create_job(backend, "sleep", {})
