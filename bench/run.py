@@ -518,6 +518,7 @@ def fanout(
         server.close()
     connected = sum(i["connected"] for i in infos)
     best = None
+    broken = False
     for step in steps:
         mask = (ts >= step.pop("start_us")) & (ts <= step.pop("end_us"))
         got = lat[mask]
@@ -535,7 +536,11 @@ def fanout(
             and p99 is not None
             and p99 < P99_BOUND_MS
         )
-        if step["ok"] and (best is None or step["delivered_s"] > best):
+        # Sustainable = the last rate of the unbroken run of passing steps from the bottom: a
+        # pass above a failure is a lucky step on a noisy machine, not a rate to rely on.
+        if not step["ok"]:
+            broken = True
+        elif not broken and (best is None or step["delivered_s"] > best):
             best = step["delivered_s"]
     closed = sum(i["closed"] for i in infos)
     return {
