@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import GatewayProcess, ws_client, ws_recv, ws_send
+from tests.support import GatewayProcess, wait_until, ws_client, ws_recv, ws_send
 
 EVENTS = 1000
 PADDING = "x" * 8000  # 1,000 of these outgrow the kernel socket buffers (4 MiB)
@@ -99,3 +99,38 @@ async def test_slow_clients_are_disconnected_and_others_get_everything_promptly(
     assert 'gateway_slow_consumer_disconnects_total{transport="sse"} 1.0' in metrics
     slow_ws.close()
     slow_sse.close()
+
+
+def ws_connections(url: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith('gateway_connections{transport="ws"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_evicted_client_that_keeps_sending_is_still_dropped(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    """The 4008 close waits behind data the client never reads; the connection is dropped after
+    a grace period even if the client keeps sending (it is not read any more meanwhile)."""
+    gateway = gateway_factory(GATEWAY_SLOW_CONSUMER_QUEUE="50")
+    channel = "room:evicted"
+    stalled = stalled_connection(
+        gateway.port,
+        f"GET /ws?channel={channel} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: gateway.v1\r\n\r\n",
+    )
+    wait_until(lambda: ws_connections(gateway.url) == 1, 10, "the stalled client to connect")
+    async with httpx.AsyncClient() as client:
+        for n in range(EVENTS):  # outgrows the socket buffers: the client is evicted
+            await client.post(
+                f"{gateway.url}/channels/{channel}/events", json={"data": {"n": n, "pad": PADDING}}
+            )
+    metrics = httpx.get(gateway.url + "/metrics").text
+    assert 'gateway_slow_consumer_disconnects_total{transport="ws"} 1.0' in metrics
+    op = b'{"op":"ping"}'
+    stalled.sendall(b"\x81" + bytes([0x80 | len(op)]) + b"\x00\x00\x00\x00" + op)  # zero mask
+    # EVICT_GRACE (5 s) plus margin; the client never reads a byte.
+    wait_until(lambda: ws_connections(gateway.url) == 0, 15, "the evicted client to be dropped")
+    stalled.close()

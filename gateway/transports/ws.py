@@ -119,15 +119,17 @@ class Connection:
             await self._subscribe_from_query()
             await self._read_forever()
         finally:
-            for timer in (self._expiry, self._abort):
-                if timer is not None:
-                    timer.cancel()
+            if self._expiry is not None:
+                self._expiry.cancel()
             subscriber.on_pending = None
             if self._drainer is not None:
                 self._drainer.cancel()
                 await asyncio.gather(self._drainer, return_exceptions=True)
             if self._evicted is not None:
+                # A 4008 close stuck behind unread data ends by the abort timer at the latest.
                 await asyncio.gather(self._evicted, return_exceptions=True)
+            if self._abort is not None:
+                self._abort.cancel()
             await hub.disconnect(subscriber)
 
     async def _subscribe_from_query(self) -> None:
