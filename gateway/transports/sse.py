@@ -105,23 +105,8 @@ class EventStream(Response):
         await _Stream(self, send, chunked_wire(scope)).run(receive)
 
 
-def sse_response(
-    hub: Hub,
-    settings: Settings,
-    positions: dict[str, str | None],
-    *,
-    end_after_terminal: bool = False,
-    headers: dict[str, str] | None = None,
-    expires_at: float | None = None,
-) -> EventStream:
-    return EventStream(
-        hub,
-        settings,
-        positions,
-        end_after_terminal=end_after_terminal,
-        headers=headers,
-        expires_at=expires_at,
-    )
+sse_response = EventStream
+"""What the routes call: `sse_response(hub, settings, positions, ...)`."""
 
 
 class _Stream:
