@@ -30,6 +30,7 @@ from gateway.events import (
     ws_text_frame,
 )
 from gateway.hub import Item, Subscriber
+from gateway.limits import TokenBucket
 from gateway.metrics import METRICS
 from gateway.services import Services, services_of
 from gateway.tokens import ChannelToken
@@ -97,7 +98,7 @@ class Connection:
         scope = websocket.scope
         self.api_key = services.api_keys.match(bearer_of(websocket.headers))
         self._connection_token = token_of(scope, api_key_value=self.api_key)
-        self._publish_bucket = services.limits.publish.bucket()
+        self._publish_bucket: TokenBucket | None = None  # made on the first publish
         self._expiry: asyncio.TimerHandle | None = None
         self._closing: tuple[int, str] | None = None
         self._drainer: asyncio.Task[None] | None = None
@@ -342,6 +343,8 @@ class Connection:
 
     def _take_publish(self, token: ChannelToken | None) -> None:
         """Token buckets per connection and per token: one noisy client cannot flood a room."""
+        if self._publish_bucket is None:
+            self._publish_bucket = self.services.limits.publish.bucket()
         wait = self._publish_bucket.take()
         if wait == 0 and token is not None:
             wait = self.services.limits.publish.take("token:" + token.raw)
