@@ -900,6 +900,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rest", type=float, default=5.0, help="idle: seconds to measure CPU at rest")
     p.add_argument("--jobs", type=int, default=300, help="roundtrip: jobs")
     p.add_argument("--workers", type=int, default=1, help="gateway serve --workers")
+    p.add_argument(
+        "--ws-impl", default=None, help="gateway serve --ws (e.g. websockets-sansio, websockets)"
+    )
+    p.add_argument("--http-impl", default=None, help="gateway serve --http (httptools, h11)")
     p.add_argument("--out", type=Path, default=None, help="directory for JSON and PNG")
     p.add_argument("--plot", type=Path, default=None, help="also write the PNG here")
     a = p.parse_args(argv)
@@ -908,6 +912,10 @@ def main(argv: list[str] | None = None) -> None:
             p.error("name a scenario (or --quick)")
         a.scenario = "quick"
     a.gw_args = ["--workers", str(a.workers)] if a.workers > 1 else []
+    if a.ws_impl:
+        a.gw_args += ["--ws", a.ws_impl]
+    if a.http_impl:
+        a.gw_args += ["--http", a.http_impl]
     servers = [s for s in a.servers.split(",") if s]
     for s in servers:
         if s not in SERVERS:

@@ -61,8 +61,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         "port": settings.port,
         "log_level": settings.log_level,
         "ws_per_message_deflate": False,
-        "http": LeanHttpToolsProtocol,
-        "ws": LeanWebSocketProtocol,
+        "http": LeanHttpToolsProtocol if args.http == "lean" else args.http,
+        "ws": LeanWebSocketProtocol if args.ws == "lean" else args.ws,
         "timeout_graceful_shutdown": 5,
         "lifespan": "on",
     }
@@ -168,6 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="port (default 8000 or $PORT)")
     serve.add_argument("--workers", type=int, default=None, help="processes (needs REDIS_URL)")
     serve.add_argument("--handlers", action="append", help="module with @handler functions")
+    serve.add_argument(
+        "--http",
+        choices=["lean", "httptools", "h11"],
+        default="lean",
+        help="uvicorn HTTP protocol (default: lean = httptools, lighter per connection)",
+    )
+    serve.add_argument(
+        "--ws",
+        choices=["lean", "websockets-sansio", "websockets", "wsproto"],
+        default="lean",
+        help="uvicorn WebSocket protocol (default: lean = websockets-sansio, lighter); the "
+        "fan-out writes straight to the socket only with lean/websockets-sansio + lean/httptools",
+    )
     serve.add_argument(
         "--require-auth",
         action="store_true",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -24,7 +24,15 @@ from gateway.events import http_chunk, ws_text_frame
 from gateway.hub import Hub
 from gateway.settings import Settings
 from gateway.transports.server import LeanHttpToolsProtocol, LeanWebSocketProtocol
-from tests.support import async_wait_until, collect_sse, free_port, ws_client, ws_recv, ws_send
+from tests.support import (
+    GatewayProcess,
+    async_wait_until,
+    collect_sse,
+    free_port,
+    ws_client,
+    ws_recv,
+    ws_send,
+)
 
 STACKS: dict[str, tuple[dict[str, Any], bool]] = {
     "lean": ({"http": LeanHttpToolsProtocol, "ws": LeanWebSocketProtocol}, True),
@@ -153,3 +161,22 @@ async def test_sse_room_stream_is_live(served: Served) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(reader, 15)
     assert received == list(range(20))
+
+
+async def test_serve_runs_on_the_protocols_it_is_given(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    """`gateway serve --http h11 --ws websockets`: no fast path, same behaviour."""
+    gateway = gateway_factory(args=["--http", "h11", "--ws", "websockets"])
+    async with ws_client(gateway.ws_url) as ws, httpx.AsyncClient(base_url=gateway.url) as http:
+        await ws_send(ws, {"op": "subscribe", "channel": "room:cli", "ref": 1})
+        assert (await ws_recv(ws))["op"] == "ack"
+        job = (
+            await http.post("/jobs", json={"type": "sleep", "data": {"seconds": 0, "steps": 1}})
+        ).json()
+        events = await collect_sse(f"{gateway.url}/jobs/{job['id']}/events", timeout=15)
+        assert [e.event for e in events][-1] == "job.completed"
+        await http.post("/channels/room:cli/events", json={"data": "hi"})
+        assert (await ws_recv(ws))["data"] == "hi"
+        metrics = (await http.get("/metrics")).text
+    assert 'gateway_frames_delivered_total{path="direct",transport="ws"} 0.0' in metrics
