@@ -1,8 +1,9 @@
 """Local fan-out: one backend subscription per channel per process, bounded queues per connection.
 
-The backend's reader hands each event to `Hub.dispatch`, which only appends it to the queues of
-the local subscribers and wakes their writers; it never awaits a client socket. The frames are
-built once per event (`Event.sse_frame` / `Event.ws_frame`) and shared by every subscriber.
+The backend's reader hands each event to `Hub.dispatch`, which writes it straight to each local
+subscriber's socket when that socket can take it now (see `Subscriber`), and otherwise queues it
+for the connection's drain task; it never awaits a client socket. The bytes are built once per
+event (`Event.ws_wire` / `Event.sse_chunk`) and shared by every subscriber.
 """
 
 from __future__ import annotations
