@@ -168,7 +168,7 @@ class Event:
         """The whole WebSocket frame as it goes on the wire (server frames are not masked), so
         one encoding serves every subscriber's socket."""
         if self._ws_wire is None:
-            self._ws_wire = ws_text_frame(b'{"op":"event",' + self.envelope[1:])
+            self._ws_wire = ws_text_frame(self.ws_frame.encode())
         return self._ws_wire
 
     @property

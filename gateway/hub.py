@@ -98,15 +98,7 @@ class Subscriber:
         if event.key <= state.last:
             return
         state.last = event.key
-        # The fan-out's hot path, inlined: a direct write when nothing is waiting before it.
-        sink = self.sink
-        if (
-            sink is not None
-            and not (self.queue or self.writing or self.closed or self.overflowed)
-            and sink(event)
-        ):
-            return
-        self.put(event, direct=False)
+        self.put(event)
 
     def put(self, item: Item, *, bounded: bool = True, direct: bool = True) -> None:
         """Write or queue an item; a live backlog beyond `limit` marks the subscriber as overflowed.

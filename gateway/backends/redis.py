@@ -188,11 +188,7 @@ class RedisBackend(Backend):
             entry_id = await self._publish(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"publish to {channel}: {exc}") from exc
-        if entry_id is None:
-            return None
-        event_id = entry_id.decode()
-        METRICS.events_published.labels(namespace_of(channel)).inc()
-        return Event(splice_envelope(event_id, tail), id=event_id, channel=channel, type=type_)
+        return _published(channel, type_, tail, entry_id)
 
     async def publish_and_enqueue(
         self, channel: str, type_: str, data: Any, *, source: str | None, job: JobUpdate
@@ -210,11 +206,7 @@ class RedisBackend(Backend):
                 entry_id, _queued = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"publish to {channel} and enqueue: {exc}") from exc
-        if entry_id is None:
-            return None
-        event_id = entry_id.decode()
-        METRICS.events_published.labels(namespace_of(channel)).inc()
-        return Event(splice_envelope(event_id, tail), id=event_id, channel=channel, type=type_)
+        return _published(channel, type_, tail, entry_id)
 
     async def history(self, channel: str, since: str | None, limit: int = 1000) -> History:
         key = stream_key(channel)
@@ -535,3 +527,12 @@ class RedisBackend(Backend):
         pipe.zrem(WEBHOOK_SCHEDULE, delivery_id)
         pipe.hdel(WEBHOOK_PAYLOADS, delivery_id)
         await self._call("finish webhook", pipe.execute())
+
+
+def _published(channel: str, type_: str, tail: bytes, entry_id: bytes | None) -> Event | None:
+    """The event the publish script's answer stands for (None: refused, the job had ended)."""
+    if entry_id is None:
+        return None
+    event_id = entry_id.decode()
+    METRICS.events_published.labels(namespace_of(channel)).inc()
+    return Event(splice_envelope(event_id, tail), id=event_id, channel=channel, type=type_)

@@ -41,10 +41,6 @@ class Wire:
         """Drop the connection now, without waiting for buffered data (a stalled client)."""
         self.transport.abort()
 
-    async def writable(self) -> None:
-        """Wait until flow control lets the transport take more (at once if it can)."""
-        raise NotImplementedError
-
 
 class WebSocketWire(Wire):
     """uvicorn's `WebSocketsSansIOProtocol`: frames go out as-is (no permessage-deflate)."""
@@ -60,8 +56,8 @@ class WebSocketWire(Wire):
         return True
 
     async def writable(self) -> None:
-        # uvicorn sets it again when the connection is lost, so this never waits for a
-        # connection that is gone.
+        """Wait until flow control lets the transport take more (at once if it can). uvicorn
+        sets it again when the connection is lost, so this never waits for one that is gone."""
         await self._owner.writable.wait()
 
 
@@ -81,9 +77,6 @@ class ChunkedWire(Wire):
             return False
         self.transport.write(data)
         return True
-
-    async def writable(self) -> None:
-        await self._owner.flow.drain()
 
     def nudge(self) -> None:
         """Wake the request's pending `receive()`, so its handler looks at its own state."""
