@@ -122,11 +122,12 @@ async def test_backlog_and_live_events_interleave_without_loss(served: Served) -
         async with ws_client(served.ws_url, max_queue=1, max_size=None) as ws:
             await ws_send(ws, {"op": "subscribe", "channel": "room:mixed", "since": first["id"]})
             await asyncio.sleep(0.5)  # the stall itself is the point: nothing to wait for
+            assert (await ws_recv(ws))["op"] == "ack"  # the ack goes ahead of the replay
             seen = []
             while len(seen) < 499:
                 frame = await ws_recv(ws)
-                if frame["op"] == "event":
-                    seen.append(frame["data"]["n"])
+                assert frame["op"] == "event", frame
+                seen.append(frame["data"]["n"])
             await publisher
     assert seen == list(range(1, 500))
 
