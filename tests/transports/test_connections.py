@@ -162,7 +162,9 @@ def test_every_tcp_connection_counts_against_the_per_address_limit(
     healthz = gateway.url + "/healthz"
     with held([connect(gateway.port) for _ in range(3)]) as idle:
         assert refused(connect(gateway.port))
-        assert refused(connect(gateway.port, payload=b"GET /healthz HTTP/1.1\r\n\r\n"))
+        # A client that sends its request at once gets the 429 or, when its request arrived
+        # before the close, a reset.
+        assert status_from("127.0.0.1", healthz) in {429, None}
         assert status_from("127.0.0.2", healthz) == 200  # another address
         idle.pop().close()
         wait_until(lambda: status_from("127.0.0.1", healthz) == 200, 5, "the slot released")
