@@ -199,8 +199,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
                 self._stop_head_timer()
-                self.transport.write(HEAD_TOO_LARGE)
-                self.transport.close()
+                self._close_with(HEAD_TOO_LARGE)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -223,14 +222,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             setattr(protocol, "connection_lost", release)  # noqa: B010 (mypy: method assign)
 
     def head_timed_out(self) -> None:
-        """No complete request head in time: close (with a 408 when part of one came and no
-        response is being written)."""
+        """No complete request head in time: close, with a 408 when part of one came."""
         self.head_timer = None
         if self.transport.is_closing():
             return
         METRICS.head_timeouts.inc()
-        if self.head_begun and (self.cycle is None or self.cycle.response_complete):
-            self.transport.write(REQUEST_TIMEOUT)
+        self._close_with(REQUEST_TIMEOUT if self.head_begun else b"")
+
+    def _close_with(self, answer: bytes) -> None:
+        """Close, answering first unless a response is being written (a pipelined head)."""
+        if answer and (self.cycle is None or self.cycle.response_complete):
+            self.transport.write(answer)
         self.transport.close()
 
     def _stop_head_timer(self) -> None:
