@@ -75,7 +75,8 @@ class KeyedRateLimiter:
 
 
 class ConnectionCounter:
-    """Open streaming connections per client address, refused beyond `limit`."""
+    """Open connections per address, refused beyond `limit`: WebSocket/SSE streams per client
+    (`Limits.connections`), TCP connections per peer (`ConnectionGate`)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
