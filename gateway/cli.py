@@ -34,9 +34,16 @@ def _configure_logging(level: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    import functools
+
     import uvicorn
 
-    from gateway.transports.server import LeanHttpToolsProtocol, LeanWebSocketProtocol
+    from gateway.limits import ConnectionGate
+    from gateway.transports.server import (
+        GuardedHttpToolsProtocol,
+        LeanHttpToolsProtocol,
+        LeanWebSocketProtocol,
+    )
 
     settings = _settings(
         args,
@@ -54,6 +61,21 @@ def cmd_serve(args: argparse.Namespace) -> None:
         import secrets
 
         settings = settings.replace(ephemeral_secret=secrets.token_urlsafe(32))
+    guarded = {"lean": LeanHttpToolsProtocol, "httptools": GuardedHttpToolsProtocol}
+    if args.http in guarded:
+        # Each worker process unpickles its own copy of the gate: connections are counted
+        # per process, like every other limit.
+        http: Any = functools.partial(
+            guarded[args.http], gate=ConnectionGate.from_settings(settings)
+        )
+    else:
+        http = args.http
+        log.warning(
+            "--http %s: no request head timeout and no per-address count of TCP connections "
+            "(GATEWAY_HEADER_TIMEOUT, GATEWAY_MAX_CONNECTIONS_PER_CLIENT); use lean or httptools "
+            "on an open network",
+            args.http,
+        )
     options: dict[str, Any] = {
         "ws_max_size": settings.max_message,
         "h11_max_incomplete_event_size": 16 * 1024,
@@ -61,9 +83,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         "port": settings.port,
         "log_level": settings.log_level,
         "ws_per_message_deflate": False,
-        "http": LeanHttpToolsProtocol if args.http == "lean" else args.http,
+        "http": http,
         "ws": LeanWebSocketProtocol if args.ws == "lean" else args.ws,
         "timeout_graceful_shutdown": 5,
+        # X-Forwarded-For/-Proto only from GATEWAY_TRUSTED_PROXIES (uvicorn would believe
+        # 127.0.0.1 by default, and so anyone behind a local sidecar could pick their address).
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": list(settings.trusted_proxies),
         "lifespan": "on",
     }
     log.info(

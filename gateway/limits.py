@@ -7,9 +7,11 @@ process; a global quota across processes would cost a Redis round trip per messa
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway.settings import Settings
@@ -73,7 +75,8 @@ class KeyedRateLimiter:
 
 
 class ConnectionCounter:
-    """Open streaming connections per client address, refused beyond `limit`."""
+    """Open connections per address, refused beyond `limit`: WebSocket/SSE streams per client
+    (`Limits.connections`), TCP connections per peer (`ConnectionGate`)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -95,6 +98,67 @@ class ConnectionCounter:
 
     def count(self, address: str) -> int:
         return self._open.get(address, 0)
+
+
+class TrustedProxies:
+    """The peers whose `X-Forwarded-For` is believed (`GATEWAY_TRUSTED_PROXIES`): addresses or
+    networks. Anyone else can write any address into that header."""
+
+    def __init__(self, networks: Iterable[str] = ()) -> None:
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+    def __contains__(self, host: str) -> bool:
+        if not self.networks:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+
+def peer_key(host: str) -> str:
+    """What a peer's connections are counted under: its IPv4 address, or its IPv6 /64 (one
+    subscriber line usually gets a whole /64, so single IPv6 addresses are free to vary)."""
+    if ":" not in host:
+        return host
+    try:
+        address = ipaddress.IPv6Address(host)
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:  # an IPv4 client of a dual-stack socket
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
+@dataclass(slots=True)
+class ConnectionGate:
+    """What the HTTP protocol checks for every TCP connection, before any request exists.
+
+    Every connection counts against `counter` under its TCP peer's address (`peer_key`),
+    except connections from trusted proxies: those carry many clients, which the WebSocket/SSE
+    count (`Limits.connections`) tells apart by their forwarded address instead. A connection
+    must finish its request head within `header_timeout` seconds.
+    """
+
+    counter: ConnectionCounter
+    trusted: TrustedProxies
+    header_timeout: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionGate:
+        return cls(
+            ConnectionCounter(settings.max_connections_per_client),
+            TrustedProxies(settings.trusted_proxies),
+            settings.header_timeout,
+        )
+
+    def key_for(self, host: str) -> str | None:
+        """The key a connection from `host` is counted under; `None` when it is not counted
+        (no limit configured, or a trusted proxy)."""
+        if self.counter.limit <= 0 or host in self.trusted:
+            return None
+        return peer_key(host)
 
 
 def retry_after_header(seconds: float) -> str:

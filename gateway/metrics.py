@@ -46,6 +46,17 @@ class Metrics:
         self.drained: dict[str, int] = {"ws": 0, "sse": 0}
         """Event frames that waited in a connection's queue and went out through ASGI."""
         r.register(_DeliveredCollector({"direct": self.delivered, "queued": self.drained}))
+        self.connections_refused = Counter(
+            "gateway_connections_refused",
+            "TCP connections closed on arrival (per_address: GATEWAY_MAX_CONNECTIONS_PER_CLIENT)",
+            ["reason"],
+            registry=r,
+        )
+        self.head_timeouts = Counter(
+            "gateway_request_head_timeouts",
+            "Connections closed for not finishing a request head in GATEWAY_HEADER_TIMEOUT",
+            registry=r,
+        )
         self.slow_consumers = Counter(
             "gateway_slow_consumer_disconnects",
             "Clients disconnected for falling behind",

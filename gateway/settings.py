@@ -92,6 +92,12 @@ class Settings:
     max_message: int = 64 * 1024
     max_subscriptions: int = 100
     max_connections_per_client: int = 256
+    """Open TCP connections per peer address, and WebSocket + SSE streams per client address."""
+    header_timeout: float = 10.0
+    """Seconds from a connection's start (or a keep-alive request's first byte) to a complete
+    request head; idle and unfinished connections are closed after it."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Networks whose `X-Forwarded-For` names the client; empty trusts no one's."""
     publish_rate: float = 20.0
     publish_burst: int = 40
     submit_rate: float = 10.0
@@ -182,6 +188,8 @@ class Settings:
             "max_connections_per_client",
             _bounded(int, 0, 10_000_000),
         )
+        read("GATEWAY_HEADER_TIMEOUT", "header_timeout", _bounded(float, 0.1, 3600))
+        read("GATEWAY_TRUSTED_PROXIES", "trusted_proxies", _networks)
         read("GATEWAY_PUBLISH_RATE", "publish_rate", _bounded(float, 0, 1e9))
         read("GATEWAY_PUBLISH_BURST", "publish_burst", _bounded(int, 1, 1_000_000_000))
         read("GATEWAY_SUBMIT_RATE", "submit_rate", _bounded(float, 0, 1e9))
@@ -252,6 +260,8 @@ class Settings:
             "GATEWAY_MAX_MESSAGE": str(self.max_message),
             "GATEWAY_MAX_SUBSCRIPTIONS": str(self.max_subscriptions),
             "GATEWAY_MAX_CONNECTIONS_PER_CLIENT": str(self.max_connections_per_client),
+            "GATEWAY_HEADER_TIMEOUT": str(self.header_timeout),
+            "GATEWAY_TRUSTED_PROXIES": " ".join(self.trusted_proxies),
             "GATEWAY_PUBLISH_RATE": str(self.publish_rate),
             "GATEWAY_PUBLISH_BURST": str(self.publish_burst),
             "GATEWAY_SUBMIT_RATE": str(self.submit_rate),
@@ -296,6 +306,19 @@ def _log_level(raw: str) -> str:
 
 def _words(raw: str) -> tuple[str, ...]:
     return tuple(raw.split())
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    """IP addresses and CIDR networks (`10.0.0.0/8 ::1`), normalised to networks."""
+    import ipaddress
+
+    networks: list[str] = []
+    for item in raw.replace(",", " ").split():
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
 
 
 CHANNEL_RULE_WORDS = frozenset({"open", "token", "subject", "none"})
