@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from types import FrameType
 from typing import Any
 
@@ -158,7 +158,7 @@ def create_app(
     app = GatewayApp(
         routes=routes,
         lifespan=lifespan,
-        middleware=security_middleware(settings, services, routes),
+        middleware=security_middleware(settings, services),
         exception_handlers={
             Problem: handle_problem,
             HTTPException: handle_http_exception,
@@ -169,16 +169,14 @@ def create_app(
     app.state.services = services
     # The same guards as the middleware stack applies, in the same order (CORS is HTTP-only).
     app.websocket_app = BodyLimit(
-        AccessGuard(websocket_app, services=services, routes=routes), limit=settings.max_body
+        AccessGuard(websocket_app, services=services), limit=settings.max_body
     )
     return app
 
 
-def security_middleware(
-    settings: Settings, services: Services, routes: Sequence[BaseRoute]
-) -> list[Middleware]:
+def security_middleware(settings: Settings, services: Services) -> list[Middleware]:
     """CORS outermost (so refusals carry CORS headers too), then the body limit, then access
-    (which decides from the `routes`' declarations)."""
+    (which decides from the declarations of the app's routes)."""
     stack: list[Middleware] = []
     if settings.allowed_origins:
         wildcard = "*" in settings.allowed_origins
@@ -195,7 +193,7 @@ def security_middleware(
             )
         )
     stack.append(Middleware(BodyLimit, limit=settings.max_body))
-    stack.append(Middleware(AccessGuard, services=services, routes=routes))
+    stack.append(Middleware(AccessGuard, services=services))
     return stack
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -281,10 +281,9 @@ class AccessGuard:
     """Host, Origin and body media type, then each route's declared access; connection counts
     and the submission rate. See the module docstring and `gateway.api.access.Rule`."""
 
-    def __init__(self, app: ASGIApp, services: Services, routes: Sequence[BaseRoute]) -> None:
+    def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
         self.services = services
-        self.routes = tuple(routes)
         self.origins = OriginPolicy(services.settings.allowed_origins)
         self.hosts = HostPolicy(services.settings)
 
@@ -315,7 +314,7 @@ class AccessGuard:
             await self.app(scope, receive, send)  # no endpoint runs: the router answers 404/405
             return
         route, params = found
-        access = access_of(route)
+        access = access_of(route) if route is not None else None
         if access is None:
             log.error("refused %s %s: the route declares no access", scope["method"], route)
             await _undeclared()(scope, receive, send)
@@ -335,9 +334,17 @@ class AccessGuard:
             return
         await self.app(scope, receive, send)
 
-    def _route(self, scope: Scope) -> tuple[BaseRoute, Mapping[str, Any]] | None:
-        """The route the router will run for this request, and its path parameters."""
-        for route in self.routes:
+    def _route(self, scope: Scope) -> tuple[BaseRoute | None, Mapping[str, Any]] | None:
+        """The route the router will run for this request, and its path parameters.
+
+        Read from the application's router at request time (`scope["app"]`), so a route added
+        after start-up is not missed. Without a router to ask, the request counts as one for
+        an undeclared route (`(None, {})`) and is refused.
+        """
+        routes = getattr(scope.get("app"), "routes", None)
+        if not isinstance(routes, list):
+            return None, {}
+        for route in routes:
             match, child = route.matches(scope)
             if match == Match.FULL:
                 return route, child.get("path_params", {})
@@ -494,14 +501,14 @@ class AccessGuard:
         receive: Receive,
         send: Send,
         headers: Headers,
-        found: tuple[BaseRoute, Mapping[str, Any]] | None,
+        found: tuple[BaseRoute | None, Mapping[str, Any]] | None,
     ) -> None:
         origin = headers.get("origin")
         if origin is not None and not self.origins.allowed(origin, scope, headers.get("host")):
             log.info("refused WebSocket from origin %r", origin[:200])
             await _refuse_websocket(scope, receive, send, 1008, "origin not allowed")
             return
-        if found is not None and access_of(found[0]) is None:
+        if found is not None and (found[0] is None or access_of(found[0]) is None):
             log.error("refused WebSocket %s: the route declares no access", found[0])
             await _refuse_websocket(scope, receive, send, 1008, "forbidden")
             return
