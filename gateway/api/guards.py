@@ -369,7 +369,8 @@ class AccessGuard:
                 "requests from this origin may not change anything (GATEWAY_ALLOWED_ORIGINS)",
                 code="origin-not-allowed",
             )
-        has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+        length = headers.get("content-length", "0")
+        has_body = not length.isdigit() or int(length) > 0 or "transfer-encoding" in headers
         if has_body and not is_json_media_type(headers.get("content-type")):
             return problem_response(
                 415,
