@@ -2,7 +2,8 @@
 
 Each rule has a refusal and an allowed case: API keys for server calls, job tokens scoped to one
 job, room tokens with and without `publish`, `user:` channels by subject, expired and tampered
-tokens, secret rotation, WebSocket Origin, CORS, and tokens kept out of the access log.
+tokens, secret rotation, WebSocket Origin, CORS, and tokens kept out of the access log; a secret
+without API keys mints no tokens, and tokens made to live too long are refused.
 """
 
 from __future__ import annotations

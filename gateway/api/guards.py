@@ -188,7 +188,8 @@ def request_origin(scope: Scope, host: str | None) -> Origin | None:
     parsed = parse_host(host)
     if parsed is None:
         return None
-    scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope["scheme"])
+    raw = str(scope.get("scheme", "http"))
+    scheme = {"ws": "http", "wss": "https"}.get(raw, raw)
     if scheme not in DEFAULT_PORTS:
         return None
     return scheme, parsed[0], parsed[1] or DEFAULT_PORTS[scheme]
