@@ -17,12 +17,19 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api import channels, compat, docs, health, jobs
 from gateway.api import tokens as token_routes
+from gateway.api.access import (
+    PUBLIC,
+    WEBSOCKET,
+    GuardedMount,
+    GuardedRoute,
+    GuardedWebSocketRoute,
+)
 from gateway.api.guards import AccessGuard, BodyLimit, install_access_log_redaction
 from gateway.auth import ApiKeys, ChannelPolicy
 from gateway.backends.base import Backend, BackendUnavailable
@@ -132,17 +139,20 @@ def create_app(
     async def index(request: Request) -> Response:
         return FileResponse(settings.static_dir / "index.html")
 
-    routes = [
-        Route("/", index, methods=["GET"]),
+    routes: list[BaseRoute] = [
+        GuardedRoute("/", index, methods=["GET"], access=PUBLIC),
         *jobs.routes,
         *channels.routes,
         *compat.routes,
         *token_routes.routes,
         *docs.routes,
         *health.routes,
-        WebSocketRoute("/ws", websocket_endpoint),
-        Mount(
-            "/static", StaticFiles(directory=settings.static_dir, check_dir=False), name="static"
+        GuardedWebSocketRoute("/ws", websocket_endpoint, access=WEBSOCKET),
+        GuardedMount(
+            "/static",
+            StaticFiles(directory=settings.static_dir, check_dir=False),
+            access=PUBLIC,
+            name="static",
         ),
     ]
     app = GatewayApp(
@@ -165,7 +175,8 @@ def create_app(
 
 
 def security_middleware(settings: Settings, services: Services) -> list[Middleware]:
-    """CORS outermost (so refusals carry CORS headers too), then the body limit, then access."""
+    """CORS outermost (so refusals carry CORS headers too), then the body limit, then access
+    (which decides from the declarations of the app's routes)."""
     stack: list[Middleware] = []
     if settings.allowed_origins:
         wildcard = "*" in settings.allowed_origins
@@ -187,20 +198,26 @@ def security_middleware(settings: Settings, services: Services) -> list[Middlewa
 
 
 def announce_security(settings: Settings) -> None:
-    """Say loudly when the gateway is open, so nobody deploys dev mode by accident."""
+    """Say loudly when the gateway is open, so nobody deploys dev mode by accident, and what a
+    half-configured gateway (a secret without API keys) allows and refuses."""
     if settings.dev_mode:
+        hosts = " ".join(settings.allowed_hosts) or f"localhost, loopback, {settings.host}"
         log.warning(
             "\n%s\n  DEV MODE: no GATEWAY_API_KEYS and no GATEWAY_SECRET are configured.\n"
             "  Anyone who can reach this port may submit jobs, publish, and read every channel.\n"
-            "  Set both (and --require-auth) before exposing the gateway.\n%s",
+            "  Set both (and --require-auth) before exposing the gateway.\n"
+            "  Host names served (GATEWAY_ALLOWED_HOSTS): %s\n%s",
             "!" * 78,
+            hosts,
             "!" * 78,
         )
         return
     if not settings.api_keys:
         log.warning(
-            "OPEN SERVER API: no GATEWAY_API_KEYS configured; anyone may submit jobs and publish. "
-            "Channel reads still need tokens."
+            "OPEN SERVER API: no GATEWAY_API_KEYS configured; anyone may submit jobs, cancel "
+            "them and publish on any channel. Channel reads need tokens, and so nobody may mint "
+            "them: POST /tokens (and GET /jobs) need an API key and are refused; mint tokens in "
+            "your backend with GATEWAY_SECRET."
         )
     if not settings.secrets:
         log.warning(
@@ -208,10 +225,11 @@ def announce_security(settings: Settings) -> None:
             "secret and will not verify in other processes or after a restart"
         )
     log.info(
-        "auth: %d API key(s), %d token secret(s), allowed origins: %s",
+        "auth: %d API key(s), %d token secret(s), allowed origins: %s, allowed hosts: %s",
         len(settings.api_keys),
         len(settings.secrets),
         " ".join(settings.allowed_origins) or "same origin",
+        " ".join(settings.allowed_hosts) or "any",
     )
 
 

@@ -45,6 +45,11 @@ DEFAULT_RULES: Final[Mapping[str, tuple[str, str]]] = {
 
 KNOWN_NAMESPACES = frozenset(DEFAULT_RULES)
 TOKEN_COOKIE: Final = "gateway_token"
+COOKIE_TRUSTED: Final = "gateway.cookie_trusted"
+"""Scope key the access guard sets when the request's origin may use the token cookie: no
+`Origin` (not a cross-origin browser request), the gateway's own origin, or one listed in
+`GATEWAY_ALLOWED_ORIGINS` (never by `*`). Without it the cookie is ignored: a browser sends it
+along with requests that other sites' pages make."""
 
 
 class Forbidden(Exception):
@@ -105,12 +110,13 @@ class ChannelPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ChannelPolicy:
+        lifetime = settings.max_token_ttl
         if settings.secrets:
-            signer = TokenSigner(settings.secrets)
+            signer = TokenSigner(settings.secrets, max_lifetime=lifetime)
         elif settings.ephemeral_secret:
-            signer = TokenSigner([settings.ephemeral_secret])
+            signer = TokenSigner([settings.ephemeral_secret], max_lifetime=lifetime)
         else:
-            signer = TokenSigner.ephemeral()
+            signer = TokenSigner.ephemeral(max_lifetime=lifetime)
         rules = {**DEFAULT_RULES, **settings.channel_rules}
         return cls(rules, signer=signer, open_mode=settings.dev_mode)
 
@@ -174,13 +180,17 @@ def bearer_of(headers: Headers) -> str | None:
 
 def token_of(scope: Scope, *, api_key_value: str | None = None) -> str | None:
     """The channel token a request carries: `?token=`, the cookie, or a Bearer that is not an
-    API key (EventSource can send neither headers nor a body, hence the query and cookie)."""
+    API key (EventSource can send neither headers nor a body, hence the query and cookie).
+
+    The cookie counts only where the guard trusted the request's origin (`COOKIE_TRUSTED`).
+    """
     query = QueryParams(scope.get("query_string", b""))
     if query.get("token"):
         return query["token"]
     headers = Headers(scope=scope)
-    cookies = cookie_parser(headers.get("cookie", ""))
-    if cookies.get(TOKEN_COOKIE):
-        return cookies[TOKEN_COOKIE]
+    if scope.get(COOKIE_TRUSTED) is True:
+        cookies = cookie_parser(headers.get("cookie", ""))
+        if cookies.get(TOKEN_COOKIE):
+            return cookies[TOKEN_COOKIE]
     bearer = bearer_of(headers)
     return bearer if bearer is not None and bearer != api_key_value else None

@@ -84,6 +84,9 @@ class Settings:
     """A generated secret shared by `serve --workers N` processes; not a configured one."""
     require_auth: bool = False
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    """`Host` names served: exact names, `.example.com` for it and its subdomains, `*` any.
+    Empty: in dev mode only names of this machine (DNS rebinding guard), else any."""
     channel_rules: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     """Per-namespace `(subscribe, publish)` rules overriding the defaults in `gateway.auth`."""
     token_ttl: int = 3600
@@ -177,6 +180,7 @@ class Settings:
         read("GATEWAY_EPHEMERAL_SECRET", "ephemeral_secret", str)
         read("GATEWAY_REQUIRE_AUTH", "require_auth", _flag)
         read("GATEWAY_ALLOWED_ORIGINS", "allowed_origins", _words)
+        read("GATEWAY_ALLOWED_HOSTS", "allowed_hosts", _words)
         read("GATEWAY_CHANNEL_POLICY", "channel_rules", _channel_rules)
         read("GATEWAY_TOKEN_TTL", "token_ttl", _bounded(int, 1, 366 * 86_400))
         read("GATEWAY_MAX_TOKEN_TTL", "max_token_ttl", _bounded(int, 1, 366 * 86_400))
@@ -207,6 +211,11 @@ class Settings:
         for secret in settings.secrets:
             if len(secret) < 32:
                 raise SettingsError("GATEWAY_SECRET: each secret must be at least 32 characters")
+        if settings.token_ttl > settings.max_token_ttl:
+            raise SettingsError(
+                "GATEWAY_TOKEN_TTL is longer than GATEWAY_MAX_TOKEN_TTL: job tokens would be "
+                "refused as living too long"
+            )
         if settings.workers > 1 and not settings.redis_url:
             raise SettingsError(
                 "--workers N > 1 needs REDIS_URL: processes share events only through Redis"
@@ -251,6 +260,7 @@ class Settings:
             "GATEWAY_EPHEMERAL_SECRET": self.ephemeral_secret,
             "GATEWAY_REQUIRE_AUTH": "1" if self.require_auth else "0",
             "GATEWAY_ALLOWED_ORIGINS": " ".join(self.allowed_origins),
+            "GATEWAY_ALLOWED_HOSTS": " ".join(self.allowed_hosts),
             "GATEWAY_CHANNEL_POLICY": " ".join(
                 f"{ns}={sub}/{pub}" for ns, (sub, pub) in self.channel_rules.items()
             ),

@@ -20,6 +20,9 @@ RIGHTS: Final = frozenset({"subscribe", "publish"})
 ALGORITHM: Final = "HS256"
 MAX_TOKEN_BYTES: Final = 8192
 """Longer strings are refused before any decoding work: a token is a few hundred bytes."""
+CLOCK_SKEW: Final = 60.0
+"""Seconds another minter's clock may be ahead of ours (an `iat` in the future, or an `exp`
+past the longest lifetime when the token has no `iat`)."""
 
 
 class InvalidToken(Exception):
@@ -71,17 +74,23 @@ def parse_grants(value: Any) -> dict[str, frozenset[str]]:
 
 
 class TokenSigner:
-    """Mints and verifies channel tokens with the configured secrets."""
+    """Mints and verifies channel tokens with the configured secrets.
 
-    def __init__(self, secrets_: Sequence[str]) -> None:
+    `max_lifetime` (seconds, `GATEWAY_MAX_TOKEN_TTL`) bounds every token it accepts, including
+    those minted elsewhere with the secret: a token whose `exp - iat` (or `exp - now` without an
+    `iat`) exceeds it is refused, so a leaked token cannot have been made to live for years.
+    """
+
+    def __init__(self, secrets_: Sequence[str], *, max_lifetime: float | None = None) -> None:
         if not secrets_:
             raise ValueError("a TokenSigner needs at least one secret")
         self.secrets = tuple(secrets_)
+        self.max_lifetime = max_lifetime
 
     @classmethod
-    def ephemeral(cls) -> TokenSigner:
+    def ephemeral(cls, *, max_lifetime: float | None = None) -> TokenSigner:
         """A random per-process secret: tokens verify only in this process, until it restarts."""
-        return cls([secrets.token_urlsafe(32)])
+        return cls([secrets.token_urlsafe(32)], max_lifetime=max_lifetime)
 
     def mint(self, sub: str, channels: Mapping[str, Sequence[str]], ttl: float) -> str:
         now = int(time.time())
@@ -110,10 +119,30 @@ class TokenSigner:
                 continue
             except jwt.PyJWTError:
                 continue
+            self._check_lifetime(claims)
             return _from_claims(claims, token)
         if expired:
             raise InvalidToken("token_expired", "the token has expired; get a new one")
         raise InvalidToken("invalid_token", "the token is not valid (bad signature or claims)")
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        if self.max_lifetime is None:
+            return
+        exp, iat, now = claims.get("exp"), claims.get("iat"), time.time()
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            return  # `_from_claims` refuses it
+        if isinstance(iat, int | float) and not isinstance(iat, bool):
+            if iat > now + CLOCK_SKEW:
+                raise InvalidToken("invalid_token", "the token's 'iat' is in the future")
+            lifetime, slack = exp - iat, 0.0
+        else:
+            lifetime, slack = exp - now, CLOCK_SKEW
+        if lifetime > self.max_lifetime + slack:
+            raise InvalidToken(
+                "invalid_token",
+                f"the token lives longer than the {self.max_lifetime:g} s this gateway accepts "
+                "(GATEWAY_MAX_TOKEN_TTL)",
+            )
 
 
 def _from_claims(claims: dict[str, Any], raw: str) -> ChannelToken:

@@ -2,7 +2,8 @@
 
 Each rule has a refusal and an allowed case: API keys for server calls, job tokens scoped to one
 job, room tokens with and without `publish`, `user:` channels by subject, expired and tampered
-tokens, secret rotation, WebSocket Origin, CORS, and tokens kept out of the access log.
+tokens, secret rotation, WebSocket Origin, CORS, and tokens kept out of the access log; a secret
+without API keys mints no tokens, and tokens made to live too long are refused.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 import websockets
 
 from gateway.auth import ChannelPolicy, Forbidden
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError
 from tests.support import (
     GatewayProcess,
     collect_sse,
@@ -361,3 +362,68 @@ def test_policy_rules_and_custom_namespaces() -> None:
     dev.check_subscribe("job:anything")
     with pytest.raises(Forbidden):
         dev.check_client_publish("job:anything")  # `none` holds even in dev mode
+
+
+def test_a_secret_without_api_keys_mints_no_tokens(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    """With only GATEWAY_SECRET, anyone may submit and publish (announced), but nobody may mint
+    tokens or list jobs: either would let anyone read every channel."""
+    gateway = gateway_factory(GATEWAY_SECRET=SECRET)
+    body = {"sub": "mallory", "channels": {"job:*": ["subscribe"], "user:*": ["subscribe"]}}
+    for headers in ({}, AUTH):
+        refused = httpx.post(f"{gateway.url}/tokens", json=body, headers=headers)
+        assert refused.status_code == 403, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert "GATEWAY_API_KEYS" in refused.json()["detail"]
+        assert httpx.get(f"{gateway.url}/jobs", headers=headers).status_code == 403
+    job = httpx.post(f"{gateway.url}/jobs", json={"type": "sleep", "data": {"seconds": 0}})
+    assert job.status_code == 202
+    assert httpx.get(f"{gateway.url}/jobs/{job.json()['id']}").status_code == 401
+    output = gateway.output()
+    assert "OPEN SERVER API" in output and "POST /tokens" in output
+
+
+def test_dev_mode_still_mints_tokens(embedded_gateway: GatewayProcess) -> None:
+    """Dev mode needs no tokens, so minting one grants nothing: it stays open for trying out."""
+    body = {"sub": "dev", "channels": {"room:*": ["subscribe"]}}
+    assert httpx.post(f"{embedded_gateway.url}/tokens", json=body).status_code == 201
+
+
+def test_tokens_living_too_long_are_refused(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    gateway = gateway_factory(
+        GATEWAY_API_KEYS=API_KEY,
+        GATEWAY_SECRET=SECRET,
+        GATEWAY_MAX_TOKEN_TTL="600",
+        GATEWAY_TOKEN_TTL="300",
+    )
+    url = f"{gateway.url}/channels/room:lifetime/events"
+    now = int(time.time())
+    grant = {"sub": "ext", "channels": {"room:lifetime": ["subscribe"]}}
+
+    def status(claims: dict[str, Any]) -> httpx.Response:
+        token = jwt.encode({**grant, **claims}, SECRET, algorithm="HS256")
+        return httpx.get(url, params={"token": token})
+
+    for claims in (
+        {"iat": now, "exp": now + 3600},  # minted elsewhere for an hour
+        {"iat": now - 3000, "exp": now + 60},  # nearly expired, but made for 51 minutes
+        {"exp": now + 10 * 365 * 86400},  # no iat: ten years from now
+        {"iat": now + 3600, "exp": now + 3700},  # issued in the future
+    ):
+        refused = status(claims)
+        assert refused.status_code == 401, claims
+        assert refused.json()["type"].endswith("invalid_token"), refused.text
+    for claims in ({"iat": now - 100, "exp": now + 500}, {"exp": now + 600}):
+        assert status(claims).status_code == 200, claims
+    minted = mint(gateway.url, "own", {"room:lifetime": ["subscribe"]}, ttl=600)
+    assert httpx.get(url, params={"token": minted}).status_code == 200
+    job = submit(gateway.url)  # job tokens live GATEWAY_TOKEN_TTL, within the limit
+    assert httpx.get(f"{gateway.url}/jobs/{job['id']}", params={"token": job["token"]}).is_success
+
+
+def test_job_tokens_cannot_outlive_the_limit() -> None:
+    with pytest.raises(SettingsError, match="GATEWAY_MAX_TOKEN_TTL"):
+        Settings.from_env({"GATEWAY_TOKEN_TTL": "7200", "GATEWAY_MAX_TOKEN_TTL": "3600"})

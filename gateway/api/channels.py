@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from gateway.api.access import GuardedRoute, channel_publish, channel_read
 from gateway.api.guards import caller_of
 from gateway.api.jobs import json_response
 from gateway.api.requests import channel_param, event_id_param, int_param, read_json_object
@@ -82,7 +82,11 @@ async def channel_stream(request: Request) -> Response:
 
 
 routes = [
-    Route("/channels/{channel}/events", publish_event, methods=["POST"]),
-    Route("/channels/{channel}/events", channel_history, methods=["GET"]),
-    Route("/events", channel_stream, methods=["GET"]),
+    GuardedRoute(
+        "/channels/{channel}/events", publish_event, methods=["POST"], access=channel_publish()
+    ),
+    GuardedRoute(
+        "/channels/{channel}/events", channel_history, methods=["GET"], access=channel_read()
+    ),
+    GuardedRoute("/events", channel_stream, methods=["GET"], access=channel_read(stream=True)),
 ]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from gateway.api.access import SUBMISSION, GuardedRoute, job_read
 from gateway.api.idempotency import idempotent
 from gateway.api.jobs import get_result, json_response, load_or_404, submit
 from gateway.api.requests import read_json_object
@@ -66,8 +66,8 @@ async def task_status(request: Request) -> Response:
 
 
 routes = [
-    Route("/submit-job", submit_job, methods=["POST"]),
-    Route("/submitTask", submit_task, methods=["POST"]),
-    Route("/taskStatus/{job_id}", task_status, methods=["GET"]),
-    Route("/results/{job_id}", get_result, methods=["GET"]),
+    GuardedRoute("/submit-job", submit_job, methods=["POST"], access=SUBMISSION),
+    GuardedRoute("/submitTask", submit_task, methods=["POST"], access=SUBMISSION),
+    GuardedRoute("/taskStatus/{job_id}", task_status, methods=["GET"], access=job_read()),
+    GuardedRoute("/results/{job_id}", get_result, methods=["GET"], access=job_read()),
 ]

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.api.access import PUBLIC, GuardedRoute
 from gateway.api.jobs import json_response
 
 PROBLEM: Final = {"$ref": "#/components/schemas/Problem"}
@@ -546,6 +547,6 @@ async def asyncapi(request: Request) -> Response:
 
 
 routes = [
-    Route("/openapi.json", openapi, methods=["GET"]),
-    Route("/asyncapi.json", asyncapi, methods=["GET"]),
+    GuardedRoute("/openapi.json", openapi, methods=["GET"], access=PUBLIC),
+    GuardedRoute("/asyncapi.json", asyncapi, methods=["GET"], access=PUBLIC),
 ]

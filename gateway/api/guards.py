@@ -1,45 +1,51 @@
 """ASGI middleware that decides, before any route runs, whether a request may proceed.
 
-One table of who may call what, instead of a check sprinkled into every route (and into the
-seed-compatible aliases, which are easy to forget): server-only routes need an API key, reads of
-a channel need a token with `subscribe` (or an API key), HTTP publishes need an API key or a
-token with `publish`. It also enforces the request body limit, the per-key submission rate,
-streaming connections per client address, and the WebSocket Origin check.
+Access is declared on each route (`gateway.api.access`); the guard finds the route a request is
+for and applies that declaration, and refuses requests to a route that declares none (deny by
+default). Path parameters the decision depends on (job id, channel) are validated here, so a
+malformed one is refused rather than skipping the check.
+
+Before that, for every request: the `Host` must be one this gateway serves (in dev mode only
+names of this machine, so a DNS-rebinding page cannot reach it); state-changing requests must
+come from an allowed `Origin` and carry their body as `application/json` (a cross-site
+`fetch(..., {mode: 'no-cors'})` can send neither); and the token cookie counts only for
+requests from the gateway's own origin or an explicitly listed one. The guard also enforces the
+request body limit, the per-key submission rate and streaming connections per client address.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, QueryParams
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.auth import Forbidden, bearer_of, token_of
+from gateway.api.access import Access, Rule, access_of
+from gateway.api.requests import is_json_media_type
+from gateway.auth import COOKIE_TRUSTED, Forbidden, bearer_of, token_of
 from gateway.events import InvalidChannel, validate_channel
 from gateway.jobs.model import load_job
 from gateway.limits import retry_after_header
-from gateway.problems import Problem, problem_response
+from gateway.problems import Problem, bad_request, not_found, problem_response
 from gateway.services import Services
+from gateway.settings import Settings
 from gateway.tokens import ChannelToken
+from gateway.transports.ws import SUBPROTOCOL
 
 log = logging.getLogger("gateway.auth")
 
-SERVER_ONLY: Final = re.compile(r"^/(?:jobs|submit-job|submitTask|tokens|jobs/[^/]+/cancel)$")
-SERVER_READS: Final = re.compile(r"^/jobs$")
-"""`GET /jobs` lists every job: with API keys configured, only the server may see that."""
-SUBMISSIONS: Final = re.compile(r"^/(?:jobs|submit-job|submitTask)$")
-JOB_READS: Final = re.compile(
-    r"^/(?:jobs/(?P<a>[^/]+)(?:/result|/events)?|taskStatus/(?P<b>[^/]+)|results/(?P<c>[^/]+))$"
-)
-JOB_EVENTS: Final = re.compile(r"^/jobs/[^/]+/events$")
-CHANNEL_EVENTS: Final = re.compile(r"^/channels/(?P<channel>[^/]+)/events$")
-STREAMS: Final = re.compile(r"^/(?:events|jobs/[^/]+/events)$")
+UNSAFE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+HOST_RE: Final = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?$")
+MAX_JOB_ID: Final = 64
 
 
 @dataclass(slots=True)
@@ -102,7 +108,7 @@ class BodyLimit:
         head += len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
         if head > MAX_HEADER_BYTES:
             if scope["type"] == "websocket":
-                await _refuse_websocket(receive, send, 1009, "request headers too large")
+                await _refuse_websocket(scope, receive, send, 1009, "request headers too large")
             else:
                 await problem_response(
                     431,
@@ -150,77 +156,294 @@ class BodyLimit:
         return self._problem().to_response()
 
 
+Origin = tuple[str, str, int]
+"""An origin as compared: scheme, host name (lower case, IPv6 without brackets), port."""
+
+
+def parse_origin(value: str) -> Origin | None:
+    """The scheme, host and port of an `Origin` value or URL (default port filled in); None for
+    `null` and anything that is not an http(s) origin."""
+    try:
+        parts = urlsplit(value.strip())
+        scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
+    except ValueError:
+        return None
+    if scheme not in DEFAULT_PORTS or not host:
+        return None
+    return scheme, host.rstrip("."), port or DEFAULT_PORTS[scheme]
+
+
+def parse_host(value: str | None) -> tuple[str, int | None] | None:
+    """The name and port of a `Host` header; None when it is not a plain host[:port]."""
+    match = HOST_RE.match(value or "")
+    if match is None:
+        return None
+    name = match.group(1).lower().strip("[]").rstrip(".")
+    return name, int(match.group(2)) if match.group(2) else None
+
+
+def request_origin(scope: Scope, host: str | None) -> Origin | None:
+    """The origin this request was addressed to: its scheme (ws is http, wss is https) and the
+    `Host` it names."""
+    parsed = parse_host(host)
+    if parsed is None:
+        return None
+    raw = str(scope.get("scheme", "http"))
+    scheme = {"ws": "http", "wss": "https"}.get(raw, raw)
+    if scheme not in DEFAULT_PORTS:
+        return None
+    return scheme, parsed[0], parsed[1] or DEFAULT_PORTS[scheme]
+
+
+class OriginPolicy:
+    """`GATEWAY_ALLOWED_ORIGINS`, compared by scheme, host and port."""
+
+    def __init__(self, allowed: Iterable[str]) -> None:
+        allowed = tuple(allowed)
+        self.any = "*" in allowed
+        self.listed = frozenset(
+            origin for origin in (parse_origin(value) for value in allowed) if origin is not None
+        )
+
+    def trusted(self, origin: str, scope: Scope, host: str | None) -> bool:
+        """The page's own origin, or one listed by name: its requests may use the cookie."""
+        parsed = parse_origin(origin)
+        if parsed is None:
+            return False
+        return parsed in self.listed or parsed == request_origin(scope, host)
+
+    def allowed(self, origin: str, scope: Scope, host: str | None) -> bool:
+        """Trusted, or any origin under `*` (which never makes the cookie count)."""
+        return self.any or self.trusted(origin, scope, host)
+
+
+class HostPolicy:
+    """Which `Host` names this gateway answers to.
+
+    Configured (`GATEWAY_ALLOWED_HOSTS`): those names, `.example.com` for it and its subdomains,
+    `*` for any. Otherwise, in dev mode, only names of this machine: loopback addresses,
+    `localhost` and `*.localhost`, and the bind address. A page on a rebound DNS name (the
+    attacker's name resolving to 127.0.0.1) sends its own name as `Host` and is refused. In
+    secure mode the credentials protect the gateway, and any `Host` is accepted.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.patterns: tuple[str, ...] | None
+        if settings.allowed_hosts:
+            self.patterns = tuple(_host_pattern(value) for value in settings.allowed_hosts)
+        elif settings.dev_mode:
+            self.patterns = (".localhost", _host_pattern(settings.host))
+        else:
+            self.patterns = None
+        self.loopback = not settings.allowed_hosts
+
+    def allows(self, host: str | None) -> bool:
+        if self.patterns is None or "*" in self.patterns or host is None:
+            return True  # no Host at all (HTTP/1.0) is no browser, so no rebinding page
+        parsed = parse_host(host)
+        if parsed is None:
+            return False
+        name = parsed[0]
+        if self.loopback and _is_loopback(name):
+            return True
+        for pattern in self.patterns:
+            if name == pattern:
+                return True
+            if pattern.startswith(".") and (name == pattern[1:] or name.endswith(pattern)):
+                return True
+        return False
+
+
+def _host_pattern(value: str) -> str:
+    """`*.example.com` and `.example.com` alike; names lower case, IPv6 without brackets."""
+    value = value.lower().strip("[]").rstrip(".")
+    return value[1:] if value.startswith("*.") else value
+
+
+def _is_loopback(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def valid_job_id(value: Any) -> bool:
+    """A job id that can exist: what makes a valid `job:<id>` channel, at most 64 characters."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_JOB_ID:
+        return False
+    try:
+        validate_channel("job:" + value)
+    except InvalidChannel:
+        return False
+    return True
+
+
 class AccessGuard:
-    """API keys, channel authorization for HTTP/SSE, submission rate, connection counts, and the
-    WebSocket Origin check; see the module docstring."""
+    """Host, Origin and body media type, then each route's declared access; connection counts
+    and the submission rate. See the module docstring and `gateway.api.access.Rule`."""
 
     def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
         self.services = services
-        self.allowed_origins = frozenset(services.settings.allowed_origins)
+        self.origins = OriginPolicy(services.settings.allowed_origins)
+        self.hosts = HostPolicy(services.settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            await self._websocket(scope, receive, send)
-            return
-        if scope["type"] != "http":
+        kind = scope["type"]
+        if kind not in {"http", "websocket"}:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        keys = self.services.api_keys
-        api_key = keys.match(bearer_of(headers)) or keys.match(headers.get("x-api-key"))
-        caller = Caller(api_key=api_key)
-        scope.setdefault("state", {})["caller"] = caller
-        refusal = await self._check_http(scope, headers, caller)
+        host = headers.get("host")
+        if not self.hosts.allows(host):
+            log.info("refused a request for host %r", (host or "")[:200])
+            detail = "this gateway does not serve that host name (GATEWAY_ALLOWED_HOSTS)"
+            if kind == "websocket":
+                await _refuse_websocket(scope, receive, send, 1008, "host not allowed")
+            else:
+                await problem_response(400, "Bad Request", detail, code="host-not-allowed")(
+                    scope, receive, send
+                )
+            return
+        origin = headers.get("origin")
+        scope[COOKIE_TRUSTED] = origin is None or self.origins.trusted(origin, scope, host)
+        found = self._route(scope)
+        if kind == "websocket":
+            await self._websocket(scope, receive, send, headers, found)
+            return
+        if found is None:
+            await self.app(scope, receive, send)  # no endpoint runs: the router answers 404/405
+            return
+        route, params = found
+        access = access_of(route) if route is not None else None
+        if access is None:
+            log.error("refused %s %s: the route declares no access", scope["method"], route)
+            await _undeclared()(scope, receive, send)
+            return
+        refusal = self._check_request_shape(scope, headers, origin, host)
+        if refusal is None:
+            keys = self.services.api_keys
+            api_key = keys.match(bearer_of(headers)) or keys.match(headers.get("x-api-key"))
+            caller = Caller(api_key=api_key)
+            scope.setdefault("state", {})["caller"] = caller
+            refusal = await self._check(scope, access, params, caller)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        if scope["method"] in {"GET", "HEAD"} and STREAMS.match(scope["path"]):
+        if access.stream:
             await self._counted(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
-    async def _check_http(self, scope: Scope, headers: Headers, caller: Caller) -> Response | None:
-        # HEAD runs the GET route (headers such as ETag included), so it is authorized as one.
-        method = "GET" if scope["method"] == "HEAD" else scope["method"]
-        path = scope["path"]
-        keys = self.services.api_keys
-        if method == "POST" and SERVER_ONLY.match(path):
-            if keys.enabled and caller.api_key is None:
-                needed = "this call needs an API key: Authorization: Bearer <key>"
-                return _refuse(Forbidden(needed, "api_key_required"))
-            if SUBMISSIONS.match(path):
-                who = caller.api_key or client_address(scope)
-                wait = self.services.limits.submit.take("submit:" + who)
-                if wait > 0:
-                    return _too_many("too many job submissions; slow down", wait)
-            return None
-        if method == "GET" and SERVER_READS.match(path) and keys.enabled and not caller.api_key:
-            return _refuse(Forbidden("listing jobs needs an API key", "api_key_required"))
-        channels = self._read_channels(method, path, scope)
-        if channels:
-            return await self._check_read(scope, path, channels, caller)
-        match = CHANNEL_EVENTS.match(path)
-        if method == "POST" and match is not None:
-            return self._check_publish(scope, match["channel"], caller)
+    def _route(self, scope: Scope) -> tuple[BaseRoute | None, Mapping[str, Any]] | None:
+        """The route the router will run for this request, and its path parameters.
+
+        Read from the application's router at request time (`scope["app"]`), so a route added
+        after start-up is not missed. Without a router to ask, the request counts as one for
+        an undeclared route (`(None, {})`) and is refused.
+        """
+        routes = getattr(scope.get("app"), "routes", None)
+        if not isinstance(routes, list):
+            return None, {}
+        for route in routes:
+            match, child = route.matches(scope)
+            if match == Match.FULL:
+                return route, child.get("path_params", {})
         return None
 
-    def _read_channels(self, method: str, path: str, scope: Scope) -> list[str]:
-        if method != "GET":
-            return []
-        match = JOB_READS.match(path)
-        if match is not None:
-            job_id = match["a"] or match["b"] or match["c"]
-            return _valid_channels([f"job:{job_id}"])
-        match = CHANNEL_EVENTS.match(path)
-        if match is not None:
-            return _valid_channels([match["channel"]])
-        if path == "/events":
-            return _valid_channels(QueryParams(scope.get("query_string", b"")).getlist("channel"))
-        return []
+    def _check_request_shape(
+        self, scope: Scope, headers: Headers, origin: str | None, host: str | None
+    ) -> Response | None:
+        """State-changing requests: from an allowed origin, with a JSON body if any.
+
+        A foreign page can make a browser send a POST without asking (`mode: 'no-cors'`), but
+        only with a CORS-safelisted content type (`text/plain`, forms), never
+        `application/json`; and the browser always names the page's origin.
+        """
+        if scope["method"] not in UNSAFE_METHODS:
+            return None
+        if origin is not None and not self.origins.allowed(origin, scope, host):
+            log.info("refused %s from origin %r", scope["method"], origin[:200])
+            return problem_response(
+                403,
+                "Forbidden",
+                "requests from this origin may not change anything (GATEWAY_ALLOWED_ORIGINS)",
+                code="origin-not-allowed",
+            )
+        length = headers.get("content-length", "0")
+        has_body = not length.isdigit() or int(length) > 0 or "transfer-encoding" in headers
+        if has_body and not is_json_media_type(headers.get("content-type")):
+            return problem_response(
+                415,
+                "Unsupported Media Type",
+                "send the body as application/json",
+                code="unsupported-media-type",
+            )
+        return None
+
+    async def _check(
+        self, scope: Scope, access: Access, params: Mapping[str, Any], caller: Caller
+    ) -> Response | None:
+        rule = access.rule
+        if rule in {Rule.PUBLIC, Rule.WEBSOCKET}:
+            return None
+        if rule == Rule.SERVER:
+            return self._check_server(scope, access, caller)
+        if rule == Rule.SERVER_ONLY:
+            return self._check_server_only(caller)
+        if rule == Rule.JOB_READ:
+            job_id = params.get(access.param or "")
+            if not valid_job_id(job_id):
+                return not_found(f"no job {str(job_id)[:MAX_JOB_ID]!r}").to_response()
+            return await self._check_read(scope, access, [f"job:{job_id}"], caller)
+        if rule == Rule.CHANNEL_READ:
+            param = access.param or "channel"
+            if param in params:
+                names = [params[param]]
+            else:
+                names = QueryParams(scope.get("query_string", b"")).getlist(param)
+            if not names:
+                return bad_request(f"name at least one channel: ?{param}=room:lobby").to_response()
+            try:
+                channels = list(dict.fromkeys(validate_channel(name) for name in names))
+            except InvalidChannel as exc:
+                return bad_request(str(exc)).to_response()
+            return await self._check_read(scope, access, channels, caller)
+        if rule == Rule.CHANNEL_PUBLISH:
+            try:
+                channel = validate_channel(params.get(access.param or "channel", ""))
+            except InvalidChannel as exc:
+                return bad_request(str(exc)).to_response()
+            return self._check_publish(scope, channel, caller)
+        log.error("refused: unknown access rule %r", rule)
+        return _undeclared()
+
+    def _check_server(self, scope: Scope, access: Access, caller: Caller) -> Response | None:
+        if self.services.api_keys.enabled and caller.api_key is None:
+            needed = "this call needs an API key: Authorization: Bearer <key>"
+            return _refuse(Forbidden(needed, "api_key_required"))
+        if access.submission:
+            who = caller.api_key or client_address(scope)
+            wait = self.services.limits.submit.take("submit:" + who)
+            if wait > 0:
+                return _too_many("too many job submissions; slow down", wait)
+        return None
+
+    def _check_server_only(self, caller: Caller) -> Response | None:
+        if caller.api_key is not None or self.services.settings.dev_mode:
+            return None
+        if self.services.api_keys.enabled:
+            needed = "this call needs an API key: Authorization: Bearer <key>"
+            return _refuse(Forbidden(needed, "api_key_required"))
+        return _refuse(
+            Forbidden(
+                "this call needs an API key and none is configured (GATEWAY_API_KEYS); "
+                "without one, mint channel tokens in your backend with GATEWAY_SECRET"
+            )
+        )
 
     async def _check_read(
-        self, scope: Scope, path: str, channels: list[str], caller: Caller
+        self, scope: Scope, access: Access, channels: list[str], caller: Caller
     ) -> Response | None:
         if caller.api_key is not None:
             return None
@@ -231,7 +454,7 @@ class AccessGuard:
             for channel in channels:
                 policy.check_subscribe(channel, caller.token)
         except Forbidden as exc:
-            if exc.code == "token_expired" and JOB_EVENTS.match(path):
+            if exc.code == "token_expired" and access.rule == Rule.JOB_READ and access.stream:
                 # EventSource retries after an error; a 204 makes it stop for good once the
                 # job it follows has ended, so an old tab does not retry forever.
                 record = await load_job(self.services.backend, channels[0].partition(":")[2])
@@ -240,14 +463,10 @@ class AccessGuard:
             return _refuse(exc)
         return None
 
-    def _check_publish(self, scope: Scope, raw_channel: str, caller: Caller) -> Response | None:
+    def _check_publish(self, scope: Scope, channel: str, caller: Caller) -> Response | None:
         keys = self.services.api_keys
         if caller.api_key is not None or not keys.enabled:
             return None
-        try:
-            channel = validate_channel(raw_channel)
-        except InvalidChannel:
-            return None  # the route answers 400
         policy = self.services.policy
         try:
             caller.token = policy.verify(token_of(scope))
@@ -278,51 +497,58 @@ class AccessGuard:
         finally:
             counter.release(address)
 
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = Headers(scope=scope)
+    async def _websocket(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: Headers,
+        found: tuple[BaseRoute | None, Mapping[str, Any]] | None,
+    ) -> None:
         origin = headers.get("origin")
-        if origin is not None and not self._origin_allowed(origin, headers.get("host", "")):
+        if origin is not None and not self.origins.allowed(origin, scope, headers.get("host")):
             log.info("refused WebSocket from origin %r", origin[:200])
-            await _refuse_websocket(receive, send, 1008, "origin not allowed")
+            await _refuse_websocket(scope, receive, send, 1008, "origin not allowed")
+            return
+        if found is not None and (found[0] is None or access_of(found[0]) is None):
+            log.error("refused WebSocket %s: the route declares no access", found[0])
+            await _refuse_websocket(scope, receive, send, 1008, "forbidden")
             return
         counter = self.services.limits.connections
         address = client_address(scope)
         if not counter.acquire(address):
-            await _refuse_websocket(receive, send, 1013, "too many connections from this address")
+            await _refuse_websocket(
+                scope, receive, send, 1013, "too many connections from this address"
+            )
             return
         try:
             await self.app(scope, receive, send)
         finally:
             counter.release(address)
 
-    def _origin_allowed(self, origin: str, host: str) -> bool:
-        """Allowed origins from configuration; by default only the page's own origin (the Origin
-        header's host:port equals the Host header), which stops cross-site WebSocket hijacking."""
-        if "*" in self.allowed_origins or origin in self.allowed_origins:
-            return True
-        try:
-            return urlsplit(origin).netloc.lower() == host.lower() and bool(host)
-        except ValueError:
-            return False
+
+def _undeclared() -> Response:
+    return problem_response(
+        403, "Forbidden", "this route declares no access, so nobody may call it", code="forbidden"
+    )
 
 
-def _valid_channels(names: Iterable[str]) -> list[str]:
-    """The valid channel names; invalid ones are left for the route to answer with 400."""
-    valid: list[str] = []
-    for name in names:
-        try:
-            valid.append(validate_channel(name))
-        except InvalidChannel:
-            continue
-    return valid
+async def _refuse_websocket(
+    scope: Scope, receive: Receive, send: Send, code: int, reason: str
+) -> None:
+    """Complete the handshake only to close with a code and reason the client can read.
 
-
-async def _refuse_websocket(receive: Receive, send: Send, code: int, reason: str) -> None:
-    """Complete the handshake only to close with a code and reason the client can read."""
+    The accept echoes the `gateway.v1` subprotocol when the client offered it: a browser that
+    offered one and gets none back fails the handshake (1006, no reason) instead.
+    """
     message = await receive()
     if message["type"] != "websocket.connect":
         return
-    await send({"type": "websocket.accept"})
+    offered = scope.get("subprotocols") or []
+    accept: Message = {"type": "websocket.accept"}
+    if SUBPROTOCOL in offered:
+        accept["subprotocol"] = SUBPROTOCOL
+    await send(accept)
     await send({"type": "websocket.close", "code": code, "reason": reason})
 
 

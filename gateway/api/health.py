@@ -5,8 +5,8 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from gateway.api.access import PUBLIC, GuardedRoute
 from gateway.api.jobs import json_response
 from gateway.metrics import METRICS
 from gateway.services import services_of
@@ -32,7 +32,7 @@ async def metrics(request: Request) -> Response:
 
 
 routes = [
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
-    Route("/metrics", metrics, methods=["GET"]),
+    GuardedRoute("/healthz", healthz, methods=["GET"], access=PUBLIC),
+    GuardedRoute("/readyz", readyz, methods=["GET"], access=PUBLIC),
+    GuardedRoute("/metrics", metrics, methods=["GET"], access=PUBLIC),
 ]

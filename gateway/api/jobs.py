@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from gateway.api.access import PUBLIC, SERVER, SERVER_ONLY, SUBMISSION, GuardedRoute, job_read
 from gateway.api.guards import caller_of
 from gateway.api.idempotency import idempotent
 from gateway.api.requests import event_id_param, float_param, int_param, read_json_object
@@ -276,11 +276,13 @@ async def job_types(request: Request) -> Response:
 
 
 routes = [
-    Route("/jobs", post_job, methods=["POST"]),
-    Route("/jobs", list_jobs, methods=["GET"]),
-    Route("/job-types", job_types, methods=["GET"]),
-    Route("/jobs/{job_id}", get_job, methods=["GET"]),
-    Route("/jobs/{job_id}/result", get_result, methods=["GET"]),
-    Route("/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
-    Route("/jobs/{job_id}/events", job_events, methods=["GET"]),
+    GuardedRoute("/jobs", post_job, methods=["POST"], access=SUBMISSION),
+    GuardedRoute("/jobs", list_jobs, methods=["GET"], access=SERVER_ONLY),
+    GuardedRoute("/job-types", job_types, methods=["GET"], access=PUBLIC),
+    GuardedRoute("/jobs/{job_id}", get_job, methods=["GET"], access=job_read()),
+    GuardedRoute("/jobs/{job_id}/result", get_result, methods=["GET"], access=job_read()),
+    GuardedRoute("/jobs/{job_id}/cancel", cancel_job, methods=["POST"], access=SERVER),
+    GuardedRoute(
+        "/jobs/{job_id}/events", job_events, methods=["GET"], access=job_read(stream=True)
+    ),
 ]

@@ -11,9 +11,20 @@ from gateway.events import InvalidChannel, InvalidEventId, parse_event_id, valid
 from gateway.problems import Problem, bad_request
 
 
+def is_json_media_type(content_type: str | None) -> bool:
+    """`application/json` or `application/<something>+json`, parameters aside.
+
+    Exactly the types a cross-site page cannot send without the browser asking first (a CORS
+    preflight): `text/plain`, forms, or no type at all are refused.
+    """
+    media = (content_type or "").partition(";")[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 async def read_json_object(request: Request) -> dict[str, Any]:
-    content_type = request.headers.get("content-type", "application/json")
-    if "json" not in content_type.split(";")[0]:
+    if not is_json_media_type(request.headers.get("content-type")):
         raise Problem(
             415,
             "Unsupported Media Type",

@@ -11,8 +11,8 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from gateway.api.access import SERVER_ONLY, GuardedRoute
 from gateway.api.jobs import json_response
 from gateway.api.requests import read_json_object
 from gateway.events import InvalidChannel, validate_channel
@@ -67,4 +67,4 @@ async def mint_token(request: Request) -> Response:
     )
 
 
-routes = [Route("/tokens", mint_token, methods=["POST"])]
+routes = [GuardedRoute("/tokens", mint_token, methods=["POST"], access=SERVER_ONLY)]
