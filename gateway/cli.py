@@ -36,7 +36,7 @@ def _configure_logging(level: str) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from gateway.transports.server import LeanHttpToolsProtocol, LeanWebSocketProtocol
+    from gateway.transports.server import LeanHttpToolsProtocol, websocket_protocol
 
     settings = _settings(
         args,
@@ -62,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         "log_level": settings.log_level,
         "ws_per_message_deflate": False,
         "http": LeanHttpToolsProtocol if args.http == "lean" else args.http,
-        "ws": LeanWebSocketProtocol if args.ws == "lean" else args.ws,
+        "ws": websocket_protocol(args.ws),
         "timeout_graceful_shutdown": 5,
         "lifespan": "on",
     }

@@ -250,3 +250,16 @@ def settings_of(app: Any) -> Settings | None:
         if app is None:
             break
     return None
+
+
+def websocket_protocol(name: str) -> type[asyncio.Protocol] | str:
+    """uvicorn's `ws` option for `gateway serve --ws NAME`: the gateway's own protocols where
+    it has them (`lean`; `websockets`, uvicorn's legacy one with the read budget), else the
+    name for uvicorn to resolve (its own `websockets-sansio`, kept as it is for comparison)."""
+    if name == "lean":
+        return LeanWebSocketProtocol
+    if name == "websockets":
+        from gateway.transports.legacy_ws import BudgetedLegacyWebSocketProtocol
+
+        return BudgetedLegacyWebSocketProtocol
+    return name
