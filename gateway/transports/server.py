@@ -38,8 +38,9 @@ log = logging.getLogger("gateway.ws")
 CLOSE_INVALID_DATA = 1007
 MIN_CLIENT_FRAME = 6
 """Bytes in the smallest frame a client can send: a 2-byte header and the 4-byte mask key."""
-CLOSE_GRACE = 5.0
-"""Seconds a close we send may wait behind unread data before the connection is dropped."""
+CLOSE_GRACE = 1.0
+"""Seconds a connection we closed is kept (not read) so that the close frame reaches the
+client, before it is dropped."""
 READ_BUDGET_EXCEEDED = METRICS.ws_read_budget_exceeded
 
 
@@ -210,20 +211,30 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         self._close_now(CLOSE_READ_BUDGET, f"read budget exceeded: too many {limit}/s")
 
     def _close_now(self, code: int, reason: str) -> None:
-        """Close on our side at once: nothing more is read. The close frame goes out if the
-        handshake was answered; the connection is dropped if it cannot leave in `CLOSE_GRACE`."""
-        if self.transport.is_closing():
+        """Close on our side at once: nothing more is read, the close frame (if the handshake
+        was answered) goes out followed by a FIN, and the connection is dropped after
+        `CLOSE_GRACE`. Closing the socket at once would send a reset instead, as the client's
+        unread flood is still in it, and a reset can destroy the close frame before the client
+        reads it."""
+        transport = self.transport
+        if transport.is_closing():
             return
+        transport.pause_reading()
+        self.read_paused = False  # so that uvicorn's `receive` does not resume reading
         conn = self.conn
         if conn.state is State.OPEN:
             conn.fail(code, reason)  # a close frame; the parser discards all that follows
-            self.transport.write(b"".join(conn.data_to_send()))
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
-        self.close_sent = True
-        self.transport.close()
+            transport.write(b"".join(conn.data_to_send()))
+        if not self.close_sent:  # else the app closed already, and knows
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+            self.close_sent = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
         if self.close_timer is not None:
             self.close_timer.cancel()
-        self.close_timer = self.loop.call_later(CLOSE_GRACE, self.transport.abort)
+        self.close_timer = self.loop.call_later(CLOSE_GRACE, transport.abort)
 
     async def send(self, message: Any) -> None:
         await super().send(message)
