@@ -39,7 +39,7 @@ from tests.support import (
     ws_send,
 )
 
-OP_PING, OP_TEXT, OP_CONT, OP_BINARY, OP_CLOSE, OP_PONG = 0x9, 0x1, 0x0, 0x2, 0x8, 0xA
+OP_PING, OP_TEXT, OP_CONT, OP_CLOSE, OP_PONG = 0x9, 0x1, 0x0, 0x8, 0xA
 FLOOD_SECONDS = 5.0
 RATE = 50
 """Events published, and `/healthz` requests made, per second during a flood."""
