@@ -205,6 +205,9 @@ class Settings:
         for secret in settings.secrets:
             if len(secret) < 32:
                 raise SettingsError("GATEWAY_SECRET: each secret must be at least 32 characters")
+        if "ws_read_bytes" not in values and settings.ws_read_bytes < 2 * settings.max_message:
+            # The default budget grows with a larger GATEWAY_MAX_MESSAGE; a set one must fit it.
+            settings = settings.replace(ws_read_bytes=2 * settings.max_message)
         if 0 < settings.ws_read_bytes < 2 * settings.max_message:
             raise SettingsError(
                 "GATEWAY_WS_READ_BYTES must be 0 (no limit) or at least twice GATEWAY_MAX_MESSAGE "

@@ -466,3 +466,5 @@ def test_read_budget_settings_are_validated() -> None:
     ):
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({name: value})
+    # Unset, the byte budget grows with the message size limit.
+    assert Settings.from_env({"GATEWAY_MAX_MESSAGE": "4194304"}).ws_read_bytes == 8388608
