@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from gateway.transports.server import (
         GuardedHttpToolsProtocol,
         LeanHttpToolsProtocol,
-        LeanWebSocketProtocol,
+        websocket_protocol,
     )
 
     settings = _settings(
@@ -84,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         "log_level": settings.log_level,
         "ws_per_message_deflate": False,
         "http": http,
-        "ws": LeanWebSocketProtocol if args.ws == "lean" else args.ws,
+        "ws": websocket_protocol(args.ws),
         "timeout_graceful_shutdown": 5,
         # X-Forwarded-For/-Proto only from GATEWAY_TRUSTED_PROXIES (uvicorn would believe
         # 127.0.0.1 by default, and so anyone behind a local sidecar could pick their address).

@@ -161,6 +161,55 @@ class ConnectionGate:
         return peer_key(host)
 
 
+class ReadBudget:
+    """What one WebSocket connection may send: frames (control frames and fragments included)
+    and bytes per second, each a token bucket holding one second's worth.
+
+    Reading a frame costs the gateway CPU whatever the frame says (an empty ping is parsed and
+    answered like any other), so a client sending them without pause would take the process
+    from everyone else; over budget, the connection is closed. A rate of 0 means no limit.
+    """
+
+    __slots__ = ("byte_rate", "bytes", "frame_rate", "frames", "stamp")
+
+    def __init__(self, frame_rate: float, byte_rate: float, now: float) -> None:
+        self.frame_rate = frame_rate if frame_rate > 0 else math.inf
+        self.byte_rate = byte_rate if byte_rate > 0 else math.inf
+        self.frames = self.frame_rate
+        self.bytes = self.byte_rate
+        self.stamp = now
+
+    @classmethod
+    def from_settings(cls, settings: Settings, now: float) -> ReadBudget | None:
+        """The budget `settings` give a connection, or None when both limits are off."""
+        if settings.ws_read_frames <= 0 and settings.ws_read_bytes <= 0:
+            return None
+        return cls(settings.ws_read_frames, settings.ws_read_bytes, now)
+
+    def refill(self, now: float) -> None:
+        elapsed = now - self.stamp
+        if elapsed > 0:
+            self.stamp = now
+            if self.frames < self.frame_rate:
+                self.frames = min(self.frame_rate, self.frames + elapsed * self.frame_rate)
+            if self.bytes < self.byte_rate:
+                self.bytes = min(self.byte_rate, self.bytes + elapsed * self.byte_rate)
+
+    def spend_bytes(self, size: int) -> bool:
+        """Take `size` bytes; False once the connection has sent more than it may."""
+        self.bytes -= size
+        return self.bytes >= 0
+
+    def spend_frames(self, count: int) -> bool:
+        """Take `count` frames; False once the connection has sent more than it may."""
+        self.frames -= count
+        return self.frames >= 0
+
+    def frames_left(self) -> int:
+        """Whole frames still allowed now (capped, so that "no limit" is a number too)."""
+        return int(min(self.frames, 1 << 30))
+
+
 def retry_after_header(seconds: float) -> str:
     """Whole seconds, at least 1, as `Retry-After` wants them."""
     return str(max(1, math.ceil(min(seconds, 86_400.0))))

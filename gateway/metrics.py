@@ -63,6 +63,15 @@ class Metrics:
             ["transport"],
             registry=r,
         )
+        self.ws_read_budget_exceeded = Counter(
+            "gateway_ws_read_budget_exceeded",
+            "WebSocket connections closed (4029) for sending more frames or bytes per second "
+            "than GATEWAY_WS_READ_FRAMES / GATEWAY_WS_READ_BYTES allow",
+            ["limit"],
+            registry=r,
+        )
+        for limit in ("frames", "bytes"):
+            self.ws_read_budget_exceeded.labels(limit)
         self.jobs = Counter(
             "gateway_jobs",
             "Job status changes seen by this process",

@@ -105,6 +105,10 @@ class Settings:
     publish_burst: int = 40
     submit_rate: float = 10.0
     submit_burst: int = 20
+    ws_read_frames: float = 1000.0
+    """WebSocket frames (control frames and fragments too) a connection may send per second."""
+    ws_read_bytes: int = 2 * 1024 * 1024
+    """Bytes a WebSocket connection may send per second."""
 
     @property
     def dev_mode(self) -> bool:
@@ -198,6 +202,8 @@ class Settings:
         read("GATEWAY_PUBLISH_BURST", "publish_burst", _bounded(int, 1, 1_000_000_000))
         read("GATEWAY_SUBMIT_RATE", "submit_rate", _bounded(float, 0, 1e9))
         read("GATEWAY_SUBMIT_BURST", "submit_burst", _bounded(int, 1, 1_000_000_000))
+        read("GATEWAY_WS_READ_FRAMES", "ws_read_frames", _bounded(float, 0, 1e9))
+        read("GATEWAY_WS_READ_BYTES", "ws_read_bytes", _bounded(int, 0, 1 << 40))
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         if settings.require_auth and not settings.api_keys:
@@ -215,6 +221,14 @@ class Settings:
             raise SettingsError(
                 "GATEWAY_TOKEN_TTL is longer than GATEWAY_MAX_TOKEN_TTL: job tokens would be "
                 "refused as living too long"
+            )
+        if "ws_read_bytes" not in values and settings.ws_read_bytes < 2 * settings.max_message:
+            # The default budget grows with a larger GATEWAY_MAX_MESSAGE; a set one must fit it.
+            settings = settings.replace(ws_read_bytes=2 * settings.max_message)
+        if 0 < settings.ws_read_bytes < 2 * settings.max_message:
+            raise SettingsError(
+                "GATEWAY_WS_READ_BYTES must be 0 (no limit) or at least twice GATEWAY_MAX_MESSAGE "
+                f"({2 * settings.max_message}): a whole message must fit in a second's budget"
             )
         if settings.workers > 1 and not settings.redis_url:
             raise SettingsError(
@@ -276,6 +290,8 @@ class Settings:
             "GATEWAY_PUBLISH_BURST": str(self.publish_burst),
             "GATEWAY_SUBMIT_RATE": str(self.submit_rate),
             "GATEWAY_SUBMIT_BURST": str(self.submit_burst),
+            "GATEWAY_WS_READ_FRAMES": str(self.ws_read_frames),
+            "GATEWAY_WS_READ_BYTES": str(self.ws_read_bytes),
         }
         if self.embedded_worker is not None:
             env["GATEWAY_EMBEDDED_WORKER"] = "1" if self.embedded_worker else "0"

@@ -483,9 +483,10 @@ def asyncapi_document() -> dict[str, Any]:
             "version": "1",
             "description": (
                 "WebSocket `/ws` (subprotocol gateway.v1, JSON text frames) and SSE streams. "
-                "Close codes: 1000 normal, 1001 going away, 1008 policy (auth, origin, token "
-                "expired), 1009 too big, 1011 internal, 1013 try again later, 4008 slow "
-                "consumer, 4400 protocol error."
+                "Close codes: 1000 normal, 1001 going away, 1007 text not UTF-8, 1008 policy "
+                "(auth, origin, token expired), 1009 too big, 1011 internal, 1013 try again "
+                "later, 4008 slow consumer, 4029 read budget exceeded (frames or bytes per "
+                "second), 4400 protocol error."
             ),
         },
         "servers": {

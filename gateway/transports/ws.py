@@ -30,11 +30,11 @@ from gateway.events import (
     ws_text_frame,
 )
 from gateway.hub import Item, Subscriber
-from gateway.limits import TokenBucket
+from gateway.limits import ReadBudget, TokenBucket
 from gateway.metrics import METRICS
 from gateway.services import Services, services_of
 from gateway.tokens import ChannelToken
-from gateway.transports.wire import WebSocketWire, websocket_wire
+from gateway.transports.wire import RAW_SEND, WebSocketWire, websocket_wire
 
 log = logging.getLogger("gateway.ws")
 SUBPROTOCOL = "gateway.v1"
@@ -46,6 +46,8 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
 CLOSE_SLOW_CONSUMER = 4008
+CLOSE_READ_BUDGET = 4029
+"""Sent more frames or bytes per second than GATEWAY_WS_READ_FRAMES / _BYTES allow."""
 CLOSE_PROTOCOL = 4400
 
 EVICT_GRACE = 5.0
@@ -83,6 +85,7 @@ class Connection:
         "_evicted",
         "_expiry",
         "_publish_bucket",
+        "_read_budget",
         "_wire",
         "api_key",
         "services",
@@ -104,6 +107,7 @@ class Connection:
         self._drainer: asyncio.Task[None] | None = None
         self._wire: WebSocketWire | None = None
         self._abort: asyncio.TimerHandle | None = None
+        self._read_budget: ReadBudget | None = None
 
     async def run(self) -> None:
         offered = self.websocket.scope.get("subprotocols", [])
@@ -116,6 +120,9 @@ class Connection:
         subscriber.on_pending = self._kick
         subscriber.on_overflow = self._evict
         hub.connect(subscriber)
+        if not _server_budgets_reads(self.websocket.scope):
+            loop = asyncio.get_running_loop()
+            self._read_budget = ReadBudget.from_settings(self.services.settings, loop.time())
         try:
             await self._subscribe_from_query()
             await self._read_forever()
@@ -233,6 +240,10 @@ class Connection:
                 # uvicorn's ws_max_size normally closes first; this holds under other servers.
                 await self._close(CLOSE_TOO_BIG, "message too big (GATEWAY_MAX_MESSAGE)")
                 return
+            if self._read_budget is not None and (limit := self._over_read_budget(size)):
+                METRICS.ws_read_budget_exceeded.labels(limit).inc()
+                await self._close(CLOSE_READ_BUDGET, f"read budget exceeded: too many {limit}/s")
+                return
             if text is None:
                 self._error(None, "binary_not_supported", "send JSON text frames, not binary")
                 continue
@@ -245,6 +256,19 @@ class Connection:
                 self._error(None, "invalid_op", 'frames are JSON objects like {"op": "ping"}')
                 continue
             await self._handle(op)
+
+    def _over_read_budget(self, size: int) -> str | None:
+        """Which read limit a message of `size` exceeds, if any. Only under servers that do not
+        budget reads themselves (see `server.py`): there control frames and fragments are not
+        seen here, so this bounds the ops a client has handled, not what parsing them costs."""
+        budget = self._read_budget
+        assert budget is not None
+        budget.refill(asyncio.get_running_loop().time())
+        if not budget.spend_frames(1):
+            return "frames"
+        if not budget.spend_bytes(size):
+            return "bytes"
+        return None
 
     async def _handle(self, op: dict[str, Any]) -> None:
         ref = op.get("ref")
@@ -367,6 +391,13 @@ class Connection:
     def _expire(self) -> None:
         self._error(None, "token_expired", "the token expired; reconnect with a new one")
         self._finish(CLOSE_POLICY, "token expired")
+
+
+def _server_budgets_reads(scope: Scope) -> bool:
+    """Whether the server protocol charges this connection's frames itself (the gateway's
+    uvicorn protocol, `gateway.transports.server`), where they are cheaper to stop."""
+    protocol = getattr(scope.get(RAW_SEND), "__self__", None)
+    return getattr(protocol, "read_budget", None) is not None
 
 
 def _wire_frame(item: Item) -> bytes:
