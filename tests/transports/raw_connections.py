@@ -12,7 +12,7 @@ import argparse
 import socket
 import time
 
-PARTIAL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Slow: "
+PARTIAL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: "
 """A request head that never ends (no blank line)."""
 
 

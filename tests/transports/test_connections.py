@@ -111,9 +111,9 @@ def test_a_keep_alive_connection_must_finish_its_next_head_too(
     """uvicorn's keep-alive timer stops at the first byte after a response, even one that
     begins no request (a CRLF); the next head is then due within the header timeout."""
     gateway = gateway_factory(GATEWAY_HEADER_TIMEOUT="1")
-    with held([connect(gateway.port, payload=b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")]) as [
-        sock
-    ]:
+    with held(
+        [connect(gateway.port, payload=b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")]
+    ) as [sock]:
         sock.setblocking(True)
         sock.settimeout(5)
         answer = sock.recv(65536)
