@@ -21,7 +21,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api import channels, compat, docs, health, jobs
+from gateway.api import channels, compat, docs, health, jobs, problem_pages
 from gateway.api import tokens as token_routes
 from gateway.api.guards import AccessGuard, BodyLimit, install_access_log_redaction
 from gateway.auth import ApiKeys, ChannelPolicy
@@ -139,6 +139,7 @@ def create_app(
         *compat.routes,
         *token_routes.routes,
         *docs.routes,
+        *problem_pages.routes,
         *health.routes,
         WebSocketRoute("/ws", websocket_endpoint),
         Mount(
