@@ -537,6 +537,7 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
             ["code", "message"],
             code={
                 "type": "string",
+                "description": "every code is explained in docs/websocket.md",
                 "examples": [
                     "forbidden",
                     "token_required",
@@ -545,7 +546,14 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
                     "rate_limited",
                     "too_many_subscriptions",
                     "invalid_json",
+                    "invalid_op",
                     "unknown_op",
+                    "binary_not_supported",
+                    "invalid_channel",
+                    "invalid_since",
+                    "invalid_type",
+                    "not_subscribed",
+                    "unavailable",
                 ],
             },
             message={"type": "string"},
@@ -553,6 +561,9 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
         "event": {"allOf": [envelope, {"properties": {"op": {"const": "event"}}}]},
         "gap": op_schema("gap", ["channel"], channel=channel, since=EVENT_ID),
         "pong": op_schema("pong", []),
+        "shutdown": op_schema(
+            "shutdown", [], message={"type": "string"}, retry={"type": "integer", "minimum": 0}
+        ),
     }
     messages = {
         **{f"client.{k}": {"name": k, "payload": v} for k, v in client_messages.items()},
@@ -574,7 +585,8 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
                 "WebSocket `/ws` (subprotocol gateway.v1, JSON text frames) and SSE streams. "
                 "Close codes: 1000 normal, 1001 going away, 1008 policy (auth, origin, token "
                 "expired), 1009 too big, 1011 internal, 1013 try again later, 4008 slow "
-                "consumer, 4400 protocol error."
+                "consumer; 4400 is reserved for protocol errors (not sent: bad ops get error "
+                "frames)."
             ),
         },
         "servers": {

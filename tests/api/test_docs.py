@@ -85,7 +85,7 @@ def test_asyncapi_describes_ws_and_sse(embedded_gateway: GatewayProcess) -> None
     ws_messages = served["channels"]["ws"]["messages"]
     for op in ("subscribe", "unsubscribe", "publish", "ping"):
         assert f"client.{op}" in ws_messages
-    for op in ("ack", "error", "event", "gap", "pong"):
+    for op in ("ack", "error", "event", "gap", "pong", "shutdown"):
         assert f"server.{op}" in ws_messages
     for ref in _refs(served):
         assert _resolve(served, ref) is not None, ref
