@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -84,7 +84,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> InstalledGateway:
 
 @contextlib.contextmanager
 def _serve(
-    installed: InstalledGateway, cwd: Path, *args: str
+    installed: InstalledGateway, cwd: Path, *args: str, env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`gateway serve` from the venv's own console script, in `cwd`."""
     port = free_port()
@@ -93,7 +93,7 @@ def _serve(
         process = subprocess.Popen(
             [str(installed.bin / "gateway"), "serve", "--port", str(port), *args],
             cwd=cwd,
-            env=installed.env(),
+            env=installed.env(**(env or {})),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -156,23 +156,66 @@ def test_handlers_module_in_the_working_directory(
     """The README's own handler example, as written, loaded by `--handlers myapp.handlers`
     from the project directory with no PYTHONPATH (the console script's sys.path does not
     hold the working directory)."""
+    _write_readme_handlers(tmp_path)
+    with _serve(installed, tmp_path, "--handlers", "myapp.handlers") as (url, process):
+        types = httpx.get(f"{url}/job-types").json()["job_types"]
+        assert "resize" in {job_type["name"] for job_type in types}
+        _resize_completes(url)
+        assert process.poll() is None
+
+
+def test_worker_handlers_module_in_the_working_directory(
+    installed: InstalledGateway, tmp_path: Path, redis_url: str
+) -> None:
+    """`gateway worker --handlers myapp.handlers`, the README's command, on Redis (the gateway
+    gets the same modules: it checks submissions against the job types it knows; with Redis it
+    runs no embedded worker, so the job runs on the worker)."""
+    _write_readme_handlers(tmp_path)
+    with (
+        (tmp_path / "worker.log").open("wb") as log,
+        _serve(
+            installed, tmp_path, "--handlers", "myapp.handlers", env={"REDIS_URL": redis_url}
+        ) as (url, _),
+    ):
+        worker = subprocess.Popen(
+            [str(installed.bin / "gateway"), "worker", "--handlers", "myapp.handlers"],
+            cwd=tmp_path,
+            env=installed.env(REDIS_URL=redis_url),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+
+            def worker_alive() -> None:
+                assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+
+            _resize_completes(url, worker_alive)
+        finally:
+            worker.terminate()
+            worker.wait(20)
+
+
+def _write_readme_handlers(directory: Path) -> None:
+    """The README's handler example, as written, at the path it names (no __init__.py)."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("### Your own job handlers", 1)[1]
     match = re.search(r"```python\n# (myapp/handlers\.py)\n(.*?)```", section, re.S)
     assert match, "the README's handler example moved"
-    module = tmp_path / match.group(1)
+    module = directory / match.group(1)
     module.parent.mkdir()
     module.write_text(match.group(2))
-    with _serve(installed, tmp_path, "--handlers", "myapp.handlers") as (url, process):
-        types = httpx.get(f"{url}/job-types").json()["job_types"]
-        assert "resize" in {job_type["name"] for job_type in types}
-        accepted = httpx.post(f"{url}/jobs", json={"type": "resize", "data": {}})
-        assert accepted.status_code == 202, accepted.text
-        job_url = f"{url}/jobs/{accepted.json()['id']}"
 
-        def completed() -> bool:
-            return bool(httpx.get(job_url).json()["status"] == "completed")
 
-        wait_until(completed, 20, "the README's resize handler to complete the job")
-        assert httpx.get(f"{job_url}/result").json()["result"] == {"ok": True}
-        assert process.poll() is None
+def _resize_completes(url: str, check: Callable[[], None] = lambda: None) -> None:
+    accepted = httpx.post(f"{url}/jobs", json={"type": "resize", "data": {}})
+    assert accepted.status_code == 202, accepted.text
+    job_url = f"{url}/jobs/{accepted.json()['id']}"
+
+    def completed() -> bool:
+        check()
+        job = httpx.get(job_url).json()
+        assert job["status"] not in {"failed", "cancelled"}, job
+        return bool(job["status"] == "completed")
+
+    wait_until(completed, 30, "the README's resize handler to complete the job")
+    assert httpx.get(f"{job_url}/result").json()["result"] == {"ok": True}
