@@ -9,6 +9,7 @@ gateway under test is the wheel's, never the checkout's, which the tests assert.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import shutil
@@ -66,6 +67,8 @@ def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> InstalledGateway:
+    if importlib.util.find_spec("ensurepip") is None:
+        pytest.skip(f"{sys.executable} cannot make virtualenvs: apt-get install python3-venv")
     work = tmp_path_factory.mktemp("install")
     source = work / "source"
     shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
