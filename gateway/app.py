@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api import channels, compat, docs, health, jobs
+from gateway.api import channels, compat, docs, health, jobs, problem_pages
 from gateway.api import tokens as token_routes
 from gateway.api.access import (
     PUBLIC,
@@ -146,6 +146,7 @@ def create_app(
         *compat.routes,
         *token_routes.routes,
         *docs.routes,
+        *problem_pages.routes,
         *health.routes,
         GuardedWebSocketRoute("/ws", websocket_endpoint, access=WEBSOCKET),
         GuardedMount(

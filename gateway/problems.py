@@ -1,15 +1,176 @@
-"""RFC 9457 problem details: the one shape every HTTP error of the gateway takes."""
+"""RFC 9457 problem details: the one shape every HTTP error of the gateway takes.
+
+Every problem carries a `type` URI that the gateway itself serves (`/problems/<code>`, a public
+route in `gateway.api.problem_pages`) with a human explanation, so a client that meets an
+unfamiliar error can look it up where the error came from. `PROBLEM_TYPES` is the one table of
+codes: their status, title and explanation; the pages and the docs' list are made from it, and a
+test requires every code the gateway can answer with to be in it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-PROBLEM_TYPE_BASE = "https://gateway.dev/problems/"
+PROBLEM_TYPE_BASE: Final = "/problems/"
+"""Relative to the gateway that answered (RFC 9457 §3.1.1): it serves the explanations itself,
+wherever it is deployed, so no host name is baked in."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemType:
+    """What a problem code means: its HTTP status, title, and what a client should do."""
+
+    status: int | None
+    """None: the code is used with several statuses."""
+    title: str
+    explanation: str
+
+
+PROBLEM_TYPES: Final[dict[str, ProblemType]] = {
+    # The first code listed for a status is the one a bare status maps to.
+    "bad-request": ProblemType(
+        400,
+        "Bad Request",
+        "The request is malformed: a query parameter, header or JSON body the gateway cannot "
+        "use, such as a `limit` out of range, a malformed `since` or `Last-Event-ID`, an invalid "
+        "channel name or a body that is not a JSON object. `detail` says which. Sending the same "
+        "request again fails the same way.",
+    ),
+    "api_key_required": ProblemType(
+        401,
+        "Unauthorized",
+        "This is a server-side call (submitting or cancelling jobs, listing jobs, minting "
+        "tokens) and the gateway has API keys configured. Send one of them as "
+        "`Authorization: Bearer <key>` or `X-API-Key: <key>`. Keys belong on servers, never in "
+        "a browser page.",
+    ),
+    "token_required": ProblemType(
+        401,
+        "Unauthorized",
+        "Reading (or publishing to) this channel needs a channel token: a JWT signed with the "
+        "gateway's secret that names the channel. Send it as `?token=`, in the `gateway_token` "
+        "cookie or as `Authorization: Bearer <token>`. `POST /jobs` returns a token for the "
+        "job's own channel; your backend can mint others with `POST /tokens`.",
+    ),
+    "invalid_token": ProblemType(
+        401,
+        "Unauthorized",
+        "The token is not one this gateway accepts: malformed, signed with another secret, or "
+        "with claims it cannot use. Tokens signed while no `GATEWAY_SECRET` was configured only "
+        "verify in the process that made them, and only until it restarts.",
+    ),
+    "token_expired": ProblemType(
+        401,
+        "Unauthorized",
+        "The token's `exp` has passed. Get a new token and reconnect; resume with the last "
+        "event id you saw (`Last-Event-ID` or `since`) so nothing is missed.",
+    ),
+    "forbidden": ProblemType(
+        403,
+        "Forbidden",
+        "The credentials are valid but do not allow this: the token has no right on this "
+        "channel, the channel's namespace is unknown or closed to clients (`job:` channels are "
+        "written by workers only), or a `user:<id>` channel belongs to another subject.",
+    ),
+    "not-found": ProblemType(
+        404,
+        "Not Found",
+        "There is nothing at this address: no such route, a job that never existed or whose "
+        "record expired after `GATEWAY_JOB_TTL` seconds, or an unknown problem code.",
+    ),
+    "method-not-allowed": ProblemType(
+        405,
+        "Method Not Allowed",
+        "The route exists but not with this HTTP method; the `Allow` header lists the ones it "
+        "takes.",
+    ),
+    "conflict": ProblemType(
+        409,
+        "Conflict",
+        "The request does not fit the job's current state: asking for the result of a job that "
+        "has not completed, or cancelling one that already ended. `job_status` says where the "
+        "job is.",
+    ),
+    "idempotency-key-in-flight": ProblemType(
+        409,
+        "Conflict",
+        "A request with the same `Idempotency-Key` is still being processed. Retry after "
+        "`Retry-After` seconds to get its response.",
+    ),
+    "content-too-large": ProblemType(
+        413,
+        "Content Too Large",
+        "The request body is larger than `GATEWAY_MAX_BODY` bytes (`max_body` in the problem "
+        "says how many). Send less, or put large inputs somewhere the job can read them.",
+    ),
+    "unsupported-media-type": ProblemType(
+        415,
+        "Unsupported Media Type",
+        "Request bodies are JSON: send them with `Content-Type: application/json`.",
+    ),
+    "unprocessable": ProblemType(
+        422,
+        "Unprocessable Content",
+        "The request is well-formed but cannot be carried out: an unknown job type "
+        "(`job_types` lists the known ones), job data its handler rejects, a `callback_url` "
+        "refused (not http(s), or on a private address), an event `type` that is not a valid "
+        "name, or a token request with unknown namespaces or a `ttl` out of range.",
+    ),
+    "idempotency-key-reused": ProblemType(
+        422,
+        "Unprocessable Content",
+        "This `Idempotency-Key` was already used with a different request body. Use a new key "
+        "for a new request; reuse a key only to retry the very same request.",
+    ),
+    "rate-limited": ProblemType(
+        429,
+        "Too Many Requests",
+        "A limit was reached: job submissions per API key or address (`GATEWAY_SUBMIT_RATE`), "
+        "publishes per token (`GATEWAY_PUBLISH_RATE`), or open streaming connections per "
+        "address (`GATEWAY_MAX_CONNECTIONS_PER_CLIENT`). Wait `Retry-After` seconds.",
+    ),
+    "headers-too-large": ProblemType(
+        431,
+        "Request Header Fields Too Large",
+        "The request head (request line, query string and headers) is over 32 KiB.",
+    ),
+    "internal": ProblemType(
+        500,
+        "Internal Server Error",
+        "The gateway failed while handling the request. The error is in the gateway's log; "
+        "nothing about it is sent to clients. Retrying may work if the cause was passing.",
+    ),
+    "unavailable": ProblemType(
+        503,
+        "Service Unavailable",
+        "The event bus (Redis) cannot be reached right now; the gateway reconnects by itself. "
+        "Retry after `Retry-After` seconds. `/readyz` answers 503 for as long as this lasts.",
+    ),
+    "http-error": ProblemType(
+        None,
+        "HTTP Error",
+        "An HTTP error without a more specific code; `status` and `detail` say what happened.",
+    ),
+}
+
+_CODE_FOR_STATUS: Final[dict[int | None, str]] = {
+    problem.status: code for code, problem in reversed(PROBLEM_TYPES.items())
+}
+
+
+def code_for_status(status: int) -> str:
+    """The generic code of a bare HTTP status (one raised without a code of its own)."""
+    return _CODE_FOR_STATUS.get(status, "http-error")
+
+
+def problem_type_uri(code: str) -> str:
+    return PROBLEM_TYPE_BASE + code
 
 
 class Problem(Exception):
@@ -29,7 +190,7 @@ class Problem(Exception):
         self.status = status
         self.title = title
         self.detail = detail
-        self.code = code or title.lower().replace(" ", "-")
+        self.code = code or code_for_status(status)
         self.headers = headers or {}
         self.extra = extra
 
@@ -49,7 +210,7 @@ def problem_response(
     **extra: Any,
 ) -> Response:
     body = {
-        "type": PROBLEM_TYPE_BASE + (code or title.lower().replace(" ", "-")),
+        "type": problem_type_uri(code or code_for_status(status)),
         "title": title,
         "status": status,
         "detail": detail or title,
@@ -86,14 +247,13 @@ async def handle_problem(request: Request, exc: Exception) -> Response:
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    titles = {404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request"}
-    title = titles.get(exc.status_code, "HTTP Error")
+    code = code_for_status(exc.status_code)
     return problem_response(
         exc.status_code,
-        title,
+        PROBLEM_TYPES[code].title,
         str(exc.detail),
         headers=dict(exc.headers or {}),
-        code=title.lower().replace(" ", "-"),
+        code=code,
     )
 
 

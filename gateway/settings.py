@@ -16,7 +16,18 @@ from typing import Any, TypeVar
 from gateway.events import namespace_of
 
 T = TypeVar("T")
-PROJECT_STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+def bundled_static_dir() -> Path:
+    """The dashboard and gateway.js: inside the package when installed from a wheel (pyproject
+    maps the top-level static/ to `gateway.static`), else a checkout's (or editable install's)
+    top-level static/."""
+    package = Path(__file__).resolve().parent
+    packaged = package / "static"
+    return packaged if packaged.is_dir() else package.parent / "static"
+
+
+PROJECT_STATIC = bundled_static_dir()
 
 
 class SettingsError(ValueError):

@@ -1,13 +1,18 @@
-"""`GET /openapi.json` (OpenAPI 3.1) and `GET /asyncapi.json` (AsyncAPI 3.0).
+"""`GET /openapi.json` (OpenAPI 3.1) and `GET /asyncapi.json` (AsyncAPI 3.1).
 
 The OpenAPI document is built from the app's own routes: every route is listed with its real
 methods and path parameters, and `OPERATIONS` adds what a route alone cannot say (bodies,
 parameters, responses). A test checks that no route is missing from `OPERATIONS`, so the document
-cannot silently drift from the code; schemathesis then fuzzes the gateway from it.
+cannot silently drift from the code; schemathesis then fuzzes the gateway from it, and
+openapi-spec-validator, `redocly lint` and `@asyncapi/parser` check both documents as served.
+
+Who may call an operation (its `security`) comes from `access_of`, one place: today a table
+here, later the routes' own access declarations, without changing how the document is built.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from typing import Any, Final
 
@@ -23,6 +28,62 @@ CHANNEL_RE_TEXT: Final = "^[A-Za-z0-9_.:-]{1,200}$"
 EVENT_ID: Final = {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"}
 
 JOB_TYPES: Final = ["sleep", "fail", "data_analysis"]
+_PARAM: Final = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?}")
+
+
+class Access(enum.Enum):
+    """Who may call an operation once the gateway runs in secure mode (in dev mode, with neither
+    GATEWAY_API_KEYS nor GATEWAY_SECRET, everything is open)."""
+
+    PUBLIC = "public"
+    API_KEY = "api key"
+    """Server-side calls: an API key (`GET /jobs` only needs one when keys are configured)."""
+    CHANNEL_READ = "channel read"
+    """Reading a channel: a channel token with `subscribe` on it (a job's own token for a job's
+    resources), or an API key."""
+    CHANNEL_PUBLISH = "channel publish"
+    """Publishing over HTTP: an API key, or a channel token with `publish` on the channel."""
+
+
+SECURITY: Final[dict[Access, list[dict[str, list[str]]]]] = {
+    Access.PUBLIC: [],  # explicitly none, not "undeclared"
+    Access.API_KEY: [{"apiKey": []}],
+    Access.CHANNEL_READ: [{"channelToken": []}, {"apiKey": []}],
+    Access.CHANNEL_PUBLISH: [{"apiKey": []}, {"channelToken": []}],
+}
+
+ACCESS: Final[dict[tuple[str, str], Access]] = {
+    ("GET", "/"): Access.PUBLIC,
+    ("POST", "/jobs"): Access.API_KEY,
+    ("GET", "/jobs"): Access.API_KEY,
+    ("GET", "/job-types"): Access.PUBLIC,
+    ("GET", "/jobs/{job_id}"): Access.CHANNEL_READ,
+    ("GET", "/jobs/{job_id}/result"): Access.CHANNEL_READ,
+    ("POST", "/jobs/{job_id}/cancel"): Access.API_KEY,
+    ("GET", "/jobs/{job_id}/events"): Access.CHANNEL_READ,
+    ("POST", "/channels/{channel}/events"): Access.CHANNEL_PUBLISH,
+    ("GET", "/channels/{channel}/events"): Access.CHANNEL_READ,
+    ("GET", "/events"): Access.CHANNEL_READ,
+    ("POST", "/submit-job"): Access.API_KEY,
+    ("POST", "/submitTask"): Access.API_KEY,
+    ("GET", "/taskStatus/{job_id}"): Access.CHANNEL_READ,
+    ("GET", "/results/{job_id}"): Access.CHANNEL_READ,
+    ("POST", "/tokens"): Access.API_KEY,
+    ("GET", "/healthz"): Access.PUBLIC,
+    ("GET", "/readyz"): Access.PUBLIC,
+    ("GET", "/metrics"): Access.PUBLIC,
+    ("GET", "/openapi.json"): Access.PUBLIC,
+    ("GET", "/asyncapi.json"): Access.PUBLIC,
+    ("GET", "/problems"): Access.PUBLIC,
+    ("GET", "/problems/{code}"): Access.PUBLIC,
+}
+
+
+def access_of(route: Route, method: str) -> Access | None:
+    """Who may call `method` on `route`: the one place the document learns it from, so once
+    routes declare their access themselves, only this lookup changes. (None: undeclared; a
+    test requires every route to be declared.)"""
+    return ACCESS.get((method, _PARAM.sub(r"{\1}", route.path)))
 
 
 def _problem_responses(*codes: int) -> dict[str, Any]:
@@ -33,6 +94,7 @@ def _problem_responses(*codes: int) -> dict[str, Any]:
         404: "not found",
         409: "conflict with the job's state",
         413: "body over GATEWAY_MAX_BODY",
+        431: "request head over 32 KiB",
         415: "not JSON",
         422: "well-formed but invalid",
         429: "rate limited; see Retry-After",
@@ -55,6 +117,7 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
+HEAD_TOO_LARGE: Final = {"$ref": "#/components/responses/HeadersTooLarge"}
 SSE: Final = {
     "description": "Server-Sent Events: history, then live events",
     "content": {"text/event-stream": {"schema": {"type": "string"}}},
@@ -79,7 +142,6 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("POST", "/jobs"): {
         "summary": "Submit a job (API key)",
-        "security": [{"apiKey": []}],
         "parameters": [
             {
                 "name": "Idempotency-Key",
@@ -97,7 +159,6 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("GET", "/jobs"): {
         "summary": "Recent jobs, newest first (API key when keys are configured)",
-        "security": [{"apiKey": []}],
         "parameters": [
             {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}},
             {"name": "status", "in": "query", "required": False, "schema": {"type": "string"}},
@@ -112,7 +173,6 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("GET", "/jobs/{job_id}"): {
         "summary": "A job's state; `wait` long-polls for something newer than `since`",
-        "security": [{"channelToken": []}, {"apiKey": []}],
         "parameters": [
             {"name": "wait", "in": "query", "required": False, "schema": {"type": "number"}},
             SINCE_QUERY,
@@ -122,7 +182,6 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("GET", "/jobs/{job_id}/result"): {
         "summary": "A completed job's result",
-        "security": [{"channelToken": []}, {"apiKey": []}],
         "parameters": [TOKEN_QUERY],
         "responses": {
             "200": _json({"type": "object"}),
@@ -132,7 +191,6 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("POST", "/jobs/{job_id}/cancel"): {
         "summary": "Cancel a queued or running job (API key)",
-        "security": [{"apiKey": []}],
         "responses": {
             "200": _json({"$ref": "#/components/schemas/Job"}),
             "202": _json({"$ref": "#/components/schemas/Job"}),
@@ -142,7 +200,6 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("GET", "/jobs/{job_id}/events"): {
         "summary": "The job's events as SSE; ends after the terminal event",
-        "security": [{"channelToken": []}, {"apiKey": []}],
         "parameters": [
             TOKEN_QUERY,
             SINCE_QUERY,
@@ -157,7 +214,6 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("POST", "/channels/{channel}/events"): {
         "summary": "Publish an event (API key, or a token with `publish`)",
-        "security": [{"apiKey": []}, {"channelToken": []}],
         "requestBody": _body({"$ref": "#/components/schemas/PublishRequest"}),
         "responses": {
             "202": _json({"type": "object", "properties": {"id": EVENT_ID}}),
@@ -166,7 +222,6 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("GET", "/channels/{channel}/events"): {
         "summary": "A channel's history as JSON",
-        "security": [{"channelToken": []}, {"apiKey": []}],
         "parameters": [
             SINCE_QUERY,
             {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}},
@@ -176,7 +231,6 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("GET", "/events"): {
         "summary": "SSE on one or more channels",
-        "security": [{"channelToken": []}, {"apiKey": []}],
         "parameters": [
             {
                 "name": "channel",
@@ -194,7 +248,6 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("POST", "/submit-job"): {
         "summary": "Seed-compatible submit (`jobType`, `jobData`) (API key)",
-        "security": [{"apiKey": []}],
         "requestBody": _body(
             {
                 "type": "object",
@@ -206,7 +259,6 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("POST", "/submitTask"): {
         "summary": "Seed-compatible submit (`taskName`, `parameters`, `callbackUrl`) (API key)",
-        "security": [{"apiKey": []}],
         "requestBody": _body(
             {
                 "type": "object",
@@ -236,7 +288,6 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("POST", "/tokens"): {
         "summary": "Mint a channel token (API key)",
-        "security": [{"apiKey": []}],
         "requestBody": _body({"$ref": "#/components/schemas/TokenRequest"}),
         "responses": {
             "201": _json(
@@ -269,8 +320,19 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         "responses": {"200": _json({"type": "object"})},
     },
     ("GET", "/asyncapi.json"): {
-        "summary": "The WebSocket and SSE channels (AsyncAPI 3.0)",
+        "summary": "The WebSocket and SSE channels (AsyncAPI 3.1)",
         "responses": {"200": _json({"type": "object"})},
+    },
+    ("GET", "/problems"): {
+        "summary": "What each problem `type` means (HTML)",
+        "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+    },
+    ("GET", "/problems/{code}"): {
+        "summary": "One problem type explained (HTML); the `type` URI of problem responses",
+        "responses": {
+            "200": {"description": "HTML", "content": {"text/html": {}}},
+            **_problem_responses(404),
+        },
     },
 }
 
@@ -279,7 +341,11 @@ SCHEMAS: Final[dict[str, Any]] = {
         "type": "object",
         "description": "RFC 9457 problem details",
         "properties": {
-            "type": {"type": "string"},
+            "type": {
+                "type": "string",
+                "format": "uri-reference",
+                "description": "`/problems/<code>` on this gateway: what the problem means",
+            },
             "title": {"type": "string"},
             "status": {"type": "integer"},
             "detail": {"type": "string"},
@@ -340,8 +406,6 @@ SCHEMAS: Final[dict[str, Any]] = {
     },
 }
 
-_PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?}")
-
 
 def openapi_document(routes: list[Any]) -> dict[str, Any]:
     """Build the document from the app's routes (see the module docstring)."""
@@ -366,20 +430,38 @@ def openapi_document(routes: list[Any]) -> dict[str, Any]:
                     }
                     for name in names
                 ] + list(operation.get("parameters", []))
-            operation["operationId"] = f"{method.lower()}_{route.name}"
+            operation["operationId"] = operation_id(method, path)
+            access = access_of(route, method)
+            if access is not None:
+                operation["security"] = SECURITY[access]
+            # Every request passes the size guard first, so any operation can answer 431.
+            operation["responses"] = {**operation["responses"], "431": HEAD_TOO_LARGE}
             paths.setdefault(path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "gateway",
             "version": "1",
-            "description": "Real-time notification gateway for background jobs.",
+            "description": (
+                "Real-time notification gateway for background jobs. Security applies in secure "
+                "mode; with neither GATEWAY_API_KEYS nor GATEWAY_SECRET set (dev mode) every "
+                "operation is open."
+            ),
+            "license": {"name": "MIT", "identifier": "MIT"},
         },
+        # Relative: the gateway that serves this document (OpenAPI resolves it against the
+        # document's own URL), wherever it is deployed.
+        "servers": [{"url": "/", "description": "the gateway serving this document"}],
         "paths": paths,
         "components": {
             "schemas": SCHEMAS,
+            "responses": {"HeadersTooLarge": _problem_responses(431)["431"]},
             "securitySchemes": {
-                "apiKey": {"type": "http", "scheme": "bearer", "description": "GATEWAY_API_KEYS"},
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a server API key (GATEWAY_API_KEYS); also as X-API-Key",
+                },
                 "channelToken": {
                     "type": "http",
                     "scheme": "bearer",
@@ -391,14 +473,22 @@ def openapi_document(routes: list[Any]) -> dict[str, Any]:
     }
 
 
+def operation_id(method: str, path: str) -> str:
+    """`getJobsJobIdResult`: unique per method and path (route names are not: two routes share
+    the handler name `get_result`)."""
+    words = re.findall(r"[A-Za-z0-9]+", path) or ["root"]
+    return method.lower() + "".join(word[0].upper() + word[1:] for word in words)
+
+
 def _path_schema(name: str) -> dict[str, Any]:
     if name == "channel":
         return {"type": "string", "pattern": CHANNEL_RE_TEXT}
     return {"type": "string", "minLength": 1, "maxLength": 200}
 
 
-def asyncapi_document() -> dict[str, Any]:
-    """The WebSocket protocol (DESIGN §5) and the SSE streams (§6) as AsyncAPI 3.0."""
+def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dict[str, Any]:
+    """The WebSocket protocol and the SSE streams as AsyncAPI 3.1, on the server at `host`
+    (AsyncAPI has no relative servers: the one that serves the document names itself)."""
     envelope = {
         "type": "object",
         "description": "CloudEvents 1.0 envelope",
@@ -448,6 +538,7 @@ def asyncapi_document() -> dict[str, Any]:
             ["code", "message"],
             code={
                 "type": "string",
+                "description": "every code is explained in docs/websocket.md",
                 "examples": [
                     "forbidden",
                     "token_required",
@@ -456,7 +547,14 @@ def asyncapi_document() -> dict[str, Any]:
                     "rate_limited",
                     "too_many_subscriptions",
                     "invalid_json",
+                    "invalid_op",
                     "unknown_op",
+                    "binary_not_supported",
+                    "invalid_channel",
+                    "invalid_since",
+                    "invalid_type",
+                    "not_subscribed",
+                    "unavailable",
                 ],
             },
             message={"type": "string"},
@@ -464,6 +562,9 @@ def asyncapi_document() -> dict[str, Any]:
         "event": {"allOf": [envelope, {"properties": {"op": {"const": "event"}}}]},
         "gap": op_schema("gap", ["channel"], channel=channel, since=EVENT_ID),
         "pong": op_schema("pong", []),
+        "shutdown": op_schema(
+            "shutdown", [], message={"type": "string"}, retry={"type": "integer", "minimum": 0}
+        ),
     }
     messages = {
         **{f"client.{k}": {"name": k, "payload": v} for k, v in client_messages.items()},
@@ -477,7 +578,7 @@ def asyncapi_document() -> dict[str, Any]:
     }
     refs = {name: {"$ref": f"#/components/messages/{name}"} for name in messages}
     return {
-        "asyncapi": "3.0.0",
+        "asyncapi": "3.1.0",
         "info": {
             "title": "gateway real-time channels",
             "version": "1",
@@ -486,11 +587,12 @@ def asyncapi_document() -> dict[str, Any]:
                 "Close codes: 1000 normal, 1001 going away, 1007 text not UTF-8, 1008 policy "
                 "(auth, origin, token expired), 1009 too big, 1011 internal, 1013 try again "
                 "later, 4008 slow consumer, 4029 read budget exceeded (frames or bytes per "
-                "second), 4400 protocol error."
+                "second); 4400 is reserved for protocol errors (not sent: bad ops get error "
+                "frames)."
             ),
         },
         "servers": {
-            "gateway": {"host": "localhost:8000", "protocol": "ws", "pathname": "/"},
+            "gateway": {"host": host, "protocol": protocol, "pathname": "/"},
         },
         "channels": {
             "ws": {
@@ -544,7 +646,8 @@ async def openapi(request: Request) -> Response:
 
 
 async def asyncapi(request: Request) -> Response:
-    return json_response(asyncapi_document())
+    protocol = "wss" if request.url.scheme == "https" else "ws"
+    return json_response(asyncapi_document(request.url.netloc, protocol))
 
 
 routes = [

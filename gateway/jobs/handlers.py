@@ -20,6 +20,8 @@ import csv
 import importlib
 import io
 import math
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +114,13 @@ class HandlerRegistry:
         return [self._specs[name] for name in self.names()]
 
     def load_modules(self, modules: tuple[str, ...]) -> None:
-        """Import user modules; their `@handler` decorators register into `REGISTRY`."""
+        """Import user modules; their `@handler` decorators register into `REGISTRY`.
+
+        Modules are found in the working directory too, as `python -m` would: the `gateway`
+        console script's own `sys.path` starts with its bin directory, not the project.
+        """
+        if modules and os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
         for module in modules:
             importlib.import_module(module)
 

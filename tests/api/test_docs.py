@@ -1,7 +1,9 @@
-"""The API descriptions exist, cover every route, resolve, and hold up under schemathesis."""
+"""The API descriptions exist, cover every route, resolve, pass the validators as served, say
+truthfully who may call what, and hold up under schemathesis."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,12 +12,32 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from openapi_spec_validator import validate
 from starlette.routing import Route
 
-from gateway.api.docs import OPERATIONS, asyncapi_document, openapi_document
+from gateway.api.docs import ACCESS, OPERATIONS, asyncapi_document, openapi_document
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.support import GatewayProcess
+
+NODE_DIR = Path(__file__).resolve().parent.parent / "node"
+NODE_BIN = NODE_DIR / "node_modules" / ".bin"
+
+
+def node_tool(name: str) -> Path:
+    """A program from tests/node (`node` itself, or a package's bin), or a skip that says how
+    to install it."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (Debian packages: nodejs npm)")
+    tool = Path(node) if name == "node" else NODE_BIN / name
+    if not (NODE_BIN / "redocly").exists() or not tool.exists():
+        pytest.skip(
+            f"tests/node/node_modules has no {name}: run "
+            "`npm ci --prefix tests/node --no-audit --no-fund` (Debian package: npm)"
+        )
+    return tool
 
 
 def _resolve(document: dict[str, Any], ref: str) -> Any:
@@ -42,6 +64,7 @@ def test_every_route_is_described() -> None:
             continue
         for method in route.methods - {"HEAD"}:
             assert (method, route.path) in OPERATIONS, f"{method} {route.path} is undocumented"
+            assert (method, route.path) in ACCESS, f"{method} {route.path}: access undeclared"
             assert method.lower() in document["paths"][route.path]
     for ref in _refs(document):
         assert _resolve(document, ref) is not None
@@ -56,13 +79,13 @@ def test_every_route_is_described() -> None:
 
 def test_asyncapi_describes_ws_and_sse(embedded_gateway: GatewayProcess) -> None:
     served = httpx.get(f"{embedded_gateway.url}/asyncapi.json").json()
-    assert served == asyncapi_document()
-    assert served["asyncapi"] == "3.0.0"
+    assert served == asyncapi_document(f"127.0.0.1:{embedded_gateway.port}", "ws")
+    assert served["asyncapi"] == "3.1.0"
     assert {"ws", "jobEvents", "events"} <= set(served["channels"])
     ws_messages = served["channels"]["ws"]["messages"]
     for op in ("subscribe", "unsubscribe", "publish", "ping"):
         assert f"client.{op}" in ws_messages
-    for op in ("ack", "error", "event", "gap", "pong"):
+    for op in ("ack", "error", "event", "gap", "pong", "shutdown"):
         assert f"server.{op}" in ws_messages
     for ref in _refs(served):
         assert _resolve(served, ref) is not None, ref
@@ -73,6 +96,109 @@ def test_openapi_is_served(embedded_gateway: GatewayProcess) -> None:
     assert document["openapi"].startswith("3.")
     assert "/jobs" in document["paths"] and "/tokens" in document["paths"]
     assert document["paths"]["/jobs"]["post"]["security"] == [{"apiKey": []}]
+    assert document["paths"]["/healthz"]["get"]["security"] == []
+
+
+def test_served_openapi_passes_openapi_spec_validator(embedded_gateway: GatewayProcess) -> None:
+    document = httpx.get(f"{embedded_gateway.url}/openapi.json").json()
+    validate(document)  # raises on any error
+    ids = [op["operationId"] for item in document["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids)), sorted(ids)
+
+
+def test_served_openapi_passes_redocly_lint(embedded_gateway: GatewayProcess) -> None:
+    """Redocly's recommended rules, no rule turned off: no errors and no warnings."""
+    redocly = node_tool("redocly")
+    result = subprocess.run(
+        [
+            str(redocly),
+            "lint",
+            "--extends",
+            "recommended",
+            "--format",
+            "json",
+            f"{embedded_gateway.url}/openapi.json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=NODE_DIR,
+    )
+    report = json.loads(result.stdout)
+    assert report["totals"] == {"errors": 0, "warnings": 0, "ignored": 0}, report["problems"]
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_served_asyncapi_passes_the_asyncapi_parser(embedded_gateway: GatewayProcess) -> None:
+    """@asyncapi/parser (what AsyncAPI Studio and generators use): no errors, no warnings."""
+    node = node_tool("node")
+    result = subprocess.run(
+        [str(node), "validate-asyncapi.mjs", f"{embedded_gateway.url}/asyncapi.json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=NODE_DIR,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    diagnostics = json.loads(result.stdout)
+    assert [d for d in diagnostics if d["severity"] <= 1] == []
+
+
+@pytest.fixture
+def secure_gateway(gateway_factory: Callable[..., GatewayProcess]) -> GatewayProcess:
+    return gateway_factory(
+        GATEWAY_API_KEYS="k" * 32,
+        GATEWAY_SECRET="s" * 40,
+        GATEWAY_SUBMIT_RATE="0",
+        GATEWAY_PUBLISH_RATE="0",
+    )
+
+
+def test_declared_security_is_what_the_gateway_enforces(secure_gateway: GatewayProcess) -> None:
+    """In secure mode, every operation the document calls public answers without credentials,
+    every other one refuses them with 401/403, and each declared credential gets through."""
+    url = secure_gateway.url
+    api_key = {"Authorization": "Bearer " + "k" * 32}
+    job = httpx.post(f"{url}/jobs", json={"type": "sleep", "data": {"seconds": 0}}, headers=api_key)
+    assert job.status_code == 202, job.text
+    minted = httpx.post(
+        f"{url}/tokens",
+        json={"sub": "t", "channels": {"room:lobby": ["subscribe", "publish"]}},
+        headers=api_key,
+    )
+    assert minted.status_code == 201, minted.text
+    tokens = {"job": job.json()["token"], "room": minted.json()["token"]}
+    values = {"job_id": job.json()["id"], "channel": "room:lobby", "code": "not-found"}
+    document = httpx.get(f"{url}/openapi.json").json()
+    checked = 0
+    with httpx.Client(timeout=10) as client:
+
+        def status(method: str, path: str, headers: dict[str, str]) -> int:
+            target = url + path.format(**values)
+            params = {"channel": "room:lobby"} if path == "/events" else {}
+            body = {"type": "message", "data": {}} if method == "POST" else None
+            with client.stream(method, target, params=params, json=body, headers=headers) as r:
+                return r.status_code  # streams (SSE) are left unread
+
+        for path, item in document["paths"].items():
+            for method, operation in item.items():
+                method = method.upper()
+                anonymous = status(method, path, {})
+                if operation["security"] == []:
+                    assert anonymous not in {401, 403}, (method, path, anonymous)
+                    continue
+                assert anonymous in {401, 403}, (method, path, anonymous)
+                for requirement in operation["security"]:
+                    (scheme,) = requirement
+                    if scheme == "apiKey":
+                        credential = api_key
+                    else:
+                        token = tokens["job" if "{job_id}" in path else "room"]
+                        credential = {"Authorization": f"Bearer {token}"}
+                    answered = status(method, path, credential)
+                    assert answered not in {401, 403}, (method, path, scheme, answered)
+                checked += 1
+    assert checked >= 12
 
 
 def test_schemathesis_finds_no_server_errors(

@@ -1,0 +1,94 @@
+"""The reference in docs/ and the README's configuration table list what the code actually has:
+every endpoint with its access, every problem type, every WebSocket error and close code, every
+setting. A change to the code that the docs do not follow fails here."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from gateway.api.docs import ACCESS, OPERATIONS
+from gateway.problems import PROBLEM_TYPES
+from gateway.transports import ws
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def table_rows(text: str, first_cell: str) -> list[list[str]]:
+    """The cells of the Markdown table rows whose first cell matches `first_cell`."""
+    rows = []
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and re.fullmatch(first_cell, cells[0]):
+            rows.append(cells)
+    return rows
+
+
+def test_http_api_lists_every_endpoint_with_its_access() -> None:
+    rows = table_rows((DOCS / "http-api.md").read_text(), r"`(GET|POST) /[^`]*`")
+    documented = {tuple(cells[0].strip("`").split(" ", 1)): cells[1] for cells in rows}
+    declared = {key: access.value for key, access in ACCESS.items()}
+    assert documented == declared
+    assert set(OPERATIONS) == set(ACCESS)
+
+
+def test_http_api_lists_every_problem_type() -> None:
+    rows = table_rows((DOCS / "http-api.md").read_text(), r"`[a-z_-]+`")
+    documented = {cells[0].strip("`"): (cells[1], cells[2]) for cells in rows if len(cells) == 3}
+    expected = {
+        code: (str(problem.status) if problem.status else "any", problem.title)
+        for code, problem in PROBLEM_TYPES.items()
+    }
+    assert documented == expected
+
+
+def _ws_error_codes() -> set[str]:
+    """Codes `gateway.transports.ws` can put in an `error` frame: its own literals, plus the
+    channel policy's (`Forbidden`) and token (`InvalidToken`) codes it passes through."""
+    codes: set[str] = {"forbidden"}
+    for module in ("transports/ws.py", "auth.py", "tokens.py"):
+        tree = ast.parse((ROOT / "gateway" / module).read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            position = {"OpError": 0, "InvalidToken": 0, "_error": 1, "Forbidden": 1}.get(name)
+            if position is None or len(node.args) <= position:
+                continue
+            arg = node.args[position]
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                codes.add(arg.value)
+    return codes
+
+
+def test_websocket_page_lists_every_error_code() -> None:
+    codes = _ws_error_codes()
+    assert {"invalid_json", "too_many_subscriptions", "token_required", "token_expired"} <= codes
+    rows = table_rows((DOCS / "websocket.md").read_text(), r"`[a-z_]+`")
+    assert codes <= {cells[0].strip("`") for cells in rows}
+
+
+def test_websocket_page_lists_every_close_code() -> None:
+    sent = {value for name, value in vars(ws).items() if name.startswith("CLOSE_")}
+    assert {1000, 1001, 1008, 1009, 4008} <= sent
+    rows = table_rows((DOCS / "websocket.md").read_text(), r"`\d{4}`")
+    documented = {int(cells[0].strip("`")) for cells in rows}
+    guards = (ROOT / "gateway" / "api" / "guards.py").read_text()
+    refused = {int(code) for code in re.findall(r"_refuse_websocket\([^)]*?(\d{4})", guards)}
+    assert sent | refused <= documented
+
+
+def test_readme_configuration_table_lists_every_setting() -> None:
+    source = (ROOT / "gateway" / "settings.py").read_text()
+    variables = set(re.findall(r'read\(\s*"([A-Z_]+)"', source))
+    assert {"REDIS_URL", "GATEWAY_MAX_BODY"} <= variables
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1]
+    configuration = (DOCS / "configuration.md").read_text()
+    aliases_and_internal = {"GATEWAY_REDIS_URL", "GATEWAY_EPHEMERAL_SECRET"}
+    missing = {v for v in variables - aliases_and_internal if f"`{v}`" not in table}
+    assert missing == set(), "add a row to the README's Configuration table"
+    assert all(f"`{v}`" in configuration for v in aliases_and_internal)
