@@ -291,6 +291,8 @@ class PageReader:
         def done(_: asyncio.Future[Page]) -> None:
             if self._reading.get(key) is reading:
                 del self._reading[key]
+            if not reading.cancelled():
+                reading.exception()  # retrieved: each waiter gets it, even if none is left
 
         reading.add_done_callback(done)
         return reading

@@ -181,3 +181,35 @@ async def test_a_detached_replay_stops_and_holds_nothing() -> None:
     await hub.detach_all(subscriber)
     await asyncio.gather(replay, return_exceptions=True)
     assert replay.done() and hub.subscriber_count() == 0
+
+
+async def test_a_subscriber_that_joined_anothers_read_of_the_last_page_reads_it_again() -> None:
+    """The last page may have grown after the read was sent, while the joiner was not yet
+    holding live events: it must not go live on that page alone."""
+    backend = await filled("room:joined", 40)
+    hub = Hub(backend)
+    a, b = Subscriber("ws", 1000), Subscriber("ws", 1000)
+    await hub.attach(a, "room:joined", None)
+    await hub.attach(b, "room:joined", None)
+    original = backend.history
+    gate = asyncio.Event()
+
+    async def held_history(channel: str, since: str | None, limit: int = 1000) -> History:
+        result = await original(channel, since, limit)
+        if not gate.is_set():
+            await gate.wait()  # the answer is on its way back
+        return result
+
+    backend.history = held_history  # type: ignore[method-assign]
+    seen_a = a.take()
+    await async_wait_until(lambda: hub.pages.reads == 2, 5, "a's read of the last page")
+    await backend.publish("room:joined", "message", {"n": "after the read"})  # b passes it over
+    seen_b = b.take()  # b's next read is a's, still in flight: b joins it
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert hub.pages.reads == 2
+    gate.set()
+    seen_a += await drain_all(a, 41 - len(events_of(seen_a)))
+    seen_b += await drain_all(b, 41 - len(events_of(seen_b)))
+    for seen in (seen_a, seen_b):
+        assert [e.to_dict()["data"]["n"] for e in events_of(seen)] == [*range(40), "after the read"]
