@@ -44,15 +44,19 @@ local id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[3], '*',
   'e', ARGV[2], 'p', prev, 'c', string.format('%.0f', total))
 
 -- Trim the oldest entries while the stream holds more than its byte budget; never the new one.
+-- The stream never held more than the total ever appended: below the budget, nothing to read.
 local budget = tonumber(ARGV[5])
-local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
 local held = total
-local before = field(oldest, 'c')
-if before then held = total - tonumber(before) + #field(oldest, 'e') end
+if total > budget then
+  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+  local before = field(oldest, 'c')
+  if before then held = total - tonumber(before) + #field(oldest, 'e') end
+end
 if held > budget then
-  local keep, cursor = nil, '-'
+  -- Usually one or two entries go: read a few, more only when a large event came in.
+  local keep, cursor, count = nil, '-', 4
   while not keep do
-    local batch = redis.call('XRANGE', stream, cursor, '+', 'COUNT', 64)
+    local batch = redis.call('XRANGE', stream, cursor, '+', 'COUNT', count)
     for _, entry in ipairs(batch) do
       if entry[1] == id or held <= budget then
         keep = entry[1]
@@ -61,6 +65,7 @@ if held > budget then
       held = held - counted(entry)
     end
     cursor = '(' .. batch[#batch][1]
+    count = math.min(count * 4, 256)
   end
   redis.call('XTRIM', stream, 'MINID', keep)
 end
