@@ -4,6 +4,11 @@ The backend's reader hands each event to `Hub.dispatch`, which writes it straigh
 subscriber's socket when that socket can take it now (see `Subscriber`), and otherwise queues it
 for the connection's drain task; it never awaits a client socket. The bytes are built once per
 event (`Event.ws_wire` / `Event.sse_chunk`) and shared by every subscriber.
+
+History is replayed in pages, each read only once the connection has written the one before
+(`Subscriber.wait_for_room`), so a client that does not read holds one page, not the channel's
+whole history; pages are shared by subscribers replaying the same channel from the same place
+(`PageReader`). Live events that go by meanwhile count against the slow-consumer limit.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.backends.base import Backend, BackendUnavailable
+from gateway.backends.base import Backend, BackendUnavailable, History
 from gateway.events import Event, EventKey, encode_sse_frame, encode_ws_message, parse_event_id
 from gateway.metrics import METRICS
 
@@ -26,22 +32,40 @@ Transport = Literal["ws", "sse"]
 Item = Event | bytes | str
 """A queued item: an event (its frame is taken at write time) or an encoded control frame."""
 
+REPLAY_FIRST_PAGE = 16
+"""Events in a replay's first history page, read before the sizes of the events are known."""
+REPLAY_PAGE_EVENTS = 100
+"""Most events in one history page."""
+REPLAY_PAGE_BYTES = 256 * 1024
+"""Bytes a history page aims at: pages of large events hold fewer of them, so a connection that
+does not read pins little memory however large the channel's events are."""
+
 
 class _ChannelState:
-    __slots__ = ("buffer", "last")
+    """One subscription of one connection: replaying history, or live.
 
-    def __init__(self) -> None:
-        self.last: EventKey = (0, 0)
+    While replaying, live events are kept (`buffer`) only while a history read is in flight, so
+    none is lost at the switch to live; otherwise they are passed over (the next page has them)
+    and counted in `behind`, the backlog a client that does not read runs up without any of it
+    being held.
+    """
+
+    __slots__ = ("behind", "behind_from", "buffer", "last", "live", "replay")
+
+    def __init__(self, after: EventKey | None) -> None:
+        self.last: EventKey = after or (0, 0)
+        self.live = False
         self.buffer: list[Event] | None = []
+        self.replay: asyncio.Task[None] | None = None
+        self.behind = 0
+        self.behind_from: EventKey = (0, 0)
 
 
 @dataclass(frozen=True, slots=True)
 class Attached:
-    """What a subscriber got on attaching: replayed count, and whether history was complete."""
+    """What a subscriber got on attaching: whether the history after its position was complete."""
 
-    replayed: int
     complete: bool
-    last_id: str | None
 
 
 class Subscriber:
@@ -56,7 +80,9 @@ class Subscriber:
     """
 
     __slots__ = (
+        "_room",
         "_wakeup",
+        "_writing",
         "channels",
         "closed",
         "limit",
@@ -66,7 +92,6 @@ class Subscriber:
         "queue",
         "sink",
         "transport",
-        "writing",
     )
 
     def __init__(self, transport: Transport, limit: int) -> None:
@@ -76,8 +101,7 @@ class Subscriber:
         self.channels: dict[str, _ChannelState] = {}
         self.overflowed = False
         self.closed = False
-        self.writing = False
-        """True while a writer holds items taken from the queue: direct writes must wait."""
+        self._writing = False
         self.sink: Callable[[Item], bool] | None = None
         """Writes an item now if the socket takes it (True), else refuses (False)."""
         self.on_pending: Callable[[], None] | None = None
@@ -86,42 +110,76 @@ class Subscriber:
         """Called once when the backlog overflows, for a writer that may be stuck in a send."""
         self._wakeup: asyncio.Event | None = None
         """Only for `wait()` (long polling); connections with a drain task never make one."""
+        self._room: asyncio.Event | None = None
+        """Only while a replay waits for the connection to write what it has."""
+
+    @property
+    def writing(self) -> bool:
+        """True while a writer holds items taken from the queue: direct writes must wait."""
+        return self._writing
+
+    @writing.setter
+    def writing(self, value: bool) -> None:
+        self._writing = value
+        if not value and self._room is not None:
+            self._room.set()
 
     def offer(self, event: Event) -> None:
         """A live event from the hub: dropped if already seen, else written or queued."""
         state = self.channels.get(event.channel)
         if state is None:
             return
-        if state.buffer is not None:
-            state.buffer.append(event)
+        if not state.live:
+            if state.buffer is not None:
+                state.buffer.append(event)
+            else:
+                self.pass_over(state, event)
             return
         if event.key <= state.last:
             return
         state.last = event.key
         self.put(event)
 
+    def pass_over(self, state: _ChannelState, event: Event) -> None:
+        """A live event a replaying subscription will read from history: count it as backlog.
+
+        Queued items plus live events not yet replayed over `limit` make a slow consumer, as
+        a live backlog does: a client that stops reading mid-replay is cut off too.
+        """
+        if event.key <= state.last or self.overflowed:
+            return
+        if state.behind == 0:
+            state.behind_from = event.key
+        state.behind += 1
+        if len(self.queue) + state.behind > self.limit:
+            self._overflow()
+
     def put(self, item: Item, *, bounded: bool = True, direct: bool = True) -> None:
         """Write or queue an item; a live backlog beyond `limit` marks the subscriber as overflowed.
 
-        Replayed history is queued unbounded (`bounded=False`): its size is already bounded by
-        retention, and it is the very thing a resuming client asked for. `direct=False` always
-        queues: replies to a client's own ops are batched by the drain task, so a client that
-        floods ops without reading the replies overflows its queue quickly instead of keeping
-        the process busy writing replies into its socket buffers.
+        Replayed history is queued unbounded (`bounded=False`): the hub queues a page only once
+        the one before has been written, and live events that went by meanwhile are counted
+        (`pass_over`). `direct=False` always queues: replies to a client's own ops are batched by
+        the drain task, so a client that floods ops without reading the replies overflows its
+        queue quickly instead of keeping the process busy writing replies into its socket buffers.
         """
         if self.overflowed or self.closed:
             return
         sink = self.sink
-        if direct and sink is not None and not self.queue and not self.writing and sink(item):
+        if direct and sink is not None and not self.queue and not self._writing and sink(item):
             return
         if bounded and len(self.queue) >= self.limit:
-            self.overflowed = True
-            self.queue = []
-            METRICS.slow_consumers.labels(self.transport).inc()
-            if self.on_overflow is not None:
-                self.on_overflow()
-        else:
-            self.queue.append(item)
+            self._overflow()
+            return
+        self.queue.append(item)
+        self._wake()
+
+    def _overflow(self) -> None:
+        self.overflowed = True
+        self.queue = []
+        METRICS.slow_consumers.labels(self.transport).inc()
+        if self.on_overflow is not None:
+            self.on_overflow()
         self._wake()
 
     def close(self) -> None:
@@ -129,9 +187,24 @@ class Subscriber:
         self.closed = True
         self._wake()
 
+    async def wait_for_room(self) -> bool:
+        """Wait until everything queued has been written; False once the subscriber overflowed
+        or closed. A replay reads its next page only then, so what a connection holds is
+        bounded by a page however slowly it reads."""
+        while not (self.overflowed or self.closed):
+            if not self.queue and not self._writing:
+                return True
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            await self._room.wait()
+        return False
+
     def _wake(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
+        if self._room is not None and (self.overflowed or self.closed):
+            self._room.set()
         if self.on_pending is not None:
             self.on_pending()
 
@@ -151,6 +224,8 @@ class Subscriber:
     def take(self) -> list[Item]:
         """Everything queued so far, to be written in one go."""
         items, self.queue = self.queue, []
+        if self._room is not None:
+            self._room.set()
         return items
 
     def control(self, op: str, **fields: Any) -> None:
@@ -165,11 +240,78 @@ class Subscriber:
         self.put(frame, bounded=False)
 
 
+class Page:
+    """One history page as read for replays; weakly cached while some replay still holds it."""
+
+    __slots__ = ("__weakref__", "history")
+
+    def __init__(self, history: History) -> None:
+        self.history = history
+
+
+class PageReader:
+    """Reads history pages for replays, sharing them between subscribers.
+
+    Subscribers that replay a channel from the same position (many clients resuming after a
+    deploy with the same last id, or joining a room at once) share one read and the same
+    `Event` objects, so the frames are encoded once too. A page is shared only when more
+    history follows it: its contents cannot change any more. The last page can still grow, and
+    a subscriber must have started holding live events before that read was sent (see
+    `Hub._replay_rest`), so a subscriber that joined another's read of it reads it again.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._pages: weakref.WeakValueDictionary[tuple[str, str | None, int], Page] = (
+            weakref.WeakValueDictionary()
+        )
+        self._reading: dict[tuple[str, str | None, int], asyncio.Future[Page]] = {}
+        self.reads = 0
+        """History reads sent to the backend (for tests)."""
+
+    async def read(self, channel: str, since: str | None, count: int) -> Page:
+        key = (channel, since, count)
+        page = self._pages.get(key)
+        if page is not None:
+            return page
+        reading = self._reading.get(key)
+        if reading is None:
+            return await asyncio.shield(self._start(key))
+        page = await asyncio.shield(reading)
+        if page.history.more:
+            return page
+        return await asyncio.shield(self._start(key))
+
+    def _start(self, key: tuple[str, str | None, int]) -> asyncio.Future[Page]:
+        """The read runs as a task of its own, so a subscriber leaving does not cancel it for
+        the others waiting on it."""
+        reading = asyncio.ensure_future(self._fetch(key))
+        self._reading[key] = reading
+
+        def done(_: asyncio.Future[Page]) -> None:
+            if self._reading.get(key) is reading:
+                del self._reading[key]
+            if not reading.cancelled():
+                reading.exception()  # retrieved: each waiter gets it, even if none is left
+
+        reading.add_done_callback(done)
+        return reading
+
+    async def _fetch(self, key: tuple[str, str | None, int]) -> Page:
+        channel, since, count = key
+        self.reads += 1
+        page = Page(await self.backend.history(channel, since, limit=count))
+        if page.history.more:
+            self._pages[key] = page
+        return page
+
+
 class Hub:
     """Maps channels to local subscribers and keeps one backend subscription per channel."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        self.pages = PageReader(backend)
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._last: dict[str, EventKey] = {}
@@ -208,59 +350,100 @@ class Hub:
     ) -> Attached:
         """Subscribe, then replay history after `since`, then go live without gap or duplicate.
 
-        Live events that arrive while the history is read are buffered and only those newer
-        than the last replayed event are delivered. `on_history(complete)` runs before the
-        replayed events are queued (the WebSocket ack goes ahead of them).
+        Returns once the first page of history is queued; the rest is paged in as the
+        connection writes it. `on_history(complete)` runs before any replayed event is queued
+        (the WebSocket ack goes ahead of them).
         """
         after = parse_event_id(since) if since is not None else None
-        state = subscriber.channels.get(channel)
-        if state is not None:
-            return Attached(0, True, None)
-        state = subscriber.channels[channel] = _ChannelState()
+        if channel in subscriber.channels:
+            return Attached(True)
+        state = subscriber.channels[channel] = _ChannelState(after)
         METRICS.subscriptions.inc()
         self._subscribers.setdefault(channel, set()).add(subscriber)
+        count = min(REPLAY_FIRST_PAGE, _page_room(subscriber.limit))
         try:
             await self._ensure_subscribed(channel)
-            replayed, complete, last = await self._replay(subscriber, channel, since, on_history)
+            page = await self.pages.read(channel, since, count)
         except BaseException:
             await self.detach(subscriber, channel)
             raise
-        if last is not None:
-            state.last = last
-        elif after is not None:
-            state.last = after
-        if last is not None and last > self._last.get(channel, (0, 0)):
-            self._last[channel] = last
+        history = page.history
+        if on_history is not None:
+            on_history(history.complete)
+        if subscriber.channels.get(channel) is not state:
+            return Attached(history.complete)  # detached meanwhile
+        if not history.complete and since is not None:
+            subscriber.control("gap", channel=channel, since=since)
+        self._replay_page(subscriber, state, history.events)
+        if history.more:
+            self._pass_over_buffer(subscriber, state)
+            state.replay = asyncio.ensure_future(
+                self._replay_rest(subscriber, channel, state, page)
+            )
+            state.replay.add_done_callback(_report_failure)
+        else:
+            self._go_live(subscriber, channel, state)
+        return Attached(history.complete)
+
+    async def _replay_rest(
+        self, subscriber: Subscriber, channel: str, state: _ChannelState, page: Page
+    ) -> None:
+        """Page in the history after the first page, each page once the last one is written.
+
+        `page` (the last one queued) stays referenced while this waits, which keeps it in the
+        shared cache for subscribers stalled at the same place. History trimmed between two
+        pages is signalled with a `gap`, as at the start.
+        """
+        delay = 0.05
+        while await subscriber.wait_for_room():
+            count = _next_count(page.history.events, subscriber.limit)
+            position = _format(state.last)
+            state.buffer = []
+            try:
+                page = await self.pages.read(channel, position, count)
+            except BackendUnavailable as exc:
+                self._pass_over_buffer(subscriber, state)
+                log.warning("replay of %s paused (%s); retrying in %.2fs", channel, exc, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.05
+            history = page.history
+            if not history.complete:
+                subscriber.control("gap", channel=channel, since=position)
+            self._replay_page(subscriber, state, history.events)
+            if not history.more:
+                self._go_live(subscriber, channel, state)
+                return
+            self._pass_over_buffer(subscriber, state)
+
+    @staticmethod
+    def _replay_page(subscriber: Subscriber, state: _ChannelState, events: list[Event]) -> None:
+        for event in events:
+            subscriber.put(event, bounded=False)
+        if not events:
+            return
+        if state.behind:
+            caught_up = sum(1 for event in events if event.key >= state.behind_from)
+            state.behind = max(0, state.behind - caught_up)
+        state.last = max(state.last, events[-1].key)
+
+    @staticmethod
+    def _pass_over_buffer(subscriber: Subscriber, state: _ChannelState) -> None:
+        """More history follows: the live events held during the read are in it."""
+        buffered, state.buffer = state.buffer or [], None
+        for event in buffered:
+            subscriber.pass_over(state, event)
+
+    def _go_live(self, subscriber: Subscriber, channel: str, state: _ChannelState) -> None:
+        state.live = True
+        state.replay = None
+        state.behind = 0
+        if channel in self._subscribers and state.last > self._last.get(channel, (0, 0)):
+            self._last[channel] = state.last
         buffered, state.buffer = state.buffer or [], None
         for event in buffered:
             subscriber.offer(event)
-        return Attached(replayed, complete, _format(state.last) if state.last != (0, 0) else since)
-
-    async def _replay(
-        self,
-        subscriber: Subscriber,
-        channel: str,
-        since: str | None,
-        on_history: Callable[[bool], None] | None,
-    ) -> tuple[int, bool, EventKey | None]:
-        position, count, last = since, 0, None
-        complete = True
-        while True:
-            history = await self.backend.history(channel, position, limit=500)
-            if position == since:
-                complete = history.complete
-                if on_history is not None:
-                    on_history(complete)
-                if not complete and since is not None:
-                    subscriber.control("gap", channel=channel, since=since)
-            for event in history.events:
-                subscriber.put(event, bounded=False)
-            count += len(history.events)
-            if history.events:
-                last = history.events[-1].key
-                position = history.events[-1].id
-            if not history.more:
-                return count, complete, last
 
     async def _ensure_subscribed(self, channel: str) -> None:
         ready = self._ready.get(channel)
@@ -277,8 +460,11 @@ class Hub:
         await asyncio.shield(ready)
 
     async def detach(self, subscriber: Subscriber, channel: str) -> None:
-        if subscriber.channels.pop(channel, None) is not None:
+        state = subscriber.channels.pop(channel, None)
+        if state is not None:
             METRICS.subscriptions.dec()
+            if state.replay is not None:
+                state.replay.cancel()
         subscribers = self._subscribers.get(channel)
         if subscribers is None:
             return
@@ -350,3 +536,23 @@ class Hub:
 
 def _format(key: EventKey) -> str:
     return f"{key[0]}-{key[1]}"
+
+
+def _page_room(limit: int) -> int:
+    """A page takes at most half the slow-consumer limit: the rest is for live events that
+    arrive while a client that does read is writing it."""
+    return max(1, limit // 2)
+
+
+def _next_count(events: list[Event], limit: int) -> int:
+    """Events in the next page: as many of the size just seen as fit `REPLAY_PAGE_BYTES`."""
+    most = min(REPLAY_PAGE_EVENTS, _page_room(limit))
+    if not events:
+        return most
+    average = sum(len(event.envelope) for event in events) / len(events)
+    return max(1, min(most, int(REPLAY_PAGE_BYTES / average)))
+
+
+def _report_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("replay failed", exc_info=task.exception())

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import httpx
 import redis
 
+from gateway.backends.base import EventTooLarge
 from gateway.backends.redis import PUBLISH_LUA, publish_call
 from gateway.events import validate_channel
 from gateway.settings import Settings
@@ -27,6 +28,14 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 class PublishError(RuntimeError):
     """The event could not be published; the message says where and why."""
+
+
+class EventTooLargeError(PublishError):
+    """The event is over its namespace's `GATEWAY_MAX_EVENT_SIZE`; retrying will not help."""
+
+    def __init__(self, message: str, limit: int | None) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 @cache
@@ -45,12 +54,20 @@ def publish(
     api_key: str | None = None,
     source: str | None = None,
 ) -> str:
-    """Publish one event and return its id."""
+    """Publish one event and return its id.
+
+    Raises `EventTooLargeError` for an event over its namespace's size limit (checked here
+    with the same settings as the gateway's when publishing to Redis, by the gateway's 413
+    otherwise), and `PublishError` when the event could not be delivered.
+    """
     validate_channel(channel)
     redis_url = redis_url if redis_url is not None else os.environ.get("REDIS_URL", "")
     if redis_url:
         settings = Settings.from_env(redis_url=redis_url)
-        keys, args, _tail = publish_call(settings, channel, type, data, source, None)
+        try:
+            keys, args, _tail = publish_call(settings, channel, type, data, source, None)
+        except EventTooLarge as exc:
+            raise EventTooLargeError(f"publish to {channel}: {exc}", exc.limit) from None
         try:
             event_id = _redis_script(redis_url)(keys=keys, args=args)
         except redis.RedisError as exc:
@@ -68,6 +85,14 @@ def publish(
         )
     except httpx.HTTPError as exc:
         raise PublishError(f"publish to {channel} via {base}: {exc}") from exc
+    if response.status_code == 413:
+        problem = (
+            response.json() if response.headers.get("content-type", "").endswith("json") else {}
+        )
+        raise EventTooLargeError(
+            f"publish to {channel} via {base}: {problem.get('detail', response.text)}",
+            problem.get("max_event_size"),
+        )
     if response.status_code != 202:
         raise PublishError(
             f"publish to {channel} via {base}: {response.status_code} {response.text}"

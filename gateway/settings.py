@@ -34,12 +34,23 @@ class SettingsError(ValueError):
     """A configuration value that cannot be used; the message names the variable."""
 
 
+DEFAULT_HISTORY_BYTES = 4 * 1024 * 1024
+"""Bytes of history a channel keeps when its namespace rule names no byte budget."""
+DEFAULT_MAX_EVENT_SIZES: Mapping[str, int] = {"job": 0, "room": 64 * 1024, "*": 64 * 1024}
+"""Largest stored event per namespace in bytes (0: no limit; `*`: namespaces not named). Job
+channels have none: only workers write them, and a job's result must not be refused."""
+
+
 @dataclass(frozen=True, slots=True)
 class Retention:
-    """How much of a channel's history the bus keeps: at most `size` events for `ttl` seconds."""
+    """How much of a channel's history the bus keeps: at most `size` events and `max_bytes`
+    bytes of stored events (the oldest go first; the newest event is always kept), each for at
+    most `ttl` seconds. The byte budget is what bounds Redis memory and the cost of a replay:
+    a count alone lets a few large events make a channel's history huge."""
 
     size: int
     ttl: int
+    max_bytes: int = DEFAULT_HISTORY_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +65,15 @@ class Settings:
     handlers: tuple[str, ...] = ()
     history_size: int = 1000
     history_ttl: int = 86_400
+    history_bytes: int = DEFAULT_HISTORY_BYTES
     retention: Mapping[str, Retention] = field(
         default_factory=lambda: {
-            "job": Retention(size=10_000, ttl=86_400),
-            "room": Retention(size=500, ttl=3_600),
+            "job": Retention(size=10_000, ttl=86_400, max_bytes=16 * 1024 * 1024),
+            "room": Retention(size=500, ttl=3_600, max_bytes=4 * 1024 * 1024),
         }
     )
+    max_event_size: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_EVENT_SIZES))
+    """See `DEFAULT_MAX_EVENT_SIZES`; `GATEWAY_MAX_EVENT_SIZE` overrides the namespaces it names."""
     visibility_timeout: float = 30.0
     max_attempts: int = 3
     slow_consumer_queue: int = 1000
@@ -138,7 +152,12 @@ class Settings:
 
     def retention_for(self, channel: str) -> Retention:
         rule = self.retention.get(namespace_of(channel))
-        return rule or Retention(size=self.history_size, ttl=self.history_ttl)
+        return rule or Retention(self.history_size, self.history_ttl, self.history_bytes)
+
+    def max_event_size_for(self, channel: str) -> int:
+        """The largest event `channel` accepts, in bytes; 0 means no limit."""
+        limits = self.max_event_size
+        return limits.get(namespace_of(channel), limits.get("*", 0))
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -169,7 +188,9 @@ class Settings:
         read("GATEWAY_HANDLERS", "handlers", lambda s: tuple(s.replace(",", " ").split()))
         read("GATEWAY_HISTORY_SIZE", "history_size", _bounded(int, 1, 10_000_000))
         read("GATEWAY_HISTORY_TTL", "history_ttl", _bounded(int, 1, 10 * 365 * 86_400))
+        read("GATEWAY_HISTORY_BYTES", "history_bytes", _bounded(int, 1, 1 << 40))
         read("GATEWAY_RETENTION", "retention", _retention)
+        read("GATEWAY_MAX_EVENT_SIZE", "max_event_size", _max_event_size)
         read("GATEWAY_VISIBILITY_TIMEOUT", "visibility_timeout", _bounded(float, 0.1, 86_400))
         read("GATEWAY_MAX_ATTEMPTS", "max_attempts", _bounded(int, 1, 1000))
         read("GATEWAY_SLOW_CONSUMER_QUEUE", "slow_consumer_queue", _bounded(int, 1, 10_000_000))
@@ -216,7 +237,16 @@ class Settings:
         read("GATEWAY_WS_READ_FRAMES", "ws_read_frames", _bounded(float, 0, 1e9))
         read("GATEWAY_WS_READ_BYTES", "ws_read_bytes", _bounded(int, 0, 1 << 40))
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if "max_event_size" in values:
+            values["max_event_size"] = {**DEFAULT_MAX_EVENT_SIZES, **values["max_event_size"]}
+        if "retention" in values:  # rules without a byte budget take GATEWAY_HISTORY_BYTES
+            budget = values.get("history_bytes", DEFAULT_HISTORY_BYTES)
+            values["retention"] = {
+                ns: rule if rule.max_bytes else dataclasses.replace(rule, max_bytes=budget)
+                for ns, rule in values["retention"].items()
+            }
         settings = cls(**values)
+        settings.check_event_sizes()
         if settings.require_auth and not settings.api_keys:
             raise SettingsError(
                 "--require-auth (GATEWAY_REQUIRE_AUTH) is set but GATEWAY_API_KEYS is empty: "
@@ -247,6 +277,17 @@ class Settings:
             )
         return settings
 
+    def check_event_sizes(self) -> None:
+        """An event larger than its channel's byte budget could not be kept within it."""
+        for namespace in {*self.retention, *self.max_event_size}:
+            channel = namespace + ":_"
+            limit, budget = self.max_event_size_for(channel), self.retention_for(channel).max_bytes
+            if limit > budget:
+                raise SettingsError(
+                    f"GATEWAY_MAX_EVENT_SIZE {namespace}={limit} is over the namespace's history "
+                    f"byte budget ({budget}, GATEWAY_RETENTION / GATEWAY_HISTORY_BYTES)"
+                )
+
     def to_env(self) -> dict[str, str]:
         """The environment that rebuilds these settings in a child process (uvicorn workers)."""
         env = {
@@ -257,8 +298,12 @@ class Settings:
             "GATEWAY_HANDLERS": " ".join(self.handlers),
             "GATEWAY_HISTORY_SIZE": str(self.history_size),
             "GATEWAY_HISTORY_TTL": str(self.history_ttl),
+            "GATEWAY_HISTORY_BYTES": str(self.history_bytes),
             "GATEWAY_RETENTION": " ".join(
-                f"{ns}={r.size}/{r.ttl}" for ns, r in self.retention.items()
+                f"{ns}={r.size}/{r.ttl}/{r.max_bytes}" for ns, r in self.retention.items()
+            ),
+            "GATEWAY_MAX_EVENT_SIZE": " ".join(
+                f"{ns}={size}" for ns, size in self.max_event_size.items()
             ),
             "GATEWAY_VISIBILITY_TIMEOUT": str(self.visibility_timeout),
             "GATEWAY_MAX_ATTEMPTS": str(self.max_attempts),
@@ -377,17 +422,37 @@ def _channel_rules(raw: str) -> dict[str, tuple[str, str]]:
 
 
 def _retention(raw: str) -> dict[str, Retention]:
-    """Parse `job=10000/86400 room=500/3600` (namespace=size/ttl-seconds)."""
+    """Parse `job=10000/86400 room=500/3600/4194304` (namespace=size/ttl-seconds[/bytes]).
+
+    A rule without bytes gets 0 here, replaced by GATEWAY_HISTORY_BYTES in `from_env`.
+    """
     rules: dict[str, Retention] = {}
     for item in raw.replace(",", " ").split():
         namespace, eq, spec = item.partition("=")
-        size, slash, ttl = spec.partition("/")
-        if not eq or not slash or not namespace:
-            raise ValueError(f"{item!r}: expected namespace=size/ttl, like room=500/3600")
-        rules[namespace] = Retention(size=int(size), ttl=int(ttl))
-        if rules[namespace].size < 1 or rules[namespace].ttl < 1:
-            raise ValueError(f"{item!r}: size and ttl must be positive")
+        parts = spec.split("/")
+        if not eq or not namespace or len(parts) not in (2, 3):
+            raise ValueError(
+                f"{item!r}: expected namespace=size/ttl[/bytes], like room=500/3600/4194304"
+            )
+        numbers = [int(part) for part in parts]
+        if any(number < 1 for number in numbers):
+            raise ValueError(f"{item!r}: size, ttl and bytes must be positive")
+        size, ttl, max_bytes = (*numbers, 0) if len(numbers) == 2 else numbers
+        rules[namespace] = Retention(size, ttl, max_bytes)
     return rules
+
+
+def _max_event_size(raw: str) -> dict[str, int]:
+    """Parse `room=65536 job=0 *=16384` (namespace=bytes; 0: no limit; `*`: the others)."""
+    limits: dict[str, int] = {}
+    for item in raw.replace(",", " ").split():
+        namespace, eq, size = item.partition("=")
+        if not eq or not namespace:
+            raise ValueError(f"{item!r}: expected namespace=bytes, like room=65536")
+        limits[namespace] = int(size)
+        if not 0 <= limits[namespace] <= 1 << 32:
+            raise ValueError(f"{item!r}: bytes must be between 0 (no limit) and 2^32")
+    return limits
 
 
 def _webhook_secrets(raw: str) -> tuple[str, ...]:

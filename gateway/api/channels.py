@@ -10,6 +10,7 @@ from gateway.api.guards import caller_of
 from gateway.api.jobs import json_response
 from gateway.api.requests import channel_param, event_id_param, int_param, read_json_object
 from gateway.auth import Forbidden
+from gateway.backends.base import EventTooLarge
 from gateway.events import EVENT_TYPE_RE
 from gateway.problems import Problem, bad_request, unprocessable
 from gateway.services import services_of
@@ -33,7 +34,12 @@ async def publish_event(request: Request) -> Response:
         services.policy.check_namespace(channel)
     except Forbidden as exc:
         raise forbidden(exc) from None
-    event = await services.backend.publish(channel, type_, body.get("data"))
+    try:
+        event = await services.backend.publish(channel, type_, body.get("data"))
+    except EventTooLarge as exc:
+        raise Problem(
+            413, "Content Too Large", str(exc), code="event-too-large", max_event_size=exc.limit
+        ) from None
     assert event is not None
     return json_response({"id": event.id, "channel": channel}, 202)
 

@@ -27,6 +27,30 @@ class BackendUnavailable(ConnectionError):
     """The bus or store cannot be reached right now; the request may be retried."""
 
 
+class EventTooLarge(ValueError):
+    """An event over its namespace's `GATEWAY_MAX_EVENT_SIZE`: refused before it is stored.
+
+    A room keeps hundreds of events and replays them to every subscriber, so one publisher's
+    large events would cost every reader; HTTP answers 413, WebSocket an `error` frame.
+    """
+
+    def __init__(self, channel: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"the event is {size} bytes encoded; {channel} takes at most {limit} "
+            "(GATEWAY_MAX_EVENT_SIZE)"
+        )
+        self.channel = channel
+        self.size = size
+        self.limit = limit
+
+
+def check_event_size(settings: Settings, channel: str, encoded: bytes) -> None:
+    """Refuse an encoded event (its stored envelope) over the channel's limit."""
+    limit = settings.max_event_size_for(channel)
+    if limit and len(encoded) > limit:
+        raise EventTooLarge(channel, len(encoded), limit)
+
+
 @dataclass(frozen=True, slots=True)
 class History:
     """Events after a position, and whether that position was still inside the retained window.
@@ -98,9 +122,11 @@ class Backend(abc.ABC):
     ) -> Event | None:
         """Append to the channel's history and deliver live, atomically.
 
-        With `job`, the job record is updated (and its `last_event_id` set) in the same step;
-        the event is refused (None returned) when the job is missing or already terminal, so no
-        event ever follows a job's terminal event.
+        The history is then trimmed to the channel's retention (events and bytes, oldest
+        first). Raises `EventTooLarge` over the namespace's event size limit. With `job`, the
+        job record is updated (and its `last_event_id` set) in the same step; the event is
+        refused (None returned) when the job is missing or already terminal, so no event ever
+        follows a job's terminal event.
         """
 
     async def publish_and_enqueue(

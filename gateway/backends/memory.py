@@ -22,6 +22,7 @@ from gateway.backends.base import (
     Delivery,
     History,
     JobUpdate,
+    check_event_size,
 )
 from gateway.events import (
     Event,
@@ -40,6 +41,8 @@ from gateway.metrics import METRICS
 class _Entry:
     event: Event
     prev: str
+    size: int
+    """Bytes the entry counts towards the byte budget (its envelope without the id, as in Redis)."""
 
 
 @dataclass(slots=True)
@@ -47,6 +50,8 @@ class _Log:
     entries: deque[_Entry] = field(default_factory=deque)
     last: EventKey = (0, 0)
     expires_at: float = 0.0
+    held: int = 0
+    """Bytes of the retained entries."""
 
 
 @dataclass(slots=True)
@@ -106,6 +111,8 @@ class MemoryBackend(Backend):
             if record is None or record.fields.get("status") in JOB_TERMINAL_STATUSES:
                 return None
         retention = self.settings.retention_for(channel)
+        tail = envelope_tail(channel, type_, data, source)
+        check_event_size(self.settings, channel, tail)
         log = self._log(channel)
         if log is None:
             log = self._logs[channel] = _Log()
@@ -113,17 +120,15 @@ class MemoryBackend(Backend):
         key = (ms, 0) if ms > log.last[0] else (log.last[0], log.last[1] + 1)
         event_id = format_event_id(key)
         prev = log.entries[-1].event.id if log.entries else ""
-        event = Event(
-            splice_envelope(event_id, envelope_tail(channel, type_, data, source)),
-            id=event_id,
-            channel=channel,
-            type=type_,
-        )
-        log.entries.append(_Entry(event, prev))
+        event = Event(splice_envelope(event_id, tail), id=event_id, channel=channel, type=type_)
+        log.entries.append(_Entry(event, prev, len(tail)))
+        log.held += len(tail)
         log.last = key
         log.expires_at = time.monotonic() + retention.ttl
-        while len(log.entries) > retention.size:
-            log.entries.popleft()
+        while len(log.entries) > 1 and (
+            len(log.entries) > retention.size or log.held > retention.max_bytes
+        ):
+            log.held -= log.entries.popleft().size
         if record is not None and job is not None:
             record.fields.update(job.fields)
             record.fields["last_event_id"] = event_id

@@ -22,7 +22,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.backends.base import Backend, BackendUnavailable, Delivery, History, JobUpdate
+from gateway.backends.base import (
+    Backend,
+    BackendUnavailable,
+    Delivery,
+    History,
+    JobUpdate,
+    check_event_size,
+)
 from gateway.events import (
     Event,
     envelope_tail,
@@ -81,11 +88,21 @@ def publish_call(
     source: str | None,
     job: JobUpdate | None,
 ) -> tuple[list[str], list[Any], bytes]:
-    """KEYS and ARGV for publish.lua, shared by the async backend and the sync publisher."""
+    """KEYS and ARGV for publish.lua, shared by the async backend and the sync publisher.
+
+    Raises `EventTooLarge` for an event over the channel's size limit.
+    """
     retention = settings.retention_for(channel)
     tail = envelope_tail(channel, type_, data, source)
+    check_event_size(settings, channel, tail)
     keys = [stream_key(channel)]
-    args: list[Any] = [bus_channel(channel), tail, retention.size, retention.ttl]
+    args: list[Any] = [
+        bus_channel(channel),
+        tail,
+        retention.size,
+        retention.ttl,
+        retention.max_bytes,
+    ]
     if job is not None:
         keys.append(job_key(job.job_id))
         args.append(job.expire)

@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.auth import Forbidden, bearer_of, token_of
-from gateway.backends.base import BackendUnavailable
+from gateway.backends.base import BackendUnavailable, EventTooLarge
 from gateway.events import (
     EVENT_TYPE_RE,
     Event,
@@ -345,7 +345,10 @@ class Connection:
             self._take_publish(token)
         else:
             self.services.policy.check_namespace(channel)
-        event = await self.services.backend.publish(channel, type_, op.get("data"))
+        try:
+            event = await self.services.backend.publish(channel, type_, op.get("data"))
+        except EventTooLarge as exc:
+            raise OpError("event_too_large", str(exc), max_event_size=exc.limit) from None
         self._send("ack", ref=ref, channel=channel, id=event.id if event else None)
 
     def _send(self, op: str, **fields: Any) -> None:

@@ -58,7 +58,12 @@ async def served(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterato
     an embedded worker, under one of the uvicorn stacks."""
     options, fast = STACKS[request.param]
     settings = Settings.from_env(
-        {"GATEWAY_LOG_LEVEL": "warning", "REDIS_URL": redis_url},
+        # Rooms keep 500 events of the backlog test's 16 KB (more than the default 4 MiB).
+        {
+            "GATEWAY_LOG_LEVEL": "warning",
+            "REDIS_URL": redis_url,
+            "GATEWAY_RETENTION": "job=10000/86400 room=500/3600/16777216",
+        },
         embedded_worker=True,
     )
     app = create_app(settings)
