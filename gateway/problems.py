@@ -71,12 +71,28 @@ PROBLEM_TYPES: Final[dict[str, ProblemType]] = {
         "The token's `exp` has passed. Get a new token and reconnect; resume with the last "
         "event id you saw (`Last-Event-ID` or `since`) so nothing is missed.",
     ),
+    "host-not-allowed": ProblemType(
+        400,
+        "Bad Request",
+        "The `Host` header names a host this gateway does not serve. Without credentials "
+        "configured (dev mode) it serves only names of this machine (`localhost`, loopback "
+        "addresses, the bind address), so that a DNS-rebinding page cannot reach it; "
+        "`GATEWAY_ALLOWED_HOSTS` lists other names.",
+    ),
     "forbidden": ProblemType(
         403,
         "Forbidden",
         "The credentials are valid but do not allow this: the token has no right on this "
         "channel, the channel's namespace is unknown or closed to clients (`job:` channels are "
         "written by workers only), or a `user:<id>` channel belongs to another subject.",
+    ),
+    "origin-not-allowed": ProblemType(
+        403,
+        "Forbidden",
+        "A request that changes something came from a page on an origin this gateway does not "
+        "trust: neither its own origin nor one listed in `GATEWAY_ALLOWED_ORIGINS`. Browsers "
+        "name the page's origin, so a foreign page cannot create jobs or publish with a visitor's "
+        "cookie. Call from your own origin, or list it.",
     ),
     "not-found": ProblemType(
         404,
@@ -108,6 +124,13 @@ PROBLEM_TYPES: Final[dict[str, ProblemType]] = {
         "Content Too Large",
         "The request body is larger than `GATEWAY_MAX_BODY` bytes (`max_body` in the problem "
         "says how many). Send less, or put large inputs somewhere the job can read them.",
+    ),
+    "event-too-large": ProblemType(
+        413,
+        "Content Too Large",
+        "The event's JSON envelope is larger than its namespace allows (`GATEWAY_MAX_EVENT_SIZE`; "
+        "`max_event_size` in the problem says how many bytes). Publish less and link to large "
+        "data instead: every subscriber and the channel's history would carry the event.",
     ),
     "unsupported-media-type": ProblemType(
         415,
