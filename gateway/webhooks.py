@@ -122,7 +122,7 @@ Resolver = Callable[[str, int], Awaitable[list[Address]]]
 _NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL: Final = ipaddress.ip_network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE: Final = ipaddress.ip_network("::/96")
-_IPV4_TRANSLATED: Final = ipaddress.ip_network("::ffff:0:0/96")
+_IPV4_TRANSLATED: Final = ipaddress.ip_network("::ffff:0:0:0/96")
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
