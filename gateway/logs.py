@@ -17,6 +17,13 @@ from typing import Any, Final
 REDACTED: Final = "<redacted>"
 
 _SCRUBS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
+    # What a client sent over a WebSocket, as websockets' debug dump shows it: its ops carry
+    # tokens, and the dump cuts long frames in the middle, so nothing above would recognise
+    # what is left of one. Only the frame's kind and size stay.
+    (
+        re.compile(r"(?m)^< (TEXT|BINARY|CONT) .*?(\[\d+ bytes[^\]]*\])$"),
+        r"< \1 " + REDACTED + r" \2",
+    ),
     # A query string of a URL or path: `/ws?token=...`, `https://h/hook?secret=...`.
     (re.compile(r"(?<=[^\s?'\"])\?[^\s'\"<>]+"), "?" + REDACTED),
     # A JWT anywhere (a channel token in a WebSocket frame, a header, an error message).
