@@ -513,3 +513,31 @@ def test_private_callback_refused_at_submission_unless_allowed(
         json={"type": "sleep", "callback_url": "https://93.184.215.14/", "callback_events": "x"},
     )
     assert bad_events.status_code == 422
+
+
+def test_callback_url_is_shown_to_api_keys_not_to_job_tokens(
+    gateway_factory: Callable[..., GatewayProcess], receiver: Receiver
+) -> None:
+    """The callback URL may carry the receiver's secret; the browser reading its job with the
+    job token has no business with it."""
+    api_key = "hooks-api-key-0123456789"
+    gateway = gateway_factory(
+        GATEWAY_API_KEYS=api_key,
+        GATEWAY_SECRET="h" * 40,
+        GATEWAY_WEBHOOK_ALLOW_PRIVATE="1",
+    )
+    server = {"Authorization": f"Bearer {api_key}"}
+    callback = receiver.url + "?secret=receiver-secret"
+    submitted = httpx.post(
+        gateway.url + "/jobs",
+        json={"type": "sleep", "data": {"seconds": 0}, "callback_url": callback},
+        headers=server,
+    )
+    assert submitted.status_code == 202 and submitted.json()["callback_url"] == callback
+    job_id, token = submitted.json()["id"], submitted.json()["token"]
+    as_browser = httpx.get(f"{gateway.url}/jobs/{job_id}", params={"token": token})
+    assert as_browser.status_code == 200
+    assert "callback_url" not in as_browser.json() and "receiver-secret" not in as_browser.text
+    assert "webhook" in as_browser.json()  # the delivery state stays visible
+    as_server = httpx.get(f"{gateway.url}/jobs/{job_id}", headers=server)
+    assert as_server.json()["callback_url"] == callback
