@@ -107,9 +107,9 @@ def measure(megabytes: float, pythonpath: str, chunk_rows: int) -> dict[str, flo
                     stdout=subprocess.DEVNULL,
                 )
             )
+            serve = ["serve", "--no-embedded-worker", "--port", str(gateway_port)]
             gateway = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--port", str(gateway_port)]
-                + ["--no-embedded-worker"],
+                [sys.executable, "-m", "gateway", *serve],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -142,8 +142,7 @@ def measure(megabytes: float, pythonpath: str, chunk_rows: int) -> dict[str, flo
                 },
             ).json()["id"]
             wait_until(
-                lambda: httpx.get(f"{url}/jobs/{job}").json()["status"]
-                in {"completed", "failed"},
+                lambda: httpx.get(f"{url}/jobs/{job}").json()["status"] in {"completed", "failed"},
                 600,
                 "the job",
             )

@@ -368,7 +368,7 @@ class ColumnStats:
         """Sample standard deviation; None below two values or beyond a float's range."""
         if self.count < 2:
             return None
-        std = 2 * self.scale * math.sqrt(self.ssq / (self.count - 1))
+        std = self.scale * (2 * math.sqrt(self.ssq / (self.count - 1)))
         return std if math.isfinite(std) else None
 
     def summary(self) -> dict[str, Any]:
