@@ -28,24 +28,24 @@ from tests.support import (
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZGEifQ.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
 
 
-@pytest.mark.parametrize(
-    ("line", "secret"),
-    [
-        ('127.0.0.1:5 - "WebSocket /ws?token=abc123" [accepted]', "abc123"),
-        ("GET /events?channel=room:a&token=abc123 HTTP/1.1", "abc123"),
-        ('HTTP Request: POST http://h:1/hook?secret=s3cr3t "HTTP/1.1 200 OK"', "s3cr3t"),
-        (f'< TEXT \'{{"op":"subscribe","token":"{JWT}"}}\' [90 bytes]', JWT),
-        ('{"op":"subscribe","token":"not-a-jwt-123"}', "not-a-jwt-123"),
-        ("< Authorization: Bearer key-0123456789", "key-0123456789"),
-        ("< Cookie: gateway_token=abc123; theme=dark", "abc123"),
-        ("< X-API-Key: key-0123456789", "key-0123456789"),
-        ("(b'authorization', b'Bearer key-0123456789')", "key-0123456789"),
-        ("{'query_string': b'token=abc123', 'path': '/ws'}", "abc123"),
-        (f"token expired: {JWT}", JWT.split(".")[2]),
-        # websockets' dump of a long frame, cut in the middle of the token
-        ('< TEXT \'{"op":"subscribe","channel"...s66BA61MJI8xM","ref":1}\' [277 bytes]', "s66BA6"),
-    ],
-)
+LEAKS = [
+    ('127.0.0.1:5 - "WebSocket /ws?token=abc123" [accepted]', "abc123"),
+    ("GET /events?channel=room:a&token=abc123 HTTP/1.1", "abc123"),
+    ('HTTP Request: POST http://h:1/hook?secret=s3cr3t "HTTP/1.1 200 OK"', "s3cr3t"),
+    (f'< TEXT \'{{"op":"subscribe","token":"{JWT}"}}\' [90 bytes]', JWT),
+    ('{"op":"subscribe","token":"not-a-jwt-123"}', "not-a-jwt-123"),
+    ("< Authorization: Bearer key-0123456789", "key-0123456789"),
+    ("< Cookie: gateway_token=abc123; theme=dark", "abc123"),
+    ("< X-API-Key: key-0123456789", "key-0123456789"),
+    ("(b'authorization', b'Bearer key-0123456789')", "key-0123456789"),
+    ("{'query_string': b'token=abc123', 'path': '/ws'}", "abc123"),
+    (f"token expired: {JWT}", JWT.split(".")[2]),
+    # websockets' dump of a long frame, cut in the middle of the token
+    ('< TEXT \'{"op":"subscribe","channel"...s66BA61MJI8xM","ref":1}\' [277 bytes]', "s66BA6"),
+]
+
+
+@pytest.mark.parametrize(("line", "secret"), LEAKS)
 def test_redact_removes_the_secret(line: str, secret: str) -> None:
     scrubbed = redact(line)
     assert secret not in scrubbed and REDACTED in scrubbed
@@ -70,6 +70,14 @@ def test_redact_leaves_ordinary_lines_alone(line: str) -> None:
 
 def record(name: str, msg: str, *args: object) -> logging.LogRecord:
     return logging.LogRecord(name, logging.INFO, __file__, 1, msg, args, None)
+
+
+@pytest.mark.parametrize(("line", "secret"), LEAKS)
+def test_filter_removes_the_secret_from_message_or_argument(line: str, secret: str) -> None:
+    """The filter's cheap pre-check must not wave any of these through."""
+    for entry in (record("x", line), record("x", "%s", line), record("x", "%s", line.encode())):
+        assert RedactSecrets().filter(entry)
+        assert secret not in entry.getMessage()
 
 
 def test_filter_keeps_the_access_log_shape() -> None:
