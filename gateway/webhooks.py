@@ -56,6 +56,11 @@ class UnsafeCallbackUrl(ValueError):
     """
 
 
+class UnresolvedCallbackHost(UnsafeCallbackUrl):
+    """The callback host has no address (now): 422 at submission, a retried network error at
+    delivery, like any DNS hiccup."""
+
+
 # --- configuration of a job's callback ---------------------------------------------------------
 
 
@@ -222,7 +227,7 @@ async def checked_addresses(
         except (OSError, TimeoutError, UnicodeError, ValueError):
             addresses = []
         if not addresses:
-            raise UnsafeCallbackUrl(f"the callback host {host!r} does not resolve")
+            raise UnresolvedCallbackHost(f"the callback host {host!r} does not resolve")
     if not allow_private and any(is_internal(address) for address in addresses):
         if literal is not None:
             raise UnsafeCallbackUrl(
@@ -278,9 +283,12 @@ class PinnedNetwork(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        addresses = await checked_addresses(
-            host, port, allow_private=self.allow_private, resolve=self.resolve
-        )
+        try:
+            addresses = await checked_addresses(
+                host, port, allow_private=self.allow_private, resolve=self.resolve
+            )
+        except UnresolvedCallbackHost as exc:
+            raise httpcore.ConnectError(str(exc)) from None
         failure: Exception | None = None
         for address in dict.fromkeys(addresses):
             try:

@@ -300,6 +300,19 @@ async def test_pinned_delivery_keeps_the_name_in_the_host_header(receiver: Recei
     assert headers["host"] == f"hooks.invalid:{receiver.port}"
 
 
+async def test_a_host_that_does_not_resolve_at_delivery_is_retried() -> None:
+    """A DNS failure is transient, like a refused connection: retried, not a final refusal."""
+
+    async def resolve(host: str, port: int) -> list[Address]:
+        raise OSError("Temporary failure in name resolution")
+
+    sender = dispatcher(allow_private=False)
+    async with webhook_client(sender.settings, resolve=resolve) as client:
+        outcome = await sender.send(client, delivery("http://gone.example/hook"))
+    assert outcome.retry_in is not None and outcome.error.startswith("network error")
+    assert "does not resolve" in outcome.error
+
+
 def _certificates(directory: Path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A throwaway CA and a server certificate for `name` (not for 127.0.0.1): the server's
     TLS context and a client context that trusts only that CA."""
