@@ -110,6 +110,7 @@ def measure(megabytes: float, pythonpath: str, chunk_rows: int) -> dict[str, flo
             serve = ["serve", "--no-embedded-worker", "--port", str(gateway_port)]
             gateway = subprocess.Popen(
                 [sys.executable, "-m", "gateway", *serve],
+                cwd=pythonpath,  # `python -m` puts the working directory first on sys.path
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -119,6 +120,7 @@ def measure(megabytes: float, pythonpath: str, chunk_rows: int) -> dict[str, flo
             wait_until(lambda: httpx.get(url + "/readyz").status_code == 200, 30, "gateway")
             worker = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "worker", "--concurrency", "1"],
+                cwd=pythonpath,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
