@@ -84,16 +84,11 @@ def _too_many(detail: str, wait: float) -> Response:
 MAX_HEADER_BYTES: Final = 32 * 1024
 """Request heads larger than this get 431: the HTTP parser alone would accept far more."""
 
-CONTROL_CHARACTERS: Final = re.compile(r"[\x00-\x1f\x7f]")
-"""Never in a real path (`%0A` decodes to one). Refused before routing: Starlette's route
-patterns end in `$`, which matches before a trailing newline, so `/jobs%0A` would reach the
-`/jobs` route while a stricter check elsewhere did not recognise it."""
-
 
 class BodyLimit:
     """Refuse request bodies over `limit` bytes with 413: by `Content-Length` before reading,
     and by counting as the body streams in (chunked uploads have no length). Oversized request
-    heads get 431 first, paths with control characters 400."""
+    heads get 431 first."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -115,15 +110,6 @@ class BodyLimit:
                     f"the request head is over {MAX_HEADER_BYTES} bytes",
                     code="headers-too-large",
                 )(scope, receive, send)
-            return
-        if CONTROL_CHARACTERS.search(scope["path"]):
-            detail = "the request path contains control characters"
-            if scope["type"] == "websocket":
-                await _refuse_websocket(receive, send, 1008, detail)
-            else:
-                await problem_response(400, "Bad Request", detail, code="bad-request")(
-                    scope, receive, send
-                )
             return
         if scope["type"] == "websocket":
             await self.app(scope, receive, send)
