@@ -30,7 +30,7 @@ from gateway.api.access import (
     GuardedRoute,
     GuardedWebSocketRoute,
 )
-from gateway.api.guards import AccessGuard, BodyLimit, install_access_log_redaction
+from gateway.api.guards import AccessGuard, BodyLimit
 from gateway.auth import ApiKeys, ChannelPolicy
 from gateway.backends.base import Backend, BackendUnavailable
 from gateway.backends.memory import MemoryBackend
@@ -38,6 +38,7 @@ from gateway.hub import Hub
 from gateway.jobs.handlers import REGISTRY, HandlerRegistry
 from gateway.jobs.worker import Worker
 from gateway.limits import Limits
+from gateway.logs import configure_logging, install_redaction
 from gateway.problems import (
     Problem,
     handle_http_exception,
@@ -123,7 +124,7 @@ def create_app(
         worker = Worker(backend, registry, settings) if settings.runs_embedded_worker else None
         worker_task = asyncio.create_task(worker.run()) if worker is not None else None
         restore_signals = _drain_on_signals(hub, settings)
-        install_access_log_redaction()
+        install_redaction()
         announce_security(settings)
         log.info("gateway ready: backend=%s embedded_worker=%s", backend.kind, worker is not None)
         try:
@@ -270,10 +271,5 @@ def app_from_env() -> Starlette:
     """Factory for `uvicorn --factory gateway.app:app_from_env` (and `gateway serve --workers`)."""
     settings = Settings.from_env()
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.DEBUG
-            if settings.log_level in {"debug", "trace"}
-            else settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(settings.log_level)
     return create_app(settings)

@@ -27,10 +27,9 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if level in {"debug", "trace"} else getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from gateway.logs import configure_logging
+
+    configure_logging(level)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -39,6 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from gateway.limits import ConnectionGate
+    from gateway.logs import logging_config
     from gateway.transports.server import (
         GuardedHttpToolsProtocol,
         LeanHttpToolsProtocol,
@@ -82,6 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
+        "log_config": logging_config(settings.log_level),
         "ws_per_message_deflate": False,
         "http": http,
         "ws": websocket_protocol(args.ws),
@@ -254,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command not in {"serve", "worker"}:
+        # The client commands log little (httpx at warning), but through the same filter.
+        _configure_logging(os.environ.get("GATEWAY_LOG_LEVEL", "warning"))
     args.func(args)
 
 

@@ -16,9 +16,12 @@ from typing import Any, Final
 import orjson
 
 SPECVERSION: Final = "1.0"
-CHANNEL_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
-EVENT_ID_RE: Final = re.compile(r"^(\d{1,20})-(\d{1,20})$")
-EVENT_TYPE_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+# Checked with `fullmatch` only: `re.match` with `$` would let a trailing newline through.
+CHANNEL_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+EVENT_ID_RE: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+EVENT_TYPE_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+EVENT_ID_PART_MAX: Final = 2**64 - 1
+"""Each part of a Redis stream id is an unsigned 64-bit number."""
 JOB_TERMINAL_TYPES: Final = frozenset({"job.completed", "job.failed", "job.cancelled"})
 
 EventKey = tuple[int, int]
@@ -35,7 +38,7 @@ class InvalidEventId(ValueError):
 
 def validate_channel(name: str) -> str:
     """Return `name` if it is a valid `namespace:name` channel, else raise `InvalidChannel`."""
-    if not isinstance(name, str) or not CHANNEL_RE.match(name):
+    if not isinstance(name, str) or not CHANNEL_RE.fullmatch(name):
         raise InvalidChannel(
             "channel names are 1-200 characters of [A-Za-z0-9_.:-], like 'room:lobby'"
         )
@@ -50,12 +53,19 @@ def namespace_of(channel: str) -> str:
 
 
 def parse_event_id(value: str) -> EventKey:
-    """Parse `<ms>-<seq>` into a sortable key; raise `InvalidEventId` for anything else."""
-    match = EVENT_ID_RE.match(value) if isinstance(value, str) else None
-    if match is None:
+    """Parse `<ms>-<seq>` into a sortable key; raise `InvalidEventId` for anything else.
+
+    Both parts must fit Redis's unsigned 64 bits, and the largest id is refused too: nothing
+    can come after it, and Redis answers an error (not an empty range) when asked to.
+    """
+    match = EVENT_ID_RE.fullmatch(value) if isinstance(value, str) else None
+    key = (int(match.group(1)), int(match.group(2))) if match is not None else None
+    if key is None or max(key) > EVENT_ID_PART_MAX or key == (EVENT_ID_PART_MAX,) * 2:
         shown = value[:60] if isinstance(value, str) else type(value).__name__
-        raise InvalidEventId(f"event ids look like '1732060800000-0', not {shown!r}")
-    return int(match.group(1)), int(match.group(2))
+        raise InvalidEventId(
+            f"event ids look like '1732060800000-0' (two numbers below 2**64), not {shown!r}"
+        )
+    return key
 
 
 def format_event_id(key: EventKey) -> str:

@@ -19,13 +19,14 @@ import ipaddress
 import logging
 import random
 import socket
+import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Final
 
+import httpcore
 import httpx
 import orjson
 
@@ -48,7 +49,16 @@ RETRYABLE_4XX = frozenset({408, 409, 429})
 
 
 class UnsafeCallbackUrl(ValueError):
-    """A callback URL the gateway refuses to call: not http(s), or aimed at internal addresses."""
+    """A callback URL the gateway refuses to call: not http(s), or aimed at internal addresses.
+
+    Raised at submission (answered with 422) and, at delivery, from inside the connection
+    attempt (`PinnedNetwork`), which ends the delivery as refused.
+    """
+
+
+class UnresolvedCallbackHost(UnsafeCallbackUrl):
+    """The callback host has no address (now): 422 at submission, a retried network error at
+    delivery, like any DNS hiccup."""
 
 
 # --- configuration of a job's callback ---------------------------------------------------------
@@ -110,54 +120,229 @@ def signed_headers(settings: Settings, msg_id: str, body: bytes) -> dict[str, st
 
 # --- SSRF guard --------------------------------------------------------------------------------
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[list[Address]]]
+"""Turns a host name and port into addresses (the system resolver unless a test injects one)."""
 
-def _forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Anything not globally routable: loopback, private, link-local (cloud metadata), CGNAT..."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+_NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL: Final = ipaddress.ip_network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE: Final = ipaddress.ip_network("::/96")
+_IPV4_TRANSLATED: Final = ipaddress.ip_network("::ffff:0:0:0/96")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 form carries, which is where a packet to it really goes.
+
+    Python calls most of these forms global whatever they embed (`::127.0.0.1`,
+    `64:ff9b::7f00:1`, `2002:7f00:1::`...), so they are judged by the address inside.
+    Raises `ValueError` for an address in the local-use NAT64 prefix whose embedding is not
+    the /96 one: its translator's prefix length is local knowledge, so the target is unknown.
+    """
+    if address.ipv4_mapped is not None:  # ::ffff:a.b.c.d
+        return address.ipv4_mapped
+    if address.sixtofour is not None:  # 2002:aabb:ccdd::/48, 6to4
+        return address.sixtofour
+    last32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in _NAT64 or address in _IPV4_TRANSLATED or address in _IPV4_COMPATIBLE:
+        return last32  # 64:ff9b::a.b.c.d, ::ffff:0:a.b.c.d, ::a.b.c.d
+    if address in _NAT64_LOCAL:
+        if (int(address) >> 32) & ((1 << 48) - 1):
+            raise ValueError("a local-use NAT64 address with an unknown prefix length")
+        return last32  # 64:ff9b:1::a.b.c.d
+    return None
+
+
+def is_internal(address: Address) -> bool:
+    """Anything not globally routable: loopback, private, link-local (cloud metadata), CGNAT,
+    multicast..., and IPv6 forms that embed such an IPv4 address."""
+    if isinstance(address, ipaddress.IPv6Address):
+        try:
+            inner = embedded_ipv4(address)
+        except ValueError:
+            return True
+        if inner is not None and is_internal(inner):
+            return True
+        if address.is_site_local:
+            return True
     return not address.is_global or address.is_multicast
 
 
-async def check_callback_url(url: str, *, allow_private: bool) -> None:
-    """Refuse URLs that are not http(s) or that resolve to a non-public address.
+@dataclass(frozen=True, slots=True)
+class CallbackTarget:
+    """A callback URL taken apart the way httpx will use it (one parser, no differential)."""
 
-    Checked at submission and again before every attempt, since DNS may change in between.
-    """
+    url: httpx.URL
+    host: str
+    """ASCII (IDNA-encoded) host, without brackets for IPv6: what the connection resolves."""
+    port: int
+
+
+def parse_callback_url(url: str) -> CallbackTarget:
+    """Refuse what is not an http(s) URL with a host; no DNS involved."""
     if len(url) > 2048:
         raise UnsafeCallbackUrl("the callback URL is longer than 2048 characters")
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise UnsafeCallbackUrl(f"the callback URL is malformed: {exc}") from None
-    if parts.scheme not in ("http", "https"):
+        parsed = httpx.URL(url)
+        host = parsed.raw_host.decode("ascii")
+    except (httpx.InvalidURL, UnicodeError, ValueError):
+        raise UnsafeCallbackUrl(
+            "the callback URL is malformed (or its host is not a valid domain name)"
+        ) from None
+    if parsed.scheme not in ("http", "https"):
         raise UnsafeCallbackUrl("only http:// and https:// callback URLs are allowed")
-    host = parts.hostname
     if not host:
         raise UnsafeCallbackUrl("the callback URL has no host")
-    if allow_private:
-        return
-    try:
-        addresses = [ipaddress.ip_address(host)]
-    except ValueError:
-        addresses = await _resolve(host, port or (443 if parts.scheme == "https" else 80))
-    for address in addresses:
-        if _forbidden(address):
-            raise UnsafeCallbackUrl(
-                f"the callback host {host!r} resolves to {address}, a loopback, private, "
-                "link-local or otherwise internal address"
-            )
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return CallbackTarget(parsed, host, port)
 
 
-async def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+async def system_resolve(host: str, port: int) -> list[Address]:
+    """The system resolver (getaddrinfo), bounded to 5 s."""
     loop = asyncio.get_running_loop()
-    try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout=5
-        )
-    except (OSError, TimeoutError) as exc:
-        raise UnsafeCallbackUrl(f"the callback host {host!r} does not resolve: {exc}") from None
+    infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout=5)
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
+def _literal_address(host: str) -> Address | None:
+    try:
+        return ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return None
+
+
+async def checked_addresses(
+    host: str, port: int, *, allow_private: bool, resolve: Resolver = system_resolve
+) -> list[Address]:
+    """Resolve `host` once and return its addresses, all of them public unless `allow_private`.
+
+    The refusal never says what the name resolved to: that would make the gateway a probe of
+    internal DNS.
+    """
+    literal = _literal_address(host)
+    if literal is not None:
+        addresses = [literal]
+    else:
+        try:
+            addresses = await resolve(host, port)
+        except (OSError, TimeoutError, UnicodeError, ValueError):
+            addresses = []
+        if not addresses:
+            raise UnresolvedCallbackHost(f"the callback host {host!r} does not resolve")
+    if not allow_private and any(is_internal(address) for address in addresses):
+        if literal is not None:
+            raise UnsafeCallbackUrl(
+                "the callback address is a loopback, private, link-local or otherwise "
+                "internal address"
+            )
+        raise UnsafeCallbackUrl(
+            f"the callback host {host!r} resolves to a loopback, private, link-local or "
+            "otherwise internal address"
+        )
+    return addresses
+
+
+async def check_callback_url(
+    url: str, *, allow_private: bool, resolve: Resolver = system_resolve
+) -> None:
+    """Refuse URLs that are not http(s) or whose host resolves to a non-public address.
+
+    Checked at submission, for an early 422. Deliveries do not rely on it: they check again
+    when they connect, and connect to the very address that was checked (`PinnedNetwork`).
+    """
+    target = parse_callback_url(url)
+    if not allow_private:
+        await checked_addresses(target.host, target.port, allow_private=False, resolve=resolve)
+
+
+class PinnedNetwork(httpcore.AsyncNetworkBackend):
+    """httpcore's network layer for webhook connections: resolve once, check, connect to what
+    was checked.
+
+    A guard that resolves a name and then lets the HTTP client resolve it again loses to a
+    rebinding DNS server (public answer for the check, 127.0.0.1 for the connection). Here the
+    one resolution is the one that is both checked and connected to. The URL keeps its host
+    name, so the Host header, TLS SNI and certificate verification all use the name.
+    """
+
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        resolve: Resolver = system_resolve,
+        inner: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
+        self.allow_private = allow_private
+        self.resolve = resolve
+        self.inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            addresses = await checked_addresses(
+                host, port, allow_private=self.allow_private, resolve=self.resolve
+            )
+        except UnresolvedCallbackHost as exc:
+            raise httpcore.ConnectError(str(exc)) from None
+        failure: Exception | None = None
+        for address in dict.fromkeys(addresses):
+            try:
+                return await self.inner.connect_tcp(
+                    str(address),
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("webhooks are never sent over unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+def webhook_client(
+    settings: Settings,
+    *,
+    resolve: Resolver = system_resolve,
+    network: httpcore.AsyncNetworkBackend | None = None,
+    verify: ssl.SSLContext | bool = True,
+) -> httpx.AsyncClient:
+    """The client deliveries go through: no redirects, no proxies from the environment, and
+    connections only to checked addresses."""
+    transport = httpx.AsyncHTTPTransport(trust_env=False)
+    # httpx takes no network backend; its pool (`_pool`, stable since httpx 0.18) is replaced by
+    # one that connects through `PinnedNetwork`, keeping httpx's request/response handling.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
+        max_connections=100,
+        max_keepalive_connections=20,
+        keepalive_expiry=5.0,
+        network_backend=PinnedNetwork(
+            allow_private=settings.webhook_allow_private, resolve=resolve, inner=network
+        ),
+    )
+    return httpx.AsyncClient(
+        transport=transport,
+        timeout=settings.webhook_timeout,
+        follow_redirects=False,
+        trust_env=False,
+    )
 
 
 # --- the schedule ------------------------------------------------------------------------------
@@ -249,17 +434,23 @@ def rand() -> float:
 class WebhookDispatcher:
     """The delivery loop a worker runs next to its job slots."""
 
-    def __init__(self, backend: Backend, settings: Settings, *, concurrency: int = 16) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        settings: Settings,
+        *,
+        concurrency: int = 16,
+        resolve: Resolver = system_resolve,
+    ) -> None:
         self.backend = backend
         self.settings = settings
         self.concurrency = concurrency
+        self.resolve = resolve
         self._inflight: set[asyncio.Task[None]] = set()
 
     async def run(self, stopping: asyncio.Event) -> None:
         lease = self.settings.webhook_timeout + 5.0
-        async with httpx.AsyncClient(
-            timeout=self.settings.webhook_timeout, follow_redirects=False, trust_env=False
-        ) as client:
+        async with webhook_client(self.settings, resolve=self.resolve) as client:
             try:
                 while not stopping.is_set():
                     free = self.concurrency - len(self._inflight)
@@ -301,7 +492,7 @@ class WebhookDispatcher:
             await self.backend.update_job(pending.job_id, {"webhook_next_attempt_at": ""})
             return
         pending.attempt += 1
-        outcome = await self._send(client, pending)
+        outcome = await self.send(client, pending)
         if outcome.retry_in is not None and pending.attempt >= self.settings.webhook_max_attempts:
             outcome = Outcome(outcome.status, error=f"{outcome.error}; gave up")
         next_at = ""
@@ -330,15 +521,16 @@ class WebhookDispatcher:
             f", again in {outcome.retry_in:.2f}s" if outcome.retry_in is not None else "",
         )
 
-    async def _send(self, client: httpx.AsyncClient, pending: PendingDelivery) -> Outcome:
-        try:
-            await check_callback_url(pending.url, allow_private=self.settings.webhook_allow_private)
-        except UnsafeCallbackUrl as exc:
-            return Outcome(0, error=f"refused: {exc}")
+    async def send(self, client: httpx.AsyncClient, pending: PendingDelivery) -> Outcome:
+        """One attempt through `client` (a `webhook_client`), which refuses internal addresses
+        as it connects."""
         body = pending.body.encode()
         headers = signed_headers(self.settings, pending.event_id, body)
         try:
-            response = await client.post(pending.url, content=body, headers=headers)
+            target = parse_callback_url(pending.url)
+            response = await client.post(target.url, content=body, headers=headers)
+        except UnsafeCallbackUrl as exc:
+            return Outcome(0, error=f"refused: {exc}")
         except httpx.HTTPError as exc:
             delay = backoff(pending.attempt, self.settings.webhook_backoff, rand())
             kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "network error"

@@ -12,10 +12,14 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -406,3 +410,59 @@ def submit_job(url: str, type_: str, data: Mapping[str, Any]) -> str:
 def job_status(url: str, job_id: str) -> dict[str, Any]:
     body: dict[str, Any] = httpx.get(f"{url}/jobs/{job_id}").json()
     return body
+
+
+# --- webhook receivers -------------------------------------------------------------------------
+
+
+@dataclass
+class Receiver:
+    """An HTTP server answering from a script of statuses (then 200), recording every request."""
+
+    script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    port: int = 0
+    scheme: str = "http"
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}/hook"
+
+    def answer(self) -> tuple[int, dict[str, str]]:
+        with self.lock:
+            return self.script.pop(0) if self.script else (200, {})
+
+
+@contextlib.contextmanager
+def http_receiver(tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
+    """A `Receiver` on 127.0.0.1 in a thread (HTTPS with `tls`), stopped on exit."""
+    state = Receiver(port=free_port(), scheme="https" if tls else "http")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            with state.lock:
+                state.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                state.paths.append(self.path)
+            status, headers = state.answer()
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", state.port), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()

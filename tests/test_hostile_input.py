@@ -349,3 +349,78 @@ async def test_garbage_flood_does_not_delay_other_clients(gateway: GatewayProces
     thread.join(10)
     assert sent > 1000  # the flood really ran
     assert max(delays) < 1.0, delays
+
+
+# --- event ids and channel names at their edges, against Redis ---------------------------------
+
+BAD_SINCE = [
+    "1-0\n",  # `$` in a pattern matched before a trailing newline
+    "18446744073709551616-0",  # 2**64: Redis refuses it (it answered 503 "bus unavailable")
+    "0-18446744073709551616",
+    "99999999999999999999-1",
+    "18446744073709551615-18446744073709551615",  # the largest id: nothing comes after it
+    "\u0661-\u0660",  # Arabic-Indic digits: `\d` took them, int() too, Redis does not
+]
+BAD_CHANNELS = ["room:x\n", "room:\n", "room:x\n\n"]
+
+
+@pytest.fixture(scope="module")
+def redis_gateway(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: Any
+) -> Iterator[GatewayProcess]:
+    directory = tmp_path_factory.mktemp("hostile-redis")
+    process = GatewayProcess(
+        gateway_env(REDIS_URL=redis_server.url, GATEWAY_PUBLISH_RATE="0"),
+        directory / "gateway.log",
+    )
+    process.start()
+    yield process
+    process.stop(5)
+
+
+def test_since_edges_are_400_not_503(redis_gateway: GatewayProcess) -> None:
+    url = redis_gateway.url
+    job = httpx.post(url + "/jobs", json={"type": "sleep", "data": {"seconds": 0}}).json()
+    published = httpx.post(url + "/channels/room:edge/events", json={"data": 1})
+    assert published.status_code == 202
+    for since in BAD_SINCE:
+        params = {"since": since}
+        for path in ("/channels/room:edge/events", f"/jobs/{job['id']}"):
+            assert_problem(httpx.get(url + path, params=params), 400)
+        for path in ("/events?channel=room:edge", f"/jobs/{job['id']}/events"):
+            assert_problem(httpx.get(url + path, params=params, timeout=5), 400)
+    # The largest id that is not the very last is fine: an empty, complete-or-gap answer.
+    fine = httpx.get(url + "/channels/room:edge/events", params={"since": "18446744073709551615-0"})
+    assert fine.status_code == 200, fine.text
+    assert httpx.get(url + "/readyz").status_code == 200
+
+
+def test_channel_names_with_a_trailing_newline_are_refused(redis_gateway: GatewayProcess) -> None:
+    url = redis_gateway.url
+    for channel in BAD_CHANNELS:
+        quoted = channel.replace("\n", "%0A")
+        assert_problem(httpx.get(f"{url}/channels/{quoted}/events"), 400)
+        assert_problem(httpx.post(f"{url}/channels/{quoted}/events", json={"data": 1}), 400)
+        assert_problem(httpx.get(url + "/events", params={"channel": channel}, timeout=5), 400)
+
+
+async def test_websocket_since_and_channel_edges_get_error_frames(
+    redis_gateway: GatewayProcess,
+) -> None:
+    async with ws_client(redis_gateway.ws_url) as ws:
+        for n, since in enumerate(BAD_SINCE):
+            op = {"op": "subscribe", "channel": "room:edge", "since": since, "ref": n}
+            await ws_send(ws, op)
+            frame = (await ws_until(ws, lambda f, n=n: f.get("ref") == n))[-1]
+            assert frame["op"] == "error" and frame["code"] == "invalid_since", frame
+        for n, channel in enumerate(BAD_CHANNELS, start=100):
+            await ws_send(ws, {"op": "subscribe", "channel": channel, "ref": n})
+            frame = (await ws_until(ws, lambda f, n=n: f.get("ref") == n))[-1]
+            assert frame["op"] == "error" and frame["code"] == "invalid_channel", frame
+            op = {"op": "publish", "channel": channel, "type": "message", "data": 1, "ref": -n}
+            await ws_send(ws, op)
+            frame = (await ws_until(ws, lambda f, n=n: f.get("ref") == -n))[-1]
+            assert frame["op"] == "error" and frame["code"] == "invalid_channel", frame
+        await ws_send(ws, {"op": "publish", "channel": "room:edge", "type": "a.b\n", "ref": "t"})
+        frame = (await ws_until(ws, lambda f: f.get("ref") == "t"))[-1]
+        assert frame["op"] == "error", frame

@@ -28,7 +28,7 @@ async def publish_event(request: Request) -> Response:
     channel = channel_param(request.path_params["channel"])
     body = await read_json_object(request)
     type_ = body.get("type", "message")
-    if not isinstance(type_, str) or not EVENT_TYPE_RE.match(type_):
+    if not isinstance(type_, str) or not EVENT_TYPE_RE.fullmatch(type_):
         raise unprocessable("'type' must be 1-100 characters of [A-Za-z0-9_.:-]")
     try:
         services.policy.check_namespace(channel)

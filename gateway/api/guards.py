@@ -550,21 +550,3 @@ async def _refuse_websocket(
         accept["subprotocol"] = SUBPROTOCOL
     await send(accept)
     await send({"type": "websocket.close", "code": code, "reason": reason})
-
-
-class RedactQueryStrings(logging.Filter):
-    """Drop query strings from uvicorn's access log lines: `?token=` must never be logged."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args: Any = record.args
-        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
-            path = args[2]
-            if "?" in path:
-                record.args = (*args[:2], path.partition("?")[0] + "?<redacted>", *args[3:])
-        return True
-
-
-def install_access_log_redaction() -> None:
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, RedactQueryStrings) for f in access.filters):
-        access.addFilter(RedactQueryStrings())

@@ -110,12 +110,20 @@ async def get_job(request: Request) -> Response:
     if wait > 0 and not record.terminal and not _newer(record, since):
         await _wait_for_event(services, job_id, since or record.last_event_id, wait)
         record = await load_or_404(services, job_id)
-    return job_response(record, request.headers.get("if-none-match"))
+    # The callback URL may carry the receiver's secret: it is the submitter's (server-side)
+    # business, not the browser's that reads the job with its job token.
+    server = caller_of(request.scope).api_key is not None or not services.api_keys.enabled
+    return job_response(record, request.headers.get("if-none-match"), show_callback=server)
 
 
-def job_response(record: JobRecord, if_none_match: str | None = None) -> Response:
+def job_response(
+    record: JobRecord, if_none_match: str | None = None, *, show_callback: bool = True
+) -> Response:
     """The job resource with its version as `ETag`; `304` when the client has that version."""
-    body = orjson.dumps(record.resource())
+    resource = record.resource()
+    if not show_callback:
+        resource.pop("callback_url", None)
+    body = orjson.dumps(resource)
     etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if not record.terminal:

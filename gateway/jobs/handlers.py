@@ -22,10 +22,11 @@ import io
 import math
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TextIO
 
 ProgressReporter = Callable[[float, str, dict[str, Any]], Awaitable[None]]
 Validator = Callable[[Any], Any]
@@ -268,37 +269,115 @@ def resolve_data_path(data_dir: Path, name: str) -> Path:
     return candidate
 
 
+MAX_PROGRESS_EVENTS: Final = 1000
+"""Progress events one `data_analysis` job publishes at most, whatever `chunk_rows` asks for:
+one per 0.1% of the input read (a 50,000-row file with `chunk_rows: 1` is not 50,000 events)."""
+
+MAX_RECORD_CHARS: Final = 1 << 20
+"""Longest CSV record (one row, possibly over several quoted lines) read; longer fails the job,
+so a file without line breaks cannot make the worker hold all of it at once."""
+
+MAX_COLUMNS: Final = 1000
+"""Most columns summarised; a wider header fails the job (the result would be huge)."""
+
+YIELD_EVERY: Final = 0.02
+"""Seconds of parsing between two yields to the event loop, so the worker's other jobs, its
+lease renewals and its webhook deliveries carry on while a large file is read."""
+
+
+class CsvLines:
+    """The lines of a CSV input, read only as the parser asks for them.
+
+    Memory stays bounded whatever the input's size; it counts how much was read (for progress)
+    and refuses a record longer than `MAX_RECORD_CHARS`.
+    """
+
+    def __init__(self, stream: TextIO, size: int) -> None:
+        self.stream = stream
+        self.size = size
+        self.consumed = 0
+        self.record_chars = 0
+        """Characters of the record being parsed; the reader resets it after each row."""
+
+    def __iter__(self) -> CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.stream.readline(MAX_RECORD_CHARS + 1 - self.record_chars)
+        if not line:
+            raise StopIteration
+        self.consumed += len(line)
+        self.record_chars += len(line)
+        if self.record_chars > MAX_RECORD_CHARS:
+            raise HandlerError(f"a CSV record is longer than {MAX_RECORD_CHARS} characters")
+        return line
+
+    @property
+    def fraction(self) -> float:
+        """How much of the input was read (characters over bytes for files: close enough)."""
+        return min(self.consumed / self.size, 1.0) if self.size else 1.0
+
+
 @dataclass(slots=True)
 class ColumnStats:
-    """Welford's running mean/variance, so a file of any size is summarised in one pass."""
+    """Running count, mean, standard deviation, min and max of one column, in one pass.
+
+    Welford's update, made overflow-proof: the difference from the mean is taken of halved
+    values (`1e308 - -1e308` overflows; its half does not), and the sum of squared deviations
+    is kept as `4 * scale**2 * ssq` (the scaling LAPACK's dnrm2 uses), so it never overflows
+    even where the variance itself is beyond a float; the standard deviation is finite or null.
+    """
 
     count: int = 0
     missing: int = 0
     non_numeric: int = 0
     mean: float = 0.0
-    m2: float = 0.0
+    scale: float = 0.0
+    ssq: float = 0.0
     minimum: float = math.inf
     maximum: float = -math.inf
 
     def add(self, raw: str) -> None:
-        text = raw.strip()
-        if not text:
-            self.missing += 1
-            return
         try:
-            value = float(text)
+            value = float(raw)  # surrounding whitespace is fine with float()
         except ValueError:
-            self.non_numeric += 1
+            if raw.strip():
+                self.non_numeric += 1
+            else:
+                self.missing += 1
             return
         if not math.isfinite(value):
             self.non_numeric += 1
             return
-        self.count += 1
-        delta = value - self.mean
-        self.mean += delta / self.count
-        self.m2 += delta * (value - self.mean)
-        self.minimum = min(self.minimum, value)
-        self.maximum = max(self.maximum, value)
+        n = self.count = self.count + 1
+        if n == 1:
+            self.mean = self.minimum = self.maximum = value
+            return
+        half_delta = value * 0.5 - self.mean * 0.5
+        self.mean += (half_delta / n) * 2
+        # The sum of squared deviations grows by delta**2 * (n - 1) / n, i.e. by
+        # 4 * half**2 * weight; kept as 4 * scale**2 * ssq with scale the largest half seen.
+        half = abs(half_delta)
+        weight = (n - 1) / n
+        if half > self.scale:
+            ratio = self.scale / half
+            self.ssq = self.ssq * ratio * ratio + weight
+            self.scale = half
+        elif half > 0:
+            ratio = half / self.scale
+            self.ssq += ratio * ratio * weight
+        if value < self.minimum:
+            self.minimum = value
+        elif value > self.maximum:
+            self.maximum = value
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation; None below two values or beyond a float's range."""
+        if self.count < 2:
+            return None
+        std = self.scale * (2 * math.sqrt(self.ssq / (self.count - 1)))
+        return std if math.isfinite(std) else None
 
     def summary(self) -> dict[str, Any]:
         numeric = self.count > 0
@@ -307,10 +386,48 @@ class ColumnStats:
             "missing": self.missing,
             "non_numeric": self.non_numeric,
             "mean": self.mean if numeric else None,
-            "std": math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else None,
+            "std": self.std,
             "min": self.minimum if numeric else None,
             "max": self.maximum if numeric else None,
         }
+
+
+class ProgressPacer:
+    """Decides when a `data_analysis` job reports: after every `chunk_rows` rows, but only once
+    another 1/`MAX_PROGRESS_EVENTS` of the input was read since the last report."""
+
+    def __init__(self, chunk_rows: int, size: int) -> None:
+        self.chunk_rows = chunk_rows
+        self.size = size
+        self.level = 0
+        self.next_at = self._threshold(1)
+        """Characters read at which the next report may come (the cheap per-row test)."""
+
+    def _threshold(self, level: int) -> int:
+        return -(-level * self.size // MAX_PROGRESS_EVENTS)
+
+    def due(self, rows: int, consumed: int) -> bool:
+        """Whether to report now, having read `rows` rows and `consumed` characters."""
+        if rows % self.chunk_rows or consumed < self.next_at:
+            return False
+        self.level = min(consumed * MAX_PROGRESS_EVENTS // max(self.size, 1), MAX_PROGRESS_EVENTS)
+        self.next_at = self._threshold(self.level + 1)
+        return True
+
+    def finish(self) -> bool:
+        """Whether the end still needs its report (100% was not reported yet)."""
+        done = self.level < MAX_PROGRESS_EVENTS
+        self.level = MAX_PROGRESS_EVENTS
+        return done
+
+
+def _open_input(ctx: JobContext) -> CsvLines:
+    if ctx.data["path"] is not None:
+        path = resolve_data_path(ctx.data_dir, ctx.data["path"])
+        stream: TextIO = path.open(encoding="utf-8-sig", errors="replace", newline="")
+        return CsvLines(stream, path.stat().st_size)
+    text: str = ctx.data["csv"]
+    return CsvLines(io.StringIO(text, newline=""), len(text))
 
 
 @handler(
@@ -320,24 +437,38 @@ class ColumnStats:
     example={"csv": "x,y\n1,2\n3,4\n5,6\n", "chunk_rows": 1},
 )
 async def data_analysis_handler(ctx: JobContext) -> dict[str, Any]:
-    if ctx.data["path"] is not None:
-        path = resolve_data_path(ctx.data_dir, ctx.data["path"])
-        text = await asyncio.to_thread(path.read_text, "utf-8", "replace")
-    else:
-        text = ctx.data["csv"]
-    rows = list(csv.reader(io.StringIO(text)))
-    if not rows:
-        raise HandlerError("the CSV is empty")
-    header, body = rows[0], rows[1:]
-    columns = [ColumnStats() for _ in header]
-    chunk = ctx.data["chunk_rows"]
-    total_chunks = max(1, math.ceil(len(body) / chunk))
-    for index in range(total_chunks):
-        for row in body[index * chunk : (index + 1) * chunk]:
+    """Streams the CSV row by row: memory does not grow with the file (no median, which would
+    need every value), and progress is paced by `ProgressPacer`."""
+    lines = _open_input(ctx)
+    pacer = ProgressPacer(ctx.data["chunk_rows"], lines.size)
+    reader = csv.reader(lines)
+    rows = 0
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise HandlerError("the CSV is empty")
+        if len(header) > MAX_COLUMNS:
+            raise HandlerError(f"the CSV has more than {MAX_COLUMNS} columns")
+        columns = [ColumnStats() for _ in header]
+        resume_at = time.monotonic() + YIELD_EVERY
+        lines.record_chars = 0
+        for row in reader:
+            lines.record_chars = 0
+            rows += 1
             for column, value in zip(columns, row, strict=False):
                 column.add(value)
-        await ctx.progress((index + 1) / total_chunks, f"chunk {index + 1} of {total_chunks}")
+            if lines.consumed >= pacer.next_at and pacer.due(rows, lines.consumed):
+                await ctx.progress(lines.fraction, f"{rows} rows read", rows=rows)
+            if not rows & 255 and time.monotonic() >= resume_at:
+                await asyncio.sleep(0)
+                resume_at = time.monotonic() + YIELD_EVERY
+    except csv.Error as exc:
+        raise HandlerError(f"the CSV is malformed near line {reader.line_num}: {exc}") from None
+    finally:
+        lines.stream.close()
+    if pacer.finish():
+        await ctx.progress(1.0, f"{rows} rows read", rows=rows)
     return {
-        "rows": len(body),
+        "rows": rows,
         "columns": {name: stats.summary() for name, stats in zip(header, columns, strict=False)},
     }

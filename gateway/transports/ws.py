@@ -337,7 +337,7 @@ class Connection:
     async def _publish(self, op: dict[str, Any], ref: Any) -> None:
         channel = self._channel(op)
         type_ = op.get("type", "message")
-        if not isinstance(type_, str) or not EVENT_TYPE_RE.match(type_):
+        if not isinstance(type_, str) or not EVENT_TYPE_RE.fullmatch(type_):
             raise OpError("invalid_type", "type must be 1-100 characters of [A-Za-z0-9_.:-]")
         token = self._token(op)
         if self.api_key is None:
