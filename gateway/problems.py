@@ -42,6 +42,15 @@ PROBLEM_TYPES: Final[dict[str, ProblemType]] = {
         "channel name or a body that is not a JSON object. `detail` says which. Sending the same "
         "request again fails the same way.",
     ),
+    "host-not-allowed": ProblemType(
+        400,
+        "Bad Request",
+        "The request's `Host` is not a name this gateway serves. Without "
+        "`GATEWAY_ALLOWED_HOSTS`, a gateway in dev mode answers only to names of its own "
+        "machine (`localhost`, loopback addresses, its bind address), so a page on a DNS name "
+        "rebound to 127.0.0.1 cannot reach it. Use one of those names, or list yours in "
+        "`GATEWAY_ALLOWED_HOSTS`.",
+    ),
     "api_key_required": ProblemType(
         401,
         "Unauthorized",
@@ -77,6 +86,13 @@ PROBLEM_TYPES: Final[dict[str, ProblemType]] = {
         "The credentials are valid but do not allow this: the token has no right on this "
         "channel, the channel's namespace is unknown or closed to clients (`job:` channels are "
         "written by workers only), or a `user:<id>` channel belongs to another subject.",
+    ),
+    "origin-not-allowed": ProblemType(
+        403,
+        "Forbidden",
+        "A request that changes something (`POST`) came from a page whose origin is neither "
+        "the gateway's own nor listed in `GATEWAY_ALLOWED_ORIGINS`. Call from an allowed page, "
+        "list the origin, or make the call from your server (no `Origin` header).",
     ),
     "not-found": ProblemType(
         404,

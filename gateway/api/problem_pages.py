@@ -12,8 +12,8 @@ from typing import Final
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
 
+from gateway.api.access import PUBLIC, GuardedRoute
 from gateway.problems import PROBLEM_TYPES, ProblemType, not_found, problem_type_uri
 
 _CODE_SPAN: Final = re.compile(r"`([^`]+)`")
@@ -72,6 +72,6 @@ async def problem_page(request: Request) -> Response:
 
 
 routes = [
-    Route("/problems", problem_index, methods=["GET"]),
-    Route("/problems/{code}", problem_page, methods=["GET"]),
+    GuardedRoute("/problems", problem_index, methods=["GET"], access=PUBLIC),
+    GuardedRoute("/problems/{code}", problem_page, methods=["GET"], access=PUBLIC),
 ]
