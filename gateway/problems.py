@@ -42,6 +42,15 @@ PROBLEM_TYPES: Final[dict[str, ProblemType]] = {
         "channel name or a body that is not a JSON object. `detail` says which. Sending the same "
         "request again fails the same way.",
     ),
+    "host-not-allowed": ProblemType(
+        400,
+        "Bad Request",
+        "The request's `Host` is not a name this gateway serves. Without "
+        "`GATEWAY_ALLOWED_HOSTS`, a gateway in dev mode answers only to names of its own "
+        "machine (`localhost`, loopback addresses, its bind address), so a page on a DNS name "
+        "rebound to 127.0.0.1 cannot reach it. Use one of those names, or list yours in "
+        "`GATEWAY_ALLOWED_HOSTS`.",
+    ),
     "api_key_required": ProblemType(
         401,
         "Unauthorized",
@@ -70,14 +79,6 @@ PROBLEM_TYPES: Final[dict[str, ProblemType]] = {
         "Unauthorized",
         "The token's `exp` has passed. Get a new token and reconnect; resume with the last "
         "event id you saw (`Last-Event-ID` or `since`) so nothing is missed.",
-    ),
-    "host-not-allowed": ProblemType(
-        400,
-        "Bad Request",
-        "The `Host` header names a host this gateway does not serve. Without credentials "
-        "configured (dev mode) it serves only names of this machine (`localhost`, loopback "
-        "addresses, the bind address), so that a DNS-rebinding page cannot reach it; "
-        "`GATEWAY_ALLOWED_HOSTS` lists other names.",
     ),
     "forbidden": ProblemType(
         403,

@@ -8,8 +8,13 @@ import ast
 import re
 from pathlib import Path
 
-from gateway.api.docs import ACCESS, OPERATIONS
+from starlette.routing import Route
+
+from gateway.api.access import Rule, access_of
+from gateway.api.docs import OPERATIONS
+from gateway.app import create_app
 from gateway.problems import PROBLEM_TYPES
+from gateway.settings import Settings
 from gateway.transports import ws
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,12 +31,30 @@ def table_rows(text: str, first_cell: str) -> list[list[str]]:
     return rows
 
 
+def _declared_rules() -> dict[tuple[str, str], Rule]:
+    """`(method, path) -> Rule` of every HTTP route, from the routes' own declarations."""
+    declared = {}
+    for route in create_app(Settings()).routes:
+        if isinstance(route, Route) and route.methods:
+            access = access_of(route)
+            assert access is not None, f"{route.path} declares no access"
+            for method in route.methods - {"HEAD"}:
+                declared[(method, route.path)] = access.rule
+    return declared
+
+
 def test_http_api_lists_every_endpoint_with_its_access() -> None:
-    rows = table_rows((DOCS / "http-api.md").read_text(), r"`(GET|POST) /[^`]*`")
+    """Each endpoint's access column is its route's declared rule, and the legend words each
+    rule exactly as `Rule.who` does (the OpenAPI descriptions use the same words)."""
+    text = (DOCS / "http-api.md").read_text()
+    rows = table_rows(text, r"`(GET|POST) /[^`]*`")
     documented = {tuple(cells[0].strip("`").split(" ", 1)): cells[1] for cells in rows}
-    declared = {key: access.value for key, access in ACCESS.items()}
-    assert documented == declared
-    assert set(OPERATIONS) == set(ACCESS)
+    declared = _declared_rules()
+    assert documented == {key: rule.label for key, rule in declared.items()}
+    assert set(OPERATIONS) == set(declared)
+    labels = "|".join(re.escape(rule.label) for rule in Rule)
+    legend = {cells[0]: cells[1] for cells in table_rows(text, labels) if len(cells) == 2}
+    assert legend == {rule.label: rule.who for rule in set(declared.values())}
 
 
 def test_http_api_lists_every_problem_type() -> None:

@@ -21,25 +21,57 @@ from starlette.types import ASGIApp
 
 
 class Rule(StrEnum):
-    """What a caller must prove; the guard's meaning of each is in `AccessGuard`."""
+    """What a caller must prove. `AccessGuard` (`gateway.api.guards`) enforces it; `who` says
+    it in words for the API description and docs/http-api.md (a test holds the page to it)."""
 
     PUBLIC = "public"
-    """Anyone: the dashboard, static files, health, API descriptions, job types."""
     SERVER = "server"
-    """A server-side call (submit, cancel): an API key once `GATEWAY_API_KEYS` is set."""
     SERVER_ONLY = "server_only"
-    """An API key whenever the gateway is not in dev mode. For calls that hand out what channel
-    tokens guard (minting tokens, listing every job): with a secret but no API keys configured
-    nobody may make them, since anybody could otherwise read everything."""
     JOB_READ = "job_read"
-    """Reading one job: a token with `subscribe` on `job:<id>`, or an API key."""
     CHANNEL_READ = "channel_read"
-    """Reading channels: a token with `subscribe` on each of them, or an API key."""
     CHANNEL_PUBLISH = "channel_publish"
-    """Publishing over HTTP: an API key, or a token with `publish` on the channel."""
     WEBSOCKET = "websocket"
-    """The `/ws` handshake (Origin, Host and connection limits checked); every op on the
-    connection is then authorized by the channel policy (`gateway.transports.ws`)."""
+
+    @property
+    def label(self) -> str:
+        """The rule's name in the docs' access columns: `server only`."""
+        return self.value.replace("_", " ")
+
+    @property
+    def who(self) -> str:
+        """Who gets through, in Markdown (outside dev mode; in dev mode everything is open)."""
+        return WHO[self]
+
+
+WHO: Final[dict[Rule, str]] = {
+    Rule.PUBLIC: "anyone",
+    Rule.SERVER: (
+        "a server with one of `GATEWAY_API_KEYS`; anyone while no API keys are configured"
+    ),
+    Rule.SERVER_ONLY: (
+        "a server with one of `GATEWAY_API_KEYS`, and nobody while `GATEWAY_SECRET` is set "
+        "without API keys: these calls hand out what channel tokens guard (minting tokens, "
+        "listing every job), so mint tokens in your backend with the secret instead"
+    ),
+    Rule.JOB_READ: (
+        "a channel token with `subscribe` on `job:<id>` (such as the job's own token from "
+        "`POST /jobs`), or an API key"
+    ),
+    Rule.CHANNEL_READ: (
+        "a channel token the channel policy lets subscribe to each channel read (one with "
+        "`subscribe` on it; for `user:<name>`, one whose `sub` is the name), or an API key"
+    ),
+    Rule.CHANNEL_PUBLISH: (
+        "an API key, or a channel token with `publish` on the channel (rate-limited per "
+        "token); anyone while no API keys are configured"
+    ),
+    Rule.WEBSOCKET: (
+        "anyone from an allowed `Origin` may open the connection (Host and connection limits "
+        "checked); each `subscribe` and `publish` on it is then authorized by the channel "
+        "policy, as channel read and channel publish are"
+    ),
+}
+"""The one wording of each rule (`Rule.who`)."""
 
 
 API_KEY: Final = "apiKey"

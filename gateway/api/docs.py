@@ -6,13 +6,13 @@ parameters, responses). A test checks that no route is missing from `OPERATIONS`
 cannot silently drift from the code; schemathesis then fuzzes the gateway from it, and
 openapi-spec-validator, `redocly lint` and `@asyncapi/parser` check both documents as served.
 
-Who may call an operation (its `security`) comes from `access_of`, one place: today a table
-here, later the routes' own access declarations, without changing how the document is built.
+Who may call an operation comes from the route's own access declaration (`gateway.api.access`),
+the one the guard enforces: its `security` is `Access.security`, and its description says the
+rule in the words of `Rule.who`. Summaries here say what an operation does, never who may call it.
 """
 
 from __future__ import annotations
 
-import enum
 import re
 from typing import Any, Final
 
@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.api.access import PUBLIC, GuardedRoute
+from gateway.api.access import PUBLIC, GuardedRoute, access_of
 from gateway.api.jobs import json_response
 
 PROBLEM: Final = {"$ref": "#/components/schemas/Problem"}
@@ -29,61 +29,6 @@ EVENT_ID: Final = {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"}
 
 JOB_TYPES: Final = ["sleep", "fail", "data_analysis"]
 _PARAM: Final = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?}")
-
-
-class Access(enum.Enum):
-    """Who may call an operation once the gateway runs in secure mode (in dev mode, with neither
-    GATEWAY_API_KEYS nor GATEWAY_SECRET, everything is open)."""
-
-    PUBLIC = "public"
-    API_KEY = "api key"
-    """Server-side calls: an API key (`GET /jobs` only needs one when keys are configured)."""
-    CHANNEL_READ = "channel read"
-    """Reading a channel: a channel token with `subscribe` on it (a job's own token for a job's
-    resources), or an API key."""
-    CHANNEL_PUBLISH = "channel publish"
-    """Publishing over HTTP: an API key, or a channel token with `publish` on the channel."""
-
-
-SECURITY: Final[dict[Access, list[dict[str, list[str]]]]] = {
-    Access.PUBLIC: [],  # explicitly none, not "undeclared"
-    Access.API_KEY: [{"apiKey": []}],
-    Access.CHANNEL_READ: [{"channelToken": []}, {"apiKey": []}],
-    Access.CHANNEL_PUBLISH: [{"apiKey": []}, {"channelToken": []}],
-}
-
-ACCESS: Final[dict[tuple[str, str], Access]] = {
-    ("GET", "/"): Access.PUBLIC,
-    ("POST", "/jobs"): Access.API_KEY,
-    ("GET", "/jobs"): Access.API_KEY,
-    ("GET", "/job-types"): Access.PUBLIC,
-    ("GET", "/jobs/{job_id}"): Access.CHANNEL_READ,
-    ("GET", "/jobs/{job_id}/result"): Access.CHANNEL_READ,
-    ("POST", "/jobs/{job_id}/cancel"): Access.API_KEY,
-    ("GET", "/jobs/{job_id}/events"): Access.CHANNEL_READ,
-    ("POST", "/channels/{channel}/events"): Access.CHANNEL_PUBLISH,
-    ("GET", "/channels/{channel}/events"): Access.CHANNEL_READ,
-    ("GET", "/events"): Access.CHANNEL_READ,
-    ("POST", "/submit-job"): Access.API_KEY,
-    ("POST", "/submitTask"): Access.API_KEY,
-    ("GET", "/taskStatus/{job_id}"): Access.CHANNEL_READ,
-    ("GET", "/results/{job_id}"): Access.CHANNEL_READ,
-    ("POST", "/tokens"): Access.API_KEY,
-    ("GET", "/healthz"): Access.PUBLIC,
-    ("GET", "/readyz"): Access.PUBLIC,
-    ("GET", "/metrics"): Access.PUBLIC,
-    ("GET", "/openapi.json"): Access.PUBLIC,
-    ("GET", "/asyncapi.json"): Access.PUBLIC,
-    ("GET", "/problems"): Access.PUBLIC,
-    ("GET", "/problems/{code}"): Access.PUBLIC,
-}
-
-
-def access_of(route: Route, method: str) -> Access | None:
-    """Who may call `method` on `route`: the one place the document learns it from, so once
-    routes declare their access themselves, only this lookup changes. (None: undeclared; a
-    test requires every route to be declared.)"""
-    return ACCESS.get((method, _PARAM.sub(r"{\1}", route.path)))
 
 
 def _problem_responses(*codes: int) -> dict[str, Any]:
@@ -141,7 +86,7 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
     },
     ("POST", "/jobs"): {
-        "summary": "Submit a job (API key)",
+        "summary": "Submit a job",
         "parameters": [
             {
                 "name": "Idempotency-Key",
@@ -158,7 +103,7 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         },
     },
     ("GET", "/jobs"): {
-        "summary": "Recent jobs, newest first (API key when keys are configured)",
+        "summary": "Recent jobs, newest first",
         "parameters": [
             {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}},
             {"name": "status", "in": "query", "required": False, "schema": {"type": "string"}},
@@ -190,7 +135,7 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         },
     },
     ("POST", "/jobs/{job_id}/cancel"): {
-        "summary": "Cancel a queued or running job (API key)",
+        "summary": "Cancel a queued or running job",
         "responses": {
             "200": _json({"$ref": "#/components/schemas/Job"}),
             "202": _json({"$ref": "#/components/schemas/Job"}),
@@ -213,7 +158,7 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         },
     },
     ("POST", "/channels/{channel}/events"): {
-        "summary": "Publish an event (API key, or a token with `publish`)",
+        "summary": "Publish an event on a channel",
         "requestBody": _body({"$ref": "#/components/schemas/PublishRequest"}),
         "responses": {
             "202": _json({"type": "object", "properties": {"id": EVENT_ID}}),
@@ -247,7 +192,7 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         "responses": {"200": SSE, **JOB_RESPONSES, **_problem_responses(429)},
     },
     ("POST", "/submit-job"): {
-        "summary": "Seed-compatible submit (`jobType`, `jobData`) (API key)",
+        "summary": "Seed-compatible submit (`jobType`, `jobData`)",
         "requestBody": _body(
             {
                 "type": "object",
@@ -258,7 +203,7 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         "responses": {"202": _json({"type": "object"}), **WRITE_RESPONSES},
     },
     ("POST", "/submitTask"): {
-        "summary": "Seed-compatible submit (`taskName`, `parameters`, `callbackUrl`) (API key)",
+        "summary": "Seed-compatible submit (`taskName`, `parameters`, `callbackUrl`)",
         "requestBody": _body(
             {
                 "type": "object",
@@ -287,7 +232,7 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         },
     },
     ("POST", "/tokens"): {
-        "summary": "Mint a channel token (API key)",
+        "summary": "Mint a channel token",
         "requestBody": _body({"$ref": "#/components/schemas/TokenRequest"}),
         "responses": {
             "201": _json(
@@ -431,9 +376,12 @@ def openapi_document(routes: list[Any]) -> dict[str, Any]:
                     for name in names
                 ] + list(operation.get("parameters", []))
             operation["operationId"] = operation_id(method, path)
-            access = access_of(route, method)
-            if access is not None:
-                operation["security"] = SECURITY[access]
+            access = access_of(route)
+            if access is not None:  # undeclared routes are refused, and a test fails on them
+                operation["security"] = access.security
+                who = f"Who may call it: {access.rule.who}."
+                description = operation.get("description")
+                operation["description"] = f"{description}\n\n{who}" if description else who
             # Every request passes the size guard first, so any operation can answer 431.
             operation["responses"] = {**operation["responses"], "431": HEAD_TOO_LARGE}
             paths.setdefault(path, {})[method.lower()] = operation
@@ -443,9 +391,9 @@ def openapi_document(routes: list[Any]) -> dict[str, Any]:
             "title": "gateway",
             "version": "1",
             "description": (
-                "Real-time notification gateway for background jobs. Security applies in secure "
-                "mode; with neither GATEWAY_API_KEYS nor GATEWAY_SECRET set (dev mode) every "
-                "operation is open."
+                "Real-time notification gateway for background jobs. Each operation's security "
+                "and description say who may call it; with neither GATEWAY_API_KEYS nor "
+                "GATEWAY_SECRET set (dev mode) every operation is open."
             ),
             "license": {"name": "MIT", "identifier": "MIT"},
         },

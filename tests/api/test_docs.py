@@ -16,7 +16,8 @@ import pytest
 from openapi_spec_validator import validate
 from starlette.routing import Route
 
-from gateway.api.docs import ACCESS, OPERATIONS, asyncapi_document, openapi_document
+from gateway.api.access import Rule, access_of
+from gateway.api.docs import OPERATIONS, asyncapi_document, openapi_document
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.support import GatewayProcess
@@ -64,7 +65,6 @@ def test_every_route_is_described() -> None:
             continue
         for method in route.methods - {"HEAD"}:
             assert (method, route.path) in OPERATIONS, f"{method} {route.path} is undocumented"
-            assert (method, route.path) in ACCESS, f"{method} {route.path}: access undeclared"
             assert method.lower() in document["paths"][route.path]
     for ref in _refs(document):
         assert _resolve(document, ref) is not None
@@ -75,6 +75,33 @@ def test_every_route_is_described() -> None:
         "required": True,
         "schema": {"type": "string", "minLength": 1, "maxLength": 200},
     }
+
+
+def test_who_may_call_an_operation_comes_from_its_route() -> None:
+    """Each operation's security and access wording is its route's declaration, the one the
+    guard enforces; summaries never say it a second time."""
+    app = create_app(Settings())
+    document = openapi_document(list(app.routes))
+    checked = 0
+    for route in app.routes:
+        if not isinstance(route, Route) or not route.methods:
+            continue
+        access = access_of(route)
+        assert access is not None, f"{route.path} declares no access"
+        for method in route.methods - {"HEAD"}:
+            operation = document["paths"][route.path][method.lower()]
+            assert operation["security"] == access.security, (method, route.path)
+            assert operation["description"].endswith(f"Who may call it: {access.rule.who}.")
+            assert "API key" not in operation["summary"], (method, route.path)
+            checked += 1
+    assert checked == len(OPERATIONS)
+    paths = document["paths"]
+    token_or_key = [{"channelToken": []}, {"apiKey": []}]
+    assert paths["/taskStatus/{job_id}"]["get"]["security"] == token_or_key
+    assert paths["/results/{job_id}"]["get"]["security"] == token_or_key
+    for path, method in (("/jobs", "get"), ("/tokens", "post")):
+        assert paths[path][method]["security"] == [{"apiKey": []}]
+        assert Rule.SERVER_ONLY.who in paths[path][method]["description"]
 
 
 def test_asyncapi_describes_ws_and_sse(embedded_gateway: GatewayProcess) -> None:
