@@ -49,6 +49,18 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Attempt:
+    """The answer to "may this job run once more?", decided in one atomic step.
+
+    Counting and checking apart would let two deliveries of one job both pass the check.
+    """
+
+    number: int
+    """The attempt about to run when `granted`; otherwise how many attempts already ran."""
+    granted: bool
+
+
+@dataclass(frozen=True, slots=True)
 class JobUpdate:
     """Fields to set on a job record in the same atomic step as publishing its event."""
 
@@ -141,8 +153,10 @@ class Backend(abc.ABC):
         """Set fields of an existing job record without publishing an event."""
 
     @abc.abstractmethod
-    async def count_attempt(self, job_id: str) -> int:
-        """Add one to the job's `attempts` and return the new count."""
+    async def begin_attempt(self, job_id: str, max_attempts: int) -> Attempt | None:
+        """Count one more run of the job in its `attempts`, unless it already ran `max_attempts`
+        times (then refuse and leave the count alone); atomically, so concurrent deliveries of
+        one job never pass the limit together. None when the job is missing or has ended."""
 
     @abc.abstractmethod
     async def enqueue(self, job_id: str, delay: float = 0.0) -> None:
@@ -153,8 +167,8 @@ class Backend(abc.ABC):
         """Take the next due job, waiting up to `block` seconds; None when there is none."""
 
     @abc.abstractmethod
-    async def reclaim(self, consumer: str, min_idle: float) -> list[Delivery]:
-        """Take over jobs delivered to workers that went silent for `min_idle` seconds."""
+    async def reclaim(self, consumer: str, min_idle: float, count: int = 50) -> list[Delivery]:
+        """Take over up to `count` jobs delivered to workers silent for `min_idle` seconds."""
 
     @abc.abstractmethod
     async def touch(self, consumer: str, delivery: Delivery) -> None:
