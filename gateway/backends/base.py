@@ -18,7 +18,10 @@ EventListener = Callable[[Event], None]
 """Receives every live event of a subscribed channel; must not block (the hub queues frames)."""
 
 RecoveryListener = Callable[[], Awaitable[None]]
-"""Called after the bus reconnected and re-subscribed, so the hub can fetch what it missed."""
+"""Called after the bus reconnected and re-subscribed, so the hub can fetch what it missed.
+
+Backends call it before delivering any live event of the new connection (the call itself, not
+the awaitable it returns, is where the hub starts holding live events back)."""
 
 JOB_TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
