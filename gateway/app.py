@@ -27,7 +27,7 @@ from gateway.api.guards import AccessGuard, BodyLimit, install_access_log_redact
 from gateway.auth import ApiKeys, ChannelPolicy
 from gateway.backends.base import Backend, BackendUnavailable
 from gateway.backends.memory import MemoryBackend
-from gateway.hub import Hub
+from gateway.hub import Hub, Subscriber
 from gateway.jobs.handlers import REGISTRY, HandlerRegistry
 from gateway.jobs.worker import Worker
 from gateway.limits import Limits
@@ -240,7 +240,9 @@ def _drain_on_signals(hub: Hub, settings: Settings) -> Callable[[], None]:
         if callable(handler):
             handler(signum, frame)
 
-    async def pass_on_when_gone(told: set[Any], signum: int, frame: FrameType | None) -> None:
+    async def pass_on_when_gone(
+        told: set[Subscriber], signum: int, frame: FrameType | None
+    ) -> None:
         # Only the connections told to go: one that reconnects meanwhile must not hold this up.
         deadline = loop.time() + DRAIN_GRACE
         while not told.isdisjoint(hub.connections) and loop.time() < deadline:  # noqa: ASYNC110
