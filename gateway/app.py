@@ -34,7 +34,7 @@ from gateway.api.guards import AccessGuard, BodyLimit
 from gateway.auth import ApiKeys, ChannelPolicy
 from gateway.backends.base import Backend, BackendUnavailable
 from gateway.backends.memory import MemoryBackend
-from gateway.hub import Hub
+from gateway.hub import Hub, Subscriber
 from gateway.jobs.handlers import REGISTRY, HandlerRegistry
 from gateway.jobs.worker import Worker
 from gateway.limits import Limits
@@ -235,22 +235,55 @@ def announce_security(settings: Settings) -> None:
     )
 
 
+DRAIN_GRACE = 5.0
+"""Longest a SIGTERM waits for clients to take their `1001` close or `shutdown` event (normally
+milliseconds) before uvicorn closes what is left with a bare `1012`."""
+
+
 def _drain_on_signals(hub: Hub, settings: Settings) -> Callable[[], None]:
     """On SIGTERM/SIGINT, tell every client to go before uvicorn closes the connections.
 
     Chains in front of the server's own handler (installed before the lifespan starts), so
     WebSockets close with 1001 and SSE streams end with a `shutdown` event and a `retry:` hint,
-    instead of uvicorn's bare 1012 close.
+    instead of uvicorn's bare 1012 close. The server's handler is passed the signal only once
+    the clients are gone (or after `DRAIN_GRACE`): uvicorn closes every open connection on its
+    next 0.1 s tick after it, which could come before the tasks sending the 1001 closes ran.
+    A second signal goes straight through (Ctrl+C twice forces the exit).
     """
     loop = asyncio.get_running_loop()
     previous: dict[int, Any] = {}
+    draining: set[asyncio.Task[None]] = set()
+    signalled = False
 
-    def handle(signum: int, frame: FrameType | None) -> None:
-        loop.call_soon_threadsafe(hub.drain, settings.sse_retry_ms)
-        log.info("shutting down: asking %d client connections to reconnect", len(hub.connections))
+    def pass_on(signum: int, frame: FrameType | None) -> None:
         handler = previous.get(signum)
         if callable(handler):
             handler(signum, frame)
+
+    async def pass_on_when_gone(
+        told: set[Subscriber], signum: int, frame: FrameType | None
+    ) -> None:
+        # Only the connections told to go: one that reconnects meanwhile must not hold this up.
+        deadline = loop.time() + DRAIN_GRACE
+        while not told.isdisjoint(hub.connections) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # a bounded poll: once per shutdown, no event to wait on
+        pass_on(signum, frame)
+
+    def drain(signum: int, frame: FrameType | None) -> None:
+        log.info("shutting down: asking %d client connections to reconnect", len(hub.connections))
+        told = set(hub.connections)
+        hub.drain(settings.sse_retry_ms)
+        task = loop.create_task(pass_on_when_gone(told, signum, frame))
+        draining.add(task)
+        task.add_done_callback(draining.discard)
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        nonlocal signalled
+        if signalled:
+            pass_on(signum, frame)
+            return
+        signalled = True
+        loop.call_soon_threadsafe(drain, signum, frame)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         try:

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import random
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -315,6 +315,8 @@ class Hub:
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._last: dict[str, EventKey] = {}
+        self._held: dict[str, list[Event]] = {}
+        """Live events of channels being recovered, held back until the history filled the gap."""
         self.connections: set[Subscriber] = set()
         self.draining = False
         backend.set_listener(self.dispatch)
@@ -331,6 +333,13 @@ class Hub:
         return sum(len(subs) for subs in self._subscribers.values())
 
     def dispatch(self, event: Event) -> None:
+        held = self._held.get(event.channel)
+        if held is not None:
+            held.append(event)
+            return
+        self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
         subscribers = self._subscribers.get(event.channel)
         if not subscribers:
             return
@@ -472,6 +481,7 @@ class Hub:
         if not subscribers:
             del self._subscribers[channel]
             self._last.pop(channel, None)
+            self._held.pop(channel, None)
             if self._ready.pop(channel, None) is not None:
                 with contextlib.suppress(BackendUnavailable, OSError):
                     await self.backend.unsubscribe(channel)
@@ -498,14 +508,25 @@ class Hub:
             subscriber.control("shutdown", message="the gateway is restarting", retry=retry_ms)
             subscriber.close()
 
-    async def recover(self) -> None:
-        """After the bus reconnected: fetch from history what live delivery missed meanwhile."""
-        pending = list(self._subscribers)
+    def recover(self) -> Awaitable[None]:
+        """After the bus reconnected: fetch from history what live delivery missed meanwhile.
+
+        Live events are held back from here until each channel's history is read: one
+        delivered first would move subscribers past the missed ones, dropped then as already
+        seen. So the holding starts in this call, which the backend makes before it delivers
+        anything live, not in the awaitable it returns.
+        """
+        for channel in self._subscribers:
+            self._held.setdefault(channel, [])
+        return self._recover(list(self._subscribers))
+
+    async def _recover(self, pending: list[str]) -> None:
         delay = 0.05
         while pending:
             failed = []
             for channel in pending:
                 if channel not in self._subscribers:
+                    self._held.pop(channel, None)
                     continue
                 try:
                     await self._recover_channel(channel)
@@ -528,8 +549,11 @@ class Hub:
                 for subscriber in self._subscribers.get(channel, ()):
                     subscriber.control("gap", channel=channel, since=start)
             for event in history.events:
-                self.dispatch(event)
+                self._deliver(event)
             if not history.more or not history.events:
+                # No await from the last read to here: nothing live can slip in between.
+                for event in self._held.pop(channel, ()):
+                    self._deliver(event)
                 return
             position = history.events[-1].id
 

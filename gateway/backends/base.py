@@ -18,7 +18,10 @@ EventListener = Callable[[Event], None]
 """Receives every live event of a subscribed channel; must not block (the hub queues frames)."""
 
 RecoveryListener = Callable[[], Awaitable[None]]
-"""Called after the bus reconnected and re-subscribed, so the hub can fetch what it missed."""
+"""Called after the bus reconnected and re-subscribed, so the hub can fetch what it missed.
+
+Backends call it before delivering any live event of the new connection (the call itself, not
+the awaitable it returns, is where the hub starts holding live events back)."""
 
 JOB_TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
@@ -70,6 +73,18 @@ class Delivery:
 
     job_id: str
     token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The answer to "may this job run once more?", decided in one atomic step.
+
+    Counting and checking apart would let two deliveries of one job both pass the check.
+    """
+
+    number: int
+    """The attempt about to run when `granted`; otherwise how many attempts already ran."""
+    granted: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +182,10 @@ class Backend(abc.ABC):
         """Set fields of an existing job record without publishing an event."""
 
     @abc.abstractmethod
-    async def count_attempt(self, job_id: str) -> int:
-        """Add one to the job's `attempts` and return the new count."""
+    async def begin_attempt(self, job_id: str, max_attempts: int) -> Attempt | None:
+        """Count one more run of the job in its `attempts`, unless it already ran `max_attempts`
+        times (then refuse and leave the count alone); atomically, so concurrent deliveries of
+        one job never pass the limit together. None when the job is missing or has ended."""
 
     @abc.abstractmethod
     async def enqueue(self, job_id: str, delay: float = 0.0) -> None:
@@ -179,8 +196,8 @@ class Backend(abc.ABC):
         """Take the next due job, waiting up to `block` seconds; None when there is none."""
 
     @abc.abstractmethod
-    async def reclaim(self, consumer: str, min_idle: float) -> list[Delivery]:
-        """Take over jobs delivered to workers that went silent for `min_idle` seconds."""
+    async def reclaim(self, consumer: str, min_idle: float, count: int = 50) -> list[Delivery]:
+        """Take over up to `count` jobs delivered to workers silent for `min_idle` seconds."""
 
     @abc.abstractmethod
     async def touch(self, consumer: str, delivery: Delivery) -> None:

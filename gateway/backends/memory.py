@@ -18,6 +18,7 @@ from typing import Any
 
 from gateway.backends.base import (
     JOB_TERMINAL_STATUSES,
+    Attempt,
     Backend,
     Delivery,
     History,
@@ -182,13 +183,16 @@ class MemoryBackend(Backend):
         if job is not None:
             job.fields.update(fields)
 
-    async def count_attempt(self, job_id: str) -> int:
+    async def begin_attempt(self, job_id: str, max_attempts: int) -> Attempt | None:
+        """Atomic because nothing here awaits between the check and the count."""
         job = self._job(job_id)
-        if job is None:
-            return 0
-        attempts = int(job.fields.get("attempts", "0")) + 1
-        job.fields["attempts"] = str(attempts)
-        return attempts
+        if job is None or job.fields.get("status") in JOB_TERMINAL_STATUSES:
+            return None
+        done = int(job.fields.get("attempts", "0"))
+        if done >= max_attempts:
+            return Attempt(done, granted=False)
+        job.fields["attempts"] = str(done + 1)
+        return Attempt(done + 1, granted=True)
 
     async def enqueue(self, job_id: str, delay: float = 0.0) -> None:
         if delay > 0:
@@ -221,10 +225,12 @@ class MemoryBackend(Backend):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
 
-    async def reclaim(self, consumer: str, min_idle: float) -> list[Delivery]:
+    async def reclaim(self, consumer: str, min_idle: float, count: int = 50) -> list[Delivery]:
         now = time.monotonic()
-        taken = []
+        taken: list[Delivery] = []
         for token, pending in self._pending.items():
+            if len(taken) >= count:
+                break
             if now - pending.touched >= min_idle:
                 pending.consumer = consumer
                 pending.touched = now

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.backends.base import (
+    Attempt,
     Backend,
     BackendUnavailable,
     Delivery,
@@ -77,6 +78,7 @@ def load_script(name: str) -> str:
 
 PUBLISH_LUA = load_script("publish.lua")
 PROMOTE_LUA = load_script("promote.lua")
+BEGIN_ATTEMPT_LUA = load_script("begin_attempt.lua")
 CLAIM_WEBHOOKS_LUA = load_script("claim_webhooks.lua")
 
 
@@ -157,6 +159,7 @@ class RedisBackend(Backend):
         )
         self._publish = self._redis.register_script(PUBLISH_LUA)
         self._promote = self._redis.register_script(PROMOTE_LUA)
+        self._begin_attempt = self._redis.register_script(BEGIN_ATTEMPT_LUA)
         self._claim_webhooks = self._redis.register_script(CLAIM_WEBHOOKS_LUA)
         self._channels: set[str] = set()
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
@@ -375,11 +378,16 @@ class RedisBackend(Backend):
             mapping: Any = dict(fields)
             await self._redis.hset(key, mapping=mapping)
 
-    async def count_attempt(self, job_id: str) -> int:
-        value = await self._call(
-            "count attempt", self._redis.hincrby(job_key(job_id), "attempts", 1)
+    async def begin_attempt(self, job_id: str, max_attempts: int) -> Attempt | None:
+        """One script on the job record's key alone (one Cluster slot, like publish.lua)."""
+        reply: Any = await self._call(
+            "begin attempt",
+            self._begin_attempt(keys=[job_key(job_id)], args=[max_attempts]),
         )
-        return int(value)
+        if not reply:
+            return None
+        granted, number = reply
+        return Attempt(int(number), bool(granted))
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -426,11 +434,11 @@ class RedisBackend(Backend):
             if time.monotonic() >= deadline:
                 return None
 
-    async def reclaim(self, consumer: str, min_idle: float) -> list[Delivery]:
+    async def reclaim(self, consumer: str, min_idle: float, count: int = 50) -> list[Delivery]:
         try:
             await self._ensure_group()
             reply: Any = await self._redis.xautoclaim(
-                JOB_STREAM, WORKER_GROUP, consumer, int(min_idle * 1000), "0-0", count=50
+                JOB_STREAM, WORKER_GROUP, consumer, int(min_idle * 1000), "0-0", count=count
             )
         except (RedisError, OSError) as exc:
             self._group_ready = False

@@ -3,6 +3,10 @@
 Runs as `gateway worker` (a process of its own) or embedded in `gateway serve`. A delivery is
 acknowledged only after the job reached a final state or was re-queued; a worker that dies
 mid-job leaves it pending, and another worker re-claims it after the visibility timeout.
+
+Every delivery a worker holds, running or re-claimed and waiting for a free slot, is kept alive
+by one heartbeat, so nothing it holds is re-claimed again while it is alive. Each run of a
+handler is counted and checked against the job's limit in one atomic step before it starts.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{random.getrandbits(24):06x}"
         self._stopping = asyncio.Event()
         self._reclaimed: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._held: dict[str, Delivery] = {}
+        """Deliveries this worker holds by token: running, or re-claimed and waiting for a slot."""
         self._running: dict[str, asyncio.Task[None]] = {}
         self._callbacks: dict[str, Callback | None] = {}
         self.webhooks = WebhookDispatcher(backend, settings)
@@ -59,6 +65,7 @@ class Worker:
             for i in range(self.settings.concurrency)
         ]
         reclaimer = asyncio.create_task(self._reclaim_forever(), name="worker-reclaimer")
+        heartbeat = asyncio.create_task(self._heartbeat_forever(), name="worker-heartbeat")
         webhooks = asyncio.create_task(self.webhooks.run(self._stopping), name="worker-webhooks")
         try:
             await self._stopping.wait()
@@ -70,9 +77,10 @@ class Worker:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+            heartbeat.cancel()
             for task in slots:
                 task.cancel()
-            await asyncio.gather(*slots, reclaimer, webhooks, return_exceptions=True)
+            await asyncio.gather(*slots, reclaimer, heartbeat, webhooks, return_exceptions=True)
 
     async def _slot(self) -> None:
         while not self._stopping.is_set():
@@ -88,8 +96,10 @@ class Worker:
                     continue
             if delivery is None:
                 continue
+            self._held[delivery.token] = delivery
             if self._stopping.is_set():
                 await self._give_back(delivery)
+                self._held.pop(delivery.token, None)
                 return
             task = asyncio.create_task(self._process(delivery))
             self._running[delivery.token] = task
@@ -100,20 +110,48 @@ class Worker:
                     raise
             finally:
                 self._running.pop(delivery.token, None)
+                self._held.pop(delivery.token, None)
 
     async def _reclaim_forever(self) -> None:
+        """Take over deliveries of silent workers, no more than there are free slots for.
+
+        A delivery this worker already holds is skipped: it waits for a slot (kept alive by
+        the heartbeat) and must not be queued twice, or two slots would run one job at once.
+        """
         interval = max(self.settings.visibility_timeout / 2, 0.05)
         while True:
             await asyncio.sleep(interval)
+            free = self.settings.concurrency - len(self._held)
+            if free <= 0:
+                continue
             try:
-                for delivery in await self.backend.reclaim(
-                    self.name, self.settings.visibility_timeout
-                ):
-                    if delivery.token not in self._running:
-                        log.info("re-claimed job %s from a silent worker", delivery.job_id)
-                        self._reclaimed.put_nowait(delivery)
+                reclaimed = await self.backend.reclaim(
+                    self.name, self.settings.visibility_timeout, count=free
+                )
             except BackendUnavailable as exc:
                 log.warning("cannot reclaim stalled jobs (%s)", exc)
+                continue
+            for delivery in reclaimed:
+                if delivery.token not in self._held:
+                    log.info("re-claimed job %s from a silent worker", delivery.job_id)
+                    self._held[delivery.token] = delivery
+                    self._reclaimed.put_nowait(delivery)
+
+    async def _heartbeat_forever(self) -> None:
+        """Reset the idle time of every delivery held, so no live worker's job is re-claimed."""
+        interval = max(self.settings.visibility_timeout / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            held = list(self._held.values())
+            results = await asyncio.gather(
+                *(self.backend.touch(self.name, delivery) for delivery in held),
+                return_exceptions=True,
+            )
+            failed = [result for result in results if isinstance(result, Exception)]
+            if failed:
+                log.warning(
+                    "heartbeat failed for %d of %d jobs (%s)", len(failed), len(held), failed[0]
+                )
 
     async def _give_back(self, delivery: Delivery) -> None:
         with contextlib.suppress(BackendUnavailable):
@@ -152,40 +190,42 @@ class Worker:
             return
         self._callbacks[record.id] = record.callback
         spec = self.registry.get(record.type)
-        attempts = await self.backend.count_attempt(record.id)
-        max_attempts = self._max_attempts(spec)
         if spec is None:
             await self._fail(
                 record,
                 {"type": "unknown_type", "message": f"no handler for {record.type!r}"},
-                attempts,
+                record.attempts,
             )
             await self.backend.ack(delivery)
             return
-        if attempts > max_attempts:
-            error = {
-                "type": "too_many_deliveries",
-                "message": f"gave up after {attempts - 1} deliveries",
-            }
-            await self._fail(record, error, attempts - 1)
+        max_attempts = self._max_attempts(spec)
+        # Counted and checked in one step: of two deliveries of the job, never both pass.
+        attempt = await self.backend.begin_attempt(record.id, max_attempts)
+        if attempt is None:
             await self.backend.ack(delivery)
             return
+        attempts = attempt.number
+        if not attempt.granted:
+            error = {
+                "type": "too_many_deliveries",
+                "message": f"gave up after {attempts} deliveries",
+            }
+            await self._fail(record, error, attempts)
+            await self.backend.ack(delivery)
+            return
+        # `attempts` on the record is the backend's count alone: writing this run's number
+        # back could lower it under a concurrent delivery and let one run too many through.
         started = await self._transition(
-            record.id,
-            "job.started",
-            {"attempt": attempts},
-            {"attempts": str(attempts), "progress": "0.0"},
+            record.id, "job.started", {"attempt": attempts}, {"progress": "0.0"}
         )
         if started is None:
             await self.backend.ack(delivery)
             return
         METRICS.jobs.labels(record.type, "running").inc()
-        heartbeat = asyncio.create_task(self._heartbeat(delivery))
         began = time.monotonic()
         try:
             outcome = await self._call_handler(spec, record, attempts)
         finally:
-            heartbeat.cancel()
             METRICS.job_duration.labels(record.type).observe(time.monotonic() - began)
         if outcome is CANCELLED:
             log.info("job %s: handler stopped after a cancel request", record.id)
@@ -327,18 +367,12 @@ class Worker:
             record.id,
             "job.failed",
             {"error": error, "attempts": attempts},
-            # The record counts handler runs; a delivery refused for being one too many is not one.
-            {"error": encode_field(error), "attempts": str(attempts)},
+            # The record's `attempts` counts handler runs (set by `begin_attempt` alone); a
+            # delivery refused for being one too many is not one.
+            {"error": encode_field(error)},
             expire=self.settings.job_ttl,
         )
         METRICS.jobs.labels(record.type, "failed").inc()
-
-    async def _heartbeat(self, delivery: Delivery) -> None:
-        interval = max(self.settings.visibility_timeout / 3, 0.05)
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(BackendUnavailable):
-                await self.backend.touch(self.name, delivery)
 
 
 CANCELLED = object()

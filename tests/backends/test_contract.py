@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.backends.base import Backend, JobUpdate
+from gateway.backends.base import Attempt, Backend, JobUpdate
 from gateway.events import Event, parse_event_id
 
 
@@ -136,7 +136,7 @@ async def test_job_queue_claim_ack_and_attempts(backend: Backend) -> None:
     await backend.enqueue("q1")
     delivery = await backend.claim("w1", block=2)
     assert delivery is not None and delivery.job_id == "q1"
-    assert await backend.count_attempt("q1") == 1
+    assert await backend.begin_attempt("q1", max_attempts=3) == Attempt(1, granted=True)
     assert await backend.claim("w1", block=0.1) is None
     await backend.ack(delivery)
     assert await backend.reclaim("w2", min_idle=0) == []
