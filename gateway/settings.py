@@ -54,7 +54,8 @@ class Settings:
     slow_consumer_queue: int = 1000
     pubsub_probe: float = 5.0
     """Seconds of pub/sub silence before the reader pings; no answer in as long means dead."""
-    sse_ping: float = 15.0
+    sse_ping: float = 5.0
+    """Seconds between SSE keep-alive comments: clients treat ~2x this of silence as a dead link."""
     sse_retry_ms: int = 2000
     job_ttl: int = 86_400
     max_wait: float = 60.0
