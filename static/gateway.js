@@ -514,10 +514,13 @@ export class Gateway {
     const controller = new AbortController();
     this._sse = controller;
     const channels = [...this._subs.keys()];
+    // A request sent on a dead link (say, a pooled connection) may never be answered.
+    const connectTimer = this._later(() => controller.abort(), this.options.connectTimeout);
     try {
       if (!channels.length) {
         // Nothing to stream yet: check that the gateway answers, so `open` means something.
         const response = await fetch(`${this.baseUrl}/healthz`, {signal: controller.signal});
+        this._cancel(connectTimer);
         if (!response.ok) throw new GatewayError('unavailable', `healthz: ${response.status}`);
         if (this._sse !== controller) return;
         this._opened();
@@ -532,6 +535,7 @@ export class Gateway {
         cache: 'no-store',
         signal: controller.signal,
       });
+      this._cancel(connectTimer);
       if (!response.ok || !response.body) {
         const detail = await response.json().catch(() => ({}));
         const error = new GatewayError(problemCode(detail, response.status), detail.detail);
@@ -562,6 +566,7 @@ export class Gateway {
       this._retryHint = undefined;
       this._scheduleReconnect(hint !== undefined ? Math.min(hint, 1000) * (0.5 + Math.random()) : undefined);
     } catch (err) {
+      this._cancel(connectTimer);
       if (this._sse !== controller) return; // aborted on purpose
       this._sse = null;
       this._cancel(this._idleTimer);
