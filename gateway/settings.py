@@ -55,7 +55,8 @@ class Settings:
     pubsub_probe: float = 5.0
     """Seconds of pub/sub silence before the reader pings; no answer in as long means dead."""
     sse_ping: float = 5.0
-    """Seconds between SSE keep-alive comments: clients treat ~2x this of silence as a dead link."""
+    """Seconds between SSE keep-alive comments: they keep proxies from closing an idle stream
+    and let a client that watches the bytes notice a dead link (`?heartbeat=` asks for more)."""
     sse_retry_ms: int = 2000
     job_ttl: int = 86_400
     max_wait: float = 60.0
