@@ -237,7 +237,7 @@ class SSEProto(BaseProto):
             data = self.dechunk(data)
         buf = self.buf + data if self.buf else data
         if not self.ready.done() and buf:
-            # the first bytes of the stream (`retry:`) arrive once the stream is set up
+            # the first bytes of the stream (a comment line) arrive once the stream is set up
             self.ready.set_result(True)
         j = buf.rfind(b"\n")
         if j >= 0:

@@ -173,14 +173,31 @@ def cmd_submit(args: argparse.Namespace) -> None:
         if not args.follow:
             print(orjson.dumps(job, option=orjson.OPT_INDENT_2).decode())
             return
-        sys.exit(follow_job(args.url, job["id"]))
+        sys.exit(follow_job(args.url, job["id"], **_heartbeat_option(args)))
 
 
 def cmd_follow(args: argparse.Namespace) -> None:
     from gateway.client import follow_channel
 
     with contextlib.suppress(KeyboardInterrupt):
-        follow_channel(args.url, args.channel, args.since)
+        code = follow_channel(args.url, args.channel, args.since, **_heartbeat_option(args))
+        if code is not None:
+            sys.exit(code)
+
+
+def _heartbeat_option(args: argparse.Namespace) -> dict[str, float]:
+    """`--heartbeat` when given; the client's own default otherwise (one place for it)."""
+    return {} if args.heartbeat is None else {"heartbeat": args.heartbeat}
+
+
+def _heartbeat_arg(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 1 <= value <= 3600:
+        raise argparse.ArgumentTypeError("seconds between 1 and 3600")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,11 +262,23 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--url", default=url_default)
     submit.set_defaults(func=cmd_submit)
 
-    follow = commands.add_parser("follow", help="print a channel's events as JSON lines")
+    follow = commands.add_parser(
+        "follow",
+        help="print a channel's events as JSON lines (job:<id>: until the job ends; "
+        "exit 0 completed, 1 failed/cancelled)",
+    )
     follow.add_argument("channel")
     follow.add_argument("--since", default=None)
     follow.add_argument("--url", default=url_default)
     follow.set_defaults(func=cmd_follow)
+    for command in (submit, follow):
+        command.add_argument(
+            "--heartbeat",
+            type=_heartbeat_arg,
+            default=None,
+            help="seconds between heartbeats asked of the stream; twice that of silence counts "
+            "as a dead connection and resumes it (default 4)",
+        )
     return parser
 
 

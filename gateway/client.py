@@ -2,7 +2,9 @@
 
 Follows over SSE and resumes with `Last-Event-ID` after a dropped connection (a gateway restart,
 a proxy timeout, a slow-consumer cut-off), so a long `gateway follow` or `gateway submit --follow`
-survives them without losing or repeating events.
+survives them without losing or repeating events. A link that dies silently (no FIN, no RST) is
+noticed too: the stream is asked for a heartbeat every `heartbeat` seconds, and twice that of
+silence counts as a dead connection.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import orjson
 RECONNECT_INITIAL = 0.5
 RECONNECT_MAX = 10.0
 BAR_WIDTH = 30
+HEARTBEAT = 4.0
+"""Seconds between the heartbeats a stream is asked for; 2x that of silence means a dead link."""
+JOB_EXIT_CODES = {"job.completed": 0, "job.failed": 1, "job.cancelled": 1}
 
 
 class ClientError(RuntimeError):
@@ -61,7 +66,7 @@ def submit_job(url: str, type_: str, data: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One SSE frame: `event:` name, `id:` (None for control frames) and the decoded data."""
+    """One SSE frame: `event:` name, `id:` (None for signals) and the decoded data."""
 
     event: str
     id: str | None
@@ -97,16 +102,24 @@ def _decode(text: str) -> Any:
 
 
 def stream_events(
-    url: str, path: str, since: str | None, *, log: TextIO | None = None
+    url: str,
+    path: str,
+    since: str | None,
+    *,
+    log: TextIO | None = None,
+    heartbeat: float = HEARTBEAT,
 ) -> Iterator[dict[str, Any]]:
     """Yield event envelopes from an SSE stream, reconnecting and resuming after failures.
 
     Ends when the gateway ends the stream for good (`204` for a job that already ended); a
-    stream that just stops (restart, slow consumer, network) is resumed with `Last-Event-ID`.
+    stream that just stops (restart, slow consumer, network) is resumed with `Last-Event-ID`,
+    and so is one that says nothing for `2 * heartbeat` seconds (a silently dead link).
     """
     log = log or sys.stderr
     last_id = since
     delay = RECONNECT_INITIAL
+    path += ("&" if "?" in path else "?") + f"heartbeat={heartbeat:g}"
+    timeout = httpx.Timeout(10, read=2 * heartbeat)
     while True:
         headers = {"Accept": "text/event-stream", **_headers()}
         if last_id:
@@ -114,7 +127,7 @@ def stream_events(
         retry_hint: float | None = None
         try:
             with httpx.stream(
-                "GET", url.rstrip("/") + path, headers=headers, timeout=httpx.Timeout(10, read=60)
+                "GET", url.rstrip("/") + path, headers=headers, timeout=timeout
             ) as response:
                 if response.status_code == 204:
                     return
@@ -126,19 +139,24 @@ def stream_events(
                 else:
                     delay = RECONNECT_INITIAL
                     for frame in _frames(response.iter_lines()):
-                        if frame.id is not None and isinstance(frame.data, dict):
+                        if not isinstance(frame.data, dict):
+                            continue
+                        if frame.id is not None:
                             last_id = frame.id
                             yield frame.data
-                        elif frame.event == "shutdown":
+                            continue
+                        # A signal: no id, its `type` says which.
+                        kind = frame.data.get("type")
+                        if kind == "shutdown":
                             retry_hint = _retry_seconds(frame.data)
                             print("the gateway is restarting; resuming", file=log)
-                        elif frame.event == "gap":
+                        elif kind == "gap":
                             print(
                                 f"warning: history before {frame.data.get('since')} was trimmed;"
                                 " some events are gone",
                                 file=log,
                             )
-                        elif frame.event == "error":
+                        elif kind == "error":
                             print(f"gateway: {frame.data.get('message')}; resuming", file=log)
         except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
             print(f"connection lost ({exc.__class__.__name__}); resuming", file=log)
@@ -183,19 +201,19 @@ class ProgressBar:
             self.drawn = False
 
 
-def follow_job(url: str, job_id: str) -> int:
+def follow_job(url: str, job_id: str, heartbeat: float = HEARTBEAT) -> int:
     """Show a progress bar until the job ends; print the result. Exit code: 0 completed, else 1."""
     bar = ProgressBar(sys.stderr)
     bar.say(f"job {job_id}: following {url.rstrip('/')}/jobs/{job_id}/events")
     try:
-        return _follow_job(bar, url, job_id)
+        return _follow_job(bar, url, job_id, heartbeat)
     except ClientError as exc:
         bar.say(f"gateway submit: {exc}")
         return 1
 
 
-def _follow_job(bar: ProgressBar, url: str, job_id: str) -> int:
-    for event in stream_events(url, f"/jobs/{job_id}/events", None):
+def _follow_job(bar: ProgressBar, url: str, job_id: str, heartbeat: float) -> int:
+    for event in stream_events(url, f"/jobs/{job_id}/events", None, heartbeat=heartbeat):
         kind = event.get("type")
         raw = event.get("data")
         data: dict[str, Any] = raw if isinstance(raw, dict) else {}
@@ -227,12 +245,37 @@ def _error_text(error: Any) -> str:
     return str(error)
 
 
-def follow_channel(url: str, channel: str, since: str | None) -> None:
-    """Print a channel's events as JSON lines, forever, resuming across disconnects."""
-    path = f"/events?channel={quote(channel, safe=':')}"
+def follow_channel(
+    url: str, channel: str, since: str | None, heartbeat: float = HEARTBEAT
+) -> int | None:
+    """Print a channel's events as JSON lines, resuming across disconnects.
+
+    A room or user channel is followed until interrupted. A job's channel (`job:<id>`) is
+    followed until the job ends, like `submit --follow`: the exit code is 0 when it completed,
+    1 when it failed or was cancelled.
+    """
+    job_id = channel.removeprefix("job:") if channel.startswith("job:") else None
+    if job_id is not None:
+        path = f"/jobs/{quote(job_id, safe='')}/events"
+    else:
+        path = f"/events?channel={quote(channel, safe=':')}"
     try:
-        for event in stream_events(url, path, since):
+        for event in stream_events(url, path, since, heartbeat=heartbeat):
             sys.stdout.write(orjson.dumps(event).decode() + "\n")
             sys.stdout.flush()
+            if job_id is not None and event.get("type") in JOB_EXIT_CODES:
+                return JOB_EXIT_CODES[event["type"]]
+        # The gateway answered 204: the job had already ended at `since`.
+        return _job_exit_code(url, job_id) if job_id is not None else None
     except ClientError as exc:
         sys.exit(f"gateway follow: {exc}")
+
+
+def _job_exit_code(url: str, job_id: str) -> int:
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/jobs/{job_id}", headers=_headers(), timeout=10)
+    except httpx.HTTPError as exc:
+        sys.exit(f"gateway follow: cannot reach {url}: {exc}")
+    if response.status_code != 200:
+        sys.exit(f"gateway follow: {_problem(response)}")
+    return 0 if response.json().get("status") == "completed" else 1

@@ -161,9 +161,13 @@ class Event:
 
     @property
     def sse_body(self) -> bytes:
-        """The frame without its `id:` line, for streams that write a cursor id of their own."""
+        """The frame without its `id:` line, for streams that write a cursor id of their own.
+
+        No `event:` line: unnamed events reach `EventSource.onmessage` and every other client's
+        default handler; the envelope carries the `type`.
+        """
         if self._sse_body is None:
-            self._sse_body = encode_sse_frame(None, self.type, self.envelope)
+            self._sse_body = encode_sse_frame(None, None, self.envelope)
         return self._sse_body
 
     @property
@@ -192,10 +196,30 @@ class Event:
         return f"Event(id={self.id!r}, channel={self.channel!r}, type={self.type!r})"
 
 
-def encode_sse_frame(event_id: str | None, event_type: str, data: bytes) -> bytes:
-    """One SSE frame; `data` must be single-line JSON (orjson never emits raw newlines)."""
+def encode_sse_frame(event_id: str | None, event_type: str | None, data: bytes) -> bytes:
+    """One SSE frame; `data` must be single-line JSON (orjson never emits raw newlines).
+
+    `event_type` None writes no `event:` line (the default framing: the client sees a `message`).
+    """
     head = b"id: " + event_id.encode() + b"\n" if event_id is not None else b""
-    return head + b"event: " + event_type.encode() + b"\ndata: " + data + b"\n\n"
+    if event_type is not None:
+        head += b"event: " + event_type.encode() + b"\n"
+    return head + b"data: " + data + b"\n\n"
+
+
+def encode_sse_signal(kind: str, fields: dict[str, Any], *, named: bool = False) -> bytes:
+    """A stream signal (`gap`, `shutdown`, `error`, `heartbeat`) as an SSE frame.
+
+    The data is a JSON object whose `type` names the signal, so a client that parses every
+    message as JSON can tell signals from events (events carry `specversion` and `id`). A
+    `retry` field also goes out as the frame's `retry:` line, in the same block as the data:
+    a block of its own would reach lenient parsers as an empty message.
+    """
+    frame = encode_sse_frame(None, kind if named else None, orjson.dumps({"type": kind, **fields}))
+    retry = fields.get("retry")
+    if isinstance(retry, int):
+        frame = b"retry: %d\n%b" % (retry, frame)
+    return frame
 
 
 def encode_ws_message(op: str, **fields: Any) -> bytes:

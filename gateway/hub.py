@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.backends.base import Backend, BackendUnavailable, History
-from gateway.events import Event, EventKey, encode_sse_frame, encode_ws_message, parse_event_id
+from gateway.events import (
+    Event,
+    EventKey,
+    encode_sse_signal,
+    encode_ws_message,
+    parse_event_id,
+)
 from gateway.metrics import METRICS
 
 log = logging.getLogger("gateway.hub")
@@ -230,14 +236,10 @@ class Subscriber:
 
     def control(self, op: str, **fields: Any) -> None:
         """Queue a control frame (`gap`, `shutdown`, ...) in this transport's framing."""
-        message = encode_ws_message(op, **fields)
         if self.transport == "ws":
-            self.put(message.decode(), bounded=False)
+            self.put(encode_ws_message(op, **fields).decode(), bounded=False)
             return
-        frame = encode_sse_frame(None, op, message)
-        if "retry" in fields:
-            frame = f"retry: {int(fields['retry'])}\n".encode() + frame
-        self.put(frame, bounded=False)
+        self.put(encode_sse_signal(op, fields), bounded=False)
 
 
 class Page:

@@ -79,7 +79,9 @@ class Settings:
     slow_consumer_queue: int = 1000
     pubsub_probe: float = 5.0
     """Seconds of pub/sub silence before the reader pings; no answer in as long means dead."""
-    sse_ping: float = 15.0
+    sse_ping: float = 5.0
+    """Seconds between SSE keep-alive comments: they keep proxies from closing an idle stream
+    and let a client that watches the bytes notice a dead link (`?heartbeat=` asks for more)."""
     sse_retry_ms: int = 2000
     job_ttl: int = 86_400
     max_wait: float = 60.0

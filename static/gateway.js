@@ -8,8 +8,10 @@
 //
 // WebSocket first (subprotocol gateway.v1). Reconnects with exponential backoff and jitter and
 // resubscribes every channel with the last event id it saw, so nothing is lost or repeated across
-// a gateway restart. A ping every `heartbeat` ms detects dead connections. When WebSocket never
-// gets through (blocked by a proxy), it falls back to Server-Sent Events on /events.
+// a gateway restart. A heartbeat every `heartbeat` ms (WebSocket ping, or a heartbeat the SSE
+// stream is asked for) detects dead connections within heartbeat + heartbeatTimeout (8 s by
+// default). When WebSocket never gets through (blocked by a proxy), it falls back to Server-Sent
+// Events on /events.
 
 const TERMINAL = new Set(['job.completed', 'job.failed', 'job.cancelled']);
 
@@ -38,10 +40,9 @@ export class GatewayError extends Error {
 const DEFAULTS = {
   token: undefined,
   transport: 'auto', // 'auto' | 'websocket' | 'sse'
-  heartbeat: 15000, // ms between pings
-  heartbeatTimeout: 10000, // ms to wait for the pong before the connection counts as dead
+  heartbeat: 4000, // ms between WebSocket pings; the SSE stream sends a heartbeat as often
+  heartbeatTimeout: 4000, // ms more of silence (no pong, no SSE bytes) before the link counts as dead
   connectTimeout: 10000, // ms for a WebSocket to answer its first ping
-  sseIdleTimeout: 45000, // ms of SSE silence (the server pings every 15 s) before reconnecting
   backoffInitial: 500,
   backoffMax: 8000,
   wsAttempts: 3, // failed WebSocket attempts, before one ever worked, that switch to SSE
@@ -345,9 +346,11 @@ export class Gateway {
     this._pingTimer = this._later(() => {
       if (!this._wsReady()) return;
       this._send({op: 'ping', ref: this._nextRef()});
-      // Any frame from the server cancels this; silence means the connection is dead.
-      this._cancel(this._pongTimer);
-      this._pongTimer = this._later(() => this._dropWs(), this.options.heartbeatTimeout);
+      // Any frame from the server cancels this; silence means the connection is dead. A later
+      // ping does not push the deadline back: it runs from the first unanswered ping.
+      if (!this._timers.has(this._pongTimer)) {
+        this._pongTimer = this._later(() => this._dropWs(), this.options.heartbeatTimeout);
+      }
       this._schedulePing();
     }, this.options.heartbeat);
   }
@@ -462,9 +465,11 @@ export class Gateway {
 
   // --- Server-Sent Events ----------------------------------------------------------------------
   //
-  // Read with fetch() rather than EventSource: the gateway names each SSE event by the envelope's
-  // type, and EventSource can only listen to types known in advance. Resuming works the same way
-  // (the last id of each channel goes back to the gateway as a `since` cursor).
+  // Read with fetch() rather than EventSource so that a silent link is noticed (no bytes for
+  // heartbeat + heartbeatTimeout) and a refused stream's problem detail reaches the caller. Every
+  // message's data is JSON: an envelope (it has `specversion` and `id`) or a signal whose `type`
+  // is `gap`, `shutdown`, `error` or `heartbeat`. Resuming sends the last id of each channel back
+  // as a `since` cursor.
 
   _sseUrl(channels) {
     const params = new URLSearchParams();
@@ -477,7 +482,12 @@ export class Gateway {
     if (cursor.length) params.set('since', cursor.join(','));
     const token = this.options.token || [...this._subs.values()].map((s) => s.token).find(Boolean);
     if (token) params.set('token', token);
+    params.set('heartbeat', String(this._sseHeartbeat() / 1000));
     return `${this.baseUrl}/events?${params}`;
+  }
+
+  _sseHeartbeat() {
+    return Math.max(1000, this.options.heartbeat); // the gateway sends at most one a second
   }
 
   _restartSse() {
@@ -504,10 +514,13 @@ export class Gateway {
     const controller = new AbortController();
     this._sse = controller;
     const channels = [...this._subs.keys()];
+    // A request sent on a dead link (say, a pooled connection) may never be answered.
+    const connectTimer = this._later(() => controller.abort(), this.options.connectTimeout);
     try {
       if (!channels.length) {
         // Nothing to stream yet: check that the gateway answers, so `open` means something.
         const response = await fetch(`${this.baseUrl}/healthz`, {signal: controller.signal});
+        this._cancel(connectTimer);
         if (!response.ok) throw new GatewayError('unavailable', `healthz: ${response.status}`);
         if (this._sse !== controller) return;
         this._opened();
@@ -522,6 +535,7 @@ export class Gateway {
         cache: 'no-store',
         signal: controller.signal,
       });
+      this._cancel(connectTimer);
       if (!response.ok || !response.body) {
         const detail = await response.json().catch(() => ({}));
         const error = new GatewayError(problemCode(detail, response.status), detail.detail);
@@ -552,6 +566,7 @@ export class Gateway {
       this._retryHint = undefined;
       this._scheduleReconnect(hint !== undefined ? Math.min(hint, 1000) * (0.5 + Math.random()) : undefined);
     } catch (err) {
+      this._cancel(connectTimer);
       if (this._sse !== controller) return; // aborted on purpose
       this._sse = null;
       this._cancel(this._idleTimer);
@@ -563,11 +578,11 @@ export class Gateway {
     const reader = body.getReader();
     const decoder = new TextDecoder();
     let buffer = '';
-    let type = 'message';
     let data = [];
+    const silence = this._sseHeartbeat() + this.options.heartbeatTimeout;
     const touch = () => {
       this._cancel(this._idleTimer);
-      this._idleTimer = this._later(() => controller.abort(), this.options.sseIdleTimeout);
+      this._idleTimer = this._later(() => controller.abort(), silence);
     };
     touch();
     try {
@@ -581,13 +596,10 @@ export class Gateway {
           const line = buffer.slice(0, newline);
           buffer = buffer.slice(newline + (buffer.startsWith('\r\n', newline) ? 2 : 1));
           if (line === '') {
-            if (data.length) this._onSseFrame(type, data.join('\n'));
-            type = 'message';
+            if (data.length) this._onSseFrame(data.join('\n'));
             data = [];
           } else if (line.startsWith('data:')) {
             data.push(line.slice(line[5] === ' ' ? 6 : 5));
-          } else if (line.startsWith('event:')) {
-            type = line.slice(line[6] === ' ' ? 7 : 6);
           }
         }
       }
@@ -596,20 +608,24 @@ export class Gateway {
     }
   }
 
-  _onSseFrame(type, text) {
+  _onSseFrame(text) {
     let body;
     try {
       body = JSON.parse(text);
     } catch {
       return;
     }
-    if (body && body.op) {
-      if (body.op === 'gap') this._gap({channel: body.channel, since: body.since});
-      else if (body.op === 'shutdown') this._retryHint = body.retry;
-      else if (body.op === 'error') this._emit('error', new GatewayError(body.code, body.message));
-      return;
+    if (!body || typeof body !== 'object') return;
+    if (body.specversion) {
+      this._deliver(body);
+    } else if (body.type === 'gap') {
+      this._gap({channel: body.channel, since: body.since});
+    } else if (body.type === 'shutdown') {
+      this._retryHint = body.retry;
+    } else if (body.type === 'error') {
+      this._emit('error', new GatewayError(body.code, body.message));
     }
-    this._deliver(body);
+    // `heartbeat`: its bytes already reset the silence timer.
   }
 
   async _httpPublish(channel, type, data) {

@@ -231,8 +231,11 @@ class WorkerProcess(ServiceProcess):
 
 
 class SSEEvent:
+    """One dispatched SSE message. `event` is its `event:` line or, as the gateway sends no such
+    line by default, the `type` its JSON data carries (an envelope's or a signal's)."""
+
     def __init__(self, event: str | None, id: str | None, data: str) -> None:
-        self.event = event
+        self.event = event if event is not None else _json_type(data)
         self.id = id
         self.data = data
 
@@ -241,6 +244,15 @@ class SSEEvent:
 
     def __repr__(self) -> str:
         return f"SSEEvent({self.event!r}, id={self.id!r})"
+
+
+def _json_type(data: str) -> str | None:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 async def sse_events(

@@ -201,3 +201,60 @@ def test_follow_resumes_across_a_gateway_restart_without_loss_or_repeats(
     assert [event["data"]["n"] for event in received] == [1, 2, 3, 4]
     with pytest.raises(queue.Empty):
         stdout.next(timeout=0.5)  # nothing repeated
+
+
+def submit(gateway: GatewayProcess, type_: str, data: dict[str, Any]) -> str:
+    response = httpx.post(f"{gateway.url}/jobs", json={"type": type_, "data": data}, timeout=10)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+def test_follow_of_a_job_channel_exits_0_when_the_job_completes(gateway: GatewayProcess) -> None:
+    """Like `submit --follow` (and curl on the job's stream): the end of the job ends it."""
+    job_id = submit(gateway, "sleep", {"seconds": 0.5, "steps": 2})
+    done = run_cli("follow", f"job:{job_id}", "--url", gateway.url)
+    assert done.returncode == 0, done.stderr
+    events = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert [event["type"] for event in events] == [
+        "job.queued",
+        "job.started",
+        "job.progress",
+        "job.progress",
+        "job.completed",
+    ]
+
+
+def test_follow_of_a_job_channel_exits_1_when_the_job_fails(gateway: GatewayProcess) -> None:
+    job_id = submit(gateway, "fail", {"message": "out of cheese"})
+    done = run_cli("follow", f"job:{job_id}", "--url", gateway.url)
+    assert done.returncode == 1, done.stderr
+    assert orjson.loads(done.stdout.splitlines()[-1])["type"] == "job.failed"
+
+
+def test_follow_of_a_job_channel_exits_1_when_the_job_is_cancelled(
+    gateway: GatewayProcess, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    job_id = submit(gateway, "sleep", {"seconds": 20, "steps": 40})
+    process = spawn("follow", f"job:{job_id}", "--url", gateway.url)
+    assert process.stdout is not None
+    stdout = LineReader(process.stdout)
+    stdout.until(lambda line: orjson.loads(line)["type"] == "job.progress")
+    response = httpx.post(f"{gateway.url}/jobs/{job_id}/cancel", timeout=10)
+    assert response.status_code == 200, response.text
+    assert process.wait(TIMEOUT) == 1
+    lines = stdout.until(lambda line: orjson.loads(line)["type"] == "job.cancelled")
+    assert lines
+
+
+def test_follow_of_a_job_that_ended_at_since_exits_with_its_outcome(
+    gateway: GatewayProcess,
+) -> None:
+    """The gateway answers 204 (nothing after `since`): exit at once, with the job's outcome."""
+    job_id = submit(gateway, "sleep", {"seconds": 0, "steps": 1})
+    done = run_cli("follow", f"job:{job_id}", "--url", gateway.url)
+    assert done.returncode == 0, done.stderr
+    terminal = orjson.loads(done.stdout.splitlines()[-1])["id"]
+    again = run_cli("follow", f"job:{job_id}", "--since", terminal, "--url", gateway.url)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == ""

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from tests.support import free_port, wait_until
@@ -107,7 +108,8 @@ def test_run_and_use_commands_work_in_a_fresh_virtualenv(tmp_path: Path) -> None
         follow = follow.split("#")[0].strip().replace("3f2c9a...", job_id)
         stream = subprocess.run(shlex.split(follow), capture_output=True, text=True, timeout=30)
         assert stream.returncode == 0
-        events = re.findall(r"^event: (\S+)$", stream.stdout, re.M)
+        data = re.findall(r"^data: (.+)$", stream.stdout, re.M)
+        events = [orjson.loads(line)["type"] for line in data]
         assert events == ["job.queued", "job.started"] + ["job.progress"] * 6 + ["job.completed"]
         status = httpx.get(f"http://127.0.0.1:{port}/jobs/{job_id}").json()
         assert status["status"] == "completed" and status["result_url"]

@@ -76,6 +76,24 @@ TOKEN_QUERY: Final = {
 }
 SINCE_QUERY: Final = {"name": "since", "in": "query", "required": False, "schema": EVENT_ID}
 LAST_EVENT_ID: Final = {"name": "Last-Event-ID", "in": "header", "required": False}
+SSE_OPTIONS: Final = [
+    {
+        "name": "events",
+        "in": "query",
+        "required": False,
+        "description": "`named` adds an `event: <type>` line to each message (for "
+        "`addEventListener`); by default every message is unnamed and reaches `onmessage`",
+        "schema": {"type": "string", "enum": ["message", "named"], "default": "message"},
+    },
+    {
+        "name": "heartbeat",
+        "in": "query",
+        "required": False,
+        "description": 'seconds between `{"type":"heartbeat"}` messages, which a page\'s '
+        "EventSource can watch to notice a dead link",
+        "schema": {"type": "number", "minimum": 1, "maximum": 3600},
+    },
+]
 LAST_EVENT_ID_SCHEMA: Final = {"type": "string", "maxLength": 4000}
 JOB_RESPONSES: Final = _problem_responses(400, 401, 403, 404, 503)
 WRITE_RESPONSES: Final = _problem_responses(400, 401, 403, 413, 415, 422, 429, 503)
@@ -149,6 +167,7 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
             TOKEN_QUERY,
             SINCE_QUERY,
             {**LAST_EVENT_ID, "schema": LAST_EVENT_ID_SCHEMA},
+            *SSE_OPTIONS,
         ],
         "responses": {
             "200": SSE,
@@ -188,6 +207,7 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
             SINCE_QUERY,
             TOKEN_QUERY,
             {**LAST_EVENT_ID, "schema": LAST_EVENT_ID_SCHEMA},
+            *SSE_OPTIONS,
         ],
         "responses": {"200": SSE, **JOB_RESPONSES, **_problem_responses(429)},
     },
@@ -521,7 +541,9 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
         "sse.event": {
             "name": "event",
             "contentType": "text/event-stream",
-            "description": "`id: <id>`, `event: <type>`, `data: <envelope>`",
+            "description": "`id: <id>` and `data: <envelope>` (plus `event: <type>` with "
+            "`?events=named`); signals have no `id` and their data is "
+            '`{"type": "gap" | "shutdown" | "error" | "heartbeat", ...}`',
             "payload": envelope,
         },
     }

@@ -155,6 +155,12 @@ async def _wait_for_event(services: Services, job_id: str, since: str | None, wa
         await services.hub.detach_all(subscriber)
 
 
+def _at_or_after(position: str | None, last_event_id: str | None) -> bool:
+    if position is None or last_event_id is None:
+        return False
+    return parse_event_id(position) >= parse_event_id(last_event_id)
+
+
 async def get_result(request: Request) -> Response:
     record = await load_or_404(services_of(request), request.path_params["job_id"])
     if record.status != "completed":
@@ -196,7 +202,8 @@ async def job_events(request: Request) -> Response:
     channel = job_channel(job_id)
     positions = parse_positions(raw, [channel])
     record = await load_or_404(services, job_id)
-    if record.terminal and raw is not None and positions[channel] == record.last_event_id:
+    if record.terminal and _at_or_after(positions[channel], record.last_event_id):
+        # EventSource reconnects whenever a stream ends; 204 is what makes it stop for good.
         return Response(status_code=204)
     return sse_response(
         services.hub,

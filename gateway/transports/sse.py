@@ -4,6 +4,13 @@ Thin: parse the resume position, attach a subscriber to the hub, write its queue
 A stream on one channel writes each event's shared frame (`id:` = the event id). A stream on
 several channels writes a cursor as its `id:` (`room:a@1-0,room:b@5-2`), so `Last-Event-ID`
 resumes each channel exactly where it stopped even though ids of different channels interleave.
+
+Framing, chosen so the clients people already use work as their READMEs show them: every block
+that ends with a blank line carries `data:` (JSON), so no parser ever dispatches an empty
+message. Events have no `event:` line by default (they reach `EventSource.onmessage`; the
+envelope carries `type`); signals (`gap`, `shutdown`, `error`, `heartbeat`) are JSON objects
+with a `type` and no `id`. `?events=named` adds `event: <type>` lines for `addEventListener`.
+`retry:` rides in the first block that carries data; keep-alives are lone comment lines.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import logging
 import time
 from typing import Any
 
+from starlette.datastructures import QueryParams
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
@@ -20,8 +28,7 @@ from gateway.backends.base import BackendUnavailable
 from gateway.events import (
     Event,
     InvalidEventId,
-    encode_sse_frame,
-    encode_ws_message,
+    encode_sse_signal,
     http_chunk,
     parse_event_id,
 )
@@ -34,13 +41,20 @@ from gateway.transports.wire import ChunkedWire, chunked_wire
 log = logging.getLogger("gateway.sse")
 END_TIMEOUT = 2.0
 """Seconds the last chunk of a stream may wait for a slow socket before the connection drops."""
-PING = b": ping\n\n"
+PREAMBLE = b": gateway event stream\n"
+"""The stream's first bytes: a comment line, so proxies pass the response on at once."""
+PING = b":\n"
+"""Keep-alive: one comment line and no blank line after it. A comment-only block (`: ping` and
+a blank line) reaches httpx-sse (after the first id) and fetch-event-source as an empty message."""
+HEARTBEAT_RANGE = (1.0, 3600.0)
 TOKEN_EXPIRED_RETRY_MS = 3_600_000
 """The `retry:` after a token expired: an hour, so a client without a new token stays quiet."""
 DELIVERED = METRICS.delivered
 DRAINED = METRICS.drained
 HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
+    # No charset parameter: SSE is always UTF-8, and clients compare the type exactly
+    # (fetch-event-source's README checks `content-type === 'text/event-stream'`).
+    (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-store"),
     (b"x-accel-buffering", b"no"),
 ]
@@ -66,8 +80,49 @@ def parse_positions(raw: str | None, channels: list[str]) -> dict[str, str | Non
     return positions
 
 
-def control_frame(event: str, **fields: Any) -> bytes:
-    return encode_sse_frame(None, event, encode_ws_message(event, **fields))
+class StreamOptions:
+    """What the client asked of the framing: `?events=named`, `?heartbeat=<seconds>`."""
+
+    __slots__ = ("heartbeat", "named")
+
+    def __init__(self, *, named: bool = False, heartbeat: float | None = None) -> None:
+        self.named = named
+        self.heartbeat = heartbeat
+
+    @classmethod
+    def from_query(cls, query: QueryParams) -> StreamOptions:
+        """Parse the query; a bad value is a 400 problem (nothing has been sent yet)."""
+        events = query.get("events", "message")
+        if events not in ("message", "named"):
+            raise bad_request(
+                "events is 'message' (the default: every event is a message) or 'named'"
+            )
+        raw = query.get("heartbeat")
+        heartbeat = None
+        if raw is not None:
+            low, high = HEARTBEAT_RANGE
+            try:
+                heartbeat = float(raw)
+            except ValueError:
+                heartbeat = -1.0
+            if not low <= heartbeat <= high:
+                raise bad_request(
+                    f"heartbeat is seconds between heartbeat events, {low:g}-{high:g}"
+                )
+        return cls(named=events == "named", heartbeat=heartbeat)
+
+
+class SseSubscriber(Subscriber):
+    """A stream's subscriber: its signals are framed for SSE, named or not as the client asked."""
+
+    __slots__ = ("named",)
+
+    def __init__(self, limit: int, *, named: bool) -> None:
+        super().__init__("sse", limit)
+        self.named = named
+
+    def control(self, op: str, **fields: Any) -> None:
+        self.put(encode_sse_signal(op, fields, named=self.named), bounded=False)
 
 
 class EventStream(Response):
@@ -97,12 +152,13 @@ class EventStream(Response):
         self.expires_at = expires_at
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        options = StreamOptions.from_query(QueryParams(scope.get("query_string", b"")))
         own = [(k, v) for k, v in self.raw_headers if k not in (b"content-length", b"content-type")]
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS + own})
         if scope.get("method") == "HEAD":
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        await _Stream(self, send, chunked_wire(scope)).run(receive)
+        await _Stream(self, send, chunked_wire(scope), options).run(receive)
 
 
 sse_response = EventStream
@@ -128,20 +184,29 @@ class _Stream:
         "ended_event",
         "expiry_timer",
         "finishing",
+        "heartbeat",
+        "named",
         "ping_timer",
         "response",
+        "retry_line",
         "send",
         "slow",
         "subscriber",
         "wire",
     )
 
-    def __init__(self, response: EventStream, send: Send, wire: ChunkedWire | None) -> None:
+    def __init__(
+        self, response: EventStream, send: Send, wire: ChunkedWire | None, options: StreamOptions
+    ) -> None:
         self.response = response
         self.send = send
         self.wire = wire
         settings = response.settings
-        self.subscriber = Subscriber("sse", settings.slow_consumer_queue)
+        self.named = options.named
+        self.heartbeat = options.heartbeat
+        self.subscriber = SseSubscriber(settings.slow_consumer_queue, named=options.named)
+        self.retry_line: bytes | None = b"retry: %d\n" % settings.sse_retry_ms
+        """Goes out with the first block that carries data, then never again."""
         channels = list(response.positions)
         self.cursor = dict(response.positions) if len(channels) > 1 else None
         self.ended = False
@@ -161,13 +226,12 @@ class _Stream:
         subscriber.on_overflow = self._evict
         hub.connect(subscriber)
         try:
-            subscriber.put(f"retry: {response.settings.sse_retry_ms}\n\n".encode(), bounded=False)
+            subscriber.put(PREAMBLE, bounded=False)
             try:
                 for channel, position in response.positions.items():
                     await hub.attach(subscriber, channel, position)
             except BackendUnavailable:
-                frame = control_frame("error", code="unavailable", message="bus unavailable; retry")
-                subscriber.put(frame, bounded=False)
+                subscriber.control("error", code="unavailable", message="bus unavailable; retry")
                 self._finish()
             self._schedule()
             await self._wait_for_end(receive)
@@ -184,45 +248,74 @@ class _Stream:
 
     def _schedule(self) -> None:
         loop = asyncio.get_running_loop()
-        self.ping_timer = loop.call_later(self.response.settings.sse_ping, self._ping)
+        self.ping_timer = loop.call_later(self._ping_interval, self._ping)
         expires_at = self.response.expires_at
         if expires_at is not None:
             delay = max(0.0, expires_at - time.time())
             self.expiry_timer = loop.call_later(delay, self._expire)
 
+    @property
+    def _ping_interval(self) -> float:
+        return self.heartbeat or self.response.settings.sse_ping
+
     def _ping(self) -> None:
-        """A comment line keeps proxies from timing out the stream and finds dead peers."""
+        """Keeps proxies from timing out the stream and lets clients notice a dead link.
+
+        A comment line by default (invisible to a page's EventSource); with `?heartbeat=` a
+        `{"type":"heartbeat"}` message the page can watch.
+        """
         if self.ended:
             return
         if not self.subscriber.queue:
-            self.subscriber.put(PING, bounded=False)
+            if self.heartbeat is None:
+                self.subscriber.put(PING, bounded=False)
+            else:
+                self.subscriber.control("heartbeat")
         loop = asyncio.get_running_loop()
-        self.ping_timer = loop.call_later(self.response.settings.sse_ping, self._ping)
+        self.ping_timer = loop.call_later(self._ping_interval, self._ping)
 
     def _expire(self) -> None:
-        subscriber = self.subscriber
         message = "the token expired; get a new one"
-        subscriber.put(control_frame("error", code="token_expired", message=message), bounded=False)
-        subscriber.put(f"retry: {TOKEN_EXPIRED_RETRY_MS}\n\n".encode(), bounded=False)
+        self.subscriber.control(
+            "error", code="token_expired", message=message, retry=TOKEN_EXPIRED_RETRY_MS
+        )
         self._finish()
+
+    def _with_retry(self, frame: bytes) -> bytes:
+        """Put the stream's `retry:` line into its first block that carries data."""
+        line = self.retry_line
+        if line is None or frame[:1] == b":":
+            return frame
+        self.retry_line = None
+        return frame if frame.startswith(b"retry:") else line + frame
 
     def _frame(self, item: Item) -> tuple[bytes, bool]:
         """An item's SSE frame, and whether it is the job's last (the stream ends after it)."""
         if not isinstance(item, Event):
-            return (item if isinstance(item, bytes) else item.encode()), False
+            return self._with_retry(item if isinstance(item, bytes) else item.encode()), False
         ends = self.response.end_after_terminal and item.terminal
+        body = item.sse_body
+        if self.named:
+            body = b"event: " + item.type.encode() + b"\n" + body
         if self.cursor is None:
-            return item.sse_frame, ends
+            frame = item.sse_frame if not self.named else b"id: " + item.id.encode() + b"\n" + body
+            return self._with_retry(frame), ends
         self.cursor[item.channel] = item.id
         marker = ",".join(f"{ch}@{pos}" for ch, pos in self.cursor.items() if pos)
-        return b"id: " + marker.encode() + b"\n" + item.sse_body, ends
+        return self._with_retry(b"id: " + marker.encode() + b"\n" + body), ends
 
     def _write_now(self, item: Item) -> bool:
         """The subscriber's sink: one chunk straight to the socket, if it can take it now."""
         assert self.wire is not None
         if self.ended or self.finishing:
             return False
-        if isinstance(item, Event) and self.cursor is None:
+        if (
+            isinstance(item, Event)
+            and self.cursor is None
+            and not self.named
+            and self.retry_line is None
+        ):
+            # The common case: the event's shared chunk, encoded once for every subscriber.
             if not self.wire.write(item.sse_chunk):
                 return False
             DELIVERED["sse"] += 1
@@ -230,9 +323,11 @@ class _Stream:
                 self._end()
             return True
         saved = dict(self.cursor) if self.cursor is not None else None
+        retry_line = self.retry_line
         frame, ends = self._frame(item)
         if not self.wire.write(http_chunk(frame)):
             self.cursor = saved
+            self.retry_line = retry_line
             return False
         if isinstance(item, Event):
             DELIVERED["sse"] += 1
