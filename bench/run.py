@@ -188,6 +188,7 @@ GATEWAY_LIMITS = {
     "GATEWAY_PUBLISH_RATE": "1000000000",
     "GATEWAY_PUBLISH_BURST": "1000000000",
     "GATEWAY_SUBMIT_RATE": "1000000000",
+    "GATEWAY_CONNECT_RATE": "0",  # thousands of connections a second from one address
     # paced bursts on an overloaded step must not turn into slow-consumer cut-offs (default 1000)
     "GATEWAY_SLOW_CONSUMER_QUEUE": "100000",
 }

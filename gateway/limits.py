@@ -56,18 +56,19 @@ class KeyedRateLimiter:
         self.max_keys = max_keys
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
-    def take(self, key: str) -> float:
+    def take(self, key: str, now: float | None = None) -> float:
         """0.0 if `key` may act now, else the seconds to wait (for `Retry-After`)."""
         if self.rate <= 0:
             return 0.0
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
+            stamp = time.monotonic() if now is None else now
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, stamp=stamp)
             if len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(key)
-        return bucket.take()
+        return bucket.take(now)
 
     def bucket(self) -> TokenBucket:
         """A fresh bucket with this limiter's rate, for one connection."""
@@ -135,15 +136,21 @@ def peer_key(host: str) -> str:
 class ConnectionGate:
     """What the HTTP protocol checks for every TCP connection, before any request exists.
 
-    Every connection counts against `counter` under its TCP peer's address (`peer_key`),
-    except connections from trusted proxies: those carry many clients, which the WebSocket/SSE
-    count (`Limits.connections`) tells apart by their forwarded address instead. A connection
-    must finish its request head within `header_timeout` seconds.
+    Every connection counts against `counter` under its TCP peer's address (`peer_key`), and
+    every new connection takes a token from that address's bucket in `rate`: a per-connection
+    limit cannot stop a client that reconnects the moment it is cut (it opened hundreds of
+    connections a second, each cut, and the setup of each costs the process as much as the
+    flood it carried). Connections from trusted proxies are neither counted nor rated: those
+    carry many clients, which the WebSocket/SSE count (`Limits.connections`) tells apart by
+    their forwarded address instead. A connection must finish its request head within
+    `header_timeout` seconds.
     """
 
     counter: ConnectionCounter
     trusted: TrustedProxies
     header_timeout: float
+    rate: KeyedRateLimiter = field(default_factory=lambda: KeyedRateLimiter(0.0, 1.0))
+    """New connections per second per address; a rate of 0 is no limit."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionGate:
@@ -151,6 +158,7 @@ class ConnectionGate:
             ConnectionCounter(settings.max_connections_per_client),
             TrustedProxies(settings.trusted_proxies),
             settings.header_timeout,
+            KeyedRateLimiter(settings.connect_rate, settings.connect_burst),
         )
 
     def key_for(self, host: str) -> str | None:
@@ -159,6 +167,24 @@ class ConnectionGate:
         if self.counter.limit <= 0 or host in self.trusted:
             return None
         return peer_key(host)
+
+    def admit(self, host: str, now: float | None = None) -> tuple[str | None, str | None]:
+        """Let a new connection from `host` in: `(refusal, counted_as)`, where `refusal` is
+        the metric reason it is turned away for (`rate`, `per_address`) or None, and
+        `counted_as` the key to release when an admitted connection ends (None: uncounted).
+
+        The rate is charged first, for every attempt: a client refused for its open count
+        that keeps trying runs out of its rate too."""
+        if (self.rate.rate <= 0 and self.counter.limit <= 0) or host in self.trusted:
+            return None, None
+        key = peer_key(host)
+        if self.rate.take(key, now) > 0:
+            return "rate", None
+        if self.counter.limit <= 0:
+            return None, None
+        if not self.counter.acquire(key):
+            return "per_address", None
+        return None, key
 
 
 class ReadBudget:

@@ -48,7 +48,8 @@ class Metrics:
         r.register(_DeliveredCollector({"direct": self.delivered, "queued": self.drained}))
         self.connections_refused = Counter(
             "gateway_connections_refused",
-            "TCP connections closed on arrival (per_address: GATEWAY_MAX_CONNECTIONS_PER_CLIENT)",
+            "TCP connections closed on arrival (per_address: GATEWAY_MAX_CONNECTIONS_PER_CLIENT, "
+            "rate: GATEWAY_CONNECT_RATE)",
             ["reason"],
             registry=r,
         )

@@ -157,7 +157,8 @@ PROBLEM_TYPES: Final[dict[str, ProblemType]] = {
         "Too Many Requests",
         "A limit was reached: job submissions per API key or address (`GATEWAY_SUBMIT_RATE`), "
         "publishes per token (`GATEWAY_PUBLISH_RATE`), or open streaming connections per "
-        "address (`GATEWAY_MAX_CONNECTIONS_PER_CLIENT`). Wait `Retry-After` seconds.",
+        "address (`GATEWAY_MAX_CONNECTIONS_PER_CLIENT`), or new connections per second per "
+        "address (`GATEWAY_CONNECT_RATE`). Wait `Retry-After` seconds.",
     ),
     "headers-too-large": ProblemType(
         431,

@@ -126,6 +126,10 @@ class Settings:
     header_timeout: float = 10.0
     """Seconds from a connection's start (or a keep-alive request's first byte) to a complete
     request head; idle and unfinished connections are closed after it."""
+    connect_rate: float = 20.0
+    """New TCP connections per second per peer address (0: no limit), refused with 429 over it;
+    `connect_burst` of them may come at once."""
+    connect_burst: int = 100
     trusted_proxies: tuple[str, ...] = ()
     """Networks whose `X-Forwarded-For` names the client; empty trusts no one's."""
     publish_rate: float = 20.0
@@ -231,6 +235,8 @@ class Settings:
             _bounded(int, 0, 10_000_000),
         )
         read("GATEWAY_HEADER_TIMEOUT", "header_timeout", _bounded(float, 0.1, 3600))
+        read("GATEWAY_CONNECT_RATE", "connect_rate", _bounded(float, 0, 1e9))
+        read("GATEWAY_CONNECT_BURST", "connect_burst", _bounded(int, 1, 1_000_000_000))
         read("GATEWAY_TRUSTED_PROXIES", "trusted_proxies", _networks)
         read("GATEWAY_PUBLISH_RATE", "publish_rate", _bounded(float, 0, 1e9))
         read("GATEWAY_PUBLISH_BURST", "publish_burst", _bounded(int, 1, 1_000_000_000))
@@ -343,6 +349,8 @@ class Settings:
             "GATEWAY_MAX_SUBSCRIPTIONS": str(self.max_subscriptions),
             "GATEWAY_MAX_CONNECTIONS_PER_CLIENT": str(self.max_connections_per_client),
             "GATEWAY_HEADER_TIMEOUT": str(self.header_timeout),
+            "GATEWAY_CONNECT_RATE": str(self.connect_rate),
+            "GATEWAY_CONNECT_BURST": str(self.connect_burst),
             "GATEWAY_TRUSTED_PROXIES": " ".join(self.trusted_proxies),
             "GATEWAY_PUBLISH_RATE": str(self.publish_rate),
             "GATEWAY_PUBLISH_BURST": str(self.publish_burst),

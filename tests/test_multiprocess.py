@@ -198,7 +198,11 @@ async def test_a_burst_of_subscribers_all_get_their_ack(
     redis_url: str, gateway_factory: Callable[..., GatewayProcess]
 ) -> None:
     """Hundreds of clients subscribing at once queue for Redis; none is told `unavailable`."""
-    gateway = gateway_factory(REDIS_URL=redis_url, GATEWAY_MAX_CONNECTIONS_PER_CLIENT="10000")
+    gateway = gateway_factory(
+        REDIS_URL=redis_url,
+        GATEWAY_MAX_CONNECTIONS_PER_CLIENT="10000",
+        GATEWAY_CONNECT_RATE="0",  # 400 connections at once from one address
+    )
     httpx.post(f"{gateway.url}/channels/room:burst/events", json={"data": "history"})
 
     async def subscribe() -> str:

@@ -26,6 +26,7 @@ import asyncio
 import logging
 from typing import Any, Final
 
+import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -126,6 +127,13 @@ TOO_MANY_CONNECTIONS: Final = _problem_bytes(
     "too many open connections from this address (GATEWAY_MAX_CONNECTIONS_PER_CLIENT)",
     "retry-after: 5",
 )
+CONNECTING_TOO_FAST: Final = _problem_bytes(
+    429,
+    "Too Many Requests",
+    "rate-limited",
+    "too many new connections from this address (GATEWAY_CONNECT_RATE); reconnect with backoff",
+    "retry-after: 1",
+)
 REQUEST_TIMEOUT: Final = _problem_bytes(
     408,
     "Request Timeout",
@@ -166,6 +174,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
       peer's address (trusted proxies excepted, see `ConnectionGate`), from `connection_made`
       until it ends, across a WebSocket upgrade. One over the limit is answered 429 and
       closed at once, before anything is read: it costs a file descriptor for microseconds.
+    - New connections per peer address are rate limited (`GATEWAY_CONNECT_RATE`, a token
+      bucket of `GATEWAY_CONNECT_BURST`), refused the same way: a client that reconnects as
+      soon as it is cut (for flooding its WebSocket, say) is held to that rate.
     - A request head must be complete `GATEWAY_HEADER_TIMEOUT` seconds after the connection
       opened, or after the first byte that follows a finished keep-alive request; otherwise
       the connection is closed (with a 408 if part of a head came). Idle keep-alive between
@@ -182,20 +193,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.head_timer: asyncio.TimerHandle | None = None
         self.head_bytes = 0
         self.head_begun = False
+        self.upgrade_tail = b""
+        """What followed the head of an upgrade request in the same read, for the WebSocket."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         gate = self.gate
         if gate is None:
             return
-        key = gate.key_for(self.client[0]) if self.client else None
-        if key is not None:
-            if not gate.counter.acquire(key):
-                METRICS.connections_refused.labels("per_address").inc()
-                transport.write(TOO_MANY_CONNECTIONS)
-                transport.close()
-                return
-            self.counted_as = key
+        refusal, self.counted_as = gate.admit(self.client[0]) if self.client else (None, None)
+        if refusal is not None:
+            METRICS.connections_refused.labels(refusal).inc()
+            transport.write(CONNECTING_TOO_FAST if refusal == "rate" else TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
         self.head_timer = self.loop.call_later(gate.header_timeout, self.head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -208,7 +219,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         gate = self.gate
         if gate is None:
-            super().data_received(data)
+            self._parse(data)
             return
         if self.head_timer is None and (self.cycle is None or self.cycle.response_complete):
             # The first byte after a finished request: its head is due in time too (uvicorn's
@@ -216,12 +227,32 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.head_bytes = 0
             self.head_timer = self.loop.call_later(gate.header_timeout, self.head_timed_out)
         timer = self.head_timer
-        super().data_received(data)
+        self._parse(data)
         if timer is not None and self.head_timer is timer:  # the whole chunk was head
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
                 self._stop_head_timer()
                 self._close_with(HEAD_TOO_LARGE)
+
+    def _parse(self, data: bytes) -> None:
+        """uvicorn's `data_received`, except that the bytes after an upgrade request's head go
+        to the WebSocket protocol. uvicorn hands it a head rebuilt from the parsed request and
+        drops the rest, so a client frame sent right behind the upgrade request, before the
+        101 came back (in the same TCP segment), was lost without a trace."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._should_upgrade():
+                offset = upgrade.args[0] if upgrade.args else len(data)
+                self.upgrade_tail = data[offset:] if isinstance(offset, int) else b""
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -237,11 +268,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         super().handle_websocket_upgrade()
+        protocol = self.transport.get_protocol()
         key, self.counted_as = self.counted_as, None
         if key is not None and self.gate is not None:
-            protocol = self.transport.get_protocol()
             release = _ReleaseOnLoss(protocol.connection_lost, self.gate.counter, key)
             setattr(protocol, "connection_lost", release)  # noqa: B010 (mypy: method assign)
+        tail, self.upgrade_tail = self.upgrade_tail, b""
+        closing = self.transport.is_closing()
+        if tail and not closing and protocol is not self and isinstance(protocol, asyncio.Protocol):
+            protocol.data_received(tail)
 
     def head_timed_out(self) -> None:
         """No complete request head in time: close, with a 408 when part of one came."""

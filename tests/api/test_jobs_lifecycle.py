@@ -15,7 +15,11 @@ import redis
 
 from tests.support import GatewayProcess, async_wait_until, collect_sse
 
-OPEN = {"GATEWAY_SUBMIT_RATE": "0", "GATEWAY_MAX_CONNECTIONS_PER_CLIENT": "0"}
+OPEN = {
+    "GATEWAY_SUBMIT_RATE": "0",
+    "GATEWAY_MAX_CONNECTIONS_PER_CLIENT": "0",
+    "GATEWAY_CONNECT_RATE": "0",  # hundreds of long polls opened at once from one address
+}
 SLOW = {"type": "sleep", "data": {"seconds": 60, "steps": 1}}
 
 

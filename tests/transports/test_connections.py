@@ -84,7 +84,9 @@ def test_idle_and_unfinished_heads_close_within_the_header_timeout(
 ) -> None:
     timeout = 1.0
     gateway = gateway_factory(
-        GATEWAY_HEADER_TIMEOUT=str(timeout), GATEWAY_MAX_CONNECTIONS_PER_CLIENT="0"
+        GATEWAY_HEADER_TIMEOUT=str(timeout),
+        GATEWAY_MAX_CONNECTIONS_PER_CLIENT="0",
+        GATEWAY_CONNECT_RATE="0",  # 450 connections at once from one address
     )
     started = time.monotonic()
     idle = connect(gateway.port)
@@ -141,7 +143,11 @@ def test_an_endless_request_head_is_cut_off(gateway_factory: Factory) -> None:
 def test_file_descriptors_hold_under_a_flood_from_one_address(gateway_factory: Factory) -> None:
     """450 connections from one address against a gateway allowed 250 open files: the ones over
     the per-address limit are closed at once, so other clients still get in."""
-    gateway = gateway_factory(GATEWAY_MAX_CONNECTIONS_PER_CLIENT="100", GATEWAY_HEADER_TIMEOUT="60")
+    gateway = gateway_factory(
+        GATEWAY_MAX_CONNECTIONS_PER_CLIENT="100",
+        GATEWAY_HEADER_TIMEOUT="60",
+        GATEWAY_CONNECT_RATE="0",  # the open count is under test here, not the rate
+    )
     assert gateway.process is not None
     hard = resource.prlimit(gateway.process.pid, resource.RLIMIT_NOFILE)[1]
     resource.prlimit(gateway.process.pid, resource.RLIMIT_NOFILE, (250, hard))
