@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from gateway.settings import Settings
 
@@ -132,6 +133,20 @@ def peer_key(host: str) -> str:
     return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
+TCP_HEADROOM: Final = 16
+"""TCP connections an address may hold beyond `GATEWAY_MAX_CONNECTIONS_PER_CLIENT` streams.
+
+A WebSocket or SSE request over the streaming limit must still arrive, so that it is refused
+in words a browser can read (close 1013 with a reason, a 429 problem) rather than with a TCP
+close (a browser reports 1006 and nothing else); idle or unfinished connections stay bounded
+at the limit plus this."""
+
+
+def tcp_limit(streams: int) -> int:
+    """The open TCP connections allowed per address for a streaming limit (0: no limit)."""
+    return streams + TCP_HEADROOM if streams > 0 else 0
+
+
 @dataclass(slots=True)
 class ConnectionGate:
     """What the HTTP protocol checks for every TCP connection, before any request exists.
@@ -155,7 +170,7 @@ class ConnectionGate:
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionGate:
         return cls(
-            ConnectionCounter(settings.max_connections_per_client),
+            ConnectionCounter(tcp_limit(settings.max_connections_per_client)),
             TrustedProxies(settings.trusted_proxies),
             settings.header_timeout,
             KeyedRateLimiter(settings.connect_rate, settings.connect_burst),

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import websockets
 
-from gateway.limits import KeyedRateLimiter, TokenBucket
+from gateway.limits import KeyedRateLimiter, TokenBucket, tcp_limit
 from gateway.settings import Settings, SettingsError
 from tests.support import GatewayProcess, gateway_env, ws_client, ws_recv, ws_send, ws_until
 
@@ -92,19 +92,37 @@ async def open_websockets(url: str, count: int) -> AsyncIterator[list[Any]]:
 
 
 async def test_connections_per_client_address(limited: GatewayProcess) -> None:
-    """Every TCP connection counts (the WebSocket/SSE count per forwarded client, with its close
-    1013 and SSE 429, is in tests/transports/test_connections.py, behind a trusted proxy)."""
+    """Four streams per address: the fifth WebSocket is refused in words a browser can read
+    (close 1013 with its reason), an SSE stream with 429; plain TCP connections are bounded at
+    the limit plus `TCP_HEADROOM`, past which they are refused before any request is read."""
     async with open_websockets(limited.ws_url, 4):
-        # The fifth connection from this address is answered 429 before any request is read
-        # (or, had its request already arrived, reset).
-        with pytest.raises((websockets.InvalidStatus, OSError)) as refused:
-            async with ws_client(limited.ws_url):
-                pass
-        if isinstance(refused.value, websockets.InvalidStatus):
-            assert refused.value.response.status_code == 429
-        other = httpx.HTTPTransport(local_address="127.0.0.2")
-        with httpx.Client(transport=other) as client:  # another address is not affected
-            assert client.get(f"{limited.url}/healthz").status_code == 200
+        async with ws_client(limited.ws_url) as fifth:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(fifth.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        assert closed.value.rcvd.reason == "too many connections from this address"
+        sse = await asyncio.to_thread(
+            httpx.get, f"{limited.url}/events", params={"channel": "room:limits"}
+        )
+        assert sse.status_code == 429 and "Retry-After" in sse.headers
+        idle = [
+            await asyncio.open_connection("127.0.0.1", limited.port)
+            for _ in range(tcp_limit(4) - 4)
+        ]
+        try:
+            # The next connection from this address is answered 429 before any request is
+            # read (or, had its request already arrived, reset).
+            with pytest.raises((websockets.InvalidStatus, OSError)) as refused:
+                async with ws_client(limited.ws_url):
+                    pass
+            if isinstance(refused.value, websockets.InvalidStatus):
+                assert refused.value.response.status_code == 429
+            other = httpx.HTTPTransport(local_address="127.0.0.2")
+            with httpx.Client(transport=other) as client:  # another address is not affected
+                assert client.get(f"{limited.url}/healthz").status_code == 200
+        finally:
+            for _, writer in idle:
+                writer.close()
     async with ws_client(limited.ws_url) as again:  # released on close
         await ws_send(again, {"op": "ping"})
         assert (await ws_recv(again))["op"] == "pong"

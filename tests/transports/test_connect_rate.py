@@ -163,7 +163,12 @@ def metric(text: str, sample: str) -> float:
 async def test_a_reconnecting_flooder_is_held_to_the_connect_rate(
     gateway_factory: Callable[..., GatewayProcess],
 ) -> None:
-    gateway = gateway_factory()  # the defaults are what protect a deployment
+    # The defaults are what protect a deployment (the harness turns the rate off elsewhere).
+    defaults = Settings()
+    gateway = gateway_factory(
+        GATEWAY_CONNECT_RATE=str(defaults.connect_rate),
+        GATEWAY_CONNECT_BURST=str(defaults.connect_burst),
+    )
     settings = Settings()
     context = multiprocessing.get_context("spawn")
     results = context.Queue()

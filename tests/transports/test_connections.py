@@ -19,7 +19,7 @@ import httpx
 import pytest
 import websockets
 
-from gateway.limits import ConnectionGate, TrustedProxies, peer_key
+from gateway.limits import ConnectionGate, TrustedProxies, peer_key, tcp_limit
 from gateway.settings import Settings, SettingsError
 from tests.support import GatewayProcess, wait_until, ws_client, ws_recv, ws_send
 from tests.transports.raw_connections import (
@@ -151,11 +151,13 @@ def test_file_descriptors_hold_under_a_flood_from_one_address(gateway_factory: F
     assert gateway.process is not None
     hard = resource.prlimit(gateway.process.pid, resource.RLIMIT_NOFILE)[1]
     resource.prlimit(gateway.process.pid, resource.RLIMIT_NOFILE, (250, hard))
+    allowed = tcp_limit(100)
     with held(open_connections(gateway.port, FLOOD)) as sockets:
-        wait_until(lambda: sum(map(is_open, sockets)) == 100, 10, "the 350 over the limit closed")
+        wait_until(lambda: sum(map(is_open, sockets)) == allowed, 10, "those over the limit closed")
         assert status_from("127.0.0.2", gateway.url + "/healthz") == 200
-        assert sum(map(is_open, sockets)) == 100
-    assert counter_value(gateway, 'gateway_connections_refused_total{reason="per_address"}') == 350
+        assert sum(map(is_open, sockets)) == allowed
+    refusals = 'gateway_connections_refused_total{reason="per_address"}'
+    assert counter_value(gateway, refusals) == FLOOD - allowed
 
 
 # --- per-address count of TCP connections ------------------------------------------------------
@@ -166,7 +168,7 @@ def test_every_tcp_connection_counts_against_the_per_address_limit(
 ) -> None:
     gateway = gateway_factory(GATEWAY_MAX_CONNECTIONS_PER_CLIENT="3", GATEWAY_HEADER_TIMEOUT="60")
     healthz = gateway.url + "/healthz"
-    with held([connect(gateway.port) for _ in range(3)]) as idle:
+    with held([connect(gateway.port) for _ in range(tcp_limit(3))]) as idle:
         assert refused(connect(gateway.port))
         # A client that sends its request at once gets the 429 or, when its request arrived
         # before the close, a reset.
@@ -183,7 +185,7 @@ async def test_a_websocket_keeps_its_count_across_the_upgrade(gateway_factory: F
     async with ws_client(gateway.ws_url) as ws:
         await ws_send(ws, {"op": "ping"})
         assert (await ws_recv(ws))["op"] == "pong"
-        with held([connect(gateway.port)]):
+        with held([connect(gateway.port) for _ in range(tcp_limit(2) - 1)]):
             assert refused(connect(gateway.port))  # the WebSocket still counts
     # ...and is released when it closes, every time.
     for _ in range(5):
@@ -199,7 +201,8 @@ async def test_a_websocket_keeps_its_count_across_the_upgrade(gateway_factory: F
         assert time.monotonic() < deadline, "the WebSocket's slots were never released"
         await asyncio.sleep(0.05)
     async with ws_client(gateway.ws_url), ws_client(gateway.ws_url):
-        assert await asyncio.to_thread(refused, connect(gateway.port))
+        with held([connect(gateway.port) for _ in range(tcp_limit(2) - 2)]):
+            assert await asyncio.to_thread(refused, connect(gateway.port))
 
 
 # --- X-Forwarded-For ----------------------------------------------------------------------------
@@ -220,7 +223,7 @@ def test_forwarded_for_from_an_untrusted_peer_is_ignored(gateway_factory: Factor
     # Three "different clients" by their header, one by their address: one bucket.
     codes = submissions(gateway, "127.0.0.1", ["198.51.100.1", "198.51.100.2", "198.51.100.3"])
     assert codes == [202, 202, 429]
-    with held([connect(gateway.port) for _ in range(2)]):
+    with held([connect(gateway.port) for _ in range(tcp_limit(2))]):
         forged = {"X-Forwarded-For": "198.51.100.4"}
         assert status_from("127.0.0.1", gateway.url + "/healthz", headers=forged) in {429, None}
 
@@ -242,7 +245,7 @@ async def test_forwarded_for_from_a_trusted_proxy_is_honoured(gateway_factory: F
         assert status_from("127.0.0.1", url + "/healthz") == 200
     # ...but an untrusted peer's are, whatever it forwards, and its header is ignored.
     assert submissions(gateway, "127.0.0.2", many[:3]) == [202, 202, 429]
-    with held([connect(gateway.port, "127.0.0.2") for _ in range(2)]):
+    with held([connect(gateway.port, "127.0.0.2") for _ in range(tcp_limit(2))]):
         assert refused(connect(gateway.port, "127.0.0.2"))
     # Streams are counted per forwarded client behind the proxy.
     client_a = {"additional_headers": {"X-Forwarded-For": "203.0.113.7"}}
