@@ -107,6 +107,14 @@ PROBLEM_TYPES: Final[dict[str, ProblemType]] = {
         "The route exists but not with this HTTP method; the `Allow` header lists the ones it "
         "takes.",
     ),
+    "request-timeout": ProblemType(
+        408,
+        "Request Timeout",
+        "The connection did not send a complete request head within `GATEWAY_HEADER_TIMEOUT` "
+        "seconds of opening (or of its previous response), so the gateway closed it: "
+        "connections that never become requests would otherwise pile up. Send the whole head "
+        "at once.",
+    ),
     "conflict": ProblemType(
         409,
         "Conflict",
@@ -159,6 +167,14 @@ PROBLEM_TYPES: Final[dict[str, ProblemType]] = {
         "publishes per token (`GATEWAY_PUBLISH_RATE`), or open streaming connections per "
         "address (`GATEWAY_MAX_CONNECTIONS_PER_CLIENT`), or new connections per second per "
         "address (`GATEWAY_CONNECT_RATE`). Wait `Retry-After` seconds.",
+    ),
+    "too-many-connections": ProblemType(
+        429,
+        "Too Many Requests",
+        "This address already holds as many open TCP connections as the gateway allows one "
+        "address (`GATEWAY_MAX_CONNECTIONS_PER_CLIENT` streams plus a small headroom), so the "
+        "connection was refused before any request was read. Close idle connections, reuse "
+        "keep-alive ones, and retry after `Retry-After` seconds.",
     ),
     "headers-too-large": ProblemType(
         431,

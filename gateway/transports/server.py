@@ -36,7 +36,7 @@ from websockets.protocol import State
 
 from gateway.limits import ConnectionCounter, ConnectionGate, ReadBudget
 from gateway.metrics import METRICS
-from gateway.problems import PROBLEM_TYPE_BASE
+from gateway.problems import PROBLEM_TYPE_BASE, PROBLEM_TYPES
 from gateway.settings import Settings
 from gateway.transports.ws import CLOSE_READ_BUDGET
 
@@ -104,14 +104,22 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 itself would buffer without end). Complete heads over 32 KB get 431 from `BodyLimit`."""
 
 
-def _problem_bytes(status: int, reason: str, code: str, detail: str, *extra: str) -> bytes:
+def _problem_bytes(code: str, detail: str, *extra: str) -> bytes:
     """A whole `application/problem+json` response that closes the connection, for answers
-    written by the protocol before (or instead of) any ASGI request."""
+    written by the protocol before (or instead of) any ASGI request. Status and title come from
+    the problem's entry in `PROBLEM_TYPES` (a code missing there fails at import)."""
+    problem = PROBLEM_TYPES[code]
+    assert problem.status is not None, code
     body = orjson.dumps(
-        {"type": PROBLEM_TYPE_BASE + code, "title": reason, "status": status, "detail": detail}
+        {
+            "type": PROBLEM_TYPE_BASE + code,
+            "title": problem.title,
+            "status": problem.status,
+            "detail": detail,
+        }
     )
     head = [
-        f"HTTP/1.1 {status} {reason}",
+        f"HTTP/1.1 {problem.status} {problem.title}",
         "content-type: application/problem+json",
         f"content-length: {len(body)}",
         "connection: close",
@@ -121,28 +129,20 @@ def _problem_bytes(status: int, reason: str, code: str, detail: str, *extra: str
 
 
 TOO_MANY_CONNECTIONS: Final = _problem_bytes(
-    429,
-    "Too Many Requests",
     "too-many-connections",
     "too many open connections from this address (GATEWAY_MAX_CONNECTIONS_PER_CLIENT)",
     "retry-after: 5",
 )
 CONNECTING_TOO_FAST: Final = _problem_bytes(
-    429,
-    "Too Many Requests",
     "rate-limited",
     "too many new connections from this address (GATEWAY_CONNECT_RATE); reconnect with backoff",
     "retry-after: 1",
 )
 REQUEST_TIMEOUT: Final = _problem_bytes(
-    408,
-    "Request Timeout",
     "request-timeout",
     "the request head did not arrive in time (GATEWAY_HEADER_TIMEOUT)",
 )
 HEAD_TOO_LARGE: Final = _problem_bytes(
-    431,
-    "Request Header Fields Too Large",
     "headers-too-large",
     f"the request head is over {MAX_HEAD_BYTES} bytes",
 )
