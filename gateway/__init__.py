@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.jobs.handlers import HandlerError, JobContext, handler
-from gateway.publish import PublishError, publish
+from gateway.errors import HandlerError, PublishError
+from gateway.jobs.handlers import JobContext, handler
+from gateway.publish import publish
 
 __all__ = ["HandlerError", "JobContext", "PublishError", "handler", "publish"]

@@ -32,8 +32,9 @@ from gateway.api.access import (
 )
 from gateway.api.guards import AccessGuard, BodyLimit
 from gateway.auth import ApiKeys, ChannelPolicy
-from gateway.backends.base import Backend, BackendUnavailable
+from gateway.backends.base import Backend
 from gateway.backends.memory import MemoryBackend
+from gateway.errors import BackendUnavailable
 from gateway.hub import Hub, Subscriber
 from gateway.jobs.handlers import REGISTRY, HandlerRegistry
 from gateway.jobs.worker import Worker

@@ -27,9 +27,10 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.requests import cookie_parser
 from starlette.types import Scope
 
+from gateway.errors import Forbidden, InvalidToken
 from gateway.events import namespace_of
 from gateway.settings import Settings
-from gateway.tokens import ChannelToken, InvalidToken, TokenSigner
+from gateway.tokens import ChannelToken, TokenSigner
 
 OPEN: Final = "open"
 TOKEN: Final = "token"
@@ -50,22 +51,6 @@ COOKIE_TRUSTED: Final = "gateway.cookie_trusted"
 `Origin` (not a cross-origin browser request), the gateway's own origin, or one listed in
 `GATEWAY_ALLOWED_ORIGINS` (never by `*`). Without it the cookie is ignored: a browser sends it
 along with requests that other sites' pages make."""
-
-
-class Forbidden(Exception):
-    """The caller may not do this on this channel; the message says why.
-
-    `code` is `forbidden` (credentials are fine but do not allow this), `token_required`,
-    `invalid_token` or `token_expired` (the credentials themselves are the problem: HTTP 401).
-    """
-
-    def __init__(self, message: str, code: str = "forbidden") -> None:
-        super().__init__(message)
-        self.code = code
-
-    @property
-    def status(self) -> int:
-        return 403 if self.code == "forbidden" else 401
 
 
 class ApiKeys:

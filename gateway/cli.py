@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-from gateway.settings import Settings, SettingsError
+from gateway.errors import SettingsError
+from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
 

@@ -20,16 +20,14 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from gateway.errors import ClientError
+
 RECONNECT_INITIAL = 0.5
 RECONNECT_MAX = 10.0
 BAR_WIDTH = 30
 HEARTBEAT = 4.0
 """Seconds between the heartbeats a stream is asked for; 2x that of silence means a dead link."""
 JOB_EXIT_CODES = {"job.completed": 0, "job.failed": 1, "job.cancelled": 1}
-
-
-class ClientError(RuntimeError):
-    """The gateway refused a request; the message carries its problem detail."""
 
 
 def _headers() -> dict[str, str]:

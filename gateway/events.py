@@ -15,6 +15,8 @@ from typing import Any, Final
 
 import orjson
 
+from gateway.errors import InvalidChannel, InvalidEventId
+
 SPECVERSION: Final = "1.0"
 # Checked with `fullmatch` only: `re.match` with `$` would let a trailing newline through.
 CHANNEL_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
@@ -26,14 +28,6 @@ JOB_TERMINAL_TYPES: Final = frozenset({"job.completed", "job.failed", "job.cance
 
 EventKey = tuple[int, int]
 """A parsed event id, `(milliseconds, sequence)`: ordered like the ids themselves."""
-
-
-class InvalidChannel(ValueError):
-    """A channel name outside `[A-Za-z0-9_.:-]{1,200}` or without a namespace."""
-
-
-class InvalidEventId(ValueError):
-    """An event id that is not of the form `<ms>-<seq>`."""
 
 
 def validate_channel(name: str) -> str:

@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.backends.base import Backend, BackendUnavailable, History
+from gateway.backends.base import Backend, History
+from gateway.errors import BackendUnavailable
 from gateway.events import (
     Event,
     EventKey,

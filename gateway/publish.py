@@ -18,24 +18,14 @@ from urllib.parse import quote
 import httpx
 import redis
 
-from gateway.backends.base import EventTooLarge
 from gateway.backends.redis import PUBLISH_LUA, publish_call
+from gateway.errors import EventTooLarge
+from gateway.errors import EventTooLargeError as EventTooLargeError
+from gateway.errors import PublishError as PublishError
 from gateway.events import validate_channel
 from gateway.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-
-
-class PublishError(RuntimeError):
-    """The event could not be published; the message says where and why."""
-
-
-class EventTooLargeError(PublishError):
-    """The event is over its namespace's `GATEWAY_MAX_EVENT_SIZE`; retrying will not help."""
-
-    def __init__(self, message: str, limit: int | None) -> None:
-        super().__init__(message)
-        self.limit = limit
 
 
 @cache

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.errors import SettingsError
 from gateway.events import namespace_of
 
 T = TypeVar("T")
@@ -28,10 +29,6 @@ def bundled_static_dir() -> Path:
 
 
 PROJECT_STATIC = bundled_static_dir()
-
-
-class SettingsError(ValueError):
-    """A configuration value that cannot be used; the message names the variable."""
 
 
 DEFAULT_HISTORY_BYTES = 4 * 1024 * 1024

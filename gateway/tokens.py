@@ -16,6 +16,8 @@ from typing import Any, Final
 
 import jwt
 
+from gateway.errors import InvalidToken
+
 RIGHTS: Final = frozenset({"subscribe", "publish"})
 ALGORITHM: Final = "HS256"
 MAX_TOKEN_BYTES: Final = 8192
@@ -23,15 +25,6 @@ MAX_TOKEN_BYTES: Final = 8192
 CLOCK_SKEW: Final = 60.0
 """Seconds another minter's clock may be ahead of ours (an `iat` in the future, or an `exp`
 past the longest lifetime when the token has no `iat`)."""
-
-
-class InvalidToken(Exception):
-    """A token that cannot be used; `code` is `token_expired` or `invalid_token`."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

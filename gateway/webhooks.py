@@ -30,7 +30,8 @@ import httpcore
 import httpx
 import orjson
 
-from gateway.backends.base import Backend, BackendUnavailable
+from gateway.backends.base import Backend
+from gateway.errors import BackendUnavailable, UnresolvedCallbackHost, UnsafeCallbackUrl
 from gateway.events import Event, iso_time
 from gateway.settings import Settings
 
@@ -46,19 +47,6 @@ POLL_INTERVAL = 0.2
 """How often an idle worker looks for due deliveries (one cheap Redis call)."""
 
 RETRYABLE_4XX = frozenset({408, 409, 429})
-
-
-class UnsafeCallbackUrl(ValueError):
-    """A callback URL the gateway refuses to call: not http(s), or aimed at internal addresses.
-
-    Raised at submission (answered with 422) and, at delivery, from inside the connection
-    attempt (`PinnedNetwork`), which ends the delivery as refused.
-    """
-
-
-class UnresolvedCallbackHost(UnsafeCallbackUrl):
-    """The callback host has no address (now): 422 at submission, a retried network error at
-    delivery, like any DNS hiccup."""
 
 
 # --- configuration of a job's callback ---------------------------------------------------------

@@ -21,8 +21,9 @@ import jwt
 import pytest
 import websockets
 
-from gateway.auth import ChannelPolicy, Forbidden
-from gateway.settings import Settings, SettingsError
+from gateway.auth import ChannelPolicy
+from gateway.errors import Forbidden, SettingsError
+from gateway.settings import Settings
 from tests.support import (
     GatewayProcess,
     collect_sse,

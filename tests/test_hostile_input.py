@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from gateway.jobs.handlers import HandlerError, resolve_data_path
+from gateway.errors import HandlerError
+from gateway.jobs.handlers import resolve_data_path
 from tests.support import GatewayProcess, gateway_env, ws_client, ws_recv, ws_send, ws_until
 
 JSON_SCALARS = (

@@ -11,8 +11,9 @@ import httpx
 import pytest
 import websockets
 
+from gateway.errors import SettingsError
 from gateway.limits import KeyedRateLimiter, TokenBucket, tcp_limit
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings
 from tests.support import GatewayProcess, gateway_env, ws_client, ws_recv, ws_send, ws_until
 
 LIMITS = {

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from gateway.publish import EventTooLargeError
+from gateway.errors import EventTooLargeError
 from gateway.publish import publish as publish_event
 from tests.replay_rss import measure, never_reading_subscriber, subscriptions
 from tests.support import (

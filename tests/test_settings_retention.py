@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from gateway.settings import Retention, Settings, SettingsError
+from gateway.errors import SettingsError
+from gateway.settings import Retention, Settings
 
 
 def test_defaults_bound_rooms_in_events_bytes_and_event_size() -> None:

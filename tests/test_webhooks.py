@@ -18,11 +18,11 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from gateway.backends.memory import MemoryBackend
-from gateway.settings import Settings, SettingsError
+from gateway.errors import SettingsError, UnsafeCallbackUrl
+from gateway.settings import Settings
 from gateway.webhooks import (
     Address,
     PendingDelivery,
-    UnsafeCallbackUrl,
     WebhookDispatcher,
     check_callback_url,
     is_internal,

@@ -9,8 +9,7 @@ from gateway.api.access import GuardedRoute, channel_publish, channel_read
 from gateway.api.guards import caller_of
 from gateway.api.jobs import json_response
 from gateway.api.requests import channel_param, event_id_param, int_param, read_json_object
-from gateway.auth import Forbidden
-from gateway.backends.base import EventTooLarge
+from gateway.errors import EventTooLarge, Forbidden
 from gateway.events import EVENT_TYPE_RE
 from gateway.problems import Problem, bad_request, unprocessable
 from gateway.services import services_of

@@ -30,8 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.access import Access, Rule, access_of
 from gateway.api.requests import is_json_media_type
-from gateway.auth import COOKIE_TRUSTED, Forbidden, bearer_of, token_of
-from gateway.events import InvalidChannel, validate_channel
+from gateway.auth import COOKIE_TRUSTED, bearer_of, token_of
+from gateway.errors import Forbidden, InvalidChannel
+from gateway.events import validate_channel
 from gateway.jobs.model import load_job
 from gateway.limits import retry_after_header
 from gateway.problems import Problem, bad_request, not_found, problem_response
@@ -39,6 +40,7 @@ from gateway.services import Services
 from gateway.settings import Settings
 from gateway.tokens import ChannelToken
 from gateway.transports.ws import SUBPROTOCOL
+from gateway.vocabulary import CloseCode
 
 log = logging.getLogger("gateway.auth")
 
@@ -108,7 +110,9 @@ class BodyLimit:
         head += len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
         if head > MAX_HEADER_BYTES:
             if scope["type"] == "websocket":
-                await _refuse_websocket(scope, receive, send, 1009, "request headers too large")
+                await _refuse_websocket(
+                    scope, receive, send, CloseCode.TOO_BIG, "request headers too large"
+                )
             else:
                 await problem_response(
                     431,
@@ -299,7 +303,7 @@ class AccessGuard:
             log.info("refused a request for host %r", (host or "")[:200])
             detail = "this gateway does not serve that host name (GATEWAY_ALLOWED_HOSTS)"
             if kind == "websocket":
-                await _refuse_websocket(scope, receive, send, 1008, "host not allowed")
+                await _refuse_websocket(scope, receive, send, CloseCode.POLICY, "host not allowed")
             else:
                 await problem_response(400, "Bad Request", detail, code="host-not-allowed")(
                     scope, receive, send
@@ -508,17 +512,17 @@ class AccessGuard:
         origin = headers.get("origin")
         if origin is not None and not self.origins.allowed(origin, scope, headers.get("host")):
             log.info("refused WebSocket from origin %r", origin[:200])
-            await _refuse_websocket(scope, receive, send, 1008, "origin not allowed")
+            await _refuse_websocket(scope, receive, send, CloseCode.POLICY, "origin not allowed")
             return
         if found is not None and (found[0] is None or access_of(found[0]) is None):
             log.error("refused WebSocket %s: the route declares no access", found[0])
-            await _refuse_websocket(scope, receive, send, 1008, "forbidden")
+            await _refuse_websocket(scope, receive, send, CloseCode.POLICY, "forbidden")
             return
         counter = self.services.limits.connections
         address = client_address(scope)
         if not counter.acquire(address):
             await _refuse_websocket(
-                scope, receive, send, 1013, "too many connections from this address"
+                scope, receive, send, CloseCode.TRY_AGAIN, "too many connections from this address"
             )
             return
         try:

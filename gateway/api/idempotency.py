@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.guards import caller_of
-from gateway.backends.base import BackendUnavailable
+from gateway.errors import BackendUnavailable
 from gateway.problems import Problem, bad_request
 from gateway.services import services_of
 

@@ -16,14 +16,14 @@ from gateway.api.guards import caller_of
 from gateway.api.idempotency import idempotent
 from gateway.api.requests import event_id_param, float_param, int_param, read_json_object
 from gateway.backends.base import JOB_TERMINAL_STATUSES
+from gateway.errors import InvalidJobData, UnsafeCallbackUrl
 from gateway.events import parse_event_id
 from gateway.hub import Subscriber
-from gateway.jobs.handlers import InvalidJobData
 from gateway.jobs.model import JobRecord, create_job, job_channel, load_job, transition
 from gateway.problems import bad_request, conflict, not_found, unprocessable
 from gateway.services import Services, services_of
 from gateway.transports.sse import parse_positions, sse_response
-from gateway.webhooks import UnsafeCallbackUrl, check_callback_url, parse_callback_events
+from gateway.webhooks import check_callback_url, parse_callback_events
 
 RETRY_AFTER_SECONDS = "1"
 

@@ -7,7 +7,8 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
-from gateway.events import InvalidChannel, InvalidEventId, parse_event_id, validate_channel
+from gateway.errors import InvalidChannel, InvalidEventId
+from gateway.events import parse_event_id, validate_channel
 from gateway.problems import Problem, bad_request
 
 

@@ -15,7 +15,8 @@ from starlette.responses import Response
 from gateway.api.access import SERVER_ONLY, GuardedRoute
 from gateway.api.jobs import json_response
 from gateway.api.requests import read_json_object
-from gateway.events import InvalidChannel, validate_channel
+from gateway.errors import InvalidChannel
+from gateway.events import validate_channel
 from gateway.problems import unprocessable
 from gateway.services import Services, services_of
 from gateway.tokens import parse_grants

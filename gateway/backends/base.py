@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.errors import EventTooLarge
 from gateway.events import Event
 from gateway.settings import Settings
 
@@ -24,27 +25,6 @@ Backends call it before delivering any live event of the new connection (the cal
 the awaitable it returns, is where the hub starts holding live events back)."""
 
 JOB_TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
-
-
-class BackendUnavailable(ConnectionError):
-    """The bus or store cannot be reached right now; the request may be retried."""
-
-
-class EventTooLarge(ValueError):
-    """An event over its namespace's `GATEWAY_MAX_EVENT_SIZE`: refused before it is stored.
-
-    A room keeps hundreds of events and replays them to every subscriber, so one publisher's
-    large events would cost every reader; HTTP answers 413, WebSocket an `error` frame.
-    """
-
-    def __init__(self, channel: str, size: int, limit: int) -> None:
-        super().__init__(
-            f"the event is {size} bytes encoded; {channel} takes at most {limit} "
-            "(GATEWAY_MAX_EVENT_SIZE)"
-        )
-        self.channel = channel
-        self.size = size
-        self.limit = limit
 
 
 def check_event_size(settings: Settings, channel: str, encoded: bytes) -> None:

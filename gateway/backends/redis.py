@@ -22,15 +22,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.backends.base import (
-    Attempt,
-    Backend,
-    BackendUnavailable,
-    Delivery,
-    History,
-    JobUpdate,
-    check_event_size,
-)
+from gateway.backends.base import Attempt, Backend, Delivery, History, JobUpdate, check_event_size
+from gateway.errors import BackendUnavailable
 from gateway.events import (
     Event,
     envelope_tail,

@@ -28,16 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from gateway.errors import HandlerError, InvalidJobData
+
 ProgressReporter = Callable[[float, str, dict[str, Any]], Awaitable[None]]
 Validator = Callable[[Any], Any]
-
-
-class HandlerError(Exception):
-    """Raised by a handler to fail the attempt with a message meant for the job's owner."""
-
-
-class InvalidJobData(ValueError):
-    """The job's `data` does not fit its type; answered with 422 at submission."""
 
 
 class JobContext:

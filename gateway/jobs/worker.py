@@ -20,9 +20,10 @@ import socket
 import time
 from typing import Any
 
-from gateway.backends.base import Backend, BackendUnavailable, Delivery
+from gateway.backends.base import Backend, Delivery
+from gateway.errors import BackendUnavailable, HandlerError
 from gateway.events import Event, iso_time
-from gateway.jobs.handlers import HandlerError, HandlerRegistry, HandlerSpec, JobContext
+from gateway.jobs.handlers import HandlerRegistry, HandlerSpec, JobContext
 from gateway.jobs.model import JobRecord, encode_field, load_job, transition
 from gateway.metrics import METRICS
 from gateway.settings import Settings

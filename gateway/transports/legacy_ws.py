@@ -18,7 +18,7 @@ from websockets.legacy.framing import Frame
 from gateway.limits import ReadBudget
 from gateway.metrics import METRICS
 from gateway.transports.server import settings_of
-from gateway.transports.ws import CLOSE_READ_BUDGET
+from gateway.vocabulary import CloseCode
 
 log = logging.getLogger("gateway.ws")
 
@@ -47,8 +47,11 @@ class BudgetedLegacyWebSocketProtocol(WebSocketProtocol):
         METRICS.ws_read_budget_exceeded.labels(limit).inc()
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "client"
         log.info(
-            "%s - WebSocket closed %d: over its read budget (%s)", client, CLOSE_READ_BUDGET, limit
+            "%s - WebSocket closed %d: over its read budget (%s)",
+            client,
+            CloseCode.READ_BUDGET,
+            limit,
         )
         # Sends the close frame and cancels the task reading frames, which is this one.
-        self.fail_connection(CLOSE_READ_BUDGET, f"read budget exceeded: too many {limit}/s")
+        self.fail_connection(CloseCode.READ_BUDGET, f"read budget exceeded: too many {limit}/s")
         raise asyncio.CancelledError

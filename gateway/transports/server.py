@@ -38,11 +38,10 @@ from gateway.limits import ConnectionCounter, ConnectionGate, ReadBudget
 from gateway.metrics import METRICS
 from gateway.problems import PROBLEM_TYPE_BASE, PROBLEM_TYPES
 from gateway.settings import Settings
-from gateway.transports.ws import CLOSE_READ_BUDGET
+from gateway.vocabulary import CloseCode
 
 log = logging.getLogger("gateway.ws")
 
-CLOSE_INVALID_DATA = 1007
 MIN_CLIENT_FRAME = 6
 """Bytes in the smallest frame a client can send: a 2-byte header and the 4-byte mask key."""
 CLOSE_GRACE = 1.0
@@ -402,7 +401,7 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         try:
             text = data.decode()
         except UnicodeDecodeError:
-            self._close_now(CLOSE_INVALID_DATA, "text message is not valid UTF-8")
+            self._close_now(CloseCode.INVALID_DATA, "text message is not valid UTF-8")
             return
         self.queue.put_nowait({"type": "websocket.receive", "text": text})
         if not self.read_paused:
@@ -413,9 +412,12 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         READ_BUDGET_EXCEEDED.labels(limit).inc()
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "client"
         log.info(
-            "%s - WebSocket closed %d: over its read budget (%s)", client, CLOSE_READ_BUDGET, limit
+            "%s - WebSocket closed %d: over its read budget (%s)",
+            client,
+            CloseCode.READ_BUDGET,
+            limit,
         )
-        self._close_now(CLOSE_READ_BUDGET, f"read budget exceeded: too many {limit}/s")
+        self._close_now(CloseCode.READ_BUDGET, f"read budget exceeded: too many {limit}/s")
 
     def _close_now(self, code: int, reason: str) -> None:
         """Close on our side at once: nothing more is read, the close frame (if the handshake

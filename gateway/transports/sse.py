@@ -24,14 +24,8 @@ from starlette.datastructures import QueryParams
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.backends.base import BackendUnavailable
-from gateway.events import (
-    Event,
-    InvalidEventId,
-    encode_sse_signal,
-    http_chunk,
-    parse_event_id,
-)
+from gateway.errors import BackendUnavailable, InvalidEventId
+from gateway.events import Event, encode_sse_signal, http_chunk, parse_event_id
 from gateway.hub import Hub, Item, Subscriber
 from gateway.metrics import METRICS
 from gateway.problems import bad_request

@@ -17,13 +17,18 @@ import orjson
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.auth import Forbidden, bearer_of, token_of
-from gateway.backends.base import BackendUnavailable, EventTooLarge
+from gateway.auth import bearer_of, token_of
+from gateway.errors import (
+    BackendUnavailable,
+    EventTooLarge,
+    Forbidden,
+    InvalidChannel,
+    InvalidEventId,
+    OpError,
+)
 from gateway.events import (
     EVENT_TYPE_RE,
     Event,
-    InvalidChannel,
-    InvalidEventId,
     encode_ws_message,
     parse_event_id,
     validate_channel,
@@ -35,20 +40,11 @@ from gateway.metrics import METRICS
 from gateway.services import Services, services_of
 from gateway.tokens import ChannelToken
 from gateway.transports.wire import RAW_SEND, WebSocketWire, websocket_wire
+from gateway.vocabulary import CloseCode
 
 log = logging.getLogger("gateway.ws")
 SUBPROTOCOL = "gateway.v1"
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013
-CLOSE_SLOW_CONSUMER = 4008
-CLOSE_READ_BUDGET = 4029
-"""Sent more frames or bytes per second than GATEWAY_WS_READ_FRAMES / _BYTES allow."""
-CLOSE_PROTOCOL = 4400
 
 EVICT_GRACE = 5.0
 """Seconds a slow consumer's 4008 close may wait behind unread data before the drop."""
@@ -56,16 +52,6 @@ FAIR_SHARE = 64
 """Ops read from one client in a row before letting others run (frames arrive in bursts)."""
 DELIVERED = METRICS.delivered
 DRAINED = METRICS.drained
-
-
-class OpError(Exception):
-    """A client op that cannot be done; becomes an `error` frame, the connection stays open."""
-
-    def __init__(self, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.extra = extra
 
 
 class Connection:
@@ -192,7 +178,7 @@ class Connection:
             if self._closing is not None:
                 await self._close(*self._closing)
             elif subscriber.closed:
-                code = CLOSE_GOING_AWAY if self.services.hub.draining else CLOSE_NORMAL
+                code = CloseCode.GOING_AWAY if self.services.hub.draining else CloseCode.NORMAL
                 await self._close(code, "the gateway is restarting")
         except (RuntimeError, OSError, WebSocketDisconnect):
             pass  # the client is gone; the reader sees the disconnect
@@ -209,7 +195,7 @@ class Connection:
         if self._drainer is not None:
             self._drainer.cancel()
         self._evicted = asyncio.ensure_future(
-            self._close(CLOSE_SLOW_CONSUMER, "slow consumer: resume with since")
+            self._close(CloseCode.SLOW_CONSUMER, "slow consumer: resume with since")
         )
         if self._wire is not None:
             self._abort = asyncio.get_running_loop().call_later(EVICT_GRACE, self._wire.abort)
@@ -238,11 +224,13 @@ class Connection:
             size = len(text) if text is not None else len(message.get("bytes") or b"")
             if size > self.services.settings.max_message:
                 # uvicorn's ws_max_size normally closes first; this holds under other servers.
-                await self._close(CLOSE_TOO_BIG, "message too big (GATEWAY_MAX_MESSAGE)")
+                await self._close(CloseCode.TOO_BIG, "message too big (GATEWAY_MAX_MESSAGE)")
                 return
             if self._read_budget is not None and (limit := self._over_read_budget(size)):
                 METRICS.ws_read_budget_exceeded.labels(limit).inc()
-                await self._close(CLOSE_READ_BUDGET, f"read budget exceeded: too many {limit}/s")
+                await self._close(
+                    CloseCode.READ_BUDGET, f"read budget exceeded: too many {limit}/s"
+                )
                 return
             if text is None:
                 self._error(None, "binary_not_supported", "send JSON text frames, not binary")
@@ -393,7 +381,7 @@ class Connection:
 
     def _expire(self) -> None:
         self._error(None, "token_expired", "the token expired; reconnect with a new one")
-        self._finish(CLOSE_POLICY, "token expired")
+        self._finish(CloseCode.POLICY, "token expired")
 
 
 def _server_budgets_reads(scope: Scope) -> bool:

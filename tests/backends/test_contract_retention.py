@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.backends.base import Backend, EventTooLarge
+from gateway.backends.base import Backend
+from gateway.errors import EventTooLarge
 from gateway.events import Event, splice_envelope
 from gateway.settings import Retention
 

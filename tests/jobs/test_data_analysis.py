@@ -17,12 +17,12 @@ import orjson
 import pytest
 
 from bench.data_analysis_rss import count_progress, vm_kib, write_csv
+from gateway.errors import HandlerError
 from gateway.jobs.handlers import (
     MAX_COLUMNS,
     MAX_PROGRESS_EVENTS,
     MAX_RECORD_CHARS,
     ColumnStats,
-    HandlerError,
     JobContext,
     data_analysis_handler,
 )

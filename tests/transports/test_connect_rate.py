@@ -25,8 +25,9 @@ import httpx
 import pytest
 import websockets
 
+from gateway.errors import SettingsError
 from gateway.limits import ConnectionCounter, ConnectionGate, KeyedRateLimiter, TrustedProxies
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings
 from gateway.transports.ws import CLOSE_READ_BUDGET
 from tests.support import GatewayProcess, async_wait_until, ws_recv, ws_send
 from tests.transports.test_read_budget import OP_PING, blast, client_frame

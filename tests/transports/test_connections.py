@@ -19,8 +19,9 @@ import httpx
 import pytest
 import websockets
 
+from gateway.errors import SettingsError
 from gateway.limits import ConnectionGate, TrustedProxies, peer_key, tcp_limit
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings
 from tests.support import GatewayProcess, wait_until, ws_client, ws_recv, ws_send
 from tests.transports.raw_connections import (
     PARTIAL_HEAD,

@@ -27,9 +27,10 @@ import httpx
 import pytest
 import websockets
 
+from gateway.errors import SettingsError
 from gateway.limits import ReadBudget
-from gateway.settings import Settings, SettingsError
-from gateway.transports.ws import CLOSE_READ_BUDGET
+from gateway.settings import Settings
+from gateway.vocabulary import CloseCode
 from tests.support import (
     GatewayProcess,
     async_wait_until,
@@ -315,7 +316,7 @@ async def test_a_flood_is_cut_and_others_keep_their_latency(
     assert Figures.percentile(figures.events, 0.99) < P99_TARGET, summary
     assert Figures.percentile(figures.healthz, 0.99) < P99_TARGET, summary
     [outcome] = figures.outcomes
-    assert outcome.code == CLOSE_READ_BUDGET, summary
+    assert outcome.code == CloseCode.READ_BUDGET, summary
     # Cut after about its budget: a second's worth, and what refills meanwhile (before the
     # budget, the same flood had ~400,000 pings answered in 5 s).
     assert outcome.pongs + outcome.texts <= 2 * Settings().ws_read_frames, summary
@@ -342,7 +343,7 @@ def test_a_ping_flood_is_answered_only_up_to_the_budget(small_budget: GatewayPro
     sock, received = open_raw(small_budget.port)
     with sock:
         outcome = blast(sock, received, client_frame(OP_PING) * 10_000, time.monotonic() + 10)
-    assert outcome.code == CLOSE_READ_BUDGET, outcome
+    assert outcome.code == CloseCode.READ_BUDGET, outcome
     assert 40 <= outcome.pongs <= 100, outcome
     assert exceeded_count(small_budget, "frames") == before + 1
 
@@ -382,7 +383,7 @@ async def test_a_byte_flood_is_closed_4029(
                 await ws_send(ws, {"op": "ping", "ref": ref})
             while True:
                 await ws_recv(ws)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_READ_BUDGET
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.READ_BUDGET
     assert exceeded_count(gateway, "bytes") == 1
 
 
@@ -399,13 +400,13 @@ async def test_other_server_protocols_are_bounded(
                 await ws_send(ws, {"op": "ping", "ref": n})
             while True:
                 await ws_recv(ws)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_READ_BUDGET
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.READ_BUDGET
     assert exceeded_count(gateway, "frames") == 1
     if ws_impl == "websockets":
         sock, received = open_raw(gateway.port)
         with sock:
             outcome = blast(sock, received, client_frame(OP_PING) * 10_000, time.monotonic() + 10)
-        assert outcome.code == CLOSE_READ_BUDGET and outcome.pongs <= 100, outcome
+        assert outcome.code == CloseCode.READ_BUDGET and outcome.pongs <= 100, outcome
         assert exceeded_count(gateway, "frames") == 2
     assert "Traceback" not in gateway.output()
 

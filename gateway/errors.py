@@ -1,0 +1,198 @@
+"""Every exception the gateway raises on purpose, under one root.
+
+The tree (indentation is inheritance)::
+
+    GatewayError
+        InvalidInput (also ValueError): what a caller sent cannot be used
+            InvalidChannel
+            InvalidEventId
+            InvalidJobData
+            EventTooLarge
+            UnsafeCallbackUrl
+                UnresolvedCallbackHost
+            ProtocolError: a WebSocket frame that is not a `gateway.v1` command
+        AccessDenied: the caller may not do this
+            Forbidden
+            InvalidToken
+        Unavailable (also ConnectionError): the bus or a store cannot be reached; retry
+            BackendUnavailable
+        OpError: a WebSocket op that cannot be done; the connection stays open
+        SettingsError (also ValueError): a configuration value that cannot be used
+        HandlerError: a job handler fails its attempt on purpose
+        PublishError (also RuntimeError): `gateway.publish()` could not publish
+            EventTooLargeError
+        ClientError (also RuntimeError): the gateway refused a client library request
+
+Each error carries a `code`, the machine-readable word that goes out to clients. Errors become
+`application/problem+json` in one place (`gateway.problems.problem_for`) and WebSocket `error`
+frames in one place (`gateway.protocol.v1`); nothing else turns an error into a response.
+`Problem` (`gateway.problems`) is the HTTP answer itself, raised by routes; it is a
+`GatewayError` too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    """The root: catch this to catch every error the gateway raises on purpose."""
+
+    code: str = "error"
+
+
+class InvalidInput(GatewayError, ValueError):
+    """What a caller sent cannot be used: answered with 400/413/422 or an `error` frame."""
+
+    code = "invalid"
+
+
+class InvalidChannel(InvalidInput):
+    """A channel name outside `[A-Za-z0-9_.:-]{1,200}` or without a namespace."""
+
+    code = "invalid_channel"
+
+
+class InvalidEventId(InvalidInput):
+    """An event id that is not of the form `<ms>-<seq>`."""
+
+    code = "invalid_since"
+
+
+class InvalidJobData(InvalidInput):
+    """The job's `data` does not fit its type; answered with 422 at submission."""
+
+    code = "invalid_data"
+
+
+class EventTooLarge(InvalidInput):
+    """An event over its namespace's `GATEWAY_MAX_EVENT_SIZE`: refused before it is stored.
+
+    A room keeps hundreds of events and replays them to every subscriber, so one publisher's
+    large events would cost every reader; HTTP answers 413, WebSocket an `error` frame.
+    """
+
+    code = "event_too_large"
+
+    def __init__(self, channel: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"the event is {size} bytes encoded; {channel} takes at most {limit} "
+            "(GATEWAY_MAX_EVENT_SIZE)"
+        )
+        self.channel = channel
+        self.size = size
+        self.limit = limit
+
+
+class UnsafeCallbackUrl(InvalidInput):
+    """A callback URL the gateway refuses to call: not http(s), or aimed at internal addresses.
+
+    Raised at submission (answered with 422) and, at delivery, from inside the connection
+    attempt (`PinnedNetwork`), which ends the delivery as refused.
+    """
+
+    code = "unsafe_callback"
+
+
+class UnresolvedCallbackHost(UnsafeCallbackUrl):
+    """The callback host has no address (now): 422 at submission, a retried network error at
+    delivery (DNS may come back)."""
+
+
+class ProtocolError(InvalidInput):
+    """A WebSocket frame that is not a `gateway.v1` command: an `error` frame answers it."""
+
+    code = "bad_request"
+
+    def __init__(self, message: str, code: str = "bad_request", **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+class AccessDenied(GatewayError):
+    """The caller may not do this: 401 (credentials) or 403 (rights)."""
+
+    code = "forbidden"
+
+
+class Forbidden(AccessDenied):
+    """The caller may not do this on this channel; the message says why.
+
+    `code` is `forbidden` (credentials are fine but do not allow this), `token_required`,
+    `invalid_token` or `token_expired` (the credentials themselves are the problem: HTTP 401).
+    """
+
+    def __init__(self, message: str, code: str = "forbidden") -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def status(self) -> int:
+        return 403 if self.code == "forbidden" else 401
+
+
+class InvalidToken(AccessDenied):
+    """A token that cannot be used; `code` is `token_expired` or `invalid_token`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Unavailable(GatewayError, ConnectionError):
+    """Something the gateway depends on cannot be reached right now; the request may be
+    retried (503 with `Retry-After`)."""
+
+    code = "unavailable"
+
+
+class BackendUnavailable(Unavailable):
+    """The bus or a store cannot be reached right now; the request may be retried."""
+
+
+class OpError(GatewayError):
+    """A client op that cannot be done; becomes an `error` frame, the connection stays open."""
+
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+class SettingsError(GatewayError, ValueError):
+    """A configuration value that cannot be used; the message names the variable."""
+
+    code = "settings"
+
+
+class HandlerError(GatewayError):
+    """Raised by a handler to fail the attempt with a message meant for the job's owner."""
+
+    code = "handler_failed"
+
+
+class PublishError(GatewayError, RuntimeError):
+    """`gateway.publish()` could not publish; the message says where and why."""
+
+    code = "publish_failed"
+
+
+class EventTooLargeError(PublishError):
+    """The event is over its namespace's `GATEWAY_MAX_EVENT_SIZE`; retrying will not help."""
+
+    code = "event_too_large"
+
+    def __init__(self, message: str, limit: int | None) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class ClientError(GatewayError, RuntimeError):
+    """The gateway refused a request made by `gateway.client`; the message carries its
+    problem detail."""
+
+    code = "refused"
