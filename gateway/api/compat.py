@@ -10,6 +10,7 @@ from gateway.api.idempotency import idempotent
 from gateway.api.jobs import get_result, json_response, load_or_404, submit
 from gateway.api.requests import read_json_object
 from gateway.services import services_of
+from gateway.vocabulary import JobStatus
 
 
 async def submit_job(request: Request) -> Response:
@@ -54,7 +55,7 @@ async def submit_task(request: Request) -> Response:
 
 async def task_status(request: Request) -> Response:
     record = await load_or_404(services_of(request), request.path_params["job_id"])
-    result_url = f"/results/{record.id}" if record.status == "completed" else None
+    result_url = f"/results/{record.id}" if record.status == JobStatus.COMPLETED else None
     body: dict[str, object] = {
         "taskId": record.id,
         "status": record.status,
