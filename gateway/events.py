@@ -94,7 +94,7 @@ def envelope_tail(channel: str, type_: str, data: Any, source: str | None = None
     return body[1:]
 
 
-_HEAD: Final = b'{"specversion":"1.0","id":"'
+_HEAD: Final = b'{"specversion":"' + SPECVERSION.encode() + b'","id":"'
 
 
 def splice_envelope(event_id: str, tail: bytes) -> bytes:
