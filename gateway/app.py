@@ -37,6 +37,7 @@ from gateway.backends.memory import MemoryBackend
 from gateway.errors import BackendUnavailable
 from gateway.hub import Hub, Subscriber
 from gateway.jobs.handlers import REGISTRY, HandlerRegistry
+from gateway.jobs.services import JobServices
 from gateway.jobs.worker import Worker
 from gateway.limits import Limits
 from gateway.logs import configure_logging, install_redaction
@@ -103,14 +104,14 @@ def create_app(
     registry.load_modules(settings.handlers)
     backend = make_backend(settings)
     hub = Hub(backend)
-    services = Services(
+    services = JobServices(
         settings,
         backend,
         hub,
         ChannelPolicy.from_settings(settings),
-        registry,
         ApiKeys(settings.api_keys),
         Limits.from_settings(settings),
+        registry=registry,
     )
 
     @contextlib.asynccontextmanager

@@ -44,7 +44,6 @@ DEFAULT_RULES: Final[Mapping[str, tuple[str, str]]] = {
 }
 """`namespace: (subscribe rule, client publish rule)`; `GATEWAY_CHANNEL_POLICY` overrides."""
 
-KNOWN_NAMESPACES = frozenset(DEFAULT_RULES)
 TOKEN_COOKIE: Final = "gateway_token"
 COOKIE_TRUSTED: Final = "gateway.cookie_trusted"
 """Scope key the access guard sets when the request's origin may use the token cookie: no

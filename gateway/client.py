@@ -21,13 +21,17 @@ import httpx
 import orjson
 
 from gateway.errors import ClientError
+from gateway.vocabulary import JOB_TERMINAL_TYPES, EventType, JobStatus
 
 RECONNECT_INITIAL = 0.5
 RECONNECT_MAX = 10.0
 BAR_WIDTH = 30
 HEARTBEAT = 4.0
 """Seconds between the heartbeats a stream is asked for; 2x that of silence means a dead link."""
-JOB_EXIT_CODES = {"job.completed": 0, "job.failed": 1, "job.cancelled": 1}
+JOB_EXIT_CODES = {
+    kind.value: 0 if kind is EventType.COMPLETED else 1 for kind in JOB_TERMINAL_TYPES
+}
+"""The exit code of `submit --follow` and `follow job:<id>` for each event that ends a job."""
 
 
 def _headers() -> dict[str, str]:
@@ -215,22 +219,22 @@ def _follow_job(bar: ProgressBar, url: str, job_id: str, heartbeat: float) -> in
         kind = event.get("type")
         raw = event.get("data")
         data: dict[str, Any] = raw if isinstance(raw, dict) else {}
-        if kind == "job.started":
+        if kind == EventType.STARTED:
             bar.say(f"started (attempt {data.get('attempt', 1)})")
             bar.draw(0.0, "")
-        elif kind == "job.progress":
+        elif kind == EventType.PROGRESS:
             bar.draw(float(data.get("progress") or 0), str(data.get("message") or ""))
-        elif kind == "job.retrying":
+        elif kind == EventType.RETRYING:
             bar.say(f"retrying after error: {_error_text(data.get('error'))}")
-        elif kind == "job.completed":
-            bar.draw(1.0, "completed")
+        elif kind == EventType.COMPLETED:
+            bar.draw(1.0, JobStatus.COMPLETED)
             bar.finish()
             print(orjson.dumps(data.get("result"), option=orjson.OPT_INDENT_2).decode())
             return 0
-        elif kind == "job.failed":
+        elif kind == EventType.FAILED:
             bar.say(f"job {job_id} failed: {_error_text(data.get('error'))}")
             return 1
-        elif kind == "job.cancelled":
+        elif kind == EventType.CANCELLED:
             bar.say(f"job {job_id} cancelled: {data.get('reason', '')}")
             return 1
     bar.say(f"job {job_id}: the stream ended before the job did")
@@ -276,4 +280,4 @@ def _job_exit_code(url: str, job_id: str) -> int:
         sys.exit(f"gateway follow: cannot reach {url}: {exc}")
     if response.status_code != 200:
         sys.exit(f"gateway follow: {_problem(response)}")
-    return 0 if response.json().get("status") == "completed" else 1
+    return 0 if response.json().get("status") == JobStatus.COMPLETED else 1

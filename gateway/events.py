@@ -16,6 +16,7 @@ from typing import Any, Final
 import orjson
 
 from gateway.errors import InvalidChannel, InvalidEventId
+from gateway.vocabulary import JOB_TERMINAL_TYPES
 
 SPECVERSION: Final = "1.0"
 # Checked with `fullmatch` only: `re.match` with `$` would let a trailing newline through.
@@ -24,7 +25,6 @@ EVENT_ID_RE: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 EVENT_TYPE_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 EVENT_ID_PART_MAX: Final = 2**64 - 1
 """Each part of a Redis stream id is an unsigned 64-bit number."""
-JOB_TERMINAL_TYPES: Final = frozenset({"job.completed", "job.failed", "job.cancelled"})
 
 EventKey = tuple[int, int]
 """A parsed event id, `(milliseconds, sequence)`: ordered like the ids themselves."""
@@ -94,7 +94,7 @@ def envelope_tail(channel: str, type_: str, data: Any, source: str | None = None
     return body[1:]
 
 
-_HEAD: Final = b'{"specversion":"1.0","id":"'
+_HEAD: Final = b'{"specversion":"' + SPECVERSION.encode() + b'","id":"'
 
 
 def splice_envelope(event_id: str, tail: bytes) -> bytes:

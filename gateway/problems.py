@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.errors import GatewayError
+
 PROBLEM_TYPE_BASE: Final = "/problems/"
 """Relative to the gateway that answered (RFC 9457 §3.1.1): it serves the explanations itself,
 wherever it is deployed, so no host name is baked in."""
@@ -214,8 +216,11 @@ def problem_type_uri(code: str) -> str:
     return PROBLEM_TYPE_BASE + code
 
 
-class Problem(Exception):
-    """Raise from a route to answer with `application/problem+json`."""
+class Problem(GatewayError):
+    """Raise from a route to answer with `application/problem+json`.
+
+    A `GatewayError` like every error the gateway raises on purpose; its `code` is the problem
+    code (the `type` URI's last part)."""
 
     def __init__(
         self,

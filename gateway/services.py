@@ -1,4 +1,5 @@
-"""The parts one gateway process is made of, built once by `create_app` and shared by routes."""
+"""The parts one gateway process is made of, built once by `create_app` and shared by routes
+and transports. Job routes get the handler registry too (`gateway.jobs.services`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from starlette.requests import HTTPConnection
 from gateway.auth import ApiKeys, ChannelPolicy
 from gateway.backends.base import Backend
 from gateway.hub import Hub
-from gateway.jobs.handlers import HandlerRegistry
 from gateway.limits import Limits
 from gateway.settings import Settings
 
@@ -20,7 +20,6 @@ class Services:
     backend: Backend
     hub: Hub
     policy: ChannelPolicy
-    registry: HandlerRegistry
     api_keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))
     limits: Limits = field(default_factory=Limits)
 

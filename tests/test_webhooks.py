@@ -20,15 +20,10 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from gateway.backends.memory import MemoryBackend
 from gateway.errors import SettingsError, UnsafeCallbackUrl
 from gateway.settings import Settings
-from gateway.webhooks import (
-    Address,
-    PendingDelivery,
-    WebhookDispatcher,
-    check_callback_url,
-    is_internal,
-    sign,
-    webhook_client,
-)
+from gateway.webhooks.address import Address, check_callback_url, is_internal
+from gateway.webhooks.dispatcher import WebhookDispatcher, webhook_client
+from gateway.webhooks.schedule import PendingDelivery
+from gateway.webhooks.signing import sign
 from tests.support import (
     GatewayProcess,
     Receiver,

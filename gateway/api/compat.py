@@ -9,7 +9,8 @@ from gateway.api.access import SUBMISSION, GuardedRoute, job_read
 from gateway.api.idempotency import idempotent
 from gateway.api.jobs import get_result, json_response, load_or_404, submit
 from gateway.api.requests import read_json_object
-from gateway.services import services_of
+from gateway.jobs.services import job_services_of
+from gateway.vocabulary import JobStatus
 
 
 async def submit_job(request: Request) -> Response:
@@ -18,7 +19,10 @@ async def submit_job(request: Request) -> Response:
 
     async def produce() -> Response:
         record = await submit(
-            services_of(request), body.get("jobType"), body.get("jobData"), body.get("callbackUrl")
+            job_services_of(request),
+            body.get("jobType"),
+            body.get("jobData"),
+            body.get("callbackUrl"),
         )
         return json_response(
             {
@@ -41,7 +45,7 @@ async def submit_task(request: Request) -> Response:
 
     async def produce() -> Response:
         record = await submit(
-            services_of(request), body.get("taskName"), body.get("parameters"), callback
+            job_services_of(request), body.get("taskName"), body.get("parameters"), callback
         )
         return json_response(
             {"taskId": record.id, "status": record.status, "callbackUrl": callback},
@@ -53,8 +57,8 @@ async def submit_task(request: Request) -> Response:
 
 
 async def task_status(request: Request) -> Response:
-    record = await load_or_404(services_of(request), request.path_params["job_id"])
-    result_url = f"/results/{record.id}" if record.status == "completed" else None
+    record = await load_or_404(job_services_of(request), request.path_params["job_id"])
+    result_url = f"/results/{record.id}" if record.status == JobStatus.COMPLETED else None
     body: dict[str, object] = {
         "taskId": record.id,
         "status": record.status,

@@ -20,8 +20,9 @@ from gateway.errors import InvalidJobData, UnsafeCallbackUrl
 from gateway.events import parse_event_id
 from gateway.hub import Subscriber
 from gateway.jobs.model import JobRecord, create_job, job_channel, load_job, transition
+from gateway.jobs.services import JobServices as Services
+from gateway.jobs.services import job_services_of as services_of
 from gateway.problems import bad_request, conflict, not_found, unprocessable
-from gateway.services import Services, services_of
 from gateway.transports.sse import parse_positions, sse_response
 from gateway.webhooks import check_callback_url, parse_callback_events
 

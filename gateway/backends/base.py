@@ -15,6 +15,9 @@ from gateway.errors import EventTooLarge
 from gateway.events import Event
 from gateway.settings import Settings
 
+# Re-exported for `gateway.api.jobs` until it imports it from `gateway.vocabulary`.
+from gateway.vocabulary import JOB_TERMINAL_STATUSES as JOB_TERMINAL_STATUSES
+
 EventListener = Callable[[Event], None]
 """Receives every live event of a subscribed channel; must not block (the hub queues frames)."""
 
@@ -23,8 +26,6 @@ RecoveryListener = Callable[[], Awaitable[None]]
 
 Backends call it before delivering any live event of the new connection (the call itself, not
 the awaitable it returns, is where the hub starts holding live events back)."""
-
-JOB_TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
 def check_event_size(settings: Settings, channel: str, encoded: bytes) -> None:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.backends.base import (
-    JOB_TERMINAL_STATUSES,
     Attempt,
     Backend,
     Delivery,
@@ -36,6 +35,7 @@ from gateway.events import (
     splice_envelope,
 )
 from gateway.metrics import METRICS
+from gateway.vocabulary import JOB_TERMINAL_STATUSES
 
 
 @dataclass(slots=True)

@@ -4,6 +4,7 @@
 -- ARGV[1] pub/sub channel, ARGV[2] envelope tail (JSON after the id), ARGV[3] max length,
 -- ARGV[4] stream TTL seconds, ARGV[5] byte budget, ARGV[6] job record TTL (0 = keep),
 -- ARGV[7..] job field/value pairs.
+-- JOB_TERMINAL_STATUSES is defined in front of this script when it is loaded (`load_script`).
 -- Each entry stores the previous entry's id ("p"), so a reader can tell whether the history it
 -- gets continues exactly from its position or whether something between was trimmed or lost.
 -- Each entry also stores the running total of event bytes appended through itself ("c"): the
@@ -13,7 +14,7 @@ local stream = KEYS[1]
 local job = KEYS[2]
 if job then
   local status = redis.call('HGET', job, 'status')
-  if not status or status == 'completed' or status == 'failed' or status == 'cancelled' then
+  if not status or JOB_TERMINAL_STATUSES[status] then
     return false
   end
 end

@@ -33,6 +33,7 @@ from gateway.events import (
 )
 from gateway.metrics import METRICS
 from gateway.settings import Settings
+from gateway.vocabulary import JOB_TERMINAL_STATUSES
 
 log = logging.getLogger("gateway.redis")
 
@@ -65,8 +66,16 @@ def idempotency_key(key: str) -> str:
     return f"gw:idem:{key}"
 
 
+_TERMINAL_TABLE = ", ".join(
+    f"[{status.value!r}] = true" for status in sorted(JOB_TERMINAL_STATUSES)
+)
+LUA_PRELUDE = f"local JOB_TERMINAL_STATUSES = {{{_TERMINAL_TABLE}}}\n"
+"""What the scripts share with Python, defined in front of each (sorted: one script text, one
+SHA, in every process)."""
+
+
 def load_script(name: str) -> str:
-    return resources.files("gateway.backends").joinpath(name).read_text()
+    return LUA_PRELUDE + resources.files("gateway.backends").joinpath(name).read_text()
 
 
 PUBLISH_LUA = load_script("publish.lua")

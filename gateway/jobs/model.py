@@ -13,19 +13,15 @@ from typing import Any
 
 import orjson
 
-from gateway.backends.base import JOB_TERMINAL_STATUSES, Backend, JobUpdate
+from gateway.backends.base import Backend, JobUpdate
 from gateway.events import Event, iso_time, now_ms
-from gateway.webhooks import TERMINAL_EVENTS, Callback, schedule_event, webhook_state
-
-STATUS_BY_EVENT = {
-    "job.queued": "queued",
-    "job.started": "running",
-    "job.progress": "running",
-    "job.retrying": "retrying",
-    "job.completed": "completed",
-    "job.failed": "failed",
-    "job.cancelled": "cancelled",
-}
+from gateway.vocabulary import JOB_TERMINAL_STATUSES, EventType, JobStatus
+from gateway.webhooks.schedule import (
+    DEFAULT_CALLBACK_EVENTS,
+    Callback,
+    schedule_event,
+    webhook_state,
+)
 
 
 def new_job_id() -> str:
@@ -41,7 +37,7 @@ def job_channel(job_id: str) -> str:
 class JobRecord:
     id: str
     type: str
-    status: str = "queued"
+    status: str = JobStatus.QUEUED.value
     progress: float = 0.0
     message: str = ""
     attempts: int = 0
@@ -52,7 +48,7 @@ class JobRecord:
     error: dict[str, Any] | None = None
     last_event_id: str | None = None
     callback_url: str | None = None
-    callback_events: tuple[str, ...] = TERMINAL_EVENTS
+    callback_events: tuple[str, ...] = DEFAULT_CALLBACK_EVENTS
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -89,7 +85,7 @@ class JobRecord:
         return cls(
             id=fields["id"],
             type=fields["type"],
-            status=fields.get("status", "queued"),
+            status=fields.get("status", JobStatus.QUEUED.value),
             progress=float(fields.get("progress", "0")),
             message=fields.get("message", ""),
             attempts=int(fields.get("attempts", "0")),
@@ -100,7 +96,7 @@ class JobRecord:
             error=_loads(fields.get("error")),
             last_event_id=fields.get("last_event_id") or None,
             callback_url=fields.get("callback_url") or None,
-            callback_events=tuple(events) if events else TERMINAL_EVENTS,
+            callback_events=tuple(events) if events else DEFAULT_CALLBACK_EVENTS,
             extra={k: v for k, v in fields.items() if k not in known},
         )
 
@@ -142,7 +138,7 @@ class JobRecord:
                 "history": f"/channels/{self.channel}/events",
             },
         }
-        if self.status == "completed":
+        if self.status == JobStatus.COMPLETED:
             body["result_url"] = f"/jobs/{self.id}/result"
             body["links"]["result"] = body["result_url"]
         if self.error is not None:
@@ -170,7 +166,7 @@ async def create_job(
     data: Any,
     *,
     callback_url: str | None = None,
-    callback_events: tuple[str, ...] = TERMINAL_EVENTS,
+    callback_events: tuple[str, ...] = DEFAULT_CALLBACK_EVENTS,
 ) -> JobRecord:
     """Store a new job, publish `job.queued`, and put it on the queue for a worker."""
     created = now_ms()
@@ -186,7 +182,12 @@ async def create_job(
     )
     await backend.store_job(record.id, record.to_fields(), created)
     event = await transition(
-        backend, record.id, "job.queued", {"type": type_}, callback=record.callback, enqueue=True
+        backend,
+        record.id,
+        EventType.QUEUED,
+        {"type": type_},
+        callback=record.callback,
+        enqueue=True,
     )
     if event is not None:
         record.last_event_id = event.id
@@ -210,7 +211,7 @@ async def transition(
     and an event the job's `callback` subscribed to is scheduled for webhook delivery.
     `enqueue` (a new job's `job.queued`) puts the job on the queue right after the event.
     """
-    changes = {"status": STATUS_BY_EVENT[event_type], "updated_at": timestamp()}
+    changes = {"status": EventType(event_type).status.value, "updated_at": timestamp()}
     if fields:
         changes.update(fields)
     publish = backend.publish_and_enqueue if enqueue else backend.publish

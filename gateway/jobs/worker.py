@@ -27,7 +27,9 @@ from gateway.jobs.handlers import HandlerRegistry, HandlerSpec, JobContext
 from gateway.jobs.model import JobRecord, encode_field, load_job, transition
 from gateway.metrics import METRICS
 from gateway.settings import Settings
-from gateway.webhooks import Callback, WebhookDispatcher
+from gateway.vocabulary import EventType, JobStatus
+from gateway.webhooks.dispatcher import WebhookDispatcher
+from gateway.webhooks.schedule import Callback
 
 log = logging.getLogger("gateway.worker")
 
@@ -179,7 +181,7 @@ class Worker:
         with contextlib.suppress(BackendUnavailable):
             await self._transition(
                 delivery.job_id,
-                "job.retrying",
+                EventType.RETRYING,
                 {"error": {"type": "interrupted", "message": "worker shut down"}, "delay": 0},
             )
         await self._give_back(delivery)
@@ -217,12 +219,12 @@ class Worker:
         # `attempts` on the record is the backend's count alone: writing this run's number
         # back could lower it under a concurrent delivery and let one run too many through.
         started = await self._transition(
-            record.id, "job.started", {"attempt": attempts}, {"progress": "0.0"}
+            record.id, EventType.STARTED, {"attempt": attempts}, {"progress": "0.0"}
         )
         if started is None:
             await self.backend.ack(delivery)
             return
-        METRICS.jobs.labels(record.type, "running").inc()
+        METRICS.jobs.labels(record.type, JobStatus.RUNNING).inc()
         began = time.monotonic()
         try:
             outcome = await self._call_handler(spec, record, attempts)
@@ -230,13 +232,13 @@ class Worker:
             METRICS.job_duration.labels(record.type).observe(time.monotonic() - began)
         if outcome is CANCELLED:
             log.info("job %s: handler stopped after a cancel request", record.id)
-            METRICS.jobs.labels(record.type, "cancelled").inc()
+            METRICS.jobs.labels(record.type, JobStatus.CANCELLED).inc()
         elif isinstance(outcome, _Failure):
             if attempts < max_attempts:
                 delay = spec.retry.delay(attempts, random.random())
                 await self._transition(
                     record.id,
-                    "job.retrying",
+                    EventType.RETRYING,
                     {
                         "attempt": attempts,
                         "error": outcome.error,
@@ -245,19 +247,19 @@ class Worker:
                     },
                     {"error": encode_field(outcome.error)},
                 )
-                METRICS.jobs.labels(record.type, "retrying").inc()
+                METRICS.jobs.labels(record.type, JobStatus.RETRYING).inc()
                 await self.backend.enqueue(record.id, delay=delay)
             else:
                 await self._fail(record, outcome.error, attempts)
         else:
             await self._transition(
                 record.id,
-                "job.completed",
+                EventType.COMPLETED,
                 {"result": outcome, "result_url": f"/jobs/{record.id}/result"},
                 {"progress": "1.0", "result": encode_field(outcome), "error": ""},
                 expire=self.settings.job_ttl,
             )
-            METRICS.jobs.labels(record.type, "completed").inc()
+            METRICS.jobs.labels(record.type, JobStatus.COMPLETED).inc()
         await self.backend.ack(delivery)
 
     async def _transition(
@@ -301,7 +303,7 @@ class Worker:
         async def report(fraction: float, message: str, extra: dict[str, Any]) -> None:
             await self._transition(
                 record.id,
-                "job.progress",
+                EventType.PROGRESS,
                 {"progress": fraction, "message": message, **extra},
                 {"progress": repr(fraction), "message": message},
             )
@@ -357,7 +359,7 @@ class Worker:
                 fields = await self.backend.get_job(job_id)
             except BackendUnavailable:
                 continue
-            if fields is not None and fields.get("status") == "cancelled":
+            if fields is not None and fields.get("status") == JobStatus.CANCELLED:
                 ctx.cancelled.set()
                 await asyncio.wait({task}, timeout=self.settings.cancel_grace)
                 task.cancel()
@@ -366,14 +368,14 @@ class Worker:
     async def _fail(self, record: JobRecord, error: dict[str, Any], attempts: int) -> None:
         await self._transition(
             record.id,
-            "job.failed",
+            EventType.FAILED,
             {"error": error, "attempts": attempts},
             # The record's `attempts` counts handler runs (set by `begin_attempt` alone); a
             # delivery refused for being one too many is not one.
             {"error": encode_field(error)},
             expire=self.settings.job_ttl,
         )
-        METRICS.jobs.labels(record.type, "failed").inc()
+        METRICS.jobs.labels(record.type, JobStatus.FAILED).inc()
 
 
 CANCELLED = object()
