@@ -323,8 +323,8 @@ class LeanHttpToolsProtocol(GuardedHttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        cycle = self.cycle
-        if self.lean and not isinstance(cycle.message_event, LeanEvent):
+        cycle = self.cycle  # None before the first request's cycle (a WebSocket upgrade)
+        if self.lean and cycle is not None and not isinstance(cycle.message_event, LeanEvent):
             cycle.message_event = LeanEvent(cycle.message_event.is_set())
 
 
