@@ -11,6 +11,7 @@ bounded. See bench/README.md for the scenarios and how to read the output.
     python -m bench roundtrip --jobs 500
     python -m bench publish
     python -m bench channels -n 1000
+    python -m bench fanout -n 1000 --servers gw-ws --compare /path/to/before --rounds 3
 """
 
 from __future__ import annotations
@@ -76,14 +77,17 @@ def wait_for(cond: Any, timeout: float, what: str) -> None:
 
 
 def spawn(
-    cmd: list[str], log_path: Path, env: dict[str, str] | None = None
+    cmd: list[str], log_path: Path, env: dict[str, str] | None = None, source: Path = ROOT
 ) -> subprocess.Popen[Any]:
+    """Start a process with `source` (a checkout) first on its path and as its working
+    directory, so that `python -m gateway` runs that tree's code (same interpreter and
+    dependencies: only the gateway's own source differs)."""
     full_env = {**os.environ, **(env or {})}
-    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env["PYTHONPATH"] = str(source) + os.pathsep + full_env.get("PYTHONPATH", "")
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
             cmd,
-            cwd=ROOT,
+            cwd=source,
             env=full_env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -218,7 +222,9 @@ def ensure_node_peer() -> None:
 class Server:
     """One server under test, with what its clients and publisher need to know."""
 
-    def __init__(self, name: str, redis: Redis, workdir: Path, *, gw_args: list[str]) -> None:
+    def __init__(
+        self, name: str, redis: Redis, workdir: Path, *, gw_args: list[str], source: Path = ROOT
+    ) -> None:
         self.name = name
         self.port = free_port()
         self.channel = "room:bench-" + uuid.uuid4().hex[:8]
@@ -250,7 +256,7 @@ class Server:
             self.path_for = lambda ch: "/socket.io/?EIO=4&transport=websocket"
         else:
             raise SystemExit(f"unknown server {name!r}; one of {', '.join(SERVERS)}")
-        self.proc = spawn(cmd, logf, env)
+        self.proc = spawn(cmd, logf, env, source if self.target == "gateway" else ROOT)
         self.logf = logf
         wait_for(self._ready, 30, f"{name} on port {self.port}")
         time.sleep(0.5)
@@ -451,9 +457,11 @@ def fanout(
     rates: list[float],
     *,
     many_channels: bool = False,
+    source: Path = ROOT,
 ) -> dict[str, Any]:
-    """Step the offered rate until delivery falls behind; one server, one set of clients."""
-    server = Server(name, redis, workdir, gw_args=a.gw_args)
+    """Step the offered rate until delivery falls behind; one server, one set of clients.
+    `source`: the checkout whose gateway is served (`--tree`)."""
+    server = Server(name, redis, workdir, gw_args=a.gw_args, source=source)
     steps: list[dict[str, Any]] = []
     try:
         path = None
@@ -461,7 +469,7 @@ def fanout(
         if many_channels:
             channel = server.channel + "-{i}"
             path = server.path_for(channel)
-        tag = f"fanout-{name}-{n}{'-mc' if many_channels else ''}"
+        tag = f"fanout-{name}-{n}-{server.port}{'-mc' if many_channels else ''}"
         t_conn = time.monotonic()
         clients = Clients(server, n, a.clients, workdir, tag, path=path)
         log(
@@ -550,6 +558,7 @@ def fanout(
     return {
         "scenario": "channels" if many_channels else "fanout",
         "server": name,
+        "tree": str(source),
         "describe": SERVERS[name],
         "n": n,
         "connected": connected,
@@ -799,6 +808,59 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+COMPARE_AT = (20_000, 40_000)
+"""Offered deliveries/s at which `--compare` / `--tree` report server CPU."""
+
+
+def comparison(results: list[dict[str, Any]], trees: list[Path]) -> list[dict[str, Any]]:
+    """Server CPU % near each `COMPARE_AT` rate, per (server, N, tree), the median over
+    rounds, and its ratio to the first tree's (< 1: the tree uses less CPU there)."""
+    import statistics
+
+    rows = []
+    fan = [r for r in results if r["scenario"] == "fanout" and r.get("tree")]
+    for server, n in dict.fromkeys((r["server"], r["n"]) for r in fan):
+        base: dict[int, float] = {}
+        for src in trees:
+            runs = [r for r in fan if (r["server"], r["n"], r["tree"]) == (server, n, str(src))]
+            if not runs:
+                continue
+            row: dict[str, Any] = {"server": server, "n": n, "tree": str(src), "rounds": len(runs)}
+            for rate in COMPARE_AT:
+                k = f"{rate // 1000}k"
+                steps = [_near(r["steps"], rate) for r in runs]
+                cpus = [st["cpu_pct"]["server"] for st in steps if st]
+                offered = [st["offered_deliveries_s"] for st in steps if st]
+                cpu = statistics.median(cpus) if cpus else None
+                row[f"cpu@{k}"] = cpu
+                row[f"offered@{k}"] = round(statistics.median(offered)) if offered else None
+                row[f"ok@{k}"] = all(st["ok"] for st in steps if st)
+                if src == trees[0] and cpu is not None:
+                    base[rate] = cpu
+                ratio = cpu / base[rate] if cpu is not None and base.get(rate) else None
+                row[f"ratio@{k}"] = round(ratio, 3) if ratio is not None else None
+            rows.append(row)
+    return rows
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "\nBefore/after: server CPU % near 20k and 40k offered deliveries/s (median over "
+        "rounds), ratio to the first tree",
+        f"{'server':7} {'N':>6} {'cpu@20k':>8} {'ratio':>6} {'cpu@40k':>8} {'ratio':>6}  tree",
+    ]
+    for r in rows:
+        cells = []
+        for k in ("20k", "40k"):
+            flag = "" if r[f"ok@{k}"] else "!"  # a step that missed delivery or p99 bounds
+            cpu = r[f"cpu@{k}"]
+            cells.append(f"{'n/a' if cpu is None else f'{cpu:g}%{flag}':>8}")
+            cells.append(f"{r[f'ratio@{k}'] if r[f'ratio@{k}'] is not None else 'n/a'!s:>6}")
+        lines.append(f"{r['server']:7} {r['n']:>6} {' '.join(cells)}  {r['tree']}")
+    lines.append("  (! = that step failed its delivery/p99 bounds; its CPU is not comparable)")
+    return "\n".join(lines)
+
+
 class _Results(list[dict[str, Any]]):
     """A list of results that also appends each one to a JSON-lines file as it arrives."""
 
@@ -905,6 +967,20 @@ def main(argv: list[str] | None = None) -> None:
         "--ws-impl", default=None, help="gateway serve --ws (e.g. websockets-sansio, websockets)"
     )
     p.add_argument("--http-impl", default=None, help="gateway serve --http (httptools, h11)")
+    p.add_argument(
+        "--tree",
+        type=Path,
+        action="append",
+        help="fanout: run the gateway servers from this source checkout (repeatable: the trees "
+        "alternate, and server CPU at 20k/40k deliveries/s is compared to the first)",
+    )
+    p.add_argument(
+        "--compare",
+        type=Path,
+        help="fanout: same as --tree COMPARE --tree <this checkout>: COMPARE is the baseline "
+        "(before), this checkout the change (after)",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="fanout with trees: alternations")
     p.add_argument("--out", type=Path, default=None, help="directory for JSON and PNG")
     p.add_argument("--plot", type=Path, default=None, help="also write the PNG here")
     a = p.parse_args(argv)
@@ -917,6 +993,12 @@ def main(argv: list[str] | None = None) -> None:
         a.gw_args += ["--ws", a.ws_impl]
     if a.http_impl:
         a.gw_args += ["--http", a.http_impl]
+    trees: list[Path] = [t.resolve() for t in a.tree or []]
+    if a.compare:
+        trees = [a.compare.resolve(), *(trees or [ROOT])]
+    for t in trees:
+        if not (t / "gateway" / "__main__.py").exists():
+            p.error(f"--tree/--compare {t}: not a gateway source checkout")
     servers = [s for s in a.servers.split(",") if s]
     for s in servers:
         if s not in SERVERS:
@@ -945,8 +1027,12 @@ def main(argv: list[str] | None = None) -> None:
                             if a.rates
                             else rates_for(n, sc == "quick")
                         )
-                        results.append(fanout(a, redis, workdir, s, n, rates))
-                        redis.flush()
+                        gateway = s.startswith("gw-")
+                        rounds = a.rounds if trees and gateway else 1
+                        for _ in range(rounds):
+                            for src in trees if trees and gateway else [ROOT]:
+                                results.append(fanout(a, redis, workdir, s, n, rates, source=src))
+                                redis.flush()
             if sc in ("channels", "all"):
                 for n in a.n or [1000]:
                     rates = (
@@ -980,13 +1066,18 @@ def main(argv: list[str] | None = None) -> None:
         },
         "elapsed_s": round(time.monotonic() - t_begin, 1),
     }
-    doc = {"meta": meta, "results": results}
+    doc: dict[str, Any] = {"meta": meta, "results": results}
+    compared = comparison(results, trees) if len(trees) > 1 else []
+    if compared:
+        doc["comparison"] = compared
     (out / "results.json").write_text(json.dumps(doc, indent=1))
     title = f"{meta['command']} · {stamp} · {os.cpu_count()} CPUs"
     plot(results, out / "bench.png", title)
     if a.plot:
         plot(results, a.plot, title)
     print(table(results))
+    if compared:
+        print(comparison_table(compared))
     print(f"\nJSON: {out / 'results.json'}\nPNG:  {out / 'bench.png'}  ({meta['elapsed_s']} s)")
 
 

@@ -40,6 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from gateway.limits import ConnectionGate
     from gateway.logs import logging_config
+    from gateway.transports.internals import groups_for, require
     from gateway.transports.server import (
         GuardedHttpToolsProtocol,
         LeanHttpToolsProtocol,
@@ -56,6 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         require_auth=args.require_auth,
     )
     _configure_logging(settings.log_level)
+    require(*groups_for(args.http, args.ws))  # uvicorn's internals, checked once: loud if gone
     if settings.workers > 1 and not settings.secrets and not settings.ephemeral_secret:
         # One generated secret for all worker processes, so a token minted by one verifies in
         # the others (it still changes on restart: configure GATEWAY_SECRET for that).

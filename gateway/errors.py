@@ -18,6 +18,8 @@ The tree (indentation is inheritance)::
             BackendUnavailable
         OpError: a WebSocket op that cannot be done; the connection stays open
         SettingsError (also ValueError): a configuration value that cannot be used
+        UnsupportedServer (also RuntimeError): the installed uvicorn lacks what the gateway's
+            protocols build on (`gateway.transports.internals`)
         HandlerError: a job handler fails its attempt on purpose
         PublishError (also RuntimeError): `gateway.publish()` could not publish
             EventTooLargeError
@@ -167,6 +169,13 @@ class SettingsError(GatewayError, ValueError):
     """A configuration value that cannot be used; the message names the variable."""
 
     code = "settings"
+
+
+class UnsupportedServer(GatewayError, RuntimeError):
+    """The installed uvicorn (or websockets) lacks an internal the gateway's own protocols
+    reach; raised when `gateway serve` starts, naming the attribute and the tested versions."""
+
+    code = "unsupported_server"
 
 
 class HandlerError(GatewayError):

@@ -3,7 +3,8 @@
 A module of its own because importing uvicorn's legacy protocol warns that it is deprecated:
 only a gateway started with `--ws websockets` imports it. The budget is charged per frame as
 the legacy protocol reads it (control frames and fragments included), and a connection over
-it is failed with 4029 like under the gateway's default protocol (`server.py`).
+it is failed with 4029 like under the gateway's default protocol (`server.py`). What it reaches
+of uvicorn's and websockets' legacy protocol is declared in `internals.INTERNALS` (`ws-legacy`).
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@ Memory per idle connection is a target (see `bench/`), and a good share of it wa
 (~760 bytes) up front, and uvicorn keeps five of them per WebSocket connection and three per
 HTTP connection, plus the parsed handshake after the WebSocket is open. These subclasses swap
 in list-backed equivalents (an open connection has at most one waiter per event) and drop the
-handshake once it is answered. Behaviour is uvicorn's own; if a future uvicorn renames what
-is swapped here, the swap is skipped and only the memory saving is lost.
+handshake once it is answered. Behaviour is uvicorn's own. Every uvicorn (and asyncio) name
+these classes reach is declared in `internals.INTERNALS` and checked when `gateway serve`
+starts: one the protocols need refuses the start, naming it; if a swap's target is gone, the
+swap is skipped with one warning and only the memory saving is lost.
 
 The HTTP protocol also guards the connections themselves, before any request exists
 (`GuardedHttpToolsProtocol`): uvicorn would keep a connection that never sends a complete
@@ -38,6 +40,7 @@ from gateway.limits import ConnectionCounter, ConnectionGate, ReadBudget
 from gateway.metrics import METRICS
 from gateway.problems import PROBLEM_TYPE_BASE, PROBLEM_TYPES
 from gateway.settings import Settings
+from gateway.transports.internals import available
 from gateway.vocabulary import CloseCode
 
 log = logging.getLogger("gateway.ws")
@@ -50,12 +53,17 @@ client, before it is dropped."""
 READ_BUDGET_EXCEEDED = METRICS.ws_read_budget_exceeded
 
 
+LIST_WAITERS: Final = available("asyncio")
+"""asyncio.Event keeps its waiters in `_waiters` and only appends to and removes from it."""
+
+
 class LeanEvent(asyncio.Event):
     """An `asyncio.Event` whose waiters live in a list, allocated as needed."""
 
     def __init__(self, value: bool = False) -> None:
         super().__init__()
-        self._waiters = []  # type: ignore[assignment]
+        if LIST_WAITERS:
+            self._waiters = []  # type: ignore[assignment]
         if value:
             self.set()
 
@@ -299,24 +307,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 
 class LeanHttpToolsProtocol(GuardedHttpToolsProtocol):
+    """Without the `http-lean` internals (one warning), it is `GuardedHttpToolsProtocol`."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if hasattr(self, "pipeline"):
+        self.lean = available("http-lean")
+        if self.lean:
             self.pipeline = _Pipeline()  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        flow = self.flow
-        event = getattr(flow, "_is_writable_event", None)
-        if isinstance(event, asyncio.Event):
-            flow._is_writable_event = LeanEvent(event.is_set())
+        if self.lean:
+            flow = self.flow
+            flow._is_writable_event = LeanEvent(flow._is_writable_event.is_set())
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        cycle = self.cycle
-        event = getattr(cycle, "message_event", None)
-        if isinstance(event, asyncio.Event) and not isinstance(event, LeanEvent):
-            cycle.message_event = LeanEvent(event.is_set())
+        cycle = self.cycle  # None before the first request's cycle (a WebSocket upgrade)
+        if self.lean and cycle is not None and not isinstance(cycle.message_event, LeanEvent):
+            cycle.message_event = LeanEvent(cycle.message_event.is_set())
 
 
 class LeanWebSocketProtocol(WebSocketsSansIOProtocol):

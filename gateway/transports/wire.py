@@ -13,6 +13,10 @@ the ASGI path: same bytes on the wire, just slower.
 `GatewayApp` (app.py) puts the server's own `send` callable in the scope under `RAW_SEND`,
 before any middleware wraps it; that callable is a bound method of uvicorn's protocol object
 (WebSocket) or request cycle (HTTP), which is how the transport is found.
+
+Every uvicorn attribute read here is declared in `internals.INTERNALS` (groups `ws-fast`,
+`sse-fast`); if the installed uvicorn lacks one, the first connection logs one warning and
+every frame takes the ASGI path.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import asyncio
 from typing import Any
 
 from starlette.types import Scope
+
+from gateway.transports.internals import available
 
 RAW_SEND = "gateway.raw_send"
 
@@ -85,6 +91,8 @@ class ChunkedWire(Wire):
 
 def websocket_wire(scope: Scope) -> WebSocketWire | None:
     """The fast path of an accepted WebSocket, when the server is uvicorn's sans-I/O one."""
+    if not available("ws-fast"):
+        return None
     try:
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
     except ImportError:  # pragma: no cover - uvicorn without websockets
@@ -100,6 +108,8 @@ def websocket_wire(scope: Scope) -> WebSocketWire | None:
 
 def chunked_wire(scope: Scope) -> ChunkedWire | None:
     """The fast path of a started response, when uvicorn's httptools cycle sends it chunked."""
+    if not available("sse-fast"):
+        return None
     try:
         from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
     except ImportError:  # pragma: no cover - uvicorn without httptools
