@@ -30,7 +30,7 @@ import httpcore
 import httpx
 import orjson
 
-from gateway.backends.base import Backend
+from gateway.backends.bundle import Backend
 from gateway.errors import BackendUnavailable, UnresolvedCallbackHost, UnsafeCallbackUrl
 from gateway.events import Event, iso_time
 from gateway.settings import Settings
@@ -364,8 +364,8 @@ async def schedule_event(backend: Backend, job_id: str, callback: Callback, even
     if not callback.wants(event.type):
         return
     pending = PendingDelivery(job_id, event.id, event.type, callback.url, event.envelope.decode())
-    await backend.schedule_webhook(pending.id, pending.encode(), time.time())
-    await backend.update_job(
+    await backend.webhooks.schedule(pending.id, pending.encode(), time.time())
+    await backend.jobs.update(
         job_id, {"webhook_delivered": "0", "webhook_next_attempt_at": iso_time(now_ms())}
     )
 
@@ -445,7 +445,7 @@ class WebhookDispatcher:
                     claimed: list[tuple[str, bytes]] = []
                     if free > 0:
                         try:
-                            claimed = await self.backend.claim_webhooks(free, lease)
+                            claimed = await self.backend.webhooks.claim(free, lease)
                         except BackendUnavailable as exc:
                             log.warning("cannot claim webhook deliveries (%s)", exc)
                     for _delivery_id, raw in claimed:
@@ -474,10 +474,10 @@ class WebhookDispatcher:
             log.exception("webhook %s: delivery error", pending.id)
 
     async def _attempt(self, client: httpx.AsyncClient, pending: PendingDelivery) -> None:
-        job = await self.backend.get_job(pending.job_id)
+        job = await self.backend.jobs.get(pending.job_id)
         if job is not None and job.get("webhook_gone") == "1":
-            await self.backend.finish_webhook(pending.id)
-            await self.backend.update_job(pending.job_id, {"webhook_next_attempt_at": ""})
+            await self.backend.webhooks.finish(pending.id)
+            await self.backend.jobs.update(pending.job_id, {"webhook_next_attempt_at": ""})
             return
         pending.attempt += 1
         outcome = await self.send(client, pending)
@@ -486,10 +486,10 @@ class WebhookDispatcher:
         next_at = ""
         if outcome.retry_in is not None:
             due = time.time() + outcome.retry_in
-            await self.backend.schedule_webhook(pending.id, pending.encode(), due)
+            await self.backend.webhooks.schedule(pending.id, pending.encode(), due)
             next_at = iso_time(int(due * 1000))
         else:
-            await self.backend.finish_webhook(pending.id)
+            await self.backend.webhooks.finish(pending.id)
         attempts = int((job or {}).get("webhook_attempts", "0") or 0) + 1
         fields = {
             "webhook_attempts": str(attempts),
@@ -500,7 +500,7 @@ class WebhookDispatcher:
         }
         if outcome.gone:
             fields["webhook_gone"] = "1"
-        await self.backend.update_job(pending.job_id, fields)
+        await self.backend.jobs.update(pending.job_id, fields)
         log.info(
             "webhook %s attempt %d -> %s%s",
             pending.id,
