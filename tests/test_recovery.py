@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -105,3 +105,32 @@ async def test_pubsub_connection_killed_repeatedly_while_publishing_loses_nothin
     got = received(subscriber)
     assert len(got) == len(published)
     assert got == published
+
+
+async def test_every_recovery_listener_is_called_after_a_reconnect(
+    redis_url: str, bus_and_publisher: tuple[Backend, Backend]
+) -> None:
+    """A bus has room for more than the hub: each recovery listener hears of the reconnect."""
+    bus = bus_and_publisher[0].bus
+    called: list[str] = []
+    both = asyncio.Event()
+
+    def recovery(name: str) -> Callable[[], Awaitable[None]]:
+        def recover() -> Awaitable[None]:
+            called.append(name)
+            if len(called) == 2:
+                both.set()
+            return asyncio.sleep(0)
+
+        return recover
+
+    bus.add_recovery_listener(recovery("hub"))
+    bus.add_recovery_listener(recovery("bridge"))
+    await bus.subscribe("room:reconnect")  # returns once the reader is connected and confirmed
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        await admin.client_kill_filter(_type="pubsub")
+        await asyncio.wait_for(both.wait(), 10)
+    finally:
+        await admin.aclose()
+    assert sorted(called) == ["bridge", "hub"]

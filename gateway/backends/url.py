@@ -8,7 +8,6 @@ bad URL before starting).
 from __future__ import annotations
 
 from typing import Final
-from urllib.parse import urlsplit
 
 from gateway.backends.bundle import Backend
 from gateway.errors import SettingsError
@@ -18,13 +17,12 @@ MEMORY: Final = "memory"
 REDIS: Final = "redis"
 
 KINDS: Final[dict[str, str]] = {
-    "": MEMORY,
     "memory": MEMORY,
     "redis": REDIS,
     "rediss": REDIS,
     "unix": REDIS,
 }
-"""Backend kind by URL scheme (an empty URL is the in-process memory backend)."""
+"""Backend kind by URL scheme; an empty URL is the in-process memory backend too."""
 
 RESERVED: Final = frozenset({"redis+cluster"})
 """Schemes with a place kept for them (a Cluster bus and stores), not implemented yet."""
@@ -32,11 +30,14 @@ RESERVED: Final = frozenset({"redis+cluster"})
 
 def backend_kind(url: str) -> str:
     """`memory` or `redis` for a `REDIS_URL`; `SettingsError` naming it for anything else."""
-    scheme = urlsplit(url).scheme.lower() if url else ""
+    if not url:
+        return MEMORY
+    scheme, separator, _rest = url.partition("://")
+    scheme = scheme.lower()
     if scheme in RESERVED:
         raise SettingsError(f"REDIS_URL={url!r}: {scheme}:// is not supported yet")
-    kind = KINDS.get(scheme)
-    if kind is None or (scheme and "://" not in url):
+    kind = KINDS.get(scheme) if separator else None
+    if kind is None:
         raise SettingsError(
             f"REDIS_URL={url!r}: expected memory://, redis://host:port/db, rediss://... "
             "or unix://path"
