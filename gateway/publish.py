@@ -6,8 +6,8 @@
 With `REDIS_URL` naming Redis (or `redis_url=` given) the event goes straight into Redis with
 the same atomic script the gateway uses; without it (or with `memory://`), it is posted to a
 running gateway's HTTP API (`GATEWAY_URL`, default http://127.0.0.1:8000), which is where the
-in-memory backend lives. Which is which is `gateway.backends.url.backend_kind`'s to say, as for
-the gateway itself.
+in-memory backend lives. The scheme is read by `gateway.backends.url.backend_kind`, the same
+function the gateway opens its backend with.
 """
 
 from __future__ import annotations
