@@ -32,8 +32,7 @@ from gateway.api.access import (
 )
 from gateway.api.guards import AccessGuard, BodyLimit
 from gateway.auth import ApiKeys, ChannelPolicy
-from gateway.backends.base import Backend
-from gateway.backends.memory import MemoryBackend
+from gateway.backends.url import open_backend
 from gateway.errors import BackendUnavailable
 from gateway.hub import Hub, Subscriber
 from gateway.jobs.handlers import REGISTRY, HandlerRegistry
@@ -54,14 +53,6 @@ from gateway.transports.wire import RAW_SEND
 from gateway.transports.ws import websocket_app, websocket_endpoint
 
 log = logging.getLogger("gateway")
-
-
-def make_backend(settings: Settings) -> Backend:
-    if settings.redis_url:
-        from gateway.backends.redis import RedisBackend
-
-        return RedisBackend(settings)
-    return MemoryBackend(settings)
 
 
 async def handle_unavailable(request: Request, exc: Exception) -> Response:
@@ -102,7 +93,7 @@ def create_app(
     settings = settings or Settings.from_env()
     registry = registry or REGISTRY
     registry.load_modules(settings.handlers)
-    backend = make_backend(settings)
+    backend = open_backend(settings)
     hub = Hub(backend)
     services = JobServices(
         settings,

@@ -21,8 +21,12 @@ log = logging.getLogger("gateway")
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    from gateway.backends.url import backend_kind
+
     try:
-        return Settings.from_env(**overrides)
+        settings = Settings.from_env(**overrides)
+        backend_kind(settings.redis_url)  # a URL no backend opens stops here, not at start-up
+        return settings
     except SettingsError as exc:
         sys.exit(f"gateway {args.command}: configuration error: {exc}")
 
@@ -96,8 +100,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         "forwarded_allow_ips": list(settings.trusted_proxies),
         "lifespan": "on",
     }
+    from gateway.backends.url import backend_kind
+
     log.info(
-        "serving on http://%s:%d (backend: %s)", settings.host, settings.port, settings.backend_kind
+        "serving on http://%s:%d (backend: %s)",
+        settings.host,
+        settings.port,
+        backend_kind(settings.redis_url),
     )
     if settings.workers > 1:
         os.environ.update(settings.to_env())
@@ -114,7 +123,9 @@ def cmd_worker(args: argparse.Namespace) -> None:
         concurrency=args.concurrency,
         handlers=tuple(args.handlers) if args.handlers else None,
     )
-    if not settings.redis_url:
+    from gateway.backends.url import REDIS, backend_kind
+
+    if backend_kind(settings.redis_url) != REDIS:
         sys.exit(
             "gateway worker: REDIS_URL is not set. A separate worker shares jobs with gateways "
             "through Redis; without Redis, `gateway serve` runs an embedded worker."
@@ -124,12 +135,12 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 
 async def _run_worker(settings: Settings, grace: float) -> None:
-    from gateway.backends.redis import RedisBackend
+    from gateway.backends.url import open_backend
     from gateway.jobs.handlers import REGISTRY
     from gateway.jobs.worker import Worker
 
     REGISTRY.load_modules(settings.handlers)
-    backend = RedisBackend(settings)
+    backend = open_backend(settings)
     await backend.start()
     worker = Worker(backend, REGISTRY, settings)
     loop = asyncio.get_running_loop()

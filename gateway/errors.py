@@ -18,8 +18,7 @@ The tree (indentation is inheritance)::
             BackendUnavailable
         OpError: a WebSocket op that cannot be done; the connection stays open
         SettingsError (also ValueError): a configuration value that cannot be used
-        UnsupportedServer (also RuntimeError): the installed uvicorn lacks what the gateway's
-            protocols build on (`gateway.transports.internals`)
+        UnsupportedServer (also RuntimeError): uvicorn lacks an internal the fast path uses
         HandlerError: a job handler fails its attempt on purpose
         PublishError (also RuntimeError): `gateway.publish()` could not publish
             EventTooLargeError

@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.backends.base import Backend, History
+from gateway.backends.bundle import Backend
+from gateway.backends.bus import History
 from gateway.errors import BackendUnavailable
 from gateway.events import (
     Event,
@@ -303,7 +304,7 @@ class PageReader:
     async def _fetch(self, key: tuple[str, str | None, int]) -> Page:
         channel, since, count = key
         self.reads += 1
-        page = Page(await self.backend.history(channel, since, limit=count))
+        page = Page(await self.backend.bus.history(channel, since, limit=count))
         if page.history.more:
             self._pages[key] = page
         return page
@@ -322,8 +323,8 @@ class Hub:
         """Live events of channels being recovered, held back until the history filled the gap."""
         self.connections: set[Subscriber] = set()
         self.draining = False
-        backend.set_listener(self.dispatch)
-        backend.set_recovery_listener(self.recover)
+        backend.bus.add_listener(self.dispatch)
+        backend.bus.add_recovery_listener(self.recover)
         METRICS.watch_queues(lambda: [s.queue for s in self.connections])
 
     @property
@@ -462,7 +463,7 @@ class Hub:
         if ready is None:
             ready = self._ready[channel] = asyncio.get_running_loop().create_future()
             try:
-                await self.backend.subscribe(channel)
+                await self.backend.bus.subscribe(channel)
             except BaseException as exc:
                 self._ready.pop(channel, None)
                 ready.set_exception(exc)
@@ -487,7 +488,7 @@ class Hub:
             self._held.pop(channel, None)
             if self._ready.pop(channel, None) is not None:
                 with contextlib.suppress(BackendUnavailable, OSError):
-                    await self.backend.unsubscribe(channel)
+                    await self.backend.bus.unsubscribe(channel)
 
     async def detach_all(self, subscriber: Subscriber) -> None:
         subscriber.close()
@@ -547,7 +548,7 @@ class Hub:
         start = _format(last) if last is not None else None
         position = start
         while True:
-            history = await self.backend.history(channel, position, limit=500)
+            history = await self.backend.bus.history(channel, position, limit=500)
             if position == start and start is not None and not history.complete:
                 for subscriber in self._subscribers.get(channel, ()):
                     subscriber.control("gap", channel=channel, since=start)

@@ -3,9 +3,11 @@
     import gateway
     gateway.publish("room:lobby", "message", {"text": "hi"})
 
-With `REDIS_URL` set (or `redis_url=` given) the event goes straight into Redis with the same
-atomic script the gateway uses; without it, it is posted to a running gateway's HTTP API
-(`GATEWAY_URL`, default http://127.0.0.1:8000), which is where the in-memory backend lives.
+With `REDIS_URL` naming Redis (or `redis_url=` given) the event goes straight into Redis with
+the same atomic script the gateway uses; without it (or with `memory://`), it is posted to a
+running gateway's HTTP API (`GATEWAY_URL`, default http://127.0.0.1:8000), which is where the
+in-memory backend lives. The scheme is read by `gateway.backends.url.backend_kind`, the same
+function the gateway opens its backend with.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from urllib.parse import quote
 import httpx
 import redis
 
-from gateway.backends.redis import PUBLISH_LUA, publish_call
+from gateway.backends.redis_keys import PUBLISH_LUA, publish_call
+from gateway.backends.url import REDIS, backend_kind
 from gateway.errors import EventTooLarge
 from gateway.errors import EventTooLargeError as EventTooLargeError
 from gateway.errors import PublishError as PublishError
@@ -52,7 +55,7 @@ def publish(
     """
     validate_channel(channel)
     redis_url = redis_url if redis_url is not None else os.environ.get("REDIS_URL", "")
-    if redis_url:
+    if backend_kind(redis_url) == REDIS:
         settings = Settings.from_env(redis_url=redis_url)
         try:
             keys, args, _tail = publish_call(settings, channel, type, data, source, None)

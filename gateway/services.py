@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from starlette.requests import HTTPConnection
 
 from gateway.auth import ApiKeys, ChannelPolicy
-from gateway.backends.base import Backend
+from gateway.backends.bundle import Backend
 from gateway.hub import Hub
 from gateway.limits import Limits
 from gateway.settings import Settings

@@ -144,10 +144,6 @@ class Settings:
         return not self.api_keys and not self.secrets
 
     @property
-    def backend_kind(self) -> str:
-        return "redis" if self.redis_url else "memory"
-
-    @property
     def runs_embedded_worker(self) -> bool:
         if self.embedded_worker is None:
             return not self.redis_url
@@ -381,8 +377,12 @@ def _flag(raw: str) -> bool:
 
 
 def _redis_url(raw: str) -> str:
-    if not raw.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError("expected redis://host:port/db, rediss://... or unix://path")
+    """`memory://` means the same as no URL; which other schemes open a backend is for
+    `gateway.backends.url` to say (the CLI checks with it before starting)."""
+    if raw.lower().startswith("memory://"):
+        return ""
+    if "://" not in raw:
+        raise ValueError("expected memory://, redis://host:port/db, rediss://... or unix://path")
     return raw
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
-from gateway.backends.memory import MemoryBackend
+from gateway.backends.memory import MemoryBus, MemoryJobQueue, MemoryJobStore, open_memory
 from gateway.hub import Hub, Subscriber
 from gateway.settings import Settings
 
 
-class CountingBackend(MemoryBackend):
+class CountingBus(MemoryBus):
     def __init__(self) -> None:
-        super().__init__(Settings())
+        super().__init__(Settings(), MemoryJobStore(), MemoryJobQueue())
         self.calls: list[tuple[str, str]] = []
 
     async def subscribe(self, channel: str) -> None:
@@ -24,27 +25,27 @@ class CountingBackend(MemoryBackend):
 
 
 async def test_backend_subscription_is_refcounted_per_channel() -> None:
-    backend = CountingBackend()
-    hub = Hub(backend)
+    bus = CountingBus()
+    hub = Hub(dataclasses.replace(open_memory(Settings()), bus=bus))
     subscribers = [Subscriber("ws", 100) for _ in range(3)]
     await asyncio.gather(*(hub.attach(s, "room:a", None) for s in subscribers))
-    assert backend.calls == [("subscribe", "room:a")]
+    assert bus.calls == [("subscribe", "room:a")]
     await hub.detach(subscribers[0], "room:a")
     await hub.detach(subscribers[1], "room:a")
-    assert backend.calls == [("subscribe", "room:a")]
+    assert bus.calls == [("subscribe", "room:a")]
     await hub.detach(subscribers[2], "room:a")
-    assert backend.calls == [("subscribe", "room:a"), ("unsubscribe", "room:a")]
+    assert bus.calls == [("subscribe", "room:a"), ("unsubscribe", "room:a")]
     assert hub.subscriber_count() == 0
 
 
 async def test_every_subscriber_gets_the_same_frame_bytes() -> None:
-    backend = MemoryBackend(Settings())
+    backend = open_memory(Settings())
     hub = Hub(backend)
     ws = [Subscriber("ws", 100) for _ in range(2)]
     sse = [Subscriber("sse", 100) for _ in range(2)]
     for subscriber in ws + sse:
         await hub.attach(subscriber, "room:frames", None)
-    await backend.publish("room:frames", "message", {"x": 1})
+    await backend.bus.publish("room:frames", "message", {"x": 1})
     items = [s.take() for s in ws + sse]
     events = [batch[0] for batch in items]
     assert all(event is events[0] for event in events), "one Event object for all subscribers"
@@ -54,34 +55,34 @@ async def test_every_subscriber_gets_the_same_frame_bytes() -> None:
 
 
 async def test_live_events_during_replay_are_neither_lost_nor_doubled() -> None:
-    backend = MemoryBackend(Settings())
+    backend = open_memory(Settings())
     hub = Hub(backend)
     for n in range(5):
-        await backend.publish("room:seam", "message", n)
+        await backend.bus.publish("room:seam", "message", n)
     subscriber = Subscriber("ws", 1000)
-    original_history = backend.history
+    original_history = backend.bus.history
 
     async def history_with_publish(channel: str, since: str | None, limit: int = 1000):  # type: ignore[no-untyped-def]
         result = await original_history(channel, since, limit)
-        await backend.publish("room:seam", "message", "during replay")
+        await backend.bus.publish("room:seam", "message", "during replay")
         return result
 
-    backend.history = history_with_publish  # type: ignore[method-assign]
+    backend.bus.history = history_with_publish  # type: ignore[method-assign]
     await hub.attach(subscriber, "room:seam", None)
-    backend.history = original_history  # type: ignore[method-assign]
-    await backend.publish("room:seam", "message", "after")
+    backend.bus.history = original_history  # type: ignore[method-assign]
+    await backend.bus.publish("room:seam", "message", "after")
     datas = [item.to_dict()["data"] for item in subscriber.take()]  # type: ignore[union-attr]
     assert datas == [0, 1, 2, 3, 4, "during replay", "after"]
 
 
 async def test_overflow_marks_the_subscriber_and_frees_its_queue() -> None:
-    backend = MemoryBackend(Settings())
+    backend = open_memory(Settings())
     hub = Hub(backend)
     slow = Subscriber("ws", 10)
     evicted: list[bool] = []
     slow.on_overflow = lambda: evicted.append(True)
     await hub.attach(slow, "room:slow", None)
     for n in range(50):
-        await backend.publish("room:slow", "message", n)
+        await backend.bus.publish("room:slow", "message", n)
     assert slow.overflowed and evicted == [True]
     assert len(slow.queue) == 0

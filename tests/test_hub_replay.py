@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.backends.base import History
-from gateway.backends.memory import MemoryBackend
+from gateway.backends.bundle import Backend
+from gateway.backends.bus import History
+from gateway.backends.memory import open_memory
 from gateway.events import Event
 from gateway.hub import REPLAY_FIRST_PAGE, REPLAY_PAGE_BYTES, Hub, Item, Subscriber
 from gateway.settings import Retention, Settings
@@ -18,10 +19,10 @@ def events_of(items: list[Item]) -> list[Event]:
     return [item for item in items if isinstance(item, Event)]
 
 
-async def filled(channel: str, count: int, settings: Settings | None = None) -> MemoryBackend:
-    backend = MemoryBackend(settings or Settings())
+async def filled(channel: str, count: int, settings: Settings | None = None) -> Backend:
+    backend = open_memory(settings or Settings())
     for n in range(count):
-        await backend.publish(channel, "message", {"n": n})
+        await backend.bus.publish(channel, "message", {"n": n})
     return backend
 
 
@@ -52,15 +53,15 @@ async def test_history_is_queued_a_page_at_a_time_as_it_is_written() -> None:
     rest = await drain_all(subscriber, 300 - REPLAY_FIRST_PAGE)
     data = [e.to_dict()["data"]["n"] for e in events_of(first + rest)]
     assert data == list(range(300))
-    await backend.publish("room:paged", "message", {"n": "live"})
+    await backend.bus.publish("room:paged", "message", {"n": "live"})
     assert [e.to_dict()["data"] for e in events_of(subscriber.take())] == [{"n": "live"}]
 
 
 async def test_pages_of_large_events_hold_fewer_of_them() -> None:
     settings = Settings(retention={"room": Retention(500, 3600, 64 * 1024 * 1024)})
-    backend = MemoryBackend(settings)
+    backend = open_memory(settings)
     for n in range(100):
-        await backend.publish("room:large", "message", {"n": n, "pad": "x" * 60_000})
+        await backend.bus.publish("room:large", "message", {"n": n, "pad": "x" * 60_000})
     hub = Hub(backend)
     subscriber = Subscriber("ws", 1000)
     await hub.attach(subscriber, "room:large", None)
@@ -75,7 +76,7 @@ async def test_pages_of_large_events_hold_fewer_of_them() -> None:
 async def test_live_events_during_a_later_page_read_are_neither_lost_nor_doubled() -> None:
     backend = await filled("room:seam2", 40)
     hub = Hub(backend)
-    original = backend.history
+    original = backend.bus.history
     reads = 0
 
     async def history_with_publish(channel: str, since: str | None, limit: int = 1000) -> History:
@@ -83,14 +84,14 @@ async def test_live_events_during_a_later_page_read_are_neither_lost_nor_doubled
         reads += 1
         result = await original(channel, since, limit)
         if reads == 2:  # while the second (and last) page is read
-            await backend.publish("room:seam2", "message", {"n": "during"})
+            await backend.bus.publish("room:seam2", "message", {"n": "during"})
         return result
 
-    backend.history = history_with_publish  # type: ignore[method-assign]
+    backend.bus.history = history_with_publish  # type: ignore[method-assign]
     subscriber = Subscriber("ws", 1000)
     await hub.attach(subscriber, "room:seam2", None)
     items = await drain_all(subscriber, 41)
-    await backend.publish("room:seam2", "message", {"n": "after"})
+    await backend.bus.publish("room:seam2", "message", {"n": "after"})
     items += subscriber.take()
     data = [e.to_dict()["data"]["n"] for e in events_of(items)]
     assert data == [*range(40), "during", "after"]
@@ -104,9 +105,9 @@ async def test_a_subscriber_that_stops_reading_mid_replay_is_a_slow_consumer() -
     stalled.on_overflow = lambda: evicted.append(True)
     await hub.attach(stalled, "room:stalled", None)  # its first page is never taken
     for n in range(34):
-        await backend.publish("room:stalled", "message", {"live": n})
+        await backend.bus.publish("room:stalled", "message", {"live": n})
     assert not evicted, "16 queued + 34 live events not replayed yet: 50 pending, the limit"
-    await backend.publish("room:stalled", "message", {"live": 34})
+    await backend.bus.publish("room:stalled", "message", {"live": 34})
     assert evicted == [True] and stalled.overflowed and stalled.queue == []
     await hub.detach_all(stalled)
 
@@ -119,12 +120,12 @@ async def test_live_events_the_replay_caught_up_with_do_not_count() -> None:
     seen = reader.take()  # the first page, 16 events
     reader.writing = True  # being written
     for n in range(30):
-        await backend.publish("room:reading", "message", {"live": n})
+        await backend.bus.publish("room:reading", "message", {"live": n})
     reader.writing = False  # written: 30 live events not replayed yet, none pending
     await async_wait_until(lambda: len(reader.queue) == 25, 5, "the second page")
     # That page held 4 stored and 21 of the live events: 25 pending, 9 live not replayed yet.
     for n in range(30, 46):
-        await backend.publish("room:reading", "message", {"live": n})
+        await backend.bus.publish("room:reading", "message", {"live": n})
     assert not reader.overflowed, "25 queued + 25 live not replayed yet is within the limit"
     seen += await drain_all(reader, 66 - len(events_of(seen)))
     data = [e.to_dict()["data"] for e in events_of(seen)]
@@ -139,7 +140,7 @@ async def test_history_trimmed_ahead_of_a_replay_is_signalled_as_a_gap() -> None
     await hub.attach(subscriber, "room:overtaken", None)
     first = events_of(subscriber.take())
     for n in range(150):  # trims everything the replay has not read yet
-        await backend.publish("room:overtaken", "message", {"n": 100 + n})
+        await backend.bus.publish("room:overtaken", "message", {"n": 100 + n})
     items = await drain_all(subscriber, 100)
     gaps = [item for item in items if isinstance(item, bytes) and b'"type":"gap"' in item]
     assert len(gaps) == 1 and first[-1].id.encode() in gaps[0]
@@ -191,7 +192,7 @@ async def test_a_subscriber_that_joined_anothers_read_of_the_last_page_reads_it_
     a, b = Subscriber("ws", 1000), Subscriber("ws", 1000)
     await hub.attach(a, "room:joined", None)
     await hub.attach(b, "room:joined", None)
-    original = backend.history
+    original = backend.bus.history
     gate = asyncio.Event()
 
     async def held_history(channel: str, since: str | None, limit: int = 1000) -> History:
@@ -200,10 +201,10 @@ async def test_a_subscriber_that_joined_anothers_read_of_the_last_page_reads_it_
             await gate.wait()  # the answer is on its way back
         return result
 
-    backend.history = held_history  # type: ignore[method-assign]
+    backend.bus.history = held_history  # type: ignore[method-assign]
     seen_a = a.take()
     await async_wait_until(lambda: hub.pages.reads == 2, 5, "a's read of the last page")
-    await backend.publish("room:joined", "message", {"n": "after the read"})  # b passes it over
+    await backend.bus.publish("room:joined", "message", {"n": "after the read"})  # b passes it over
     seen_b = b.take()  # b's next read is a's, still in flight: b joins it
     for _ in range(5):
         await asyncio.sleep(0)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.backends.memory import MemoryBackend
-from gateway.backends.redis import RedisBackend
+from gateway.backends.bundle import Backend
+from gateway.backends.memory import open_memory
+from gateway.backends.redis import open_redis
+from gateway.backends.redis_bus import RedisBus
 from gateway.events import Event
 from gateway.hub import Hub, Subscriber
 from gateway.settings import Settings
@@ -30,24 +32,24 @@ def received(subscriber: Subscriber) -> list[str]:
 async def test_live_event_ahead_of_the_recovery_read_loses_nothing() -> None:
     """Deterministic: the backend reports the reconnect, a live event arrives before the hub
     has read the history, then the recovery runs."""
-    backend = MemoryBackend(Settings())
+    backend = open_memory(Settings())
     hub = Hub(backend)
     subscriber = Subscriber("ws", 1000)
     await hub.attach(subscriber, "room:r", None)
-    first = await backend.publish("room:r", "message", 1)
-    await backend.unsubscribe("room:r")  # the bus connection is down: live delivery stops
-    missed = [await backend.publish("room:r", "message", n) for n in (2, 3)]
-    await backend.subscribe("room:r")  # reconnected and re-subscribed
+    first = await backend.bus.publish("room:r", "message", 1)
+    await backend.bus.unsubscribe("room:r")  # the bus connection is down: live delivery stops
+    missed = [await backend.bus.publish("room:r", "message", n) for n in (2, 3)]
+    await backend.bus.subscribe("room:r")  # reconnected and re-subscribed
     recovery = hub.recover()  # what the backend calls right then
-    live = await backend.publish("room:r", "message", 4)  # live again, ahead of the recovery
+    live = await backend.bus.publish("room:r", "message", 4)  # live again, ahead of the recovery
     await recovery
     expected = [e.id for e in (first, *missed, live) if e is not None]
     assert received(subscriber) == expected
 
 
 @pytest.fixture
-async def bus_and_publisher(redis_url: str) -> AsyncIterator[tuple[RedisBackend, RedisBackend]]:
-    backends = [RedisBackend(make_settings(redis_url)) for _ in range(2)]
+async def bus_and_publisher(redis_url: str) -> AsyncIterator[tuple[Backend, Backend]]:
+    backends = [open_redis(make_settings(redis_url)) for _ in range(2)]
     for backend in backends:
         await backend.start()
     yield backends[0], backends[1]
@@ -56,12 +58,14 @@ async def bus_and_publisher(redis_url: str) -> AsyncIterator[tuple[RedisBackend,
 
 
 async def test_pubsub_connection_killed_repeatedly_while_publishing_loses_nothing(
-    redis_url: str, bus_and_publisher: tuple[RedisBackend, RedisBackend]
+    redis_url: str, bus_and_publisher: tuple[Backend, Backend]
 ) -> None:
     """A real redis-server drops the hub's pub/sub connection (CLIENT KILL) twenty times while
     another connection publishes an event every millisecond: every event arrives, in order."""
-    bus, publisher = bus_and_publisher
-    hub = Hub(bus)
+    backend, publisher = bus_and_publisher
+    hub = Hub(backend)
+    bus = backend.bus
+    assert isinstance(bus, RedisBus)
     subscriber = Subscriber("ws", 1_000_000)
     await hub.attach(subscriber, "room:storm", None)
     admin = aioredis.Redis.from_url(redis_url)
@@ -71,7 +75,7 @@ async def test_pubsub_connection_killed_repeatedly_while_publishing_loses_nothin
     async def publish_forever() -> None:
         n = 0
         while not stop.is_set():
-            event = await publisher.publish("room:storm", "message", n)
+            event = await publisher.bus.publish("room:storm", "message", n)
             assert event is not None
             published.append(event.id)
             n += 1
@@ -101,3 +105,32 @@ async def test_pubsub_connection_killed_repeatedly_while_publishing_loses_nothin
     got = received(subscriber)
     assert len(got) == len(published)
     assert got == published
+
+
+async def test_every_recovery_listener_is_called_after_a_reconnect(
+    redis_url: str, bus_and_publisher: tuple[Backend, Backend]
+) -> None:
+    """A bus has room for more than the hub: each recovery listener hears of the reconnect."""
+    bus = bus_and_publisher[0].bus
+    called: list[str] = []
+    both = asyncio.Event()
+
+    def recovery(name: str) -> Callable[[], Awaitable[None]]:
+        def recover() -> Awaitable[None]:
+            called.append(name)
+            if len(called) == 2:
+                both.set()
+            return asyncio.sleep(0)
+
+        return recover
+
+    bus.add_recovery_listener(recovery("hub"))
+    bus.add_recovery_listener(recovery("bridge"))
+    await bus.subscribe("room:reconnect")  # returns once the reader is connected and confirmed
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        await admin.client_kill_filter(_type="pubsub")
+        await asyncio.wait_for(both.wait(), 10)
+    finally:
+        await admin.aclose()
+    assert sorted(called) == ["bridge", "hub"]

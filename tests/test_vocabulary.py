@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gateway.backends.redis import BEGIN_ATTEMPT_LUA, LUA_PRELUDE, PUBLISH_LUA
+from gateway.backends.redis_keys import BEGIN_ATTEMPT_LUA, LUA_PRELUDE, PUBLISH_LUA
 from gateway.client import JOB_EXIT_CODES
 from gateway.vocabulary import (
     JOB_TERMINAL_STATUSES,

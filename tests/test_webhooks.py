@@ -17,7 +17,7 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from gateway.backends.memory import MemoryBackend
+from gateway.backends.memory import open_memory
 from gateway.errors import SettingsError, UnsafeCallbackUrl
 from gateway.settings import Settings
 from gateway.webhooks.address import Address, check_callback_url, is_internal
@@ -238,7 +238,7 @@ def dispatcher(allow_private: bool) -> WebhookDispatcher:
     settings = Settings(redis_url="").replace(
         webhook_allow_private=allow_private, webhook_timeout=5.0
     )
-    return WebhookDispatcher(MemoryBackend(settings), settings)
+    return WebhookDispatcher(open_memory(settings), settings)
 
 
 def delivery(url: str) -> PendingDelivery:

@@ -34,7 +34,7 @@ async def publish_event(request: Request) -> Response:
     except Forbidden as exc:
         raise forbidden(exc) from None
     try:
-        event = await services.backend.publish(channel, type_, body.get("data"))
+        event = await services.backend.bus.publish(channel, type_, body.get("data"))
     except EventTooLarge as exc:
         raise Problem(
             413, "Content Too Large", str(exc), code="event-too-large", max_event_size=exc.limit
@@ -52,7 +52,7 @@ async def channel_history(request: Request) -> Response:
         services.policy.check_namespace(channel)  # rights: api.guards
     except Forbidden as exc:
         raise forbidden(exc) from None
-    history = await services.backend.history(channel, since, limit=limit)
+    history = await services.backend.bus.history(channel, since, limit=limit)
     last_id = history.events[-1].id if history.events else since
     head = {
         "channel": channel,

@@ -18,7 +18,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     services = services_of(request)
-    ready = await services.backend.ping() and not services.hub.draining
+    ready = await services.backend.bus.ping() and not services.hub.draining
     body = {
         "status": "ready" if ready else "not ready",
         "backend": services.backend.kind,

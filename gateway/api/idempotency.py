@@ -58,17 +58,17 @@ async def idempotent(request: Request, produce: Callable[[], Awaitable[Response]
     ).hexdigest()
     claim = orjson.dumps({"fingerprint": fingerprint, "state": "processing"})
     ttl = services.settings.idempotency_ttl
-    stored = await backend.idempotency_begin(key, claim, min(IN_FLIGHT_TTL, ttl))
+    stored = await backend.idempotency.begin(key, claim, min(IN_FLIGHT_TTL, ttl))
     if stored is not None:
         return replay(orjson.loads(stored), fingerprint)
     try:
         response = await produce()
     except BaseException:
         with contextlib.suppress(BackendUnavailable):
-            await backend.idempotency_abandon(key)
+            await backend.idempotency.abandon(key)
         raise
     if response.status_code >= 400:
-        await backend.idempotency_abandon(key)
+        await backend.idempotency.abandon(key)
         return response
     record = {
         "fingerprint": fingerprint,
@@ -77,7 +77,7 @@ async def idempotent(request: Request, produce: Callable[[], Awaitable[Response]
         "headers": {k: v for k, v in response.headers.items() if k in REPLAYED_HEADERS},
         "body": base64.b64encode(bytes(response.body)).decode(),
     }
-    await backend.idempotency_finish(key, orjson.dumps(record), ttl)
+    await backend.idempotency.finish(key, orjson.dumps(record), ttl)
     return response
 
 

@@ -15,7 +15,6 @@ from gateway.api.access import PUBLIC, SERVER, SERVER_ONLY, SUBMISSION, GuardedR
 from gateway.api.guards import caller_of
 from gateway.api.idempotency import idempotent
 from gateway.api.requests import event_id_param, float_param, int_param, read_json_object
-from gateway.backends.base import JOB_TERMINAL_STATUSES
 from gateway.errors import InvalidJobData, UnsafeCallbackUrl
 from gateway.events import parse_event_id
 from gateway.hub import Subscriber
@@ -24,6 +23,7 @@ from gateway.jobs.services import JobServices as Services
 from gateway.jobs.services import job_services_of as services_of
 from gateway.problems import bad_request, conflict, not_found, unprocessable
 from gateway.transports.sse import parse_positions, sse_response
+from gateway.vocabulary import JOB_TERMINAL_STATUSES
 from gateway.webhooks import check_callback_url, parse_callback_events
 
 RETRY_AFTER_SECONDS = "1"
@@ -235,7 +235,7 @@ async def list_jobs(request: Request) -> Response:
     scanned = 0
     more = True
     while more and len(found) < limit and scanned < LIST_SCAN_BUDGET:
-        batch = await services.backend.job_index(before, 100)
+        batch = await services.backend.jobs.job_index(before, 100)
         more = len(batch) == 100
         gone = []
         for index, pair in enumerate(batch):
@@ -250,7 +250,7 @@ async def list_jobs(request: Request) -> Response:
                 if len(found) == limit:
                     more = more or index < len(batch) - 1
                     break
-        await services.backend.unindex_jobs(gone)
+        await services.backend.jobs.unindex(gone)
     cursor = _encode_cursor(before) if more and before is not None else None
     body: dict[str, Any] = {"jobs": found, "next_cursor": cursor}
     if cursor is not None:

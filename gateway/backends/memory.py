@@ -1,7 +1,9 @@
-"""In-process backend: the embedded default when no `REDIS_URL` is set.
+"""In-process bus and stores: the embedded default when no `REDIS_URL` is set.
 
-Mirrors the Redis backend's semantics (stream-style ids, per-channel retention by size and TTL,
-a job queue with visibility timeouts) so one contract test suite holds both to the same promises.
+Mirrors the Redis implementation's semantics (stream-style ids, per-channel retention by size
+and TTL, a job queue with visibility timeouts) so one contract test suite holds both to the
+same promises. The bus holds the job store and queue it was opened with: a job event changes
+the record in the same step, and nothing here awaits inside a step, so each is atomic.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.backends.base import (
+from gateway.backends.bundle import Backend
+from gateway.backends.bus import Bus, History, JobUpdate, check_event_size
+from gateway.backends.stores import (
     Attempt,
-    Backend,
     Delivery,
-    History,
-    JobUpdate,
-    check_event_size,
+    IdempotencyStore,
+    JobQueue,
+    JobStore,
+    WebhookSchedule,
 )
 from gateway.events import (
     Event,
@@ -35,7 +39,15 @@ from gateway.events import (
     splice_envelope,
 )
 from gateway.metrics import METRICS
+from gateway.settings import Settings
 from gateway.vocabulary import JOB_TERMINAL_STATUSES
+
+
+def open_memory(settings: Settings) -> Backend:
+    jobs = MemoryJobStore()
+    queue = MemoryJobQueue()
+    bus = MemoryBus(settings, jobs, queue)
+    return Backend(bus, jobs, queue, MemoryIdempotencyStore(), MemoryWebhookSchedule())
 
 
 @dataclass(slots=True)
@@ -68,124 +80,38 @@ class _Pending:
     touched: float
 
 
-class MemoryBackend(Backend):
-    kind = "memory"
-
-    def __init__(self, settings: Any) -> None:
-        super().__init__(settings)
-        self._logs: dict[str, _Log] = {}
-        self._subscribed: set[str] = set()
+class MemoryJobStore(JobStore):
+    def __init__(self) -> None:
         self._jobs: dict[str, _Job] = {}
-        self._ready: deque[str] = deque()
-        self._delayed: list[tuple[float, int, str]] = []
-        self._pending: dict[str, _Pending] = {}
-        self._tokens = itertools.count(1)
-        self._wakeup = asyncio.Event()
         self._index: dict[str, int] = {}
-        self._idempotency: dict[str, tuple[bytes, float]] = {}
-        self._webhooks: dict[str, tuple[bytes, float]] = {}
 
-    async def ping(self) -> bool:
-        return True
-
-    # --- bus -------------------------------------------------------------------------------
-
-    def _log(self, channel: str) -> _Log | None:
-        log = self._logs.get(channel)
-        if log is not None and log.expires_at <= time.monotonic():
-            del self._logs[channel]
-            return None
-        return log
-
-    async def publish(
-        self,
-        channel: str,
-        type_: str,
-        data: Any,
-        *,
-        source: str | None = None,
-        job: JobUpdate | None = None,
-    ) -> Event | None:
-        record = None
-        if job is not None:
-            record = self._job(job.job_id)
-            if record is None or record.fields.get("status") in JOB_TERMINAL_STATUSES:
-                return None
-        retention = self.settings.retention_for(channel)
-        tail = envelope_tail(channel, type_, data, source)
-        check_event_size(self.settings, channel, tail)
-        log = self._log(channel)
-        if log is None:
-            log = self._logs[channel] = _Log()
-        ms = now_ms()
-        key = (ms, 0) if ms > log.last[0] else (log.last[0], log.last[1] + 1)
-        event_id = format_event_id(key)
-        prev = log.entries[-1].event.id if log.entries else ""
-        event = Event(splice_envelope(event_id, tail), id=event_id, channel=channel, type=type_)
-        log.entries.append(_Entry(event, prev, len(tail)))
-        log.held += len(tail)
-        log.last = key
-        log.expires_at = time.monotonic() + retention.ttl
-        while len(log.entries) > 1 and (
-            len(log.entries) > retention.size or log.held > retention.max_bytes
-        ):
-            log.held -= log.entries.popleft().size
-        if record is not None and job is not None:
-            record.fields.update(job.fields)
-            record.fields["last_event_id"] = event_id
-            if job.expire:
-                record.expires_at = time.monotonic() + job.expire
-        METRICS.events_published.labels(namespace_of(channel)).inc()
-        if channel in self._subscribed:
-            self._listener(event)
-        return event
-
-    async def history(self, channel: str, since: str | None, limit: int = 1000) -> History:
-        log = self._log(channel)
-        entries = list(log.entries) if log is not None else []
-        if since is None:
-            chosen = entries[: limit + 1]
-            complete = not chosen or chosen[0].prev == ""
-        else:
-            after = parse_event_id(since)
-            chosen = [entry for entry in entries if entry.event.key > after][: limit + 1]
-            if chosen:
-                complete = chosen[0].prev == since
-            else:
-                complete = bool(entries) and entries[-1].event.id == since
-        more = len(chosen) > limit
-        return History([entry.event for entry in chosen[:limit]], complete, more)
-
-    async def subscribe(self, channel: str) -> None:
-        self._subscribed.add(channel)
-
-    async def unsubscribe(self, channel: str) -> None:
-        self._subscribed.discard(channel)
-
-    # --- jobs ------------------------------------------------------------------------------
-
-    def _job(self, job_id: str) -> _Job | None:
+    def record(self, job_id: str) -> _Job | None:
+        """The live record (the bus updates it in place), or None when unknown or expired."""
         job = self._jobs.get(job_id)
         if job is not None and job.expires_at and job.expires_at <= time.monotonic():
             del self._jobs[job_id]
             return None
         return job
 
-    async def create_job(self, job_id: str, fields: Mapping[str, str]) -> None:
+    async def create(
+        self, job_id: str, fields: Mapping[str, str], created_ms: int | None = None
+    ) -> None:
         self._jobs[job_id] = _Job(dict(fields))
+        if created_ms is not None:
+            self._index[job_id] = created_ms
 
-    async def get_job(self, job_id: str) -> dict[str, str] | None:
-        job = self._job(job_id)
+    async def get(self, job_id: str) -> dict[str, str] | None:
+        job = self.record(job_id)
         return dict(job.fields) if job is not None else None
 
-    async def update_job(self, job_id: str, fields: Mapping[str, str]) -> None:
-        job = self._job(job_id)
+    async def update(self, job_id: str, fields: Mapping[str, str]) -> None:
+        job = self.record(job_id)
         if job is not None:
             job.fields.update(fields)
 
     async def begin_attempt(self, job_id: str, max_attempts: int) -> Attempt | None:
         """Atomic because nothing here awaits between the check and the count."""
-        job = self._job(job_id)
+        job = self.record(job_id)
         if job is None or job.fields.get("status") in JOB_TERMINAL_STATUSES:
             return None
         done = int(job.fields.get("attempts", "0"))
@@ -193,6 +119,28 @@ class MemoryBackend(Backend):
             return Attempt(done, granted=False)
         job.fields["attempts"] = str(done + 1)
         return Attempt(done + 1, granted=True)
+
+    async def index(self, job_id: str, created_ms: int) -> None:
+        self._index[job_id] = created_ms
+
+    async def job_index(self, before: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
+        pairs = sorted(((ms, job_id) for job_id, ms in self._index.items()), reverse=True)
+        if before is not None:
+            pairs = [pair for pair in pairs if pair < before]
+        return pairs[:limit]
+
+    async def unindex(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            self._index.pop(job_id, None)
+
+
+class MemoryJobQueue(JobQueue):
+    def __init__(self) -> None:
+        self._ready: deque[str] = deque()
+        self._delayed: list[tuple[float, int, str]] = []
+        self._pending: dict[str, _Pending] = {}
+        self._tokens = itertools.count(1)
+        self._wakeup = asyncio.Event()
 
     async def enqueue(self, job_id: str, delay: float = 0.0) -> None:
         if delay > 0:
@@ -245,60 +193,143 @@ class MemoryBackend(Backend):
     async def ack(self, delivery: Delivery) -> None:
         self._pending.pop(delivery.token, None)
 
-    # --- job index and retention -------------------------------------------------------------
 
-    async def index_job(self, job_id: str, created_ms: int) -> None:
-        self._index[job_id] = created_ms
+class MemoryBus(Bus):
+    kind = "memory"
 
-    async def job_index(self, before: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
-        pairs = sorted(((ms, job_id) for job_id, ms in self._index.items()), reverse=True)
-        if before is not None:
-            pairs = [pair for pair in pairs if pair < before]
-        return pairs[:limit]
+    def __init__(self, settings: Settings, jobs: MemoryJobStore, queue: MemoryJobQueue) -> None:
+        super().__init__(settings)
+        self._jobs = jobs
+        self._queue = queue
+        self._logs: dict[str, _Log] = {}
+        self._subscribed: set[str] = set()
 
-    async def unindex_jobs(self, job_ids: list[str]) -> None:
-        for job_id in job_ids:
-            self._index.pop(job_id, None)
+    async def ping(self) -> bool:
+        return True
+
+    def _log(self, channel: str) -> _Log | None:
+        log = self._logs.get(channel)
+        if log is not None and log.expires_at <= time.monotonic():
+            del self._logs[channel]
+            return None
+        return log
+
+    async def publish(
+        self,
+        channel: str,
+        type_: str,
+        data: Any,
+        *,
+        source: str | None = None,
+        job: JobUpdate | None = None,
+    ) -> Event | None:
+        record = None
+        if job is not None:
+            record = self._jobs.record(job.job_id)
+            if record is None or record.fields.get("status") in JOB_TERMINAL_STATUSES:
+                return None
+        retention = self.settings.retention_for(channel)
+        tail = envelope_tail(channel, type_, data, source)
+        check_event_size(self.settings, channel, tail)
+        log = self._log(channel)
+        if log is None:
+            log = self._logs[channel] = _Log()
+        ms = now_ms()
+        key = (ms, 0) if ms > log.last[0] else (log.last[0], log.last[1] + 1)
+        event_id = format_event_id(key)
+        prev = log.entries[-1].event.id if log.entries else ""
+        event = Event(splice_envelope(event_id, tail), id=event_id, channel=channel, type=type_)
+        log.entries.append(_Entry(event, prev, len(tail)))
+        log.held += len(tail)
+        log.last = key
+        log.expires_at = time.monotonic() + retention.ttl
+        while len(log.entries) > 1 and (
+            len(log.entries) > retention.size or log.held > retention.max_bytes
+        ):
+            log.held -= log.entries.popleft().size
+        if record is not None and job is not None:
+            record.fields.update(job.fields)
+            record.fields["last_event_id"] = event_id
+            if job.expire:
+                record.expires_at = time.monotonic() + job.expire
+        METRICS.events_published.labels(namespace_of(channel)).inc()
+        if channel in self._subscribed:
+            self._deliver(event)
+        return event
+
+    async def publish_and_enqueue(
+        self, channel: str, type_: str, data: Any, *, source: str | None, job: JobUpdate
+    ) -> Event | None:
+        event = await self.publish(channel, type_, data, source=source, job=job)
+        if event is not None:
+            await self._queue.enqueue(job.job_id)
+        return event
+
+    async def history(self, channel: str, since: str | None, limit: int = 1000) -> History:
+        log = self._log(channel)
+        entries = list(log.entries) if log is not None else []
+        if since is None:
+            chosen = entries[: limit + 1]
+            complete = not chosen or chosen[0].prev == ""
+        else:
+            after = parse_event_id(since)
+            chosen = [entry for entry in entries if entry.event.key > after][: limit + 1]
+            if chosen:
+                complete = chosen[0].prev == since
+            else:
+                complete = bool(entries) and entries[-1].event.id == since
+        more = len(chosen) > limit
+        return History([entry.event for entry in chosen[:limit]], complete, more)
+
+    async def subscribe(self, channel: str) -> None:
+        self._subscribed.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._subscribed.discard(channel)
 
     async def expire_history(self, channel: str, seconds: int) -> None:
         log = self._log(channel)
         if log is not None:
             log.expires_at = min(log.expires_at, time.monotonic() + seconds)
 
-    # --- idempotency keys --------------------------------------------------------------------
 
-    async def idempotency_begin(self, key: str, value: bytes, ttl: int) -> bytes | None:
+class MemoryIdempotencyStore(IdempotencyStore):
+    def __init__(self) -> None:
+        self._keys: dict[str, tuple[bytes, float]] = {}
+
+    async def begin(self, key: str, value: bytes, ttl: int) -> bytes | None:
         now = time.monotonic()
-        stored = self._idempotency.get(key)
+        stored = self._keys.get(key)
         if stored is not None and stored[1] > now:
             return stored[0]
-        self._idempotency[key] = (value, now + ttl)
+        self._keys[key] = (value, now + ttl)
         return None
 
-    async def idempotency_finish(self, key: str, value: bytes, ttl: int) -> None:
-        self._idempotency[key] = (value, time.monotonic() + ttl)
+    async def finish(self, key: str, value: bytes, ttl: int) -> None:
+        self._keys[key] = (value, time.monotonic() + ttl)
 
-    async def idempotency_abandon(self, key: str) -> None:
-        self._idempotency.pop(key, None)
+    async def abandon(self, key: str) -> None:
+        self._keys.pop(key, None)
 
-    # --- webhook delivery schedule -----------------------------------------------------------
 
-    async def schedule_webhook(self, delivery_id: str, payload: bytes, due: float) -> None:
-        self._webhooks[delivery_id] = (payload, due)
+class MemoryWebhookSchedule(WebhookSchedule):
+    def __init__(self) -> None:
+        self._due: dict[str, tuple[bytes, float]] = {}
 
-    async def claim_webhooks(self, limit: int, lease: float) -> list[tuple[str, bytes]]:
+    async def schedule(self, delivery_id: str, payload: bytes, due: float) -> None:
+        self._due[delivery_id] = (payload, due)
+
+    async def claim(self, limit: int, lease: float) -> list[tuple[str, bytes]]:
         now = time.time()
         due = sorted(
-            (entry[1], delivery_id)
-            for delivery_id, entry in self._webhooks.items()
-            if entry[1] <= now
+            (entry[1], delivery_id) for delivery_id, entry in self._due.items() if entry[1] <= now
         )[:limit]
         claimed = []
         for _due, delivery_id in due:
-            payload = self._webhooks[delivery_id][0]
-            self._webhooks[delivery_id] = (payload, now + lease)
+            payload = self._due[delivery_id][0]
+            self._due[delivery_id] = (payload, now + lease)
             claimed.append((delivery_id, payload))
         return claimed
 
-    async def finish_webhook(self, delivery_id: str) -> None:
-        self._webhooks.pop(delivery_id, None)
+    async def finish(self, delivery_id: str) -> None:
+        self._due.pop(delivery_id, None)

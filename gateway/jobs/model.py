@@ -1,7 +1,7 @@
 """Job records and their state changes.
 
 Every state change of a job is an event on its channel `job:<id>`, published in the same atomic
-step as the change to the record (`Backend.publish(..., job=JobUpdate(...))`), so the record and
+step as the change to the record (`Bus.publish(..., job=JobUpdate(...))`), so the record and
 the event history never disagree and nothing follows a terminal event.
 """
 
@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from gateway.backends.base import Backend, JobUpdate
+from gateway.backends.bundle import Backend
+from gateway.backends.bus import JobUpdate
 from gateway.events import Event, iso_time, now_ms
 from gateway.vocabulary import JOB_TERMINAL_STATUSES, EventType, JobStatus
 from gateway.webhooks.schedule import (
@@ -180,7 +181,7 @@ async def create_job(
         callback_url=callback_url,
         callback_events=callback_events,
     )
-    await backend.store_job(record.id, record.to_fields(), created)
+    await backend.jobs.create(record.id, record.to_fields(), created)
     event = await transition(
         backend,
         record.id,
@@ -214,7 +215,7 @@ async def transition(
     changes = {"status": EventType(event_type).status.value, "updated_at": timestamp()}
     if fields:
         changes.update(fields)
-    publish = backend.publish_and_enqueue if enqueue else backend.publish
+    publish = backend.bus.publish_and_enqueue if enqueue else backend.bus.publish
     event = await publish(
         job_channel(job_id),
         event_type,
@@ -225,14 +226,14 @@ async def transition(
     if event is None:
         return None
     if expire:
-        await backend.expire_history(job_channel(job_id), expire)
+        await backend.bus.expire_history(job_channel(job_id), expire)
     if callback is not None:
         await schedule_event(backend, job_id, callback, event)
     return event
 
 
 async def load_job(backend: Backend, job_id: str) -> JobRecord | None:
-    fields = await backend.get_job(job_id)
+    fields = await backend.jobs.get(job_id)
     if fields is None or "id" not in fields:
         return None
     return JobRecord.from_fields(fields)

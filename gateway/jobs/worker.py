@@ -20,7 +20,8 @@ import socket
 import time
 from typing import Any
 
-from gateway.backends.base import Backend, Delivery
+from gateway.backends.bundle import Backend
+from gateway.backends.stores import Delivery
 from gateway.errors import BackendUnavailable, HandlerError
 from gateway.events import Event, iso_time
 from gateway.jobs.handlers import HandlerRegistry, HandlerSpec, JobContext
@@ -92,7 +93,7 @@ class Worker:
                 delivery = self._reclaimed.get_nowait()
             except asyncio.QueueEmpty:
                 try:
-                    delivery = await self.backend.claim(self.name, block=1.0)
+                    delivery = await self.backend.queue.claim(self.name, block=1.0)
                 except BackendUnavailable as exc:
                     log.warning("cannot claim jobs (%s); retrying", exc)
                     await asyncio.sleep(0.5 + random.random())
@@ -128,7 +129,7 @@ class Worker:
             if free <= 0:
                 continue
             try:
-                reclaimed = await self.backend.reclaim(
+                reclaimed = await self.backend.queue.reclaim(
                     self.name, self.settings.visibility_timeout, count=free
                 )
             except BackendUnavailable as exc:
@@ -147,7 +148,7 @@ class Worker:
             await asyncio.sleep(interval)
             held = list(self._held.values())
             results = await asyncio.gather(
-                *(self.backend.touch(self.name, delivery) for delivery in held),
+                *(self.backend.queue.touch(self.name, delivery) for delivery in held),
                 return_exceptions=True,
             )
             failed = [result for result in results if isinstance(result, Exception)]
@@ -158,8 +159,8 @@ class Worker:
 
     async def _give_back(self, delivery: Delivery) -> None:
         with contextlib.suppress(BackendUnavailable):
-            await self.backend.enqueue(delivery.job_id)
-            await self.backend.ack(delivery)
+            await self.backend.queue.enqueue(delivery.job_id)
+            await self.backend.queue.ack(delivery)
 
     async def _process(self, delivery: Delivery) -> None:
         try:
@@ -189,7 +190,7 @@ class Worker:
     async def _run_job(self, delivery: Delivery) -> None:
         record = await load_job(self.backend, delivery.job_id)
         if record is None or record.terminal:
-            await self.backend.ack(delivery)
+            await self.backend.queue.ack(delivery)
             return
         self._callbacks[record.id] = record.callback
         spec = self.registry.get(record.type)
@@ -199,13 +200,13 @@ class Worker:
                 {"type": "unknown_type", "message": f"no handler for {record.type!r}"},
                 record.attempts,
             )
-            await self.backend.ack(delivery)
+            await self.backend.queue.ack(delivery)
             return
         max_attempts = self._max_attempts(spec)
         # Counted and checked in one step: of two deliveries of the job, never both pass.
-        attempt = await self.backend.begin_attempt(record.id, max_attempts)
+        attempt = await self.backend.jobs.begin_attempt(record.id, max_attempts)
         if attempt is None:
-            await self.backend.ack(delivery)
+            await self.backend.queue.ack(delivery)
             return
         attempts = attempt.number
         if not attempt.granted:
@@ -214,7 +215,7 @@ class Worker:
                 "message": f"gave up after {attempts} deliveries",
             }
             await self._fail(record, error, attempts)
-            await self.backend.ack(delivery)
+            await self.backend.queue.ack(delivery)
             return
         # `attempts` on the record is the backend's count alone: writing this run's number
         # back could lower it under a concurrent delivery and let one run too many through.
@@ -222,7 +223,7 @@ class Worker:
             record.id, EventType.STARTED, {"attempt": attempts}, {"progress": "0.0"}
         )
         if started is None:
-            await self.backend.ack(delivery)
+            await self.backend.queue.ack(delivery)
             return
         METRICS.jobs.labels(record.type, JobStatus.RUNNING).inc()
         began = time.monotonic()
@@ -248,7 +249,7 @@ class Worker:
                     {"error": encode_field(outcome.error)},
                 )
                 METRICS.jobs.labels(record.type, JobStatus.RETRYING).inc()
-                await self.backend.enqueue(record.id, delay=delay)
+                await self.backend.queue.enqueue(record.id, delay=delay)
             else:
                 await self._fail(record, outcome.error, attempts)
         else:
@@ -260,7 +261,7 @@ class Worker:
                 expire=self.settings.job_ttl,
             )
             METRICS.jobs.labels(record.type, JobStatus.COMPLETED).inc()
-        await self.backend.ack(delivery)
+        await self.backend.queue.ack(delivery)
 
     async def _transition(
         self,
@@ -356,7 +357,7 @@ class Worker:
         while not task.done():
             await asyncio.sleep(CANCEL_POLL_INTERVAL)
             try:
-                fields = await self.backend.get_job(job_id)
+                fields = await self.backend.jobs.get(job_id)
             except BackendUnavailable:
                 continue
             if fields is not None and fields.get("status") == JobStatus.CANCELLED:

@@ -334,7 +334,7 @@ class Connection:
         else:
             self.services.policy.check_namespace(channel)
         try:
-            event = await self.services.backend.publish(channel, type_, op.get("data"))
+            event = await self.services.backend.bus.publish(channel, type_, op.get("data"))
         except EventTooLarge as exc:
             raise OpError("event_too_large", str(exc), max_event_size=exc.limit) from None
         self._send("ack", ref=ref, channel=channel, id=event.id if event else None)

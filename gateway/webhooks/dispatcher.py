@@ -20,7 +20,7 @@ import httpcore
 import httpx
 import orjson
 
-from gateway.backends.base import Backend
+from gateway.backends.bundle import Backend
 from gateway.errors import BackendUnavailable, UnsafeCallbackUrl
 from gateway.events import iso_time
 from gateway.settings import Settings
@@ -129,6 +129,10 @@ class WebhookDispatcher:
         self.concurrency = concurrency
         self.resolve = resolve
         self._inflight: set[asyncio.Task[None]] = set()
+        self._last_of_job: dict[str, asyncio.Task[None]] = {}
+        """The newest delivery task of each job with one in flight: a job's deliveries go one
+        after another, in the order they were due, so a receiver sees its events in order and
+        a 410 stops the ones behind it (they would otherwise race it)."""
 
     async def run(self, stopping: asyncio.Event) -> None:
         lease = self.settings.webhook_timeout + 5.0
@@ -139,13 +143,16 @@ class WebhookDispatcher:
                     claimed: list[tuple[str, bytes]] = []
                     if free > 0:
                         try:
-                            claimed = await self.backend.claim_webhooks(free, lease)
+                            claimed = await self.backend.webhooks.claim(free, lease)
                         except BackendUnavailable as exc:
                             log.warning("cannot claim webhook deliveries (%s)", exc)
-                    for _delivery_id, raw in claimed:
-                        task = asyncio.create_task(self._deliver(client, raw))
+                    for delivery_id, raw in claimed:
+                        job_id = delivery_id.partition("/")[0]
+                        before = self._last_of_job.get(job_id)
+                        task = asyncio.create_task(self._deliver(client, raw, after=before))
                         self._inflight.add(task)
-                        task.add_done_callback(self._inflight.discard)
+                        self._last_of_job[job_id] = task
+                        task.add_done_callback(self._delivered)
                     if not claimed:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stopping.wait(), POLL_INTERVAL)
@@ -154,7 +161,19 @@ class WebhookDispatcher:
                     task.cancel()
                 await asyncio.gather(*self._inflight, return_exceptions=True)
 
-    async def _deliver(self, client: httpx.AsyncClient, raw: bytes) -> None:
+    def _delivered(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        for job_id, last in list(self._last_of_job.items()):
+            if last is task:
+                del self._last_of_job[job_id]
+                break
+
+    async def _deliver(
+        self, client: httpx.AsyncClient, raw: bytes, *, after: asyncio.Task[None] | None = None
+    ) -> None:
+        if after is not None:
+            # Its outcome is its own (logged there); only its end matters here.
+            await asyncio.wait([after])
         try:
             pending = PendingDelivery.decode(raw)
         except (orjson.JSONDecodeError, TypeError):
@@ -168,10 +187,10 @@ class WebhookDispatcher:
             log.exception("webhook %s: delivery error", pending.id)
 
     async def _attempt(self, client: httpx.AsyncClient, pending: PendingDelivery) -> None:
-        job = await self.backend.get_job(pending.job_id)
+        job = await self.backend.jobs.get(pending.job_id)
         if job is not None and job.get("webhook_gone") == "1":
-            await self.backend.finish_webhook(pending.id)
-            await self.backend.update_job(pending.job_id, {"webhook_next_attempt_at": ""})
+            await self.backend.webhooks.finish(pending.id)
+            await self.backend.jobs.update(pending.job_id, {"webhook_next_attempt_at": ""})
             return
         pending.attempt += 1
         outcome = await self.send(client, pending)
@@ -180,10 +199,10 @@ class WebhookDispatcher:
         next_at = ""
         if outcome.retry_in is not None:
             due = time.time() + outcome.retry_in
-            await self.backend.schedule_webhook(pending.id, pending.encode(), due)
+            await self.backend.webhooks.schedule(pending.id, pending.encode(), due)
             next_at = iso_time(int(due * 1000))
         else:
-            await self.backend.finish_webhook(pending.id)
+            await self.backend.webhooks.finish(pending.id)
         attempts = int((job or {}).get("webhook_attempts", "0") or 0) + 1
         fields = {
             "webhook_attempts": str(attempts),
@@ -194,7 +213,7 @@ class WebhookDispatcher:
         }
         if outcome.gone:
             fields["webhook_gone"] = "1"
-        await self.backend.update_job(pending.job_id, fields)
+        await self.backend.jobs.update(pending.job_id, fields)
         log.info(
             "webhook %s attempt %d -> %s%s",
             pending.id,

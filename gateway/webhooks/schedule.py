@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import orjson
 
-from gateway.backends.base import Backend
+from gateway.backends.bundle import Backend
 from gateway.errors import InvalidInput
 from gateway.events import Event, iso_time, now_ms
 from gateway.vocabulary import EventType
@@ -78,8 +78,8 @@ async def schedule_event(backend: Backend, job_id: str, callback: Callback, even
     if not callback.wants(event.type):
         return
     pending = PendingDelivery(job_id, event.id, event.type, callback.url, event.envelope.decode())
-    await backend.schedule_webhook(pending.id, pending.encode(), time.time())
-    await backend.update_job(
+    await backend.webhooks.schedule(pending.id, pending.encode(), time.time())
+    await backend.jobs.update(
         job_id, {"webhook_delivered": "0", "webhook_next_attempt_at": iso_time(now_ms())}
     )
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from gateway.backends.base import Attempt, Backend, Delivery
-from gateway.backends.redis import RedisBackend
+from gateway.backends.bundle import Backend
+from gateway.backends.redis import open_redis
+from gateway.backends.stores import Attempt, Delivery
 from gateway.jobs.handlers import HandlerRegistry, JobContext, handler
 from gateway.jobs.model import create_job, job_channel, load_job, transition
 from gateway.jobs.worker import Worker
@@ -59,7 +60,7 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, wha
 async def stalled_job(backend: Backend, attempts_done: int) -> tuple[str, Delivery]:
     """A job a dead worker took and started `attempts_done` times: pending, never acked."""
     record = await create_job(backend, "probe", {})
-    delivery = await backend.claim("dead-worker", block=2)
+    delivery = await backend.queue.claim("dead-worker", block=2)
     assert delivery is not None and delivery.job_id == record.id
     await transition(
         backend,
@@ -89,14 +90,14 @@ async def run_until_terminal(workers: list[Worker], backend: Backend, job_id: st
 
 
 async def event_types(backend: Backend, job_id: str) -> list[tuple[str, dict[str, Any]]]:
-    history = await backend.history(job_channel(job_id), None)
+    history = await backend.bus.history(job_channel(job_id), None)
     return [(event.type, event.to_dict()["data"]) for event in history.events]
 
 
 @pytest.fixture
-async def redis_backends(redis_url: str) -> AsyncIterator[list[RedisBackend]]:
+async def redis_backends(redis_url: str) -> AsyncIterator[list[Backend]]:
     """Two workers' own connections to one real redis-server (two consumers in the group)."""
-    backends = [RedisBackend(make_settings(redis_url)) for _ in range(2)]
+    backends = [open_redis(make_settings(redis_url)) for _ in range(2)]
     for backend in backends:
         await backend.start()
     yield backends
@@ -122,7 +123,7 @@ async def test_reclaimed_delivery_waiting_for_a_slot_runs_once(backend: Backend)
 
 
 async def test_two_workers_racing_for_a_stalled_delivery_run_it_once(
-    redis_backends: list[RedisBackend],
+    redis_backends: list[Backend],
 ) -> None:
     """Two live workers (two consumers) re-claim the same stalled entry: one of them runs it."""
     probe = Probe(seconds=4 * VISIBILITY)
@@ -154,7 +155,7 @@ async def test_delivery_held_by_a_live_worker_is_never_reclaimed_by_another(
     async def steal() -> None:
         await wait_for(worker_holds_it, 10, "the live worker to re-claim the job")
         while True:
-            stolen.extend(await backend.reclaim("thief", VISIBILITY))
+            stolen.extend(await backend.queue.reclaim("thief", VISIBILITY))
             await asyncio.sleep(0.02)
 
     thief = asyncio.create_task(steal())
@@ -189,7 +190,7 @@ async def test_begin_attempt_holds_the_limit_under_concurrent_deliveries(
 ) -> None:
     """Forty deliveries of one job asking at once: exactly `max_attempts` are let through."""
     record = await create_job(backend, "probe", {})
-    answers = await asyncio.gather(*(backend.begin_attempt(record.id, 3) for _ in range(40)))
+    answers = await asyncio.gather(*(backend.jobs.begin_attempt(record.id, 3) for _ in range(40)))
     granted = sorted(a.number for a in answers if a is not None and a.granted)
     refused = [a for a in answers if a is not None and not a.granted]
     assert granted == [1, 2, 3]
@@ -200,9 +201,9 @@ async def test_begin_attempt_holds_the_limit_under_concurrent_deliveries(
 
 async def test_begin_attempt_refuses_an_ended_or_missing_job(backend: Backend) -> None:
     record = await create_job(backend, "probe", {})
-    assert await backend.begin_attempt(record.id, 3) == Attempt(1, granted=True)
+    assert await backend.jobs.begin_attempt(record.id, 3) == Attempt(1, granted=True)
     await transition(backend, record.id, "job.cancelled", {})
-    assert await backend.begin_attempt(record.id, 3) is None
+    assert await backend.jobs.begin_attempt(record.id, 3) is None
     stored = await load_job(backend, record.id)
     assert stored is not None and stored.attempts == 1
-    assert await backend.begin_attempt("no-such-job", 3) is None
+    assert await backend.jobs.begin_attempt("no-such-job", 3) is None

@@ -1,0 +1,43 @@
+"""`Backend`: one bus and its stores, built together by `open_backend` and held as one object."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from gateway.backends.bus import Bus
+from gateway.backends.stores import IdempotencyStore, JobQueue, JobStore, WebhookSchedule
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """The bus and the stores of one implementation, which may share state or connections.
+
+    `start()` before use, `close()` once at the end: the bus's reader, then what the parts
+    share (`release`, e.g. the Redis connection pool).
+    """
+
+    bus: Bus
+    jobs: JobStore
+    queue: JobQueue
+    idempotency: IdempotencyStore
+    webhooks: WebhookSchedule
+    release: Callable[[], Awaitable[None]] = _nothing
+
+    @property
+    def kind(self) -> str:
+        """`memory` or `redis`: what `/readyz` reports."""
+        return self.bus.kind
+
+    async def start(self) -> None:
+        await self.bus.start()
+
+    async def close(self) -> None:
+        try:
+            await self.bus.close()
+        finally:
+            await self.release()

@@ -1,0 +1,239 @@
+"""The Redis bus: Streams for history, pub/sub for live delivery, one script per publish."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from gateway.backends.bus import Bus, History, JobUpdate
+from gateway.backends.redis_connection import RedisConnection
+from gateway.backends.redis_keys import (
+    JOB_STREAM,
+    PUBLISH_LUA,
+    bus_channel,
+    event_from_entry,
+    publish_call,
+    published,
+    stream_key,
+)
+from gateway.errors import BackendUnavailable
+from gateway.events import Event, parse_event_id
+from gateway.metrics import METRICS
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.redis")
+
+
+class RedisBus(Bus):
+    kind = "redis"
+
+    def __init__(self, settings: Settings, connection: RedisConnection) -> None:
+        super().__init__(settings)
+        self._connection = connection
+        self._redis = connection.redis
+        self._pubsub_client = aioredis.Redis.from_url(
+            connection.url,
+            decode_responses=False,
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=2,
+        )
+        self._channels: set[str] = set()
+        self._confirmations: dict[bytes, asyncio.Future[None]] = {}
+        self._pubsub: aioredis.client.PubSub | None = None
+        self._pubsub_lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self._recovery_task: asyncio.Future[None] | None = None
+        self._live = asyncio.Event()
+        self._closing = False
+        self.reconnects = 0
+
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._read_forever(), name="gateway-redis-reader")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                await self._reader
+        await self._drop_pubsub()
+        await self._pubsub_client.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            alive = await asyncio.wait_for(self._redis.ping(), timeout=2)
+            return bool(alive) and self._live.is_set()
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    async def publish(
+        self,
+        channel: str,
+        type_: str,
+        data: Any,
+        *,
+        source: str | None = None,
+        job: JobUpdate | None = None,
+    ) -> Event | None:
+        keys, args, tail = publish_call(self.settings, channel, type_, data, source, job)
+        try:
+            entry_id = await self._connection.publish(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"publish to {channel}: {exc}") from exc
+        return published(channel, type_, tail, entry_id)
+
+    async def publish_and_enqueue(
+        self, channel: str, type_: str, data: Any, *, source: str | None, job: JobUpdate
+    ) -> Event | None:
+        """One pipeline (ordered, not atomic: the keys are in different Cluster slots)."""
+        keys, args, tail = publish_call(self.settings, channel, type_, data, source, job)
+        try:
+            # EVAL with the source, not the Script object: in a pipeline that asks SCRIPT
+            # EXISTS first (a round trip of its own), and a bare EVALSHA could meet a server
+            # that lost its scripts (restarted) while the XADD after it still ran. Redis
+            # caches the compiled script by its hash, so EVAL costs only the bytes.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.eval(PUBLISH_LUA, len(keys), *keys, *args)
+                pipe.xadd(JOB_STREAM, {"job": job.job_id})
+                entry_id, _queued = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"publish to {channel} and enqueue: {exc}") from exc
+        return published(channel, type_, tail, entry_id)
+
+    async def history(self, channel: str, since: str | None, limit: int = 1000) -> History:
+        key = stream_key(channel)
+        start = "-" if since is None else "(" + since
+        if since is not None:
+            parse_event_id(since)
+        try:
+            entries: Any = await self._redis.xrange(key, min=start, max="+", count=limit + 1)
+            tail: Any = []
+            if not entries and since is not None:
+                tail = await self._redis.xrevrange(key, max="+", min="-", count=1)
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"history of {channel}: {exc}") from exc
+        if entries:
+            first_prev = entries[0][1].get(b"p", b"").decode()
+            complete = first_prev == ("" if since is None else since)
+        else:
+            complete = since is None or (bool(tail) and tail[0][0].decode() == since)
+        events = [event_from_entry(channel, eid, fields[b"e"]) for eid, fields in entries[:limit]]
+        return History(events, complete, more=len(entries) > limit)
+
+    async def expire_history(self, channel: str, seconds: int) -> None:
+        key = stream_key(channel)
+        ttl = await self._connection.call("history ttl", self._redis.ttl(key))
+        if ttl < 0 or ttl > seconds:
+            await self._connection.call("expire history", self._redis.expire(key, seconds))
+
+    async def subscribe(self, channel: str) -> None:
+        self._channels.add(channel)
+        name = bus_channel(channel).encode()
+        loop = asyncio.get_running_loop()
+        confirmed = self._confirmations.get(name)
+        if confirmed is None:
+            confirmed = self._confirmations[name] = loop.create_future()
+        async with self._pubsub_lock:
+            if self._pubsub is not None:
+                try:
+                    await self._pubsub.subscribe(name)
+                except (RedisError, OSError):
+                    log.warning("subscribe %s failed; the reader will resubscribe", channel)
+        # Wait for Redis to confirm, so history read next cannot miss a live event; if the bus
+        # is down, the reader's recovery delivers what was missed once it is back.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(confirmed), timeout=2.0)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        name = bus_channel(channel).encode()
+        pending = self._confirmations.pop(name, None)
+        if pending is not None and not pending.done():
+            pending.cancel()
+        async with self._pubsub_lock:
+            if self._pubsub is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(name)
+
+    async def _read_forever(self) -> None:
+        """Read pub/sub messages; on any failure reconnect with backoff and jitter.
+
+        Never awaits a client: each message goes to the listeners, which only queue frames.
+        """
+        delay = 0.05
+        while not self._closing:
+            try:
+                await self._connect_pubsub()
+                delay = 0.05
+                await self._read_messages()
+            except (RedisError, OSError) as exc:
+                self._live.clear()
+                log.warning("redis pub/sub lost (%s); reconnecting in %.2fs", exc, delay)
+                await self._drop_pubsub()
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+
+    async def _connect_pubsub(self) -> None:
+        async with self._pubsub_lock:
+            pubsub = self._pubsub_client.pubsub()
+            names = [bus_channel(c) for c in self._channels]
+            await pubsub.ping()
+            # A server that accepts the connection but never answers (frozen, partitioned) is
+            # not live: wait for the PONG before saying so.
+            answer = await pubsub.parse_response(
+                block=False, timeout=max(self.settings.pubsub_probe, 1.0)
+            )
+            if answer is None:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                raise RedisConnectionError("no answer to PING on a new pub/sub connection")
+            if names:
+                await pubsub.subscribe(*names)
+            self._pubsub = pubsub
+        recovering = self.reconnects > 0 or self._live.is_set()
+        self._live.set()
+        if recovering:
+            METRICS.redis_reconnects.inc()
+            self._recovery_task = self._recovered()
+        self.reconnects += 1
+
+    async def _read_messages(self) -> None:
+        pubsub = self._pubsub
+        assert pubsub is not None
+        awaiting_pong = False
+        while not self._closing:
+            message = await pubsub.parse_response(block=False, timeout=self.settings.pubsub_probe)
+            if message is None:
+                if awaiting_pong:
+                    raise RedisConnectionError("pub/sub connection silent: no answer to a ping")
+                awaiting_pong = True
+                await pubsub.ping()
+                continue
+            awaiting_pong = False
+            kind = message[0]
+            if kind == b"message":
+                try:
+                    event = Event.from_envelope(message[2])
+                except (ValueError, KeyError):
+                    log.error("dropping malformed bus message on %r", message[1])
+                    continue
+                self._deliver(event)
+            elif kind == b"subscribe":
+                confirmed = self._confirmations.get(message[1])
+                if confirmed is not None and not confirmed.done():
+                    confirmed.set_result(None)
+
+    async def _drop_pubsub(self) -> None:
+        async with self._pubsub_lock:
+            pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(RedisError, OSError, RuntimeError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -1,0 +1,111 @@
+"""Redis key names, the Lua scripts, and the publish script's call: shared by the async backend
+and the sync publisher (`gateway.publish`), so both write exactly the same entries.
+
+Every key of a channel shares the channel's hash tag (`gw:{room:lobby}:log`), so a Redis
+Cluster keeps each channel's keys on one shard.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from gateway.backends.bus import JobUpdate, check_event_size
+from gateway.events import Event, envelope_tail, namespace_of, splice_envelope
+from gateway.metrics import METRICS
+from gateway.settings import Settings
+from gateway.vocabulary import JOB_TERMINAL_STATUSES
+
+JOB_STREAM = "gw:{jobs}"
+DELAYED_JOBS = "gw:{jobs}:delayed"
+WORKER_GROUP = "workers"
+JOB_INDEX = "gw:{jobs}:index"
+WEBHOOK_SCHEDULE = "gw:{webhooks}:due"
+WEBHOOK_PAYLOADS = "gw:{webhooks}:payloads"
+
+
+def stream_key(channel: str) -> str:
+    return f"gw:{{{channel}}}:log"
+
+
+def bus_channel(channel: str) -> str:
+    return f"gw:{{{channel}}}"
+
+
+def job_key(job_id: str) -> str:
+    """The job record shares its channel's hash tag, so state and event change in one script."""
+    return f"gw:{{job:{job_id}}}:job"
+
+
+def idempotency_key(key: str) -> str:
+    return f"gw:idem:{key}"
+
+
+_TERMINAL_TABLE = ", ".join(
+    f"[{status.value!r}] = true" for status in sorted(JOB_TERMINAL_STATUSES)
+)
+LUA_PRELUDE = f"local JOB_TERMINAL_STATUSES = {{{_TERMINAL_TABLE}}}\n"
+"""What the scripts share with Python, defined in front of each (sorted: one script text, one
+SHA, in every process)."""
+
+
+def load_script(name: str) -> str:
+    return LUA_PRELUDE + resources.files("gateway.backends").joinpath(name).read_text()
+
+
+PUBLISH_LUA = load_script("publish.lua")
+PROMOTE_LUA = load_script("promote.lua")
+BEGIN_ATTEMPT_LUA = load_script("begin_attempt.lua")
+CLAIM_WEBHOOKS_LUA = load_script("claim_webhooks.lua")
+
+
+def publish_call(
+    settings: Settings,
+    channel: str,
+    type_: str,
+    data: Any,
+    source: str | None,
+    job: JobUpdate | None,
+) -> tuple[list[str], list[Any], bytes]:
+    """KEYS and ARGV for publish.lua, shared by the async bus and the sync publisher.
+
+    Raises `EventTooLarge` for an event over the channel's size limit.
+    """
+    retention = settings.retention_for(channel)
+    tail = envelope_tail(channel, type_, data, source)
+    check_event_size(settings, channel, tail)
+    keys = [stream_key(channel)]
+    args: list[Any] = [
+        bus_channel(channel),
+        tail,
+        retention.size,
+        retention.ttl,
+        retention.max_bytes,
+    ]
+    if job is not None:
+        keys.append(job_key(job.job_id))
+        args.append(job.expire)
+        for name, value in job.fields.items():
+            args.extend((name, value))
+    return keys, args, tail
+
+
+def event_from_entry(channel: str, entry_id: bytes, tail: bytes) -> Event:
+    event_id = entry_id.decode()
+    type_ = _type_from_tail(tail)
+    return Event(splice_envelope(event_id, tail), id=event_id, channel=channel, type=type_)
+
+
+def _type_from_tail(tail: bytes) -> str:
+    """Read `type` from an envelope tail without decoding the whole event."""
+    start = tail.index(b'"type":"') + 8
+    return tail[start : tail.index(b'"', start)].decode()
+
+
+def published(channel: str, type_: str, tail: bytes, entry_id: bytes | None) -> Event | None:
+    """The event the publish script's answer stands for (None: refused, the job had ended)."""
+    if entry_id is None:
+        return None
+    event_id = entry_id.decode()
+    METRICS.events_published.labels(namespace_of(channel)).inc()
+    return Event(splice_envelope(event_id, tail), id=event_id, channel=channel, type=type_)
