@@ -111,7 +111,12 @@ class Settings(BaseSettings):
         help="run job handlers inside `gateway serve`",
     )
     concurrency: int = setting(
-        4, env="GATEWAY_CONCURRENCY", ge=1, le=1000, flag=("worker",), help="jobs a worker runs at once"
+        4,
+        env="GATEWAY_CONCURRENCY",
+        ge=1,
+        le=1000,
+        flag=("worker",),
+        help="jobs a worker runs at once",
     )
     handlers: Modules = setting(
         (),
@@ -286,8 +291,11 @@ class Settings(BaseSettings):
         help="directory served at `/` (`index.html`) and `/static/` instead of the bundled "
         "dashboard and `gateway.js`",
     )
-    log_level: LogLevel = setting("info", env="GATEWAY_LOG_LEVEL", help="`critical`, `error`, "
-        "`warning`, `info`, `debug` or `trace`")
+    log_level: LogLevel = setting(
+        "info",
+        env="GATEWAY_LOG_LEVEL",
+        help="`critical`, `error`, `warning`, `info`, `debug` or `trace`",
+    )
     api_keys: Words = setting(
         (),
         env="GATEWAY_API_KEYS",

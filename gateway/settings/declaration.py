@@ -90,11 +90,16 @@ class Declaration:
         return f"must be between {self.ge:g} and {self.le:g}"
 
 
+def _number(bound: object) -> float:
+    assert isinstance(bound, int | float)
+    return float(bound)
+
+
 def _declaration(name: str, field: FieldInfo) -> Declaration:
     extra = field.json_schema_extra
     assert isinstance(extra, dict), f"{name} is not declared with setting()"
-    ge = next((float(m.ge) for m in field.metadata if isinstance(m, annotated_types.Ge)), None)
-    le = next((float(m.le) for m in field.metadata if isinstance(m, annotated_types.Le)), None)
+    ge = next((_number(m.ge) for m in field.metadata if isinstance(m, annotated_types.Ge)), None)
+    le = next((_number(m.le) for m in field.metadata if isinstance(m, annotated_types.Le)), None)
     alias, shown, flag = extra.get("alias"), extra.get("shown"), extra.get("flag")
     return Declaration(
         name=name,

@@ -20,7 +20,9 @@ from pydantic_settings import PydanticBaseSettingsSource
 from gateway.errors import SettingsError
 from gateway.settings.declaration import Declaration
 
-_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("gateway_settings_environ", default=None)
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "gateway_settings_environ", default=None
+)
 
 
 @contextmanager
@@ -43,7 +45,7 @@ class Environment(PydanticBaseSettingsSource):
         names = alias.choices if isinstance(alias, AliasChoices) else [field_name]
         for name in names:
             raw = environ.get(name) if isinstance(name, str) else None
-            if raw is not None and raw.strip():
+            if isinstance(name, str) and raw is not None and raw.strip():
                 return raw.strip(), name, False
         return None, field_name, False
 
