@@ -16,6 +16,7 @@ import orjson
 
 from gateway.errors import SettingsError
 from gateway.settings import Settings
+from gateway.settings.flags import add_flags, overrides
 
 log = logging.getLogger("gateway")
 
@@ -51,15 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         websocket_protocol,
     )
 
-    settings = _settings(
-        args,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        handlers=tuple(args.handlers) if args.handlers else None,
-        embedded_worker=args.embedded_worker,
-        require_auth=args.require_auth,
-    )
+    settings = _settings(args, **overrides(args, "serve"))
     _configure_logging(settings.log_level)
     require(*groups_for(args.http, args.ws))  # uvicorn's internals, checked once: loud if gone
     if settings.workers > 1 and not settings.secrets and not settings.ephemeral_secret:
@@ -118,11 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    settings = _settings(
-        args,
-        concurrency=args.concurrency,
-        handlers=tuple(args.handlers) if args.handlers else None,
-    )
+    settings = _settings(args, **overrides(args, "worker"))
     from gateway.backends.url import REDIS, backend_kind
 
     if backend_kind(settings.redis_url) != REDIS:
@@ -222,10 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     url_default = os.environ.get("GATEWAY_URL", "http://127.0.0.1:8000")
 
     serve = commands.add_parser("serve", help="run the HTTP/WebSocket/SSE gateway")
-    serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=None, help="port (default 8000 or $PORT)")
-    serve.add_argument("--workers", type=int, default=None, help="processes (needs REDIS_URL)")
-    serve.add_argument("--handlers", action="append", help="module with @handler functions")
+    add_flags(serve, "serve")
     serve.add_argument(
         "--http",
         choices=["lean", "httptools", "h11"],
@@ -239,26 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="uvicorn WebSocket protocol (default: lean = websockets-sansio, lighter); the "
         "fan-out writes straight to the socket only with lean/websockets-sansio + lean/httptools",
     )
-    serve.add_argument(
-        "--require-auth",
-        action="store_true",
-        default=None,
-        help="refuse to start without GATEWAY_API_KEYS (no open dev mode)",
-    )
-    group = serve.add_mutually_exclusive_group()
-    group.add_argument(
-        "--embedded-worker",
-        dest="embedded_worker",
-        action="store_true",
-        default=None,
-        help="run job handlers in this process (default: only without Redis)",
-    )
-    group.add_argument("--no-embedded-worker", dest="embedded_worker", action="store_false")
     serve.set_defaults(func=cmd_serve)
 
     worker = commands.add_parser("worker", help="run job handlers (needs REDIS_URL)")
-    worker.add_argument("--concurrency", type=int, default=None, help="jobs at once (default 4)")
-    worker.add_argument("--handlers", action="append", help="module with @handler functions")
+    add_flags(worker, "worker")
     worker.add_argument("--grace", type=float, default=10.0, help="seconds to finish on SIGTERM")
     worker.set_defaults(func=cmd_worker)
 

@@ -256,15 +256,20 @@ def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(min(seconds, 86_400.0))))
 
 
+def _default_limits() -> Limits:
+    return Limits.from_settings(Settings())
+
+
 @dataclass(slots=True)
 class Limits:
-    """The per-process limiters a gateway enforces, built from its settings."""
+    """The per-process limiters a gateway enforces, built from its settings (by default, from
+    the settings' defaults: declared once, in `gateway.settings`)."""
 
-    publish: KeyedRateLimiter = field(default_factory=lambda: KeyedRateLimiter(20.0, 40))
+    publish: KeyedRateLimiter = field(default_factory=lambda: _default_limits().publish)
     """Publishes per token (and per client address for token-less HTTP publishes)."""
-    submit: KeyedRateLimiter = field(default_factory=lambda: KeyedRateLimiter(10.0, 20))
+    submit: KeyedRateLimiter = field(default_factory=lambda: _default_limits().submit)
     """Job submissions per API key (per client address in open mode)."""
-    connections: ConnectionCounter = field(default_factory=lambda: ConnectionCounter(256))
+    connections: ConnectionCounter = field(default_factory=lambda: _default_limits().connections)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
