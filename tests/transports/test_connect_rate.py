@@ -28,7 +28,7 @@ import websockets
 from gateway.errors import SettingsError
 from gateway.limits import ConnectionCounter, ConnectionGate, KeyedRateLimiter, TrustedProxies
 from gateway.settings import Settings
-from gateway.transports.ws import CLOSE_READ_BUDGET
+from gateway.vocabulary import CloseCode
 from tests.support import GatewayProcess, async_wait_until, ws_recv, ws_send
 from tests.transports.test_read_budget import OP_PING, blast, client_frame
 
@@ -144,7 +144,7 @@ def reconnecting_flood(port: int, seconds: float, results: Any) -> None:
                 continue
             report.upgraded += 1
             outcome = blast(sock, bytearray(rest), pattern, until)
-            report.cut_4029 += outcome.code == CLOSE_READ_BUDGET
+            report.cut_4029 += outcome.code == CloseCode.READ_BUDGET
     results.put(report)
 
 
