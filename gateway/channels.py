@@ -1,12 +1,14 @@
 """The rules of channels, in one place: who may subscribe, publish and read history, and how.
 
 Every transport and route asks `ChannelService`: the WebSocket ops (`gateway.transports.ws`),
-the SSE streams and the HTTP channel routes (`gateway.api.channels`), and the access guard's
-channel-publish rule (`gateway.api.guards`). It knows channel names, the namespace policy
+the HTTP channel routes and SSE streams (`gateway.api.channels`), and the access guard's
+channel-publish rule (`gateway.api.guards`). It applies the namespace policy
 (`gateway.auth.ChannelPolicy`), token rights (`gateway.tokens`), the publish rate-limit keys,
 the event type pattern and the event size limit (enforced by the backend as `EventTooLarge`).
-It raises errors of `gateway.errors` only; HTTP turns them into problems
-(`gateway.problems.problem_for`), WebSocket into `error` frames (`gateway.protocol.v1`).
+Channel names are checked where they arrive (`gateway.events.validate_channel`, by the protocol
+and the HTTP parameters), so the methods here take valid names. It raises errors of
+`gateway.errors` only; HTTP turns them into problems (`gateway.problems.problem_for`),
+WebSocket into `error` frames (`gateway.protocol.v1`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from gateway.auth import ChannelPolicy
 from gateway.backends.base import Backend, History
 from gateway.errors import Forbidden, RateLimited
-from gateway.events import Event, validate_channel, validate_event_type
+from gateway.events import Event, validate_event_type
 from gateway.limits import Limits, TokenBucket
 from gateway.tokens import ChannelToken
 
@@ -35,11 +37,6 @@ class ChannelService:
         self.policy = policy
         self.limits = limits
         self.backend = backend
-
-    @staticmethod
-    def channel(name: object) -> str:
-        """A valid `namespace:name` channel, else `InvalidChannel`."""
-        return validate_channel(name)  # type: ignore[arg-type]
 
     def token(self, raw: str | None, *, api_key: str | None) -> ChannelToken | None:
         """The verified token of a client; None for a server (API key), when none was given,

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.auth import bearer_of, token_of
 from gateway.channels import ChannelService
-from gateway.errors import BackendUnavailable, Forbidden, GatewayError, OpError, ProtocolError
+from gateway.errors import BackendUnavailable, Forbidden, OpError, ProtocolError
 from gateway.events import Event, ws_text, ws_wire_frame
 from gateway.limits import ReadBudget, TokenBucket
 from gateway.metrics import METRICS
@@ -31,7 +31,14 @@ from gateway.tokens import ChannelToken
 from gateway.transports.wire import RAW_SEND, WebSocketWire, websocket_wire
 from gateway.vocabulary import CloseCode
 
-__all__ = ["EVICT_GRACE", "FAIR_SHARE", "SUBPROTOCOL", "Connection", "websocket_app"]
+__all__ = [
+    "EVICT_GRACE",
+    "FAIR_SHARE",
+    "SUBPROTOCOL",
+    "Connection",
+    "websocket_app",
+    "websocket_endpoint",
+]
 
 log = logging.getLogger("gateway.ws")
 
@@ -307,9 +314,7 @@ class Connection(Outbound):
         self._expiry = loop.call_at(when, self._expire)
 
     def _expire(self) -> None:
-        expired: GatewayError = Forbidden(
-            "the token expired; reconnect with a new one", "token_expired"
-        )
+        expired = Forbidden("the token expired; reconnect with a new one", "token_expired")
         self._send(v1.error_frame(None, expired))
         self._finish(CloseCode.POLICY, "token expired")
 
