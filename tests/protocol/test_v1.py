@@ -231,3 +231,20 @@ def test_encode_parse_round_trip(command: v1.Command) -> None:
 def test_commands_are_frozen() -> None:
     with pytest.raises(AttributeError):
         Ping(1).ref = 2  # type: ignore[misc]
+
+
+def test_the_protocol_does_no_io() -> None:
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(v1.__file__).read_text())
+    imported = {
+        alias.name.split(".")[0]
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Import)
+        for alias in n.names
+    }
+    imported |= {
+        (n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+    }
+    assert not imported & {"asyncio", "socket", "starlette", "uvicorn", "websockets"}
