@@ -6,6 +6,7 @@ The tree (indentation is inheritance)::
         InvalidInput (also ValueError): what a caller sent cannot be used
             InvalidChannel
             InvalidEventId
+            InvalidEventType
             InvalidJobData
             EventTooLarge
             UnsafeCallbackUrl
@@ -16,6 +17,7 @@ The tree (indentation is inheritance)::
             InvalidToken
         Unavailable (also ConnectionError): the bus or a store cannot be reached; retry
             BackendUnavailable
+        RateLimited: the caller publishes faster than its limit; retry after `retry_after`
         OpError: a WebSocket op that cannot be done; the connection stays open
         SettingsError (also ValueError): a configuration value that cannot be used
         UnsupportedServer (also RuntimeError): uvicorn lacks an internal the fast path uses
@@ -58,6 +60,18 @@ class InvalidEventId(InvalidInput):
     """An event id that is not of the form `<ms>-<seq>`."""
 
     code = "invalid_since"
+
+
+class InvalidEventType(InvalidInput):
+    """An event type outside `[A-Za-z0-9_.:-]{1,100}`; `field` and `rule` let HTTP quote the
+    member name (`'type' must be ...`) where WebSocket says `type must be ...`."""
+
+    code = "invalid_type"
+
+    def __init__(self, field: str = "type") -> None:
+        self.field = field
+        self.rule = "must be 1-100 characters of [A-Za-z0-9_.:-]"
+        super().__init__(f"{field} {self.rule}")
 
 
 class InvalidJobData(InvalidInput):
@@ -105,10 +119,14 @@ class ProtocolError(InvalidInput):
 
     code = "bad_request"
 
-    def __init__(self, message: str, code: str = "bad_request", **extra: Any) -> None:
+    def __init__(
+        self, message: str, code: str = "bad_request", *, ref: int | str | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.ref = ref
+        """The `ref` of the frame, when it was an object with one: the error frame echoes it."""
         self.extra = extra
 
 
@@ -152,6 +170,16 @@ class Unavailable(GatewayError, ConnectionError):
 
 class BackendUnavailable(Unavailable):
     """The bus or a store cannot be reached right now; the request may be retried."""
+
+
+class RateLimited(GatewayError):
+    """Publishing faster than `GATEWAY_PUBLISH_RATE`: HTTP 429, WebSocket `rate_limited`."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class OpError(GatewayError):

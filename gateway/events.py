@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import orjson
 
-from gateway.errors import InvalidChannel, InvalidEventId
+from gateway.errors import InvalidChannel, InvalidEventId, InvalidEventType
 from gateway.vocabulary import JOB_TERMINAL_TYPES
 
 SPECVERSION: Final = "1.0"
@@ -40,6 +40,13 @@ def validate_channel(name: str) -> str:
     if not sep or not namespace or not rest:
         raise InvalidChannel("channel names have a namespace: 'namespace:name', like 'room:lobby'")
     return name
+
+
+def validate_event_type(value: object) -> str:
+    """Return `value` if it is a valid event type, else raise `InvalidEventType`."""
+    if not isinstance(value, str) or not EVENT_TYPE_RE.fullmatch(value):
+        raise InvalidEventType()
+    return value
 
 
 def namespace_of(channel: str) -> str:
@@ -214,6 +221,62 @@ def encode_sse_signal(kind: str, fields: dict[str, Any], *, named: bool = False)
     if isinstance(retry, int):
         frame = b"retry: %d\n%b" % (retry, frame)
     return frame
+
+
+SSE_PREAMBLE: Final = b": gateway event stream\n"
+"""A stream's first bytes: a comment line, so proxies pass the response on at once."""
+SSE_PING: Final = b":\n"
+"""Keep-alive: one comment line and no blank line after it. A comment-only block (`: ping` and
+a blank line) reaches httpx-sse (after the first id) and fetch-event-source as an empty message."""
+
+
+def sse_retry_line(retry_ms: int) -> bytes:
+    """The `retry:` line a stream sends once, in its first block that carries data."""
+    return b"retry: %d\n" % retry_ms
+
+
+def with_sse_retry(retry_line: bytes, frame: bytes) -> bytes:
+    """`frame` with the stream's `retry:` line in front (a signal with its own keeps that)."""
+    return frame if frame.startswith(b"retry:") else retry_line + frame
+
+
+def sse_event_frame(event: Event, *, named: bool, cursor: str | None) -> bytes:
+    """An event's SSE frame on one stream: `event:` line when `named`, `id:` the event's own
+    id or, on a multi-channel stream, the stream's `cursor` (`room:a@1-0,room:b@5-2`)."""
+    if cursor is None and not named:
+        return event.sse_frame
+    body = event.sse_body
+    if named:
+        body = b"event: " + event.type.encode() + b"\n" + body
+    marker = event.id if cursor is None else cursor
+    return b"id: " + marker.encode() + b"\n" + body
+
+
+def control_frame(transport: str, op: str, fields: dict[str, Any], *, named: bool = False) -> Frame:
+    """A control frame (`gap`, `shutdown`, `error`, `heartbeat`) in the transport's framing: a
+    WebSocket message's text, or an SSE signal's bytes."""
+    if transport == "ws":
+        return encode_ws_message(op, **fields).decode()
+    return encode_sse_signal(op, fields, named=named)
+
+
+Frame = Event | bytes | str
+"""What a connection writes: an event (its shared frame), or an encoded control frame (bytes:
+SSE frames and WebSocket payloads; str: WebSocket text)."""
+
+
+def ws_wire_frame(item: Frame) -> bytes:
+    """An item as the bytes of its WebSocket frame (events: encoded once, shared)."""
+    if isinstance(item, Event):
+        return item.ws_wire
+    return ws_text_frame(item.encode() if isinstance(item, str) else item)
+
+
+def ws_text(item: Frame) -> str:
+    """An item as the text of an ASGI `websocket.send`."""
+    if isinstance(item, Event):
+        return item.ws_frame
+    return item if isinstance(item, str) else item.decode()
 
 
 def encode_ws_message(op: str, **fields: Any) -> bytes:

@@ -20,25 +20,29 @@ import random
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
 
 from gateway.backends.bundle import Backend
 from gateway.backends.bus import History
 from gateway.errors import BackendUnavailable
-from gateway.events import (
-    Event,
-    EventKey,
-    encode_sse_signal,
-    encode_ws_message,
-    parse_event_id,
-)
+from gateway.events import Event, EventKey, parse_event_id
 from gateway.metrics import METRICS
+from gateway.outbound import ChannelState, Item, Subscriber, Transport
+
+__all__ = [
+    "REPLAY_FIRST_PAGE",
+    "REPLAY_PAGE_BYTES",
+    "REPLAY_PAGE_EVENTS",
+    "Attached",
+    "Hub",
+    "Item",
+    "Page",
+    "PageReader",
+    "Subscriber",
+    "Transport",
+]
 
 log = logging.getLogger("gateway.hub")
 
-Transport = Literal["ws", "sse"]
-Item = Event | bytes | str
-"""A queued item: an event (its frame is taken at write time) or an encoded control frame."""
 
 REPLAY_FIRST_PAGE = 16
 """Events in a replay's first history page, read before the sizes of the events are known."""
@@ -49,199 +53,11 @@ REPLAY_PAGE_BYTES = 256 * 1024
 does not read pins little memory however large the channel's events are."""
 
 
-class _ChannelState:
-    """One subscription of one connection: replaying history, or live.
-
-    While replaying, live events are kept (`buffer`) only while a history read is in flight, so
-    none is lost at the switch to live; otherwise they are passed over (the next page has them)
-    and counted in `behind`, the backlog a client that does not read runs up without any of it
-    being held.
-    """
-
-    __slots__ = ("behind", "behind_from", "buffer", "last", "live", "replay")
-
-    def __init__(self, after: EventKey | None) -> None:
-        self.last: EventKey = after or (0, 0)
-        self.live = False
-        self.buffer: list[Event] | None = []
-        self.replay: asyncio.Task[None] | None = None
-        self.behind = 0
-        self.behind_from: EventKey = (0, 0)
-
-
 @dataclass(frozen=True, slots=True)
 class Attached:
     """What a subscriber got on attaching: whether the history after its position was complete."""
 
     complete: bool
-
-
-class Subscriber:
-    """The outbound side of one connection: a direct write when possible, else a bounded queue.
-
-    When the connection has a `sink` (a synchronous write straight to its socket, see
-    `gateway.transports.wire`) and nothing is queued or being written, an item is handed to the
-    sink at once: no task wakes up per subscriber per event. Otherwise it is queued and
-    `on_pending` asks the connection to drain the queue (through ASGI, which waits for a slow
-    socket). A subscriber that lets `limit` items pile up is a slow consumer: it is marked
-    `overflowed`, stops receiving, and is disconnected so it can resume from its last id.
-    """
-
-    __slots__ = (
-        "_room",
-        "_wakeup",
-        "_writing",
-        "channels",
-        "closed",
-        "limit",
-        "on_overflow",
-        "on_pending",
-        "overflowed",
-        "queue",
-        "sink",
-        "transport",
-    )
-
-    def __init__(self, transport: Transport, limit: int) -> None:
-        self.transport = transport
-        self.limit = limit
-        self.queue: list[Item] = []
-        self.channels: dict[str, _ChannelState] = {}
-        self.overflowed = False
-        self.closed = False
-        self._writing = False
-        self.sink: Callable[[Item], bool] | None = None
-        """Writes an item now if the socket takes it (True), else refuses (False)."""
-        self.on_pending: Callable[[], None] | None = None
-        """Called when items were queued or the subscriber closed: someone must drain."""
-        self.on_overflow: Callable[[], None] | None = None
-        """Called once when the backlog overflows, for a writer that may be stuck in a send."""
-        self._wakeup: asyncio.Event | None = None
-        """Only for `wait()` (long polling); connections with a drain task never make one."""
-        self._room: asyncio.Event | None = None
-        """Only while a replay waits for the connection to write what it has."""
-
-    @property
-    def writing(self) -> bool:
-        """True while a writer holds items taken from the queue: direct writes must wait."""
-        return self._writing
-
-    @writing.setter
-    def writing(self, value: bool) -> None:
-        self._writing = value
-        if not value and self._room is not None:
-            self._room.set()
-
-    def offer(self, event: Event) -> None:
-        """A live event from the hub: dropped if already seen, else written or queued."""
-        state = self.channels.get(event.channel)
-        if state is None:
-            return
-        if not state.live:
-            if state.buffer is not None:
-                state.buffer.append(event)
-            else:
-                self.pass_over(state, event)
-            return
-        if event.key <= state.last:
-            return
-        state.last = event.key
-        self.put(event)
-
-    def pass_over(self, state: _ChannelState, event: Event) -> None:
-        """A live event a replaying subscription will read from history: count it as backlog.
-
-        Queued items plus live events not yet replayed over `limit` make a slow consumer, as
-        a live backlog does: a client that stops reading mid-replay is cut off too.
-        """
-        if event.key <= state.last or self.overflowed:
-            return
-        if state.behind == 0:
-            state.behind_from = event.key
-        state.behind += 1
-        if len(self.queue) + state.behind > self.limit:
-            self._overflow()
-
-    def put(self, item: Item, *, bounded: bool = True, direct: bool = True) -> None:
-        """Write or queue an item; a live backlog beyond `limit` marks the subscriber as overflowed.
-
-        Replayed history is queued unbounded (`bounded=False`): the hub queues a page only once
-        the one before has been written, and live events that went by meanwhile are counted
-        (`pass_over`). `direct=False` always queues: replies to a client's own ops are batched by
-        the drain task, so a client that floods ops without reading the replies overflows its
-        queue quickly instead of keeping the process busy writing replies into its socket buffers.
-        """
-        if self.overflowed or self.closed:
-            return
-        sink = self.sink
-        if direct and sink is not None and not self.queue and not self._writing and sink(item):
-            return
-        if bounded and len(self.queue) >= self.limit:
-            self._overflow()
-            return
-        self.queue.append(item)
-        self._wake()
-
-    def _overflow(self) -> None:
-        self.overflowed = True
-        self.queue = []
-        METRICS.slow_consumers.labels(self.transport).inc()
-        if self.on_overflow is not None:
-            self.on_overflow()
-        self._wake()
-
-    def close(self) -> None:
-        """Wake the writer so it notices the connection is over."""
-        self.closed = True
-        self._wake()
-
-    async def wait_for_room(self) -> bool:
-        """Wait until everything queued has been written; False once the subscriber overflowed
-        or closed. A replay reads its next page only then, so what a connection holds is
-        bounded by a page however slowly it reads."""
-        while not (self.overflowed or self.closed):
-            if not self.queue and not self._writing:
-                return True
-            if self._room is None:
-                self._room = asyncio.Event()
-            self._room.clear()
-            await self._room.wait()
-        return False
-
-    def _wake(self) -> None:
-        if self._wakeup is not None:
-            self._wakeup.set()
-        if self._room is not None and (self.overflowed or self.closed):
-            self._room.set()
-        if self.on_pending is not None:
-            self.on_pending()
-
-    async def wait(self, timeout: float | None = None) -> bool:
-        """Wait until something is queued (or the subscriber closed); False on timeout."""
-        if self.queue or self.overflowed or self.closed:
-            return True
-        if self._wakeup is None:
-            self._wakeup = asyncio.Event()
-        self._wakeup.clear()
-        try:
-            await asyncio.wait_for(self._wakeup.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-    def take(self) -> list[Item]:
-        """Everything queued so far, to be written in one go."""
-        items, self.queue = self.queue, []
-        if self._room is not None:
-            self._room.set()
-        return items
-
-    def control(self, op: str, **fields: Any) -> None:
-        """Queue a control frame (`gap`, `shutdown`, ...) in this transport's framing."""
-        if self.transport == "ws":
-            self.put(encode_ws_message(op, **fields).decode(), bounded=False)
-            return
-        self.put(encode_sse_signal(op, fields), bounded=False)
 
 
 class Page:
@@ -370,7 +186,7 @@ class Hub:
         after = parse_event_id(since) if since is not None else None
         if channel in subscriber.channels:
             return Attached(True)
-        state = subscriber.channels[channel] = _ChannelState(after)
+        state = subscriber.channels[channel] = ChannelState(after)
         METRICS.subscriptions.inc()
         self._subscribers.setdefault(channel, set()).add(subscriber)
         count = min(REPLAY_FIRST_PAGE, _page_room(subscriber.limit))
@@ -399,7 +215,7 @@ class Hub:
         return Attached(history.complete)
 
     async def _replay_rest(
-        self, subscriber: Subscriber, channel: str, state: _ChannelState, page: Page
+        self, subscriber: Subscriber, channel: str, state: ChannelState, page: Page
     ) -> None:
         """Page in the history after the first page, each page once the last one is written.
 
@@ -431,7 +247,7 @@ class Hub:
             self._pass_over_buffer(subscriber, state)
 
     @staticmethod
-    def _replay_page(subscriber: Subscriber, state: _ChannelState, events: list[Event]) -> None:
+    def _replay_page(subscriber: Subscriber, state: ChannelState, events: list[Event]) -> None:
         for event in events:
             subscriber.put(event, bounded=False)
         if not events:
@@ -442,13 +258,13 @@ class Hub:
         state.last = max(state.last, events[-1].key)
 
     @staticmethod
-    def _pass_over_buffer(subscriber: Subscriber, state: _ChannelState) -> None:
+    def _pass_over_buffer(subscriber: Subscriber, state: ChannelState) -> None:
         """More history follows: the live events held during the read are in it."""
         buffered, state.buffer = state.buffer or [], None
         for event in buffered:
             subscriber.pass_over(state, event)
 
-    def _go_live(self, subscriber: Subscriber, channel: str, state: _ChannelState) -> None:
+    def _go_live(self, subscriber: Subscriber, channel: str, state: ChannelState) -> None:
         state.live = True
         state.replay = None
         state.behind = 0

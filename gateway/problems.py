@@ -17,7 +17,17 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import GatewayError
+from gateway.errors import (
+    EventTooLarge,
+    Forbidden,
+    GatewayError,
+    InvalidChannel,
+    InvalidEventId,
+    InvalidEventType,
+    RateLimited,
+    Unavailable,
+)
+from gateway.limits import retry_after_header
 
 PROBLEM_TYPE_BASE: Final = "/problems/"
 """Relative to the gateway that answered (RFC 9457 §3.1.1): it serves the explanations itself,
@@ -284,6 +294,39 @@ def unprocessable(detail: str, **extra: Any) -> Problem:
 
 def conflict(detail: str, **extra: Any) -> Problem:
     return Problem(409, "Conflict", detail, code="conflict", **extra)
+
+
+def problem_for(exc: GatewayError) -> Problem:
+    """The problem that answers an error of `gateway.errors` over HTTP: the one mapping.
+
+    Errors without an HTTP meaning of their own are a failure of the gateway (500).
+    """
+    if isinstance(exc, Forbidden):
+        title = "Unauthorized" if exc.status == 401 else "Forbidden"
+        headers = {"WWW-Authenticate": 'Bearer realm="gateway"'} if exc.status == 401 else None
+        return Problem(exc.status, title, str(exc), code=exc.code, headers=headers)
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": retry_after_header(exc.retry_after)}
+        return Problem(429, "Too Many Requests", str(exc), code="rate-limited", headers=headers)
+    if isinstance(exc, EventTooLarge):
+        return Problem(
+            413, "Content Too Large", str(exc), code="event-too-large", max_event_size=exc.limit
+        )
+    if isinstance(exc, InvalidEventType):
+        return unprocessable(f"'{exc.field}' {exc.rule}")
+    if isinstance(exc, InvalidChannel | InvalidEventId):
+        return bad_request(str(exc))
+    if isinstance(exc, Unavailable):
+        return Problem(
+            503,
+            "Service Unavailable",
+            "the event bus is unavailable; try again shortly",
+            code="unavailable",
+            headers={"Retry-After": "1"},
+        )
+    return Problem(
+        500, "Internal Server Error", "the gateway failed; the error is logged", code="internal"
+    )
 
 
 async def handle_problem(request: Request, exc: Exception) -> Response:

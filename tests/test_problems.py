@@ -118,3 +118,42 @@ def test_real_problem_responses_link_to_their_explanation(
     explained = httpx.get(urljoin(str(response.url), problem["type"]))
     assert explained.status_code == 200, problem
     assert problem["title"] in explained.text
+
+
+def test_problem_for_maps_gateway_errors() -> None:
+    from gateway.errors import (
+        BackendUnavailable,
+        EventTooLarge,
+        Forbidden,
+        HandlerError,
+        InvalidChannel,
+        InvalidEventType,
+        RateLimited,
+    )
+    from gateway.problems import problem_for
+
+    refused = problem_for(Forbidden("needs a token", "token_required"))
+    assert (refused.status, refused.title, refused.code) == (401, "Unauthorized", "token_required")
+    assert refused.headers == {"WWW-Authenticate": 'Bearer realm="gateway"'}
+    forbidden = problem_for(Forbidden("no"))
+    assert (forbidden.status, forbidden.code, forbidden.headers) == (403, "forbidden", {})
+    limited = problem_for(RateLimited("slow down", 0.2))
+    assert (limited.status, limited.code, limited.headers) == (
+        429,
+        "rate-limited",
+        {"Retry-After": "1"},
+    )
+    large = problem_for(EventTooLarge("room:a", 10, 5))
+    assert (large.status, large.code, large.extra) == (
+        413,
+        "event-too-large",
+        {"max_event_size": 5},
+    )
+    bad_type = problem_for(InvalidEventType())
+    assert (bad_type.status, bad_type.detail) == (
+        422,
+        "'type' must be 1-100 characters of [A-Za-z0-9_.:-]",
+    )
+    assert problem_for(InvalidChannel("bad")).status == 400
+    assert problem_for(BackendUnavailable("down")).status == 503
+    assert problem_for(HandlerError("x")).status == 500

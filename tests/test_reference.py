@@ -68,17 +68,24 @@ def test_http_api_lists_every_problem_type() -> None:
 
 
 def _ws_error_codes() -> set[str]:
-    """Codes `gateway.transports.ws` can put in an `error` frame: its own literals, plus the
-    channel policy's (`Forbidden`) and token (`InvalidToken`) codes it passes through."""
-    codes: set[str] = {"forbidden"}
-    for module in ("transports/ws.py", "auth.py", "tokens.py"):
+    """Codes the WebSocket side can put in an `error` frame: the literals of the transport, the
+    protocol and the channel service, plus the channel policy's (`Forbidden`) and token
+    (`InvalidToken`) codes passed through, and the codes of the errors `protocol.v1` answers."""
+    from gateway.protocol import v1
+
+    codes: set[str] = {"forbidden", "unavailable"}
+    codes |= {error.code for error in v1.ANSWERED if error.code not in {"error", "bad_request"}}
+    modules = ("transports/ws.py", "protocol/v1.py", "channels.py", "auth.py", "tokens.py")
+    for module in modules:
         tree = ast.parse((ROOT / "gateway" / module).read_text())
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call):
                 continue
             func = node.func
             name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
-            position = {"OpError": 0, "InvalidToken": 0, "_error": 1, "Forbidden": 1}.get(name)
+            position = {"OpError": 0, "InvalidToken": 0, "ProtocolError": 1, "Forbidden": 1}.get(
+                name
+            )
             if position is None or len(node.args) <= position:
                 continue
             arg = node.args[position]

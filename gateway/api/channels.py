@@ -1,6 +1,13 @@
-"""HTTP routes for channels: publish (server API, chat over HTTP), history, and SSE streams."""
+"""HTTP routes for channels: publish (server API, chat over HTTP), history, and SSE streams.
+
+Thin: the rules are `gateway.channels.ChannelService`'s (the access guard has applied the
+route's declared access before these run); its errors become problems in `problem_for`.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -9,36 +16,36 @@ from gateway.api.access import GuardedRoute, channel_publish, channel_read
 from gateway.api.guards import caller_of
 from gateway.api.jobs import json_response
 from gateway.api.requests import channel_param, event_id_param, int_param, read_json_object
-from gateway.errors import EventTooLarge, Forbidden
-from gateway.events import EVENT_TYPE_RE
-from gateway.problems import Problem, bad_request, unprocessable
-from gateway.services import services_of
+from gateway.channels import ChannelService
+from gateway.errors import AccessDenied, InvalidInput, RateLimited
+from gateway.problems import bad_request, problem_for
+from gateway.services import Services, services_of
 from gateway.transports.sse import parse_positions, sse_response
 
 MAX_CHANNELS_PER_STREAM = 32
 
 
-def forbidden(exc: Forbidden) -> Problem:
-    return Problem(403, "Forbidden", str(exc), code="forbidden")
+def channel_service(services: Services) -> ChannelService:
+    return ChannelService(services.policy, services.limits, services.backend)
+
+
+@contextmanager
+def answered_as_problems() -> Iterator[None]:
+    """The channel service's refusals as problem+json (the bus being down is the app's 503)."""
+    try:
+        yield
+    except (AccessDenied, InvalidInput, RateLimited) as exc:
+        raise problem_for(exc) from None
 
 
 async def publish_event(request: Request) -> Response:
     services = services_of(request)
     channel = channel_param(request.path_params["channel"])
     body = await read_json_object(request)
-    type_ = body.get("type", "message")
-    if not isinstance(type_, str) or not EVENT_TYPE_RE.fullmatch(type_):
-        raise unprocessable("'type' must be 1-100 characters of [A-Za-z0-9_.:-]")
-    try:
-        services.policy.check_namespace(channel)
-    except Forbidden as exc:
-        raise forbidden(exc) from None
-    try:
-        event = await services.backend.bus.publish(channel, type_, body.get("data"))
-    except EventTooLarge as exc:
-        raise Problem(
-            413, "Content Too Large", str(exc), code="event-too-large", max_event_size=exc.limit
-        ) from None
+    with answered_as_problems():
+        event = await channel_service(services).publish(
+            channel, body.get("type", "message"), body.get("data")
+        )
     assert event is not None
     return json_response({"id": event.id, "channel": channel}, 202)
 
@@ -48,11 +55,11 @@ async def channel_history(request: Request) -> Response:
     channel = channel_param(request.path_params["channel"])
     since = event_id_param(request.query_params.get("since"))
     limit = int_param(request, "limit", 100, 1, 1000)
-    try:
-        services.policy.check_namespace(channel)  # rights: api.guards
-    except Forbidden as exc:
-        raise forbidden(exc) from None
-    history = await services.backend.bus.history(channel, since, limit=limit)
+    caller = caller_of(request.scope)
+    with answered_as_problems():
+        history = await channel_service(services).history(
+            channel, since, limit, api_key=caller.api_key, token=caller.token
+        )
     last_id = history.events[-1].id if history.events else since
     head = {
         "channel": channel,
@@ -74,16 +81,13 @@ async def channel_stream(request: Request) -> Response:
     if len(channels) > MAX_CHANNELS_PER_STREAM:
         raise bad_request(f"at most {MAX_CHANNELS_PER_STREAM} channels per stream")
     channels = list(dict.fromkeys(channel_param(channel) for channel in channels))
-    for channel in channels:
-        try:
-            services.policy.check_namespace(channel)  # rights: api.guards
-        except Forbidden as exc:
-            raise forbidden(exc) from None
+    service, caller = channel_service(services), caller_of(request.scope)
+    with answered_as_problems():
+        for channel in channels:
+            service.authorize_read(channel, api_key=caller.api_key, token=caller.token)
     raw = request.headers.get("last-event-id") or request.query_params.get("since")
     positions = parse_positions(raw, channels)
-    return sse_response(
-        services.hub, services.settings, positions, expires_at=caller_of(request.scope).expires_at
-    )
+    return sse_response(services.hub, services.settings, positions, expires_at=caller.expires_at)
 
 
 routes = [

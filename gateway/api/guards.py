@@ -31,15 +31,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.api.access import Access, Rule, access_of
 from gateway.api.requests import is_json_media_type
 from gateway.auth import COOKIE_TRUSTED, bearer_of, token_of
-from gateway.errors import Forbidden, InvalidChannel
+from gateway.channels import ChannelService
+from gateway.errors import Forbidden, InvalidChannel, RateLimited
 from gateway.events import validate_channel
 from gateway.jobs.model import load_job
 from gateway.limits import retry_after_header
-from gateway.problems import Problem, bad_request, not_found, problem_response
+from gateway.problems import Problem, bad_request, not_found, problem_for, problem_response
+from gateway.protocol.v1 import SUBPROTOCOL
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.tokens import ChannelToken
-from gateway.transports.ws import SUBPROTOCOL
 from gateway.vocabulary import CloseCode
 
 log = logging.getLogger("gateway.auth")
@@ -74,9 +75,7 @@ def client_address(scope: Scope) -> str:
 
 
 def _refuse(exc: Forbidden) -> Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="gateway"'} if exc.status == 401 else None
-    title = "Unauthorized" if exc.status == 401 else "Forbidden"
-    return problem_response(exc.status, title, str(exc), code=exc.code, headers=headers)
+    return problem_for(exc).to_response()
 
 
 def _too_many(detail: str, wait: float) -> Response:
@@ -468,23 +467,16 @@ class AccessGuard:
         return None
 
     def _check_publish(self, scope: Scope, channel: str, caller: Caller) -> Response | None:
-        keys = self.services.api_keys
-        if caller.api_key is not None or not keys.enabled:
+        """Without API keys configured the server API is open; with them, a caller without a
+        key is a client, held to the channel service's client-publish rule."""
+        if caller.api_key is not None or not self.services.api_keys.enabled:
             return None
-        policy = self.services.policy
+        services = self.services
+        channels = ChannelService(services.policy, services.limits, services.backend)
         try:
-            caller.token = policy.verify(token_of(scope))
-            if caller.token is None:
-                raise Forbidden(
-                    "publishing needs an API key or a channel token with 'publish'",
-                    "token_required",
-                )
-            policy.check_client_publish(channel, caller.token)
-        except Forbidden as exc:
-            return _refuse(exc)
-        wait = self.services.limits.publish.take("token:" + caller.token.raw)
-        if wait > 0:
-            return _too_many("too many publishes with this token; slow down", wait)
+            caller.token = channels.authorize_http_publish(channel, raw_token=token_of(scope))
+        except (Forbidden, RateLimited) as exc:
+            return problem_for(exc).to_response()
         return None
 
     async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -18,16 +18,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from starlette.datastructures import QueryParams
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import BackendUnavailable, InvalidEventId
-from gateway.events import Event, encode_sse_signal, http_chunk, parse_event_id
-from gateway.hub import Hub, Item, Subscriber
+from gateway.events import (
+    SSE_PING,
+    SSE_PREAMBLE,
+    Event,
+    http_chunk,
+    parse_event_id,
+    sse_event_frame,
+    sse_retry_line,
+    with_sse_retry,
+)
+from gateway.hub import Hub
 from gateway.metrics import METRICS
+from gateway.outbound import Item, Outbound, Subscriber
 from gateway.problems import bad_request
 from gateway.settings import Settings
 from gateway.transports.wire import ChunkedWire, chunked_wire
@@ -35,16 +44,12 @@ from gateway.transports.wire import ChunkedWire, chunked_wire
 log = logging.getLogger("gateway.sse")
 END_TIMEOUT = 2.0
 """Seconds the last chunk of a stream may wait for a slow socket before the connection drops."""
-PREAMBLE = b": gateway event stream\n"
-"""The stream's first bytes: a comment line, so proxies pass the response on at once."""
-PING = b":\n"
-"""Keep-alive: one comment line and no blank line after it. A comment-only block (`: ping` and
-a blank line) reaches httpx-sse (after the first id) and fetch-event-source as an empty message."""
+PREAMBLE = SSE_PREAMBLE
+PING = SSE_PING
 HEARTBEAT_RANGE = (1.0, 3600.0)
 TOKEN_EXPIRED_RETRY_MS = 3_600_000
 """The `retry:` after a token expired: an hour, so a client without a new token stays quiet."""
 DELIVERED = METRICS.delivered
-DRAINED = METRICS.drained
 HEADERS = [
     # No charset parameter: SSE is always UTF-8, and clients compare the type exactly
     # (fetch-event-source's README checks `content-type === 'text/event-stream'`).
@@ -106,19 +111,6 @@ class StreamOptions:
         return cls(named=events == "named", heartbeat=heartbeat)
 
 
-class SseSubscriber(Subscriber):
-    """A stream's subscriber: its signals are framed for SSE, named or not as the client asked."""
-
-    __slots__ = ("named",)
-
-    def __init__(self, limit: int, *, named: bool) -> None:
-        super().__init__("sse", limit)
-        self.named = named
-
-    def control(self, op: str, **fields: Any) -> None:
-        self.put(encode_sse_signal(op, fields, named=self.named), bounded=False)
-
-
 class EventStream(Response):
     """The SSE response: history after `positions`, then live events, until the client leaves.
 
@@ -159,25 +151,23 @@ sse_response = EventStream
 """What the routes call: `sse_response(hub, settings, positions, ...)`."""
 
 
-class _Stream:
+class _Stream(Outbound):
     """One SSE connection once its headers are out.
 
     Frames go straight to the socket when the server allows it (`ChunkedWire`) and nothing is
-    waiting before them; otherwise they queue and a drain task, started only while there is a
-    backlog, writes them through ASGI in one chunk per batch. The request's own coroutine just
-    waits for the end: the client leaving, the job's terminal event, token expiry, shutdown, or
-    the client falling too far behind (then the connection is dropped; it resumes with
-    `Last-Event-ID`). Keep-alive comments come from a timer, not a task.
+    waiting before them; otherwise they queue and the drain task of `Outbound`, started only
+    while there is a backlog, writes them through ASGI in one chunk per batch. The request's
+    own coroutine just waits for the end: the client leaving, the job's terminal event, token
+    expiry, shutdown, or the client falling too far behind (then the connection is dropped; it
+    resumes with `Last-Event-ID`). Keep-alive comments come from a timer, not a task.
     """
 
     __slots__ = (
         "cursor",
         "disconnected",
-        "drainer",
         "ended",
         "ended_event",
         "expiry_timer",
-        "finishing",
         "heartbeat",
         "named",
         "ping_timer",
@@ -185,39 +175,35 @@ class _Stream:
         "retry_line",
         "send",
         "slow",
-        "subscriber",
         "wire",
     )
+
+    transport = "sse"
 
     def __init__(
         self, response: EventStream, send: Send, wire: ChunkedWire | None, options: StreamOptions
     ) -> None:
+        settings = response.settings
+        super().__init__(Subscriber("sse", settings.slow_consumer_queue, named=options.named))
         self.response = response
         self.send = send
         self.wire = wire
-        settings = response.settings
         self.named = options.named
         self.heartbeat = options.heartbeat
-        self.subscriber = SseSubscriber(settings.slow_consumer_queue, named=options.named)
-        self.retry_line: bytes | None = b"retry: %d\n" % settings.sse_retry_ms
+        self.retry_line: bytes | None = sse_retry_line(settings.sse_retry_ms)
         """Goes out with the first block that carries data, then never again."""
         channels = list(response.positions)
         self.cursor = dict(response.positions) if len(channels) > 1 else None
         self.ended = False
-        self.finishing = False
         self.slow = False
         self.disconnected = False
-        self.drainer: asyncio.Task[None] | None = None
         self.ping_timer: asyncio.TimerHandle | None = None
         self.expiry_timer: asyncio.TimerHandle | None = None
         self.ended_event: asyncio.Event | None = None
 
     async def run(self, receive: Receive) -> None:
         response, subscriber, hub = self.response, self.subscriber, self.response.hub
-        if self.wire is not None:
-            subscriber.sink = self._write_now
-        subscriber.on_pending = self._kick
-        subscriber.on_overflow = self._evict
+        self.attach(self._write_now if self.wire is not None else None)
         hub.connect(subscriber)
         try:
             subscriber.put(PREAMBLE, bounded=False)
@@ -226,17 +212,14 @@ class _Stream:
                     await hub.attach(subscriber, channel, position)
             except BackendUnavailable:
                 subscriber.control("error", code="unavailable", message="bus unavailable; retry")
-                self._finish()
+                self.finish()
             self._schedule()
             await self._wait_for_end(receive)
         finally:
             for timer in (self.ping_timer, self.expiry_timer):
                 if timer is not None:
                     timer.cancel()
-            subscriber.on_pending = None
-            if self.drainer is not None:
-                self.drainer.cancel()
-                await asyncio.gather(self.drainer, return_exceptions=True)
+            await self.stop()
             await hub.disconnect(subscriber)
         await self._end_response()
 
@@ -273,7 +256,7 @@ class _Stream:
         self.subscriber.control(
             "error", code="token_expired", message=message, retry=TOKEN_EXPIRED_RETRY_MS
         )
-        self._finish()
+        self.finish()
 
     def _with_retry(self, frame: bytes) -> bytes:
         """Put the stream's `retry:` line into its first block that carries data."""
@@ -281,22 +264,18 @@ class _Stream:
         if line is None or frame[:1] == b":":
             return frame
         self.retry_line = None
-        return frame if frame.startswith(b"retry:") else line + frame
+        return with_sse_retry(line, frame)
 
     def _frame(self, item: Item) -> tuple[bytes, bool]:
         """An item's SSE frame, and whether it is the job's last (the stream ends after it)."""
         if not isinstance(item, Event):
             return self._with_retry(item if isinstance(item, bytes) else item.encode()), False
         ends = self.response.end_after_terminal and item.terminal
-        body = item.sse_body
-        if self.named:
-            body = b"event: " + item.type.encode() + b"\n" + body
-        if self.cursor is None:
-            frame = item.sse_frame if not self.named else b"id: " + item.id.encode() + b"\n" + body
-            return self._with_retry(frame), ends
-        self.cursor[item.channel] = item.id
-        marker = ",".join(f"{ch}@{pos}" for ch, pos in self.cursor.items() if pos)
-        return self._with_retry(b"id: " + marker.encode() + b"\n" + body), ends
+        cursor = None
+        if self.cursor is not None:
+            self.cursor[item.channel] = item.id
+            cursor = ",".join(f"{ch}@{pos}" for ch, pos in self.cursor.items() if pos)
+        return self._with_retry(sse_event_frame(item, named=self.named, cursor=cursor)), ends
 
     def _write_now(self, item: Item) -> bool:
         """The subscriber's sink: one chunk straight to the socket, if it can take it now."""
@@ -329,50 +308,34 @@ class _Stream:
             self._end()
         return True
 
-    def _kick(self) -> None:
-        """Items were queued (or the stream is ending): make sure a drain task runs."""
-        if self.drainer is None and not self.ended:
-            self.drainer = asyncio.get_running_loop().create_task(self._drain())
+    def writable(self) -> bool:
+        return not self.ended
 
-    async def _drain(self) -> None:
-        subscriber = self.subscriber
-        try:
-            while not self.ended and (items := subscriber.take()):
-                subscriber.writing = True
-                parts: list[bytes] = []
-                events = 0
-                ends = False
-                for item in items:
-                    frame, ends = self._frame(item)
-                    parts.append(frame)
-                    events += isinstance(item, Event)
-                    if ends:
-                        break
-                message = {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
-                await self.send(message)
-                subscriber.writing = False
-                DRAINED["sse"] += events
-                METRICS.observe_lag("sse", items[-1])
-                if ends:
-                    self._end()
-            if self.finishing or subscriber.closed:
-                self._end()
-        except OSError:
+    async def write_batch(self, items: list[Item]) -> int | None:
+        parts: list[bytes] = []
+        events = 0
+        ends = False
+        for item in items:
+            frame, ends = self._frame(item)
+            parts.append(frame)
+            events += isinstance(item, Event)
+            if ends:
+                break
+        await self.send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
+        if ends:
             self._end()
-        finally:
-            subscriber.writing = False
-            self.drainer = None
+        return events
 
-    def _finish(self) -> None:
-        """End the stream once what is already queued has been written."""
-        self.finishing = True
-        self._kick()
+    async def drained(self) -> None:
+        if self.finishing or self.subscriber.closed:
+            self._end()
 
-    def _evict(self) -> None:
+    def gone(self) -> None:
+        self._end()
+
+    def evicted(self) -> None:
         log.info("SSE client too slow; dropping it so it resumes later")
         self.slow = True
-        if self.drainer is not None:
-            self.drainer.cancel()
         self._end()
 
     def _end(self) -> None:
