@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.auth import ChannelPolicy
-from gateway.backends.memory import MemoryBackend
+from gateway.backends.memory import open_memory
 from gateway.channels import PUBLISH_TOO_FAST, PUBLISH_TOO_FAST_TOKEN, ChannelService
 from gateway.errors import EventTooLarge, Forbidden, InvalidEventType, RateLimited
 from gateway.limits import KeyedRateLimiter, Limits
@@ -16,7 +16,7 @@ from gateway.tokens import TokenSigner
 def service(*, open_mode: bool = False, rate: float = 1.0, burst: int = 1) -> ChannelService:
     policy = ChannelPolicy(signer=TokenSigner(["s" * 32]), open_mode=open_mode)
     limits = Limits(publish=KeyedRateLimiter(rate, burst))
-    return ChannelService(policy, limits, MemoryBackend(Settings()))
+    return ChannelService(policy, limits, open_memory(Settings()))
 
 
 def test_tokens_are_verified_only_for_clients_of_a_secured_gateway() -> None:
