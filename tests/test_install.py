@@ -2,7 +2,7 @@
 serves its dashboard and browser client, and `--handlers` finds modules in the working directory.
 
 The wheel is built from a copy of this checkout and installed into a fresh virtualenv that sees
-the test environment's packages (`--system-site-packages`, so no dependency is downloaded); the
+the test environment's packages (a `.pth` line, so no dependency is downloaded); the
 gateway under test is the wheel's, never the checkout's, which the tests assert.
 """
 
@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -78,7 +79,17 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> InstalledGateway:
     )
     (wheel,) = (work / "dist").glob("gateway-*.whl")
     venv = work / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], work)
+    _run([sys.executable, "-m", "venv", str(venv)], work)
+    # The dependencies come from the test environment's own site-packages, added by a .pth
+    # line (after the venv's own, so the wheel's gateway wins; the test environment's .pth
+    # files, such as an editable install's, are not run). `--system-site-packages` would give
+    # the base interpreter's packages instead, which a test virtualenv does not have.
+    venv_purelib = Path(
+        sysconfig.get_paths(vars={"base": str(venv), "platbase": str(venv)})["purelib"]
+    )
+    (venv_purelib / "test_environment.pth").write_text(
+        "\n".join(sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib")})) + "\n"
+    )
     installed = InstalledGateway(venv, wheel)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps"]
     _run([*pip, "--ignore-installed", str(wheel)], work, installed.env())
