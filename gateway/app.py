@@ -94,7 +94,7 @@ def create_app(
     registry = registry or REGISTRY
     registry.load_modules(settings.handlers)
     backend = open_backend(settings)
-    hub = Hub(backend)
+    hub = Hub(backend.bus)
     services = JobServices(
         settings,
         backend,

@@ -1,6 +1,6 @@
-"""Local fan-out: one backend subscription per channel per process, bounded queues per connection.
+"""Local fan-out: one bus subscription per channel per process, bounded queues per connection.
 
-The backend's reader hands each event to `Hub.dispatch`, which writes it straight to each local
+The bus reader hands each event to `Hub.dispatch`, which writes it straight to each local
 subscriber's socket when that socket can take it now (see `Subscriber`), and otherwise queues it
 for the connection's drain task; it never awaits a client socket. The bytes are built once per
 event (`Event.ws_wire` / `Event.sse_chunk`) and shared by every subscriber.
@@ -21,8 +21,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from gateway.backends.bundle import Backend
-from gateway.backends.bus import History
+from gateway.backends.bus import Bus, History
 from gateway.errors import BackendUnavailable
 from gateway.events import Event, EventKey, parse_event_id
 from gateway.metrics import METRICS
@@ -80,14 +79,14 @@ class PageReader:
     `Hub._replay_rest`), so a subscriber that joined another's read of it reads it again.
     """
 
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
         self._pages: weakref.WeakValueDictionary[tuple[str, str | None, int], Page] = (
             weakref.WeakValueDictionary()
         )
         self._reading: dict[tuple[str, str | None, int], asyncio.Future[Page]] = {}
         self.reads = 0
-        """History reads sent to the backend (for tests)."""
+        """History reads sent to the bus (for tests)."""
 
     async def read(self, channel: str, since: str | None, count: int) -> Page:
         key = (channel, since, count)
@@ -120,18 +119,18 @@ class PageReader:
     async def _fetch(self, key: tuple[str, str | None, int]) -> Page:
         channel, since, count = key
         self.reads += 1
-        page = Page(await self.backend.bus.history(channel, since, limit=count))
+        page = Page(await self.bus.history(channel, since, limit=count))
         if page.history.more:
             self._pages[key] = page
         return page
 
 
 class Hub:
-    """Maps channels to local subscribers and keeps one backend subscription per channel."""
+    """Maps channels to local subscribers and keeps one bus subscription per channel."""
 
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-        self.pages = PageReader(backend)
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.pages = PageReader(bus)
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._last: dict[str, EventKey] = {}
@@ -139,8 +138,8 @@ class Hub:
         """Live events of channels being recovered, held back until the history filled the gap."""
         self.connections: set[Subscriber] = set()
         self.draining = False
-        backend.bus.add_listener(self.dispatch)
-        backend.bus.add_recovery_listener(self.recover)
+        bus.add_listener(self.dispatch)
+        bus.add_recovery_listener(self.recover)
         METRICS.watch_queues(lambda: [s.queue for s in self.connections])
 
     @property
@@ -279,7 +278,7 @@ class Hub:
         if ready is None:
             ready = self._ready[channel] = asyncio.get_running_loop().create_future()
             try:
-                await self.backend.bus.subscribe(channel)
+                await self.bus.subscribe(channel)
             except BaseException as exc:
                 self._ready.pop(channel, None)
                 ready.set_exception(exc)
@@ -304,7 +303,7 @@ class Hub:
             self._held.pop(channel, None)
             if self._ready.pop(channel, None) is not None:
                 with contextlib.suppress(BackendUnavailable, OSError):
-                    await self.backend.bus.unsubscribe(channel)
+                    await self.bus.unsubscribe(channel)
 
     async def detach_all(self, subscriber: Subscriber) -> None:
         subscriber.close()
@@ -333,7 +332,7 @@ class Hub:
 
         Live events are held back from here until each channel's history is read: one
         delivered first would move subscribers past the missed ones, dropped then as already
-        seen. So the holding starts in this call, which the backend makes before it delivers
+        seen. So the holding starts in this call, which the bus makes before it delivers
         anything live, not in the awaitable it returns.
         """
         for channel in self._subscribers:
@@ -364,7 +363,7 @@ class Hub:
         start = _format(last) if last is not None else None
         position = start
         while True:
-            history = await self.backend.bus.history(channel, position, limit=500)
+            history = await self.bus.history(channel, position, limit=500)
             if position == start and start is not None and not history.complete:
                 for subscriber in self._subscribers.get(channel, ()):
                     subscriber.control("gap", channel=channel, since=start)

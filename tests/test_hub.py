@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 from gateway.backends.memory import MemoryBus, MemoryJobQueue, MemoryJobStore, open_memory
 from gateway.hub import Hub, Subscriber
@@ -26,7 +25,7 @@ class CountingBus(MemoryBus):
 
 async def test_backend_subscription_is_refcounted_per_channel() -> None:
     bus = CountingBus()
-    hub = Hub(dataclasses.replace(open_memory(Settings()), bus=bus))
+    hub = Hub(bus)
     subscribers = [Subscriber("ws", 100) for _ in range(3)]
     await asyncio.gather(*(hub.attach(s, "room:a", None) for s in subscribers))
     assert bus.calls == [("subscribe", "room:a")]
@@ -40,7 +39,7 @@ async def test_backend_subscription_is_refcounted_per_channel() -> None:
 
 async def test_every_subscriber_gets_the_same_frame_bytes() -> None:
     backend = open_memory(Settings())
-    hub = Hub(backend)
+    hub = Hub(backend.bus)
     ws = [Subscriber("ws", 100) for _ in range(2)]
     sse = [Subscriber("sse", 100) for _ in range(2)]
     for subscriber in ws + sse:
@@ -56,7 +55,7 @@ async def test_every_subscriber_gets_the_same_frame_bytes() -> None:
 
 async def test_live_events_during_replay_are_neither_lost_nor_doubled() -> None:
     backend = open_memory(Settings())
-    hub = Hub(backend)
+    hub = Hub(backend.bus)
     for n in range(5):
         await backend.bus.publish("room:seam", "message", n)
     subscriber = Subscriber("ws", 1000)
@@ -77,7 +76,7 @@ async def test_live_events_during_replay_are_neither_lost_nor_doubled() -> None:
 
 async def test_overflow_marks_the_subscriber_and_frees_its_queue() -> None:
     backend = open_memory(Settings())
-    hub = Hub(backend)
+    hub = Hub(backend.bus)
     slow = Subscriber("ws", 10)
     evicted: list[bool] = []
     slow.on_overflow = lambda: evicted.append(True)

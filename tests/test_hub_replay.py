@@ -40,7 +40,7 @@ async def drain_all(subscriber: Subscriber, until: int, timeout: float = 5.0) ->
 
 async def test_history_is_queued_a_page_at_a_time_as_it_is_written() -> None:
     backend = await filled("room:paged", 300)
-    hub = Hub(backend)
+    hub = Hub(backend.bus)
     subscriber = Subscriber("ws", 1000)
     await hub.attach(subscriber, "room:paged", None)
     first = subscriber.take()  # as a connection's drain task does: take, then write
@@ -62,7 +62,7 @@ async def test_pages_of_large_events_hold_fewer_of_them() -> None:
     backend = open_memory(settings)
     for n in range(100):
         await backend.bus.publish("room:large", "message", {"n": n, "pad": "x" * 60_000})
-    hub = Hub(backend)
+    hub = Hub(backend.bus)
     subscriber = Subscriber("ws", 1000)
     await hub.attach(subscriber, "room:large", None)
     first = events_of(subscriber.take())
@@ -75,7 +75,7 @@ async def test_pages_of_large_events_hold_fewer_of_them() -> None:
 
 async def test_live_events_during_a_later_page_read_are_neither_lost_nor_doubled() -> None:
     backend = await filled("room:seam2", 40)
-    hub = Hub(backend)
+    hub = Hub(backend.bus)
     original = backend.bus.history
     reads = 0
 
@@ -99,7 +99,7 @@ async def test_live_events_during_a_later_page_read_are_neither_lost_nor_doubled
 
 async def test_a_subscriber_that_stops_reading_mid_replay_is_a_slow_consumer() -> None:
     backend = await filled("room:stalled", 200)
-    hub = Hub(backend)
+    hub = Hub(backend.bus)
     stalled = Subscriber("ws", 50)
     evicted: list[bool] = []
     stalled.on_overflow = lambda: evicted.append(True)
@@ -114,7 +114,7 @@ async def test_a_subscriber_that_stops_reading_mid_replay_is_a_slow_consumer() -
 
 async def test_live_events_the_replay_caught_up_with_do_not_count() -> None:
     backend = await filled("room:reading", 20)
-    hub = Hub(backend)
+    hub = Hub(backend.bus)
     reader = Subscriber("ws", 50)  # pages of at most 25: half the limit
     await hub.attach(reader, "room:reading", None)
     seen = reader.take()  # the first page, 16 events
@@ -135,7 +135,7 @@ async def test_live_events_the_replay_caught_up_with_do_not_count() -> None:
 async def test_history_trimmed_ahead_of_a_replay_is_signalled_as_a_gap() -> None:
     settings = Settings(retention={"room": Retention(100, 3600, 1 << 20)})
     backend = await filled("room:overtaken", 100, settings)
-    hub = Hub(backend)
+    hub = Hub(backend.bus)
     subscriber = Subscriber("sse", 10_000)
     await hub.attach(subscriber, "room:overtaken", None)
     first = events_of(subscriber.take())
@@ -150,7 +150,7 @@ async def test_history_trimmed_ahead_of_a_replay_is_signalled_as_a_gap() -> None
 
 async def test_subscribers_replaying_from_the_same_place_share_reads_and_events() -> None:
     backend = await filled("room:shared", 300)
-    hub = Hub(backend)
+    hub = Hub(backend.bus)
     subscribers = [Subscriber("ws", 1000) for _ in range(5)]
     await asyncio.gather(*(hub.attach(s, "room:shared", None) for s in subscribers))
     batches: list[list[Event]] = [[] for _ in subscribers]
@@ -173,7 +173,7 @@ async def test_subscribers_replaying_from_the_same_place_share_reads_and_events(
 
 async def test_a_detached_replay_stops_and_holds_nothing() -> None:
     backend = await filled("room:left", 300)
-    hub = Hub(backend)
+    hub = Hub(backend.bus)
     subscriber = Subscriber("ws", 1000)
     await hub.attach(subscriber, "room:left", None)
     state: Any = subscriber.channels["room:left"]
@@ -188,7 +188,7 @@ async def test_a_subscriber_that_joined_anothers_read_of_the_last_page_reads_it_
     """The last page may have grown after the read was sent, while the joiner was not yet
     holding live events: it must not go live on that page alone."""
     backend = await filled("room:joined", 40)
-    hub = Hub(backend)
+    hub = Hub(backend.bus)
     a, b = Subscriber("ws", 1000), Subscriber("ws", 1000)
     await hub.attach(a, "room:joined", None)
     await hub.attach(b, "room:joined", None)

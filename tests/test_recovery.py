@@ -33,7 +33,7 @@ async def test_live_event_ahead_of_the_recovery_read_loses_nothing() -> None:
     """Deterministic: the backend reports the reconnect, a live event arrives before the hub
     has read the history, then the recovery runs."""
     backend = open_memory(Settings())
-    hub = Hub(backend)
+    hub = Hub(backend.bus)
     subscriber = Subscriber("ws", 1000)
     await hub.attach(subscriber, "room:r", None)
     first = await backend.bus.publish("room:r", "message", 1)
@@ -63,7 +63,7 @@ async def test_pubsub_connection_killed_repeatedly_while_publishing_loses_nothin
     """A real redis-server drops the hub's pub/sub connection (CLIENT KILL) twenty times while
     another connection publishes an event every millisecond: every event arrives, in order."""
     backend, publisher = bus_and_publisher
-    hub = Hub(backend)
+    hub = Hub(backend.bus)
     bus = backend.bus
     assert isinstance(bus, RedisBus)
     subscriber = Subscriber("ws", 1_000_000)
