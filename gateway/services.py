@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 
 from gateway.auth import ApiKeys, ChannelPolicy
 from gateway.backends.bundle import Backend
+from gateway.channels import ChannelService
 from gateway.hub import Hub
 from gateway.limits import Limits
 from gateway.settings import Settings
@@ -22,6 +23,11 @@ class Services:
     policy: ChannelPolicy
     api_keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))
     limits: Limits = field(default_factory=Limits)
+    channels: ChannelService = field(init=False)
+    """Subscribe, publish and history rules, the same for every transport and route."""
+
+    def __post_init__(self) -> None:
+        self.channels = ChannelService(self.policy, self.limits, self.backend)
 
 
 def services_of(connection: HTTPConnection) -> Services:

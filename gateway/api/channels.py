@@ -16,17 +16,12 @@ from gateway.api.access import GuardedRoute, channel_publish, channel_read
 from gateway.api.guards import caller_of
 from gateway.api.jobs import json_response
 from gateway.api.requests import channel_param, event_id_param, int_param, read_json_object
-from gateway.channels import ChannelService
 from gateway.errors import AccessDenied, InvalidInput, RateLimited
 from gateway.problems import bad_request, problem_for
-from gateway.services import Services, services_of
+from gateway.services import services_of
 from gateway.transports.sse import parse_positions, sse_response
 
 MAX_CHANNELS_PER_STREAM = 32
-
-
-def channel_service(services: Services) -> ChannelService:
-    return ChannelService(services.policy, services.limits, services.backend)
 
 
 @contextmanager
@@ -43,7 +38,7 @@ async def publish_event(request: Request) -> Response:
     channel = channel_param(request.path_params["channel"])
     body = await read_json_object(request)
     with answered_as_problems():
-        event = await channel_service(services).publish(
+        event = await services.channels.publish(
             channel, body.get("type", "message"), body.get("data")
         )
     assert event is not None
@@ -57,7 +52,7 @@ async def channel_history(request: Request) -> Response:
     limit = int_param(request, "limit", 100, 1, 1000)
     caller = caller_of(request.scope)
     with answered_as_problems():
-        history = await channel_service(services).history(
+        history = await services.channels.history(
             channel, since, limit, api_key=caller.api_key, token=caller.token
         )
     last_id = history.events[-1].id if history.events else since
@@ -81,7 +76,7 @@ async def channel_stream(request: Request) -> Response:
     if len(channels) > MAX_CHANNELS_PER_STREAM:
         raise bad_request(f"at most {MAX_CHANNELS_PER_STREAM} channels per stream")
     channels = list(dict.fromkeys(channel_param(channel) for channel in channels))
-    service, caller = channel_service(services), caller_of(request.scope)
+    service, caller = services.channels, caller_of(request.scope)
     with answered_as_problems():
         for channel in channels:
             service.authorize_read(channel, api_key=caller.api_key, token=caller.token)

@@ -31,7 +31,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.api.access import Access, Rule, access_of
 from gateway.api.requests import is_json_media_type
 from gateway.auth import COOKIE_TRUSTED, bearer_of, token_of
-from gateway.channels import ChannelService
 from gateway.errors import Forbidden, InvalidChannel, RateLimited
 from gateway.events import validate_channel
 from gateway.jobs.model import load_job
@@ -472,7 +471,7 @@ class AccessGuard:
         if caller.api_key is not None or not self.services.api_keys.enabled:
             return None
         services = self.services
-        channels = ChannelService(services.policy, services.limits, services.backend)
+        channels = services.channels
         try:
             caller.token = channels.authorize_http_publish(channel, raw_token=token_of(scope))
         except (Forbidden, RateLimited) as exc:

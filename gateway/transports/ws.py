@@ -18,7 +18,6 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.auth import bearer_of, token_of
-from gateway.channels import ChannelService
 from gateway.errors import BackendUnavailable, Forbidden, OpError, ProtocolError
 from gateway.events import Event, ws_text, ws_wire_frame
 from gateway.limits import ReadBudget, TokenBucket
@@ -84,7 +83,7 @@ class Connection(Outbound):
         super().__init__(Subscriber("ws", services.settings.slow_consumer_queue))
         self.websocket = websocket
         self.services = services
-        self.channels = ChannelService(services.policy, services.limits, services.backend)
+        self.channels = services.channels
         self._evicted: asyncio.Future[None] | None = None
         scope = websocket.scope
         self.api_key = services.api_keys.match(bearer_of(websocket.headers))
