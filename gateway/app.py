@@ -36,7 +36,7 @@ from gateway.backends.base import Backend
 from gateway.backends.memory import MemoryBackend
 from gateway.errors import BackendUnavailable
 from gateway.hub import Hub, Subscriber
-from gateway.jobs.handlers import REGISTRY, HandlerRegistry
+from gateway.jobs.registry import REGISTRY, HandlerRegistry
 from gateway.jobs.worker import Worker
 from gateway.limits import Limits
 from gateway.logs import configure_logging, install_redaction

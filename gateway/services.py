@@ -9,7 +9,7 @@ from starlette.requests import HTTPConnection
 from gateway.auth import ApiKeys, ChannelPolicy
 from gateway.backends.base import Backend
 from gateway.hub import Hub
-from gateway.jobs.handlers import HandlerRegistry
+from gateway.jobs.registry import HandlerRegistry
 from gateway.limits import Limits
 from gateway.settings import Settings
 

@@ -6,12 +6,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.access import GuardedRoute, channel_publish, channel_read
+from gateway.api.bodies import PublishRequest
 from gateway.api.guards import caller_of
-from gateway.api.jobs import json_response
-from gateway.api.requests import channel_param, event_id_param, int_param, read_json_object
+from gateway.api.requests import channel_param, event_id_param, int_param, read_body
+from gateway.api.responses import json_response
 from gateway.errors import EventTooLarge, Forbidden
-from gateway.events import EVENT_TYPE_RE
-from gateway.problems import Problem, bad_request, unprocessable
+from gateway.problems import Problem, bad_request
 from gateway.services import services_of
 from gateway.transports.sse import parse_positions, sse_response
 
@@ -25,16 +25,13 @@ def forbidden(exc: Forbidden) -> Problem:
 async def publish_event(request: Request) -> Response:
     services = services_of(request)
     channel = channel_param(request.path_params["channel"])
-    body = await read_json_object(request)
-    type_ = body.get("type", "message")
-    if not isinstance(type_, str) or not EVENT_TYPE_RE.fullmatch(type_):
-        raise unprocessable("'type' must be 1-100 characters of [A-Za-z0-9_.:-]")
+    body = await read_body(request, PublishRequest)
     try:
         services.policy.check_namespace(channel)
     except Forbidden as exc:
         raise forbidden(exc) from None
     try:
-        event = await services.backend.publish(channel, type_, body.get("data"))
+        event = await services.backend.publish(channel, body.type, body.data)
     except EventTooLarge as exc:
         raise Problem(
             413, "Content Too Large", str(exc), code="event-too-large", max_event_size=exc.limit

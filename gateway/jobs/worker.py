@@ -23,8 +23,8 @@ from typing import Any
 from gateway.backends.base import Backend, Delivery
 from gateway.errors import BackendUnavailable, HandlerError
 from gateway.events import Event, iso_time
-from gateway.jobs.handlers import HandlerRegistry, HandlerSpec, JobContext
 from gateway.jobs.model import JobRecord, encode_field, load_job, transition
+from gateway.jobs.registry import HandlerRegistry, HandlerSpec, JobContext
 from gateway.metrics import METRICS
 from gateway.settings import Settings
 from gateway.webhooks import Callback, WebhookDispatcher

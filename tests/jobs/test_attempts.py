@@ -17,8 +17,8 @@ import pytest
 
 from gateway.backends.base import Attempt, Backend, Delivery
 from gateway.backends.redis import RedisBackend
-from gateway.jobs.handlers import HandlerRegistry, JobContext, handler
 from gateway.jobs.model import create_job, job_channel, load_job, transition
+from gateway.jobs.registry import HandlerRegistry, JobContext, handler
 from gateway.jobs.worker import Worker
 from gateway.settings import Settings
 from tests.conftest import make_settings
