@@ -201,6 +201,12 @@ class EventEnvelope(ResponseBody):
     data: Any = None
 
 
+class JobEvent(EventEnvelope):
+    """An event on a job's channel `job:<id>`, published by the gateway and its workers."""
+
+    type: EventType
+
+
 class PublishAccepted(ResponseBody):
     id: str = Field(pattern=r"^\d{1,20}-\d{1,20}$")
     channel: str

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal, Union
 
+import orjson
 from pydantic import BaseModel, Field, TypeAdapter, create_model
 from pydantic.json_schema import JsonSchemaMode
 from starlette.requests import Request
@@ -353,7 +354,8 @@ def _filled(node: Any, schemas: dict[Schema, Any]) -> Any:
 def job_request_by_type(registry: HandlerRegistry) -> Any:
     """`JobRequest` per registered job type, discriminated by `type` (a type for TypeAdapter)."""
     variants = tuple(
-        _job_variant(spec.name, spec.input, spec.description) for spec in registry.specs()
+        _job_variant(spec.name, spec.input, spec.description, orjson.dumps(spec.example).decode())
+        for spec in registry.specs()
     )
     if not variants:
         return bodies.JobRequest
@@ -363,7 +365,11 @@ def job_request_by_type(registry: HandlerRegistry) -> Any:
 
 
 @functools.lru_cache(maxsize=256)
-def _job_variant(name: str, input: type[BaseModel] | None, description: str) -> type[BaseModel]:
+def _job_variant(
+    name: str, input: type[BaseModel] | None, description: str, example: str
+) -> type[BaseModel]:
+    """`JobRequest` for job type `name`: `type` its name, `data` its input model, `example`
+    (JSON) the handler's example `data`."""
     words = re.findall(r"[A-Za-z0-9]+", name)
     type_: Any = Literal[name]
     data: Any = Any if input is None else input | None
@@ -374,6 +380,11 @@ def _job_variant(name: str, input: type[BaseModel] | None, description: str) -> 
         type=(type_, Field(description="the job type")),
         data=(data, Field(None, description="the job type's input; null is `{}`")),
     )
+    if example != "null":
+        model.model_config["json_schema_extra"] = {
+            "examples": [{"type": name, "data": orjson.loads(example)}]
+        }
+        model.model_rebuild(force=True)
     return model
 
 
@@ -466,7 +477,7 @@ def _path_schema(name: str) -> dict[str, Any]:
 def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dict[str, Any]:
     """The WebSocket protocol and the SSE streams as AsyncAPI 3.1, on the server at `host`
     (AsyncAPI has no relative servers: the one that serves the document names itself)."""
-    schemas, definitions = _schemas([Schema(bodies.EventEnvelope)])
+    schemas, definitions = _schemas([Schema(bodies.EventEnvelope), Schema(bodies.JobEvent)])
     envelope = schemas[Schema(bodies.EventEnvelope)]
 
     def op_schema(name: str, required: list[str], **props: Any) -> dict[str, Any]:
@@ -543,6 +554,12 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
             '`{"type": "gap" | "shutdown" | "error" | "heartbeat", ...}`',
             "payload": envelope,
         },
+        "sse.jobEvent": {
+            "name": "jobEvent",
+            "contentType": "text/event-stream",
+            "description": "as `sse.event`, on a job's channel: the job's own event types",
+            "payload": schemas[Schema(bodies.JobEvent)],
+        },
     }
     refs = {name: {"$ref": f"#/components/messages/{name}"} for name in messages}
     return {
@@ -565,12 +582,12 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
         "channels": {
             "ws": {
                 "address": "/ws",
-                "messages": {name: refs[name] for name in messages if name != "sse.event"},
+                "messages": {name: refs[name] for name in messages if not name.startswith("sse.")},
             },
             "jobEvents": {
                 "address": "/jobs/{job_id}/events",
                 "parameters": {"job_id": {"description": "the job id"}},
-                "messages": {"sse.event": refs["sse.event"]},
+                "messages": {"sse.jobEvent": refs["sse.jobEvent"]},
             },
             "events": {
                 "address": "/events",
@@ -597,7 +614,7 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
             "receiveJobEvents": {
                 "action": "receive",
                 "channel": {"$ref": "#/channels/jobEvents"},
-                "messages": [{"$ref": "#/channels/jobEvents/messages/sse.event"}],
+                "messages": [{"$ref": "#/channels/jobEvents/messages/sse.jobEvent"}],
             },
             "receiveEvents": {
                 "action": "receive",
