@@ -310,24 +310,37 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
 
 
 def _schemas(
-    types: Iterable[Schema], registry: HandlerRegistry | None = None
+    types: Iterable[Schema], jobs: Any = bodies.JobRequest
 ) -> tuple[dict[Schema, Any], dict[str, Any]]:
-    """Each type's JSON Schema (a `$ref` for models), and the definitions they refer to."""
+    """Each type's JSON Schema (a `$ref` for models), and the definitions they refer to;
+    `jobs` is the type `JobRequestByType` stands for."""
     wanted = list(dict.fromkeys(types))
     adapters = [
-        (
-            item,
-            item.mode,
-            TypeAdapter(
-                job_request_by_type(registry or REGISTRY)
-                if item.type is JobRequestByType
-                else item.type
-            ),
-        )
+        (item, item.mode, TypeAdapter(jobs if item.type is JobRequestByType else item.type))
         for item in wanted
     ]
     found, definitions = TypeAdapter.json_schemas(adapters, ref_template=SCHEMA_REF)
     return {item: found[item, item.mode] for item in wanted}, definitions.get("$defs", {})
+
+
+@functools.lru_cache(maxsize=16)
+def _openapi_schemas(
+    variants: tuple[type[BaseModel], ...],
+) -> tuple[dict[Schema, Any], dict[str, Any]]:
+    """The schemas of `OPERATIONS`, for these job types: generated once per set of job types
+    (tens of milliseconds; the document is public), shared by every document built after."""
+    if not variants:
+        jobs: Any = bodies.JobRequest
+    elif len(variants) == 1:
+        jobs = variants[0]
+    else:
+        jobs = Annotated[Union[variants], Field(discriminator="type")]  # noqa: UP007
+    return _schemas([*_placeholders(OPERATIONS), PROBLEM], jobs)
+
+
+@functools.lru_cache(maxsize=1)
+def _asyncapi_schemas() -> tuple[dict[Schema, Any], dict[str, Any]]:
+    return _schemas([Schema(bodies.EventEnvelope), Schema(bodies.JobEvent)])
 
 
 def _placeholders(node: Any) -> Iterable[Schema]:
@@ -351,17 +364,12 @@ def _filled(node: Any, schemas: dict[Schema, Any]) -> Any:
     return node
 
 
-def job_request_by_type(registry: HandlerRegistry) -> Any:
-    """`JobRequest` per registered job type, discriminated by `type` (a type for TypeAdapter)."""
-    variants = tuple(
+def job_variants(registry: HandlerRegistry) -> tuple[type[BaseModel], ...]:
+    """`JobRequest` per registered job type: `type` the name, `data` the input model."""
+    return tuple(
         _job_variant(spec.name, spec.input, spec.description, orjson.dumps(spec.example).decode())
         for spec in registry.specs()
     )
-    if not variants:
-        return bodies.JobRequest
-    if len(variants) == 1:
-        return variants[0]
-    return Annotated[Union[variants], Field(discriminator="type")]  # noqa: UP007
 
 
 @functools.lru_cache(maxsize=256)
@@ -424,7 +432,7 @@ def openapi_document(routes: list[Any], registry: HandlerRegistry | None = None)
             # Every request passes the size guard first, so any operation can answer 431.
             operation["responses"] = {**operation["responses"], "431": HEAD_TOO_LARGE}
             paths.setdefault(path, {})[method.lower()] = operation
-    schemas, definitions = _schemas([*_placeholders(paths), PROBLEM], registry)
+    schemas, definitions = _openapi_schemas(job_variants(registry))
     return {
         "openapi": "3.1.0",
         "info": {
@@ -477,7 +485,7 @@ def _path_schema(name: str) -> dict[str, Any]:
 def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dict[str, Any]:
     """The WebSocket protocol and the SSE streams as AsyncAPI 3.1, on the server at `host`
     (AsyncAPI has no relative servers: the one that serves the document names itself)."""
-    schemas, definitions = _schemas([Schema(bodies.EventEnvelope), Schema(bodies.JobEvent)])
+    schemas, definitions = _asyncapi_schemas()
     envelope = schemas[Schema(bodies.EventEnvelope)]
 
     def op_schema(name: str, required: list[str], **props: Any) -> dict[str, Any]:
