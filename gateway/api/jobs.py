@@ -63,7 +63,9 @@ async def submit(services: Services, request: JobRequest) -> JobRecord:
     except InvalidJobData as exc:
         if exc.errors:
             raise invalid_fields(exc.errors, "data", f"invalid data for {type_!r}: ") from None
-        raise invalid_fields([("data", str(exc))], lead=f"invalid data for {type_!r}: ") from None
+        raise unprocessable(  # a validator function's message names its fields itself
+            f"invalid data for {type_!r}: {exc}", errors=[{"loc": "data", "msg": str(exc)}]
+        ) from None
     return await create_job(
         services.backend,
         type_,
