@@ -119,7 +119,10 @@ class TokenRequest(RequestBody):
         description="channel name or `namespace:*` → rights",
     )
     ttl: int | None = Field(
-        None, ge=1, description="lifetime in seconds; at most GATEWAY_MAX_TOKEN_TTL"
+        None,
+        ge=1,
+        description="lifetime in seconds, at most GATEWAY_MAX_TOKEN_TTL; null or absent: "
+        "GATEWAY_TOKEN_TTL",
     )
 
 
