@@ -22,8 +22,12 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, WithJsonSchema
 
-from gateway.events import EVENT_TYPE_RE
+from gateway.events import CHANNEL_RE, EVENT_ID_RE, EVENT_TYPE_RE
 from gateway.vocabulary import EventType, JobStatus
+
+EVENT_ID_PATTERN: Final = f"^{EVENT_ID_RE.pattern}$"
+"""An event id (`<ms>-<seq>`) as a JSON Schema pattern, from the one the gateway parses with."""
+CHANNEL_PATTERN: Final = f"^{CHANNEL_RE.pattern}$"
 
 CALLBACK_EVENTS: Final = ("*", *EventType)
 """What `callback_events` may name: the job's event types, or `*` for all of them."""
@@ -194,7 +198,7 @@ class EventEnvelope(ResponseBody):
     """CloudEvents 1.0 envelope: every event on every channel and transport."""
 
     specversion: Literal["1.0"]
-    id: str = Field(pattern=r"^\d{1,20}-\d{1,20}$", description="`<ms>-<seq>`, resume point")
+    id: str = Field(pattern=EVENT_ID_PATTERN, description="`<ms>-<seq>`, resume point")
     source: str
     type: str = Field(
         description="the gateway's own on job channels: " + ", ".join(f"`{t}`" for t in EventType)
@@ -211,7 +215,7 @@ class JobEvent(EventEnvelope):
 
 
 class PublishAccepted(ResponseBody):
-    id: str = Field(pattern=r"^\d{1,20}-\d{1,20}$")
+    id: str = Field(pattern=EVENT_ID_PATTERN)
     channel: str
 
 

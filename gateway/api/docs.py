@@ -38,8 +38,8 @@ from gateway.jobs.registry import REGISTRY, HandlerRegistry
 from gateway.services import services_of
 
 SCHEMA_REF: Final = "#/components/schemas/{model}"
-CHANNEL_RE_TEXT: Final = "^[A-Za-z0-9_.:-]{1,200}$"
-EVENT_ID: Final = {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"}
+CHANNEL_RE_TEXT: Final = bodies.CHANNEL_PATTERN
+EVENT_ID: Final = {"type": "string", "pattern": bodies.EVENT_ID_PATTERN}
 
 _PARAM: Final = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?}")
 

@@ -24,7 +24,6 @@ from gateway.api.requests import (
     read_json_object,
 )
 from gateway.api.responses import json_response
-from gateway.backends.base import JOB_TERMINAL_STATUSES
 from gateway.errors import InvalidJobData, UnsafeCallbackUrl
 from gateway.events import parse_event_id
 from gateway.hub import Subscriber
@@ -33,6 +32,7 @@ from gateway.jobs.registry import field_errors
 from gateway.problems import bad_request, conflict, not_found, unprocessable
 from gateway.services import Services, services_of
 from gateway.transports.sse import parse_positions, sse_response
+from gateway.vocabulary import JobStatus
 from gateway.webhooks import check_callback_url, parse_callback_events
 
 RETRY_AFTER_SECONDS = "1"
@@ -236,8 +236,8 @@ async def list_jobs(request: Request) -> Response:
     services = services_of(request)
     limit = int_param(request, "limit", 20, 1, 200)
     statuses = _filter_param(request, "status")
-    if statuses and not statuses <= {"queued", "running", "retrying", *JOB_TERMINAL_STATUSES}:
-        raise bad_request("status must be queued, running, retrying, completed, failed, cancelled")
+    if statuses and not statuses <= set(JobStatus):
+        raise bad_request(f"status must be {', '.join(JobStatus)}")
     types = _filter_param(request, "type")
     before = _decode_cursor(request.query_params.get("cursor"))
     found: list[dict[str, Any]] = []
