@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.errors import HandlerError, PublishError
-from gateway.jobs.handlers import JobContext, handler
+from gateway.jobs.registry import JobContext, handler
 from gateway.publish import publish
 
 __all__ = ["HandlerError", "JobContext", "PublishError", "handler", "publish"]

@@ -35,7 +35,7 @@ from gateway.auth import ApiKeys, ChannelPolicy
 from gateway.backends.url import open_backend
 from gateway.errors import BackendUnavailable
 from gateway.hub import Hub, Subscriber
-from gateway.jobs.handlers import REGISTRY, HandlerRegistry
+from gateway.jobs.registry import REGISTRY, HandlerRegistry
 from gateway.jobs.services import JobServices
 from gateway.jobs.worker import Worker
 from gateway.limits import Limits

@@ -125,7 +125,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 async def _run_worker(settings: Settings, grace: float) -> None:
     from gateway.backends.url import open_backend
-    from gateway.jobs.handlers import REGISTRY
+    from gateway.jobs.registry import REGISTRY
     from gateway.jobs.worker import Worker
 
     REGISTRY.load_modules(settings.handlers)

@@ -75,9 +75,17 @@ class InvalidEventType(InvalidInput):
 
 
 class InvalidJobData(InvalidInput):
-    """The job's `data` does not fit its type; answered with 422 at submission."""
+    """The job's `data` does not fit its type; answered with 422 at submission.
+
+    `errors` names the fields, as (dotted location inside `data`, message) pairs, when the
+    handler's input model found them; a validator function's message stands alone.
+    """
 
     code = "invalid_data"
+
+    def __init__(self, message: str, errors: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.errors = errors
 
 
 class EventTooLarge(InvalidInput):

@@ -6,7 +6,7 @@ import os
 import signal
 from typing import Any
 
-from gateway.jobs.handlers import JobContext, handler
+from gateway.jobs.registry import JobContext, handler
 
 
 @handler("crash", description="Kills its own worker process (SIGKILL) on every attempt.")

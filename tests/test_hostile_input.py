@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from gateway.errors import HandlerError
-from gateway.jobs.handlers import resolve_data_path
+from gateway.jobs.builtin import resolve_data_path
 from tests.support import GatewayProcess, gateway_env, ws_client, ws_recv, ws_send, ws_until
 
 JSON_SCALARS = (

@@ -13,9 +13,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.access import GuardedRoute, channel_publish, channel_read
+from gateway.api.bodies import PublishRequest
 from gateway.api.guards import caller_of
-from gateway.api.jobs import json_response
-from gateway.api.requests import channel_param, event_id_param, int_param, read_json_object
+from gateway.api.requests import channel_param, event_id_param, int_param, read_body
+from gateway.api.responses import json_response
 from gateway.errors import AccessDenied, InvalidInput, RateLimited
 from gateway.problems import bad_request, problem_for
 from gateway.services import services_of
@@ -36,11 +37,9 @@ def answered_as_problems() -> Iterator[None]:
 async def publish_event(request: Request) -> Response:
     services = services_of(request)
     channel = channel_param(request.path_params["channel"])
-    body = await read_json_object(request)
+    body = await read_body(request, PublishRequest)
     with answered_as_problems():
-        event = await services.channels.publish(
-            channel, body.get("type", "message"), body.get("data")
-        )
+        event = await services.channels.publish(channel, body.type, body.data)
     assert event is not None
     return json_response({"id": event.id, "channel": channel}, 202)
 

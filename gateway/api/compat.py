@@ -6,24 +6,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.access import SUBMISSION, GuardedRoute, job_read
+from gateway.api.bodies import SubmitJobRequest, SubmitTaskRequest
 from gateway.api.idempotency import idempotent
-from gateway.api.jobs import get_result, json_response, load_or_404, submit
+from gateway.api.jobs import get_result, job_body, load_or_404, submit
 from gateway.api.requests import read_json_object
+from gateway.api.responses import json_response
 from gateway.jobs.services import job_services_of
 from gateway.vocabulary import JobStatus
 
 
 async def submit_job(request: Request) -> Response:
     """`POST /submit-job` with `{"jobType", "jobData"}`."""
+    services = job_services_of(request)
     body = await read_json_object(request)
 
     async def produce() -> Response:
-        record = await submit(
-            job_services_of(request),
-            body.get("jobType"),
-            body.get("jobData"),
-            body.get("callbackUrl"),
-        )
+        submission = job_body(services, SubmitJobRequest, body, "jobType")
+        record = await submit(services, submission.job_request())
         return json_response(
             {
                 "jobId": record.id,
@@ -40,15 +39,14 @@ async def submit_job(request: Request) -> Response:
 
 async def submit_task(request: Request) -> Response:
     """`POST /submitTask` with `{"taskName", "parameters", "callbackUrl"}`."""
+    services = job_services_of(request)
     body = await read_json_object(request)
-    callback = body.get("callbackUrl")
 
     async def produce() -> Response:
-        record = await submit(
-            job_services_of(request), body.get("taskName"), body.get("parameters"), callback
-        )
+        submission = job_body(services, SubmitTaskRequest, body, "taskName")
+        record = await submit(services, submission.job_request())
         return json_response(
-            {"taskId": record.id, "status": record.status, "callbackUrl": callback},
+            {"taskId": record.id, "status": record.status, "callbackUrl": submission.callbackUrl},
             202,
             headers={"Location": f"/taskStatus/{record.id}"},
         )

@@ -6,6 +6,11 @@ parameters, responses). A test checks that no route is missing from `OPERATIONS`
 cannot silently drift from the code; schemathesis then fuzzes the gateway from it, and
 openapi-spec-validator, `redocly lint` and `@asyncapi/parser` check both documents as served.
 
+Request and response bodies are the models of `gateway.api.bodies` (the ones the routes validate
+with), and each job type's `data` is its handler's input model: `OPERATIONS` names them with
+`Schema(model)`, and the document carries their generated JSON Schema under
+`components/schemas`. No schema is written here by hand beside its model.
+
 Who may call an operation comes from the route's own access declaration (`gateway.api.access`),
 the one the guard enforces: its `security` is `Access.security`, and its description says the
 rule in the words of `Rule.who`. Summaries here say what an operation does, never who may call it.
@@ -13,22 +18,46 @@ rule in the words of `Rule.who`. Summaries here say what an operation does, neve
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Any, Final
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal, Union
 
+import orjson
+from pydantic import BaseModel, Field, TypeAdapter, create_model
+from pydantic.json_schema import JsonSchemaMode
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.api import bodies
 from gateway.api.access import PUBLIC, GuardedRoute, access_of
-from gateway.api.jobs import json_response
+from gateway.api.responses import json_response
+from gateway.jobs.registry import REGISTRY, HandlerRegistry
+from gateway.jobs.services import job_services_of
 
-PROBLEM: Final = {"$ref": "#/components/schemas/Problem"}
-CHANNEL_RE_TEXT: Final = "^[A-Za-z0-9_.:-]{1,200}$"
-EVENT_ID: Final = {"type": "string", "pattern": r"^\d{1,20}-\d{1,20}$"}
+SCHEMA_REF: Final = "#/components/schemas/{model}"
+CHANNEL_RE_TEXT: Final = bodies.CHANNEL_PATTERN
+EVENT_ID: Final = {"type": "string", "pattern": bodies.EVENT_ID_PATTERN}
 
-JOB_TYPES: Final = ["sleep", "fail", "data_analysis"]
 _PARAM: Final = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?}")
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """Where a document says `Schema(Model)`, the model's JSON Schema goes when it is built."""
+
+    type: Any
+    mode: JsonSchemaMode = "serialization"
+
+
+class JobRequestByType:
+    """Stands for `JobRequest` with `data` as each job type's input model: one variant per
+    registered type, `type` the discriminator (Redoc shows a tab per type)."""
+
+
+PROBLEM: Final = Schema(bodies.Problem)
 
 
 def _problem_responses(*codes: int) -> dict[str, Any]:
@@ -54,11 +83,14 @@ def _problem_responses(*codes: int) -> dict[str, Any]:
     }
 
 
-def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+def _json(schema: dict[str, Any] | Schema | type, description: str = "OK") -> dict[str, Any]:
+    if isinstance(schema, type):
+        schema = Schema(schema)
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _body(schema: dict[str, Any]) -> dict[str, Any]:
+def _body(model: type) -> dict[str, Any]:
+    schema = Schema(model, "validation")
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
@@ -113,9 +145,9 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
                 "schema": {"type": "string"},
             }
         ],
-        "requestBody": _body({"$ref": "#/components/schemas/JobRequest"}),
+        "requestBody": _body(JobRequestByType),
         "responses": {
-            "202": _json({"$ref": "#/components/schemas/Job"}, "accepted"),
+            "202": _json(bodies.Job, "accepted"),
             **WRITE_RESPONSES,
             **_problem_responses(409),
         },
@@ -128,11 +160,11 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
             {"name": "type", "in": "query", "required": False, "schema": {"type": "string"}},
             {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
         ],
-        "responses": {"200": _json({"type": "object"}), **_problem_responses(400, 401, 503)},
+        "responses": {"200": _json(bodies.JobPage), **_problem_responses(400, 401, 503)},
     },
     ("GET", "/job-types"): {
-        "summary": "The registered job types",
-        "responses": {"200": _json({"type": "object"})},
+        "summary": "The registered job types, each with the JSON Schema of its `data`",
+        "responses": {"200": _json(bodies.JobTypes)},
     },
     ("GET", "/jobs/{job_id}"): {
         "summary": "A job's state; `wait` long-polls for something newer than `since`",
@@ -141,13 +173,13 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
             SINCE_QUERY,
             TOKEN_QUERY,
         ],
-        "responses": {"200": _json({"$ref": "#/components/schemas/Job"}), **JOB_RESPONSES},
+        "responses": {"200": _json(bodies.Job), **JOB_RESPONSES},
     },
     ("GET", "/jobs/{job_id}/result"): {
         "summary": "A completed job's result",
         "parameters": [TOKEN_QUERY],
         "responses": {
-            "200": _json({"type": "object"}),
+            "200": _json(bodies.JobResult),
             **JOB_RESPONSES,
             **_problem_responses(409),
         },
@@ -155,8 +187,8 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     ("POST", "/jobs/{job_id}/cancel"): {
         "summary": "Cancel a queued or running job",
         "responses": {
-            "200": _json({"$ref": "#/components/schemas/Job"}),
-            "202": _json({"$ref": "#/components/schemas/Job"}),
+            "200": _json(bodies.Job),
+            "202": _json(bodies.Job),
             **WRITE_RESPONSES,
             **_problem_responses(404, 409),
         },
@@ -178,9 +210,9 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("POST", "/channels/{channel}/events"): {
         "summary": "Publish an event on a channel",
-        "requestBody": _body({"$ref": "#/components/schemas/PublishRequest"}),
+        "requestBody": _body(bodies.PublishRequest),
         "responses": {
-            "202": _json({"type": "object", "properties": {"id": EVENT_ID}}),
+            "202": _json(bodies.PublishAccepted, "accepted"),
             **WRITE_RESPONSES,
         },
     },
@@ -191,7 +223,7 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
             {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}},
             TOKEN_QUERY,
         ],
-        "responses": {"200": _json({"type": "object"}), **JOB_RESPONSES},
+        "responses": {"200": _json(bodies.ChannelHistory), **JOB_RESPONSES},
     },
     ("GET", "/events"): {
         "summary": "SSE on one or more channels",
@@ -213,68 +245,43 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("POST", "/submit-job"): {
         "summary": "Seed-compatible submit (`jobType`, `jobData`)",
-        "requestBody": _body(
-            {
-                "type": "object",
-                "properties": {"jobType": {"type": "string"}, "jobData": {}},
-                "required": ["jobType"],
-            }
-        ),
-        "responses": {"202": _json({"type": "object"}), **WRITE_RESPONSES},
+        "requestBody": _body(bodies.SubmitJobRequest),
+        "responses": {"202": _json(bodies.SubmitJobAccepted, "accepted"), **WRITE_RESPONSES},
     },
     ("POST", "/submitTask"): {
         "summary": "Seed-compatible submit (`taskName`, `parameters`, `callbackUrl`)",
-        "requestBody": _body(
-            {
-                "type": "object",
-                "properties": {
-                    "taskName": {"type": "string"},
-                    "parameters": {},
-                    "callbackUrl": {"type": "string"},
-                },
-                "required": ["taskName"],
-            }
-        ),
-        "responses": {"202": _json({"type": "object"}), **WRITE_RESPONSES},
+        "requestBody": _body(bodies.SubmitTaskRequest),
+        "responses": {"202": _json(bodies.SubmitTaskAccepted, "accepted"), **WRITE_RESPONSES},
     },
     ("GET", "/taskStatus/{job_id}"): {
         "summary": "Seed-compatible job status",
         "parameters": [TOKEN_QUERY],
-        "responses": {"200": _json({"type": "object"}), **JOB_RESPONSES},
+        "responses": {"200": _json(bodies.TaskStatus), **JOB_RESPONSES},
     },
     ("GET", "/results/{job_id}"): {
         "summary": "Seed-compatible job result",
         "parameters": [TOKEN_QUERY],
         "responses": {
-            "200": _json({"type": "object"}),
+            "200": _json(bodies.JobResult),
             **JOB_RESPONSES,
             **_problem_responses(409),
         },
     },
     ("POST", "/tokens"): {
         "summary": "Mint a channel token",
-        "requestBody": _body({"$ref": "#/components/schemas/TokenRequest"}),
+        "requestBody": _body(bodies.TokenRequest),
         "responses": {
-            "201": _json(
-                {
-                    "type": "object",
-                    "properties": {
-                        "token": {"type": "string"},
-                        "sub": {"type": "string"},
-                        "channels": {"type": "object"},
-                        "expires_at": {"type": "integer"},
-                    },
-                    "required": ["token", "sub", "channels", "expires_at"],
-                },
-                "created",
-            ),
+            "201": _json(bodies.TokenGrant, "created"),
             **WRITE_RESPONSES,
         },
     },
-    ("GET", "/healthz"): {"summary": "Liveness", "responses": {"200": _json({"type": "object"})}},
+    ("GET", "/healthz"): {"summary": "Liveness", "responses": {"200": _json(bodies.Health)}},
     ("GET", "/readyz"): {
         "summary": "Readiness: the bus is reachable and pub/sub alive",
-        "responses": {"200": _json({"type": "object"}), "503": _json({"type": "object"})},
+        "responses": {
+            "200": _json(bodies.Readiness),
+            "503": _json(bodies.Readiness, "not ready"),
+        },
     },
     ("GET", "/metrics"): {
         "summary": "Prometheus metrics",
@@ -301,79 +308,99 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
 }
 
-SCHEMAS: Final[dict[str, Any]] = {
-    "Problem": {
-        "type": "object",
-        "description": "RFC 9457 problem details",
-        "properties": {
-            "type": {
-                "type": "string",
-                "format": "uri-reference",
-                "description": "`/problems/<code>` on this gateway: what the problem means",
-            },
-            "title": {"type": "string"},
-            "status": {"type": "integer"},
-            "detail": {"type": "string"},
-        },
-        "required": ["type", "title", "status", "detail"],
-    },
-    "JobRequest": {
-        "type": "object",
-        "properties": {
-            "type": {"type": "string", "examples": JOB_TYPES},
-            "data": {"type": "object"},
-            "callback_url": {"type": "string", "format": "uri"},
-        },
-        "required": ["type"],
-    },
-    "Job": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "type": {"type": "string"},
-            "status": {
-                "type": "string",
-                "enum": ["queued", "running", "retrying", "completed", "failed", "cancelled"],
-            },
-            "progress": {"type": ["number", "null"]},
-            "attempts": {"type": "integer"},
-            "created_at": {"type": ["string", "number"]},
-            "updated_at": {"type": ["string", "number"]},
-            "last_event_id": {"type": ["string", "null"]},
-            "channel": {"type": "string"},
-            "links": {"type": "object"},
-            "token": {"type": "string", "description": "subscribes to this job's channel only"},
-        },
-        "required": ["id", "type", "status"],
-    },
-    "PublishRequest": {
-        "type": "object",
-        "properties": {
-            "type": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,100}$"},
-            "data": {},
-        },
-    },
-    "TokenRequest": {
-        "type": "object",
-        "properties": {
-            "sub": {"type": "string", "minLength": 1, "maxLength": 200},
-            "channels": {
-                "type": "object",
-                "description": "channel name or `namespace:*` → rights",
-                "additionalProperties": {
-                    "type": "array",
-                    "items": {"type": "string", "enum": ["subscribe", "publish"]},
-                },
-            },
-            "ttl": {"type": "integer", "minimum": 1},
-        },
-        "required": ["sub", "channels"],
-    },
-}
+
+def _schemas(
+    types: Iterable[Schema], jobs: Any = bodies.JobRequest
+) -> tuple[dict[Schema, Any], dict[str, Any]]:
+    """Each type's JSON Schema (a `$ref` for models), and the definitions they refer to;
+    `jobs` is the type `JobRequestByType` stands for."""
+    wanted = list(dict.fromkeys(types))
+    adapters = [
+        (item, item.mode, TypeAdapter(jobs if item.type is JobRequestByType else item.type))
+        for item in wanted
+    ]
+    found, definitions = TypeAdapter.json_schemas(adapters, ref_template=SCHEMA_REF)
+    return {item: found[item, item.mode] for item in wanted}, definitions.get("$defs", {})
 
 
-def openapi_document(routes: list[Any]) -> dict[str, Any]:
-    """Build the document from the app's routes (see the module docstring)."""
+@functools.lru_cache(maxsize=16)
+def _openapi_schemas(
+    variants: tuple[type[BaseModel], ...],
+) -> tuple[dict[Schema, Any], dict[str, Any]]:
+    """The schemas of `OPERATIONS`, for these job types: generated once per set of job types
+    (tens of milliseconds; the document is public), shared by every document built after."""
+    if not variants:
+        jobs: Any = bodies.JobRequest
+    elif len(variants) == 1:
+        jobs = variants[0]
+    else:
+        jobs = Annotated[Union[variants], Field(discriminator="type")]  # noqa: UP007
+    return _schemas([*_placeholders(OPERATIONS), PROBLEM], jobs)
+
+
+@functools.lru_cache(maxsize=1)
+def _asyncapi_schemas() -> tuple[dict[Schema, Any], dict[str, Any]]:
+    return _schemas([Schema(bodies.EventEnvelope), Schema(bodies.JobEvent)])
+
+
+def _placeholders(node: Any) -> Iterable[Schema]:
+    if isinstance(node, Schema):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _placeholders(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _placeholders(value)
+
+
+def _filled(node: Any, schemas: dict[Schema, Any]) -> Any:
+    if isinstance(node, Schema):
+        return schemas.get(node, node)
+    if isinstance(node, dict):
+        return {key: _filled(value, schemas) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_filled(value, schemas) for value in node]
+    return node
+
+
+def job_variants(registry: HandlerRegistry) -> tuple[type[BaseModel], ...]:
+    """`JobRequest` per registered job type: `type` the name, `data` the input model."""
+    return tuple(
+        _job_variant(spec.name, spec.input, spec.description, orjson.dumps(spec.example).decode())
+        for spec in registry.specs()
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _job_variant(
+    name: str, input: type[BaseModel] | None, description: str, example: str
+) -> type[BaseModel]:
+    """`JobRequest` for job type `name`: `type` its name, `data` its input model, `example`
+    (JSON) the handler's example `data`."""
+    words = re.findall(r"[A-Za-z0-9]+", name)
+    type_: Any = Literal[name]
+    data: Any = Any if input is None else input | None
+    model: type[BaseModel] = create_model(
+        "".join(word[:1].upper() + word[1:] for word in words) + "Job",
+        __base__=bodies.JobRequest,
+        __doc__=f"A `{name}` job: {description}" if description else f"A `{name}` job.",
+        type=(type_, Field(description="the job type")),
+        data=(data, Field(None, description="the job type's input; null is `{}`")),
+    )
+    if example != "null":
+        model.model_config["json_schema_extra"] = {
+            "examples": [{"type": name, "data": orjson.loads(example)}]
+        }
+        model.model_rebuild(force=True)
+    return model
+
+
+def openapi_document(routes: list[Any], registry: HandlerRegistry | None = None) -> dict[str, Any]:
+    """Build the document from the app's routes and job types (see the module docstring)."""
+    if registry is None:
+        registry = REGISTRY
+        registry.load_modules(())
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         if not isinstance(route, Route) or not route.methods:
@@ -405,6 +432,7 @@ def openapi_document(routes: list[Any]) -> dict[str, Any]:
             # Every request passes the size guard first, so any operation can answer 431.
             operation["responses"] = {**operation["responses"], "431": HEAD_TOO_LARGE}
             paths.setdefault(path, {})[method.lower()] = operation
+    schemas, definitions = _openapi_schemas(job_variants(registry))
     return {
         "openapi": "3.1.0",
         "info": {
@@ -420,10 +448,10 @@ def openapi_document(routes: list[Any]) -> dict[str, Any]:
         # Relative: the gateway that serves this document (OpenAPI resolves it against the
         # document's own URL), wherever it is deployed.
         "servers": [{"url": "/", "description": "the gateway serving this document"}],
-        "paths": paths,
+        "paths": _filled(paths, schemas),
         "components": {
-            "schemas": SCHEMAS,
-            "responses": {"HeadersTooLarge": _problem_responses(431)["431"]},
+            "schemas": definitions,
+            "responses": {"HeadersTooLarge": _filled(_problem_responses(431)["431"], schemas)},
             "securitySchemes": {
                 "apiKey": {
                     "type": "http",
@@ -457,20 +485,8 @@ def _path_schema(name: str) -> dict[str, Any]:
 def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dict[str, Any]:
     """The WebSocket protocol and the SSE streams as AsyncAPI 3.1, on the server at `host`
     (AsyncAPI has no relative servers: the one that serves the document names itself)."""
-    envelope = {
-        "type": "object",
-        "description": "CloudEvents 1.0 envelope",
-        "properties": {
-            "specversion": {"const": "1.0"},
-            "id": EVENT_ID,
-            "source": {"type": "string"},
-            "type": {"type": "string"},
-            "channel": {"type": "string"},
-            "time": {"type": "string", "format": "date-time"},
-            "data": {},
-        },
-        "required": ["specversion", "id", "source", "type", "channel", "time"],
-    }
+    schemas, definitions = _asyncapi_schemas()
+    envelope = schemas[Schema(bodies.EventEnvelope)]
 
     def op_schema(name: str, required: list[str], **props: Any) -> dict[str, Any]:
         return {
@@ -546,6 +562,12 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
             '`{"type": "gap" | "shutdown" | "error" | "heartbeat", ...}`',
             "payload": envelope,
         },
+        "sse.jobEvent": {
+            "name": "jobEvent",
+            "contentType": "text/event-stream",
+            "description": "as `sse.event`, on a job's channel: the job's own event types",
+            "payload": schemas[Schema(bodies.JobEvent)],
+        },
     }
     refs = {name: {"$ref": f"#/components/messages/{name}"} for name in messages}
     return {
@@ -568,12 +590,12 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
         "channels": {
             "ws": {
                 "address": "/ws",
-                "messages": {name: refs[name] for name in messages if name != "sse.event"},
+                "messages": {name: refs[name] for name in messages if not name.startswith("sse.")},
             },
             "jobEvents": {
                 "address": "/jobs/{job_id}/events",
                 "parameters": {"job_id": {"description": "the job id"}},
-                "messages": {"sse.event": refs["sse.event"]},
+                "messages": {"sse.jobEvent": refs["sse.jobEvent"]},
             },
             "events": {
                 "address": "/events",
@@ -600,7 +622,7 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
             "receiveJobEvents": {
                 "action": "receive",
                 "channel": {"$ref": "#/channels/jobEvents"},
-                "messages": [{"$ref": "#/channels/jobEvents/messages/sse.event"}],
+                "messages": [{"$ref": "#/channels/jobEvents/messages/sse.jobEvent"}],
             },
             "receiveEvents": {
                 "action": "receive",
@@ -608,12 +630,13 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
                 "messages": [{"$ref": "#/channels/events/messages/sse.event"}],
             },
         },
-        "components": {"messages": messages},
+        "components": {"schemas": definitions, "messages": messages},
     }
 
 
 async def openapi(request: Request) -> Response:
-    return json_response(openapi_document(list(request.app.routes)))
+    registry = job_services_of(request).registry
+    return json_response(openapi_document(list(request.app.routes), registry))
 
 
 async def asyncapi(request: Request) -> Response:

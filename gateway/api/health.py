@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.access import PUBLIC, GuardedRoute
-from gateway.api.jobs import json_response
+from gateway.api.responses import json_response
 from gateway.metrics import METRICS
 from gateway.services import services_of
 

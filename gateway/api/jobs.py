@@ -5,53 +5,51 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.access import PUBLIC, SERVER, SERVER_ONLY, SUBMISSION, GuardedRoute, job_read
+from gateway.api.bodies import JobRequest
 from gateway.api.guards import caller_of
 from gateway.api.idempotency import idempotent
-from gateway.api.requests import event_id_param, float_param, int_param, read_json_object
+from gateway.api.requests import (
+    event_id_param,
+    float_param,
+    int_param,
+    invalid_fields,
+    read_json_object,
+)
+from gateway.api.responses import json_response
 from gateway.errors import InvalidJobData, UnsafeCallbackUrl
 from gateway.events import parse_event_id
 from gateway.hub import Subscriber
 from gateway.jobs.model import JobRecord, create_job, job_channel, load_job, transition
+from gateway.jobs.registry import field_errors
 from gateway.jobs.services import JobServices as Services
 from gateway.jobs.services import job_services_of as services_of
 from gateway.problems import bad_request, conflict, not_found, unprocessable
 from gateway.transports.sse import parse_positions, sse_response
-from gateway.vocabulary import JOB_TERMINAL_STATUSES
+from gateway.vocabulary import JobStatus
 from gateway.webhooks import check_callback_url, parse_callback_events
 
 RETRY_AFTER_SECONDS = "1"
+JobBody = TypeVar("JobBody", bound=BaseModel)
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
-    )
-
-
-async def submit(
-    services: Services,
-    type_: Any,
-    data: Any,
-    callback_url: Any = None,
-    callback_events: Any = None,
-) -> JobRecord:
-    """Validate and create a job; shared by `POST /jobs` and the seed-compatible aliases."""
-    if not isinstance(type_, str) or not type_:
-        raise unprocessable("'type' must name a job type", job_types=services.registry.names())
+async def submit(services: Services, request: JobRequest) -> JobRecord:
+    """Check `data` against its type's input and create the job; shared by `POST /jobs` and
+    the seed-compatible aliases (the body's own fields were checked by its model)."""
+    type_ = request.type
     spec = services.registry.get(type_)
     if spec is None:
         raise unprocessable(f"unknown job type {type_!r}", job_types=services.registry.names())
-    if callback_url is not None and not isinstance(callback_url, str):
-        raise unprocessable("'callback_url' must be a URL string")
+    callback_url = request.callback_url
     try:
-        events = parse_callback_events(callback_events)
+        events = parse_callback_events(request.callback_events)
     except ValueError as exc:
         raise unprocessable(str(exc)) from None
     if callback_url:
@@ -62,9 +60,13 @@ async def submit(
         except UnsafeCallbackUrl as exc:
             raise unprocessable(f"callback_url refused: {exc}") from None
     try:
-        checked = spec.check(data)
+        checked = spec.check(request.data)
     except InvalidJobData as exc:
-        raise unprocessable(f"invalid data for {type_!r}: {exc}") from None
+        if exc.errors:
+            raise invalid_fields(exc.errors, "data", f"invalid data for {type_!r}: ") from None
+        raise unprocessable(  # a validator function's message names its fields itself
+            f"invalid data for {type_!r}: {exc}", errors=[{"loc": "data", "msg": str(exc)}]
+        ) from None
     return await create_job(
         services.backend,
         type_,
@@ -72,6 +74,20 @@ async def submit(
         callback_url=callback_url or None,
         callback_events=events,
     )
+
+
+def job_body(
+    services: Services, model: type[JobBody], body: dict[str, Any], type_field: str = "type"
+) -> JobBody:
+    """`body` as `model`; a missing or empty job type is answered with the known job types
+    (`job_types`), as an unknown one is."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        if any(loc == type_field for loc, _ in errors):
+            raise invalid_fields(errors, job_types=services.registry.names()) from None
+        raise invalid_fields(errors) from None
 
 
 async def load_or_404(services: Services, job_id: str) -> JobRecord:
@@ -88,13 +104,7 @@ async def post_job(request: Request) -> Response:
     body = await read_json_object(request)
 
     async def produce() -> Response:
-        record = await submit(
-            services,
-            body.get("type"),
-            body.get("data"),
-            body.get("callback_url", body.get("callbackUrl")),
-            body.get("callback_events", body.get("callbackEvents")),
-        )
+        record = await submit(services, job_body(services, JobRequest, body))
         resource = record.resource()
         resource["token"] = services.policy.job_token(record.id, services.settings.token_ttl)
         return json_response(resource, 202, headers={"Location": f"/jobs/{record.id}"})
@@ -227,8 +237,8 @@ async def list_jobs(request: Request) -> Response:
     services = services_of(request)
     limit = int_param(request, "limit", 20, 1, 200)
     statuses = _filter_param(request, "status")
-    if statuses and not statuses <= {"queued", "running", "retrying", *JOB_TERMINAL_STATUSES}:
-        raise bad_request("status must be queued, running, retrying, completed, failed, cancelled")
+    if statuses and not statuses <= set(JobStatus):
+        raise bad_request(f"status must be {', '.join(JobStatus)}")
     types = _filter_param(request, "type")
     before = _decode_cursor(request.query_params.get("cursor"))
     found: list[dict[str, Any]] = []
@@ -284,7 +294,12 @@ async def job_types(request: Request) -> Response:
     return json_response(
         {
             "job_types": [
-                {"name": spec.name, "description": spec.description, "example": spec.example}
+                {
+                    "name": spec.name,
+                    "description": spec.description,
+                    "example": spec.example,
+                    "input": spec.input_schema(),
+                }
                 for spec in registry.specs()
             ]
         }

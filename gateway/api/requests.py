@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Final, TypeVar
 
 import orjson
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from gateway.errors import InvalidChannel, InvalidEventId
 from gateway.events import parse_event_id, validate_channel
-from gateway.problems import Problem, bad_request
+from gateway.jobs.registry import field_errors
+from gateway.problems import Problem, bad_request, unprocessable
+
+Body = TypeVar("Body", bound=BaseModel)
+
+DETAIL_ERRORS: Final = 3
+"""Field errors spelled out in a 422's `detail`; `errors` lists all of them."""
 
 
 def is_json_media_type(content_type: str | None) -> bool:
@@ -40,6 +48,36 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise bad_request("the body must be a JSON object")
     return value
+
+
+async def read_body(request: Request, model: type[Body]) -> Body:
+    """The JSON body as `model`: 415 if not JSON, 400 if malformed, 422 naming each bad field.
+
+    orjson parses (its refusals, such as integers beyond 64 bits or nesting beyond 1024, stay
+    400s); the model's validator, compiled once, checks the object.
+    """
+    return parse_body(model, await read_json_object(request))
+
+
+def parse_body(model: type[Body], value: dict[str, Any]) -> Body:
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise invalid_fields(field_errors(exc)) from None
+
+
+def invalid_fields(
+    errors: Sequence[tuple[str, str]], prefix: str = "", lead: str = "", **extra: Any
+) -> Problem:
+    """The 422 for refused fields: `detail` names them (`data.seconds: ...`), and `errors`
+    lists each as `{"loc": "data.seconds", "msg": ...}`; `prefix` places them (`data`)."""
+    located = [(".".join(part for part in (prefix, loc) if part), msg) for loc, msg in errors]
+    shown = "; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in located[:DETAIL_ERRORS])
+    if len(located) > DETAIL_ERRORS:
+        shown += f" (and {len(located) - DETAIL_ERRORS} more in errors)"
+    return unprocessable(
+        lead + shown, errors=[{"loc": loc, "msg": msg} for loc, msg in located], **extra
+    )
 
 
 def channel_param(name: str) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
-from gateway.jobs.handlers import HandlerRegistry
+from gateway.jobs.registry import HandlerRegistry
 from gateway.services import Services
 
 

@@ -24,8 +24,8 @@ from gateway.backends.bundle import Backend
 from gateway.backends.stores import Delivery
 from gateway.errors import BackendUnavailable, HandlerError
 from gateway.events import Event, iso_time
-from gateway.jobs.handlers import HandlerRegistry, HandlerSpec, JobContext
 from gateway.jobs.model import JobRecord, encode_field, load_job, transition
+from gateway.jobs.registry import HandlerRegistry, HandlerSpec, JobContext
 from gateway.metrics import METRICS
 from gateway.settings import Settings
 from gateway.vocabulary import EventType, JobStatus

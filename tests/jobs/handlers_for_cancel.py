@@ -9,7 +9,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from gateway.jobs.handlers import JobContext, handler
+from gateway.jobs.registry import JobContext, handler
 
 
 @handler("cooperative", description="Runs until cancelled, then stops by itself.")

@@ -18,8 +18,8 @@ import pytest
 from gateway.backends.bundle import Backend
 from gateway.backends.redis import open_redis
 from gateway.backends.stores import Attempt, Delivery
-from gateway.jobs.handlers import HandlerRegistry, JobContext, handler
 from gateway.jobs.model import create_job, job_channel, load_job, transition
+from gateway.jobs.registry import HandlerRegistry, JobContext, handler
 from gateway.jobs.worker import Worker
 from gateway.settings import Settings
 from tests.conftest import make_settings

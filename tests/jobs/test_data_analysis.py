@@ -18,14 +18,14 @@ import pytest
 
 from bench.data_analysis_rss import count_progress, vm_kib, write_csv
 from gateway.errors import HandlerError
-from gateway.jobs.handlers import (
+from gateway.jobs.builtin import (
     MAX_COLUMNS,
     MAX_PROGRESS_EVENTS,
     MAX_RECORD_CHARS,
     ColumnStats,
-    JobContext,
     data_analysis_handler,
 )
+from gateway.jobs.registry import JobContext
 from tests.support import GatewayProcess, WorkerProcess, async_wait_until
 
 Progress = list[tuple[float, str, dict[str, Any]]]

@@ -1,0 +1,284 @@
+"""The JSON bodies of the HTTP API as typed models: what requests must send, what responses carry.
+
+Request models are what the routes validate with (`gateway.api.requests.read_body`), and their
+JSON Schema is what `/openapi.json` and `/asyncapi.json` publish (`gateway.api.docs`): one
+source, so the checks and the documentation cannot drift apart. Response models describe what
+routes build (the routes still encode plain dicts with orjson, the fast path); a test validates
+real responses against them and requires each of their keys to be a field, so a new field
+cannot go undocumented.
+
+Why pydantic (v2): the settings are validated with pydantic-settings, so one library family
+checks both configuration and input; it generates JSON Schema from the same models, and its
+errors carry a location (`loc`) that names the offending field (`data.seconds`) in the 422.
+Validators are compiled once per model at import, so a request pays only for the check.
+
+Models are strict, like JSON itself: `"5"` is not a number and `true` is not an integer (what
+the gateway refused before pydantic, it still refuses). Unknown keys are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, WithJsonSchema
+
+from gateway.events import CHANNEL_RE, EVENT_ID_RE, EVENT_TYPE_RE
+from gateway.vocabulary import EventType, JobStatus
+
+EVENT_ID_PATTERN: Final = f"^{EVENT_ID_RE.pattern}$"
+"""An event id (`<ms>-<seq>`) as a JSON Schema pattern, from the one the gateway parses with."""
+CHANNEL_PATTERN: Final = f"^{CHANNEL_RE.pattern}$"
+
+CALLBACK_EVENTS: Final = ("*", *EventType)
+"""What `callback_events` may name: the job's event types, or `*` for all of them."""
+
+
+def _known_callback_event(value: str) -> str:
+    if value not in CALLBACK_EVENTS:
+        raise ValueError(f"unknown event type {value[:60]!r}; known: {', '.join(CALLBACK_EVENTS)}")
+    return value
+
+
+CallbackEvent = Annotated[
+    str,
+    AfterValidator(_known_callback_event),
+    WithJsonSchema({"type": "string", "enum": list(CALLBACK_EVENTS)}),
+]
+EventTypeName = Annotated[
+    str,
+    Field(
+        pattern=f"^{EVENT_TYPE_RE.pattern}$",
+        description="the event's `type`; the gateway's own on job channels: "
+        + ", ".join(f"`{t}`" for t in EventType),
+    ),
+]
+ChannelKey = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class RequestBody(BaseModel):
+    """A request body: strict types, unknown keys ignored, immutable once read."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class ResponseBody(BaseModel):
+    """A response body: documentation of what a route returns (see the module docstring)."""
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+
+class JobRequest(RequestBody):
+    """`POST /jobs`: run a job of `type` on `data` (`GET /job-types` lists the types and the
+    schema of each one's `data`)."""
+
+    type: str = Field(min_length=1, description="a registered job type")
+    data: Any = Field(None, description="the job type's input; null is `{}`")
+    callback_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("callback_url", "callbackUrl"),
+        description="receives the job's events as signed webhooks (Standard Webhooks)",
+    )
+    callback_events: list[CallbackEvent] | None = Field(
+        None,
+        min_length=1,
+        validation_alias=AliasChoices("callback_events", "callbackEvents"),
+        description="which events go to `callback_url`; by default the terminal ones",
+    )
+
+
+class SubmitJobRequest(RequestBody):
+    """`POST /submit-job`, the seed documents' name for `POST /jobs`."""
+
+    jobType: str = Field(min_length=1, description="a registered job type")
+    jobData: Any = Field(None, description="the job type's input")
+    callbackUrl: str | None = None
+
+    def job_request(self) -> JobRequest:
+        return JobRequest.model_construct(
+            type=self.jobType, data=self.jobData, callback_url=self.callbackUrl
+        )
+
+
+class SubmitTaskRequest(RequestBody):
+    """`POST /submitTask`, the seed documents' other name for `POST /jobs`."""
+
+    taskName: str = Field(min_length=1, description="a registered job type")
+    parameters: Any = Field(None, description="the job type's input")
+    callbackUrl: str | None = None
+
+    def job_request(self) -> JobRequest:
+        return JobRequest.model_construct(
+            type=self.taskName, data=self.parameters, callback_url=self.callbackUrl
+        )
+
+
+class TokenRequest(RequestBody):
+    """`POST /tokens`: a channel token for subject `sub`."""
+
+    sub: str = Field(min_length=1, max_length=200, description="whom the token is for")
+    channels: dict[ChannelKey, list[Literal["subscribe", "publish"]]] = Field(
+        min_length=1,
+        max_length=100,
+        description="channel name or `namespace:*` → rights",
+    )
+    ttl: int | None = Field(
+        None,
+        ge=1,
+        description="lifetime in seconds, at most GATEWAY_MAX_TOKEN_TTL; null or absent: "
+        "GATEWAY_TOKEN_TTL",
+    )
+
+
+class PublishRequest(RequestBody):
+    """`POST /channels/{channel}/events`: publish one event."""
+
+    type: EventTypeName = "message"
+    data: Any = Field(None, description="any JSON; the envelope's `data`")
+
+
+# --- responses ---------------------------------------------------------------------------------
+
+
+class JobLinks(ResponseBody):
+    self: str
+    events: str
+    ws: str
+    history: str
+    result: str | None = None
+
+
+class Job(ResponseBody):
+    """A job resource (`GET /jobs/{job_id}`)."""
+
+    id: str
+    type: str
+    status: JobStatus
+    progress: float | None
+    message: str | None
+    attempts: int
+    created_at: str = Field(description="RFC 3339 UTC")
+    updated_at: str = Field(description="RFC 3339 UTC")
+    last_event_id: str | None
+    channel: str = Field(description="`job:<id>`, where the job's events are published")
+    links: JobLinks
+    result_url: str | None = Field(None, description="once the job completed")
+    error: Any = Field(None, description="why the job failed (or the last attempt did)")
+    callback_url: str | None = Field(None, description="shown to API keys only")
+    callback_events: list[str] | None = None
+    webhook: dict[str, Any] | None = Field(None, description="delivery state of the callback")
+    token: str | None = Field(None, description="subscribes to this job's channel only")
+
+
+class JobPage(ResponseBody):
+    """`GET /jobs`: newest first; `next_cursor` continues the list."""
+
+    jobs: list[Job]
+    next_cursor: str | None
+    links: dict[str, str] | None = None
+
+
+class JobResult(ResponseBody):
+    job_id: str
+    result: Any
+
+
+class JobType(ResponseBody):
+    name: str
+    description: str
+    example: Any
+    input: dict[str, Any] | None = Field(description="JSON Schema of the type's `data`")
+
+
+class JobTypes(ResponseBody):
+    job_types: list[JobType]
+
+
+class EventEnvelope(ResponseBody):
+    """CloudEvents 1.0 envelope: every event on every channel and transport."""
+
+    specversion: Literal["1.0"]
+    id: str = Field(pattern=EVENT_ID_PATTERN, description="`<ms>-<seq>`, resume point")
+    source: str
+    type: str = Field(
+        description="the gateway's own on job channels: " + ", ".join(f"`{t}`" for t in EventType)
+    )
+    channel: str
+    time: str = Field(json_schema_extra={"format": "date-time"})
+    data: Any = None
+
+
+class JobEvent(EventEnvelope):
+    """An event on a job's channel `job:<id>`, published by the gateway and its workers."""
+
+    type: EventType
+
+
+class PublishAccepted(ResponseBody):
+    id: str = Field(pattern=EVENT_ID_PATTERN)
+    channel: str
+
+
+class ChannelHistory(ResponseBody):
+    channel: str
+    complete: bool = Field(description="false: older events were trimmed away")
+    more: bool = Field(description="true: ask again with `since=last_id`")
+    last_id: str | None
+    events: list[EventEnvelope]
+
+
+class TokenGrant(ResponseBody):
+    token: str
+    sub: str
+    channels: dict[str, list[str]]
+    expires_at: int = Field(description="Unix time")
+
+
+class SubmitJobAccepted(ResponseBody):
+    jobId: str
+    status: JobStatus
+    statusUrl: str
+    eventsUrl: str
+
+
+class SubmitTaskAccepted(ResponseBody):
+    taskId: str
+    status: JobStatus
+    callbackUrl: str | None
+
+
+class TaskStatus(ResponseBody):
+    taskId: str
+    status: JobStatus
+    resultUrl: str | None
+    error: Any = None
+
+
+class FieldError(ResponseBody):
+    loc: str = Field(description="the field, dotted: `data.seconds`, `channels.room:a.0`")
+    msg: str
+
+
+class Problem(ResponseBody):
+    """RFC 9457 problem details; some problems add fields (`job_types`, `errors`, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(
+        json_schema_extra={"format": "uri-reference"},
+        description="`/problems/<code>` on this gateway: what the problem means",
+    )
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = Field(None, description="422: each field that was refused")
+
+
+class Health(ResponseBody):
+    status: Literal["ok"]
+
+
+class Readiness(ResponseBody):
+    status: Literal["ready", "not ready"]
+    backend: str = Field(description="`redis` or `memory`")
+    draining: bool = Field(description="shutting down: streams are being closed")
