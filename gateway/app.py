@@ -33,7 +33,7 @@ from gateway.api.access import (
 from gateway.api.guards import AccessGuard, BodyLimit
 from gateway.auth import ApiKeys, ChannelPolicy
 from gateway.backends.url import open_backend
-from gateway.errors import BackendUnavailable
+from gateway.errors import GatewayError
 from gateway.hub import Hub, Subscriber
 from gateway.jobs.registry import REGISTRY, HandlerRegistry
 from gateway.jobs.services import JobServices
@@ -42,10 +42,10 @@ from gateway.limits import Limits
 from gateway.logs import configure_logging, install_redaction
 from gateway.problems import (
     Problem,
+    handle_gateway_error,
     handle_http_exception,
     handle_problem,
     handle_server_error,
-    problem_response,
 )
 from gateway.services import Services
 from gateway.settings import Settings
@@ -53,17 +53,6 @@ from gateway.transports.wire import RAW_SEND
 from gateway.transports.ws import websocket_app, websocket_endpoint
 
 log = logging.getLogger("gateway")
-
-
-async def handle_unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("backend unavailable: %s", exc)
-    return problem_response(
-        503,
-        "Service Unavailable",
-        "the event bus is unavailable; try again shortly",
-        code="unavailable",
-        headers={"Retry-After": "1"},
-    )
 
 
 class GatewayApp(Starlette):
@@ -157,7 +146,7 @@ def create_app(
         exception_handlers={
             Problem: handle_problem,
             HTTPException: handle_http_exception,
-            BackendUnavailable: handle_unavailable,
+            GatewayError: handle_gateway_error,
             Exception: handle_server_error,
         },
     )

@@ -9,6 +9,7 @@ test requires every code the gateway can answer with to be in it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -24,10 +25,14 @@ from gateway.errors import (
     InvalidChannel,
     InvalidEventId,
     InvalidEventType,
+    InvalidInput,
+    InvalidToken,
     RateLimited,
     Unavailable,
 )
 from gateway.limits import retry_after_header
+
+log = logging.getLogger("gateway")
 
 PROBLEM_TYPE_BASE: Final = "/problems/"
 """Relative to the gateway that answered (RFC 9457 §3.1.1): it serves the explanations itself,
@@ -316,6 +321,10 @@ def problem_for(exc: GatewayError) -> Problem:
         return unprocessable(f"'{exc.field}' {exc.rule}")
     if isinstance(exc, InvalidChannel | InvalidEventId):
         return bad_request(str(exc))
+    if isinstance(exc, InvalidToken):
+        return problem_for(Forbidden(str(exc), exc.code))
+    if isinstance(exc, InvalidInput):
+        return unprocessable(str(exc))
     if isinstance(exc, Unavailable):
         return Problem(
             503,
@@ -327,6 +336,17 @@ def problem_for(exc: GatewayError) -> Problem:
     return Problem(
         500, "Internal Server Error", "the gateway failed; the error is logged", code="internal"
     )
+
+
+async def handle_gateway_error(request: Request, exc: Exception) -> Response:
+    """Any `GatewayError` a route lets through, answered by `problem_for`."""
+    assert isinstance(exc, GatewayError)
+    problem = problem_for(exc)
+    if problem.status == 503:
+        log.warning("backend unavailable: %s", exc)
+    elif problem.status >= 500:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return problem.to_response()
 
 
 async def handle_problem(request: Request, exc: Exception) -> Response:

@@ -24,12 +24,13 @@ from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field,
 
 from gateway.events import CHANNEL_RE, EVENT_ID_RE, EVENT_TYPE_RE
 from gateway.vocabulary import EventType, JobStatus
+from gateway.webhooks.schedule import CALLBACK_EVENT_CHOICES
 
 EVENT_ID_PATTERN: Final = f"^{EVENT_ID_RE.pattern}$"
 """An event id (`<ms>-<seq>`) as a JSON Schema pattern, from the one the gateway parses with."""
 CHANNEL_PATTERN: Final = f"^{CHANNEL_RE.pattern}$"
 
-CALLBACK_EVENTS: Final = ("*", *EventType)
+CALLBACK_EVENTS: Final = CALLBACK_EVENT_CHOICES
 """What `callback_events` may name: the job's event types, or `*` for all of them."""
 
 

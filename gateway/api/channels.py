@@ -20,7 +20,7 @@ from gateway.api.responses import json_response
 from gateway.errors import AccessDenied, InvalidInput, RateLimited
 from gateway.problems import bad_request, problem_for
 from gateway.services import services_of
-from gateway.transports.sse import parse_positions, sse_response
+from gateway.transports.sse import EventStream, parse_positions
 
 MAX_CHANNELS_PER_STREAM = 32
 
@@ -81,7 +81,7 @@ async def channel_stream(request: Request) -> Response:
             service.authorize_read(channel, api_key=caller.api_key, token=caller.token)
     raw = request.headers.get("last-event-id") or request.query_params.get("since")
     positions = parse_positions(raw, channels)
-    return sse_response(services.hub, services.settings, positions, expires_at=caller.expires_at)
+    return EventStream(services.hub, services.settings, positions, expires_at=caller.expires_at)
 
 
 routes = [

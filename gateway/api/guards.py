@@ -449,12 +449,11 @@ class AccessGuard:
     ) -> Response | None:
         if caller.api_key is not None:
             return None
-        policy = self.services.policy
+        service = self.services.channels
         try:
-            if not policy.open_mode:
-                caller.token = policy.verify(token_of(scope))
+            caller.token = service.token(token_of(scope), api_key=None)
             for channel in channels:
-                policy.check_subscribe(channel, caller.token)
+                service.authorize_read(channel, api_key=None, token=caller.token)
         except Forbidden as exc:
             if exc.code == "token_expired" and access.rule == Rule.JOB_READ and access.stream:
                 # EventSource retries after an error; a 204 makes it stop for good once the

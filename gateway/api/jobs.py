@@ -32,7 +32,7 @@ from gateway.jobs.registry import field_errors
 from gateway.jobs.services import JobServices as Services
 from gateway.jobs.services import job_services_of as services_of
 from gateway.problems import bad_request, conflict, not_found, unprocessable
-from gateway.transports.sse import parse_positions, sse_response
+from gateway.transports.sse import EventStream, parse_positions
 from gateway.vocabulary import JobStatus
 from gateway.webhooks import check_callback_url, parse_callback_events
 
@@ -216,7 +216,7 @@ async def job_events(request: Request) -> Response:
     if record.terminal and _at_or_after(positions[channel], record.last_event_id):
         # EventSource reconnects whenever a stream ends; 204 is what makes it stop for good.
         return Response(status_code=204)
-    return sse_response(
+    return EventStream(
         services.hub,
         services.settings,
         positions,

@@ -147,10 +147,6 @@ class EventStream(Response):
         await _Stream(self, send, chunked_wire(scope), options).run(receive)
 
 
-sse_response = EventStream
-"""What the routes call: `sse_response(hub, settings, positions, ...)`."""
-
-
 class _Stream(Outbound):
     """One SSE connection once its headers are out.
 

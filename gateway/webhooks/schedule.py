@@ -21,7 +21,7 @@ from gateway.vocabulary import EventType
 DEFAULT_CALLBACK_EVENTS: Final = tuple(kind.value for kind in EventType if kind.terminal)
 """What a callback gets when the submitter did not say (`callback_events`); `["*"]` means all."""
 
-CALLBACK_EVENT_CHOICES: Final = frozenset({"*", *(kind.value for kind in EventType)})
+CALLBACK_EVENT_CHOICES: Final = ("*", *(kind.value for kind in EventType))
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,7 @@ def parse_callback_events(value: Any) -> tuple[str, ...]:
         return DEFAULT_CALLBACK_EVENTS
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise InvalidInput("'callback_events' must be a non-empty list of event types, or ['*']")
-    unknown = sorted(set(value) - CALLBACK_EVENT_CHOICES)
+    unknown = sorted(set(value).difference(CALLBACK_EVENT_CHOICES))
     if unknown:
         known = sorted(CALLBACK_EVENT_CHOICES)
         raise InvalidInput(f"unknown callback_events {unknown}; known: {known}")
