@@ -15,6 +15,7 @@ from gateway.errors import SettingsError
 from gateway.limits import Limits
 from gateway.settings import Retention, Settings, configuration_table, declared
 from gateway.settings.flags import overrides
+from gateway.settings.reference import COMMANDS, FLAGS_HEADER, flags_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,6 +32,55 @@ def test_the_readme_table_is_the_one_the_declarations_write() -> None:
         "the README's Configuration table differs from the declarations in gateway/settings: "
         "regenerate it with `python -m gateway.settings --table`"
     )
+
+
+def _flags_section() -> str:
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    return doc.split("## Command-line flags", 1)[1].split("\n## ", 1)[0]
+
+
+def _table(section: str, header: str) -> str:
+    """The Markdown table of `section` that starts with `header`'s first line."""
+    rows = section[section.index(header.splitlines()[0]) :].split("\n\n", 1)[0]
+    return "".join(line + "\n" for line in rows.splitlines())
+
+
+def _cells(row: str) -> list[str]:
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", row)[1:-1]]
+
+
+def test_the_docs_flags_table_is_the_one_the_declarations_write() -> None:
+    table = _table(_flags_section(), FLAGS_HEADER)
+    assert table == flags_table(Settings(), declared().values()), (
+        "docs/configuration.md's flags table differs from the declarations in gateway/settings: "
+        "regenerate it with `python -m gateway.settings --flags-table`"
+    )
+
+
+def test_the_docs_hand_written_flags_are_the_cli_options_that_are_not_settings() -> None:
+    """The second, hand-written table names exactly the options `gateway serve`/`worker` have
+    beyond their settings' flags, each under the commands that have it."""
+    rows = _table(_flags_section(), "| flag | commands | meaning |").splitlines()[2:]
+    documented = {
+        (re.findall(r"--[a-z-]+", cells[0])[0], command.strip())
+        for cells in map(_cells, rows)
+        for command in cells[1].split(",")
+    }
+    parsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    cli = {
+        (option, command)
+        for command in COMMANDS
+        for action in parsers.choices[command]._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
+    settings = {
+        (option, command)
+        for declaration in declared().values()
+        for command in declaration.flag
+        for option in (declaration.option, "--no-" + declaration.option[2:])
+    }
+    assert documented == cli - settings
 
 
 def test_every_setting_is_declared_with_a_variable_and_help() -> None:

@@ -9,7 +9,8 @@ openapi-spec-validator, `redocly lint` and `@asyncapi/parser` check both documen
 Request and response bodies are the models of `gateway.api.bodies` (the ones the routes validate
 with), and each job type's `data` is its handler's input model: `OPERATIONS` names them with
 `Schema(model)`, and the document carries their generated JSON Schema under
-`components/schemas`. No schema is written here by hand beside its model.
+`components/schemas`. The WebSocket frames are `gateway.protocol.v1`'s declarations (`COMMANDS`,
+`SERVER_FRAMES`) the same way. No schema is written here by hand beside its model.
 
 Who may call an operation comes from the route's own access declaration (`gateway.api.access`),
 the one the guard enforces: its `security` is `Access.security`, and its description says the
@@ -34,8 +35,10 @@ from starlette.routing import Route
 from gateway.api import bodies
 from gateway.api.access import PUBLIC, GuardedRoute, access_of
 from gateway.api.responses import json_response
+from gateway.errors import ProtocolError
 from gateway.jobs.registry import REGISTRY, HandlerRegistry
 from gateway.jobs.services import job_services_of
+from gateway.protocol import v1
 
 SCHEMA_REF: Final = "#/components/schemas/{model}"
 CHANNEL_RE_TEXT: Final = bodies.CHANNEL_PATTERN
@@ -338,9 +341,51 @@ def _openapi_schemas(
     return _schemas([*_placeholders(OPERATIONS), PROBLEM], jobs)
 
 
+ENVELOPE: Final = Schema(bodies.EventEnvelope)
+JOB_EVENT: Final = Schema(bodies.JobEvent)
+_COMMAND_SCHEMAS: Final = {op: Schema(cls, "validation") for op, cls in v1.COMMANDS.items()}
+_FRAME_SCHEMAS: Final = {op: Schema(cls) for op, cls in v1.SERVER_FRAMES.items()}
+CLIENT_EXAMPLES: Final = (
+    v1.Subscribe("room:lobby", ref=1),
+    v1.Subscribe("room:lobby", since="1732060800000-0", ref=2),
+    v1.Unsubscribe("room:lobby", ref=3),
+    v1.Publish("room:lobby", "chat.message", {"text": "hello"}, ref=4),
+    v1.Ping(ref=5),
+)
+"""Example client frames (`v1.encode` writes them; a test parses each back)."""
+SERVER_EXAMPLES: Final = (
+    v1.ack(1, "room:lobby", recovered=True),
+    v1.ack(4, "room:lobby", id="1732060800000-0"),
+    v1.error_frame(2, ProtocolError("not a channel", "invalid_channel", ref=2)),
+    v1.pong(5),
+    v1.control("gap", channel="room:lobby", since="1732060800000-0"),
+    v1.control("shutdown", message="the gateway is restarting", retry=1000),
+)
+"""Example server frames, as the encoders write them (a test validates them against the
+schemas)."""
+
+
 @functools.lru_cache(maxsize=1)
 def _asyncapi_schemas() -> tuple[dict[Schema, Any], dict[str, Any]]:
-    return _schemas([Schema(bodies.EventEnvelope), Schema(bodies.JobEvent)])
+    """The WebSocket frames' schemas, generated from `gateway.protocol.v1`'s declarations: a
+    command's `op` is its key in `v1.COMMANDS` (a server frame's is a field of its own)."""
+    commands = _COMMAND_SCHEMAS
+    schemas, definitions = _schemas(
+        [*commands.values(), *_FRAME_SCHEMAS.values(), ENVELOPE, JOB_EVENT]
+    )
+    for op, item in commands.items():
+        definition = definitions[schemas[item]["$ref"].rpartition("/")[2]]
+        definition["properties"] = {"op": {"const": op}, **definition["properties"]}
+        definition["required"] = ["op", *definition.get("required", [])]
+    return schemas, definitions
+
+
+def _ws_message(op: str, payload: Any) -> dict[str, Any]:
+    """The message of frames whose `op` is `op`, with the examples of them."""
+    client = [orjson.loads(v1.encode(command)) for command in CLIENT_EXAMPLES]
+    server = [orjson.loads(frame) for frame in SERVER_EXAMPLES]
+    examples = [{"payload": frame} for frame in client + server if frame["op"] == op]
+    return {"name": op, "payload": payload, **({"examples": examples} if examples else {})}
 
 
 def _placeholders(node: Any) -> Iterable[Schema]:
@@ -486,74 +531,13 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
     """The WebSocket protocol and the SSE streams as AsyncAPI 3.1, on the server at `host`
     (AsyncAPI has no relative servers: the one that serves the document names itself)."""
     schemas, definitions = _asyncapi_schemas()
-    envelope = schemas[Schema(bodies.EventEnvelope)]
-
-    def op_schema(name: str, required: list[str], **props: Any) -> dict[str, Any]:
-        return {
-            "type": "object",
-            "properties": {
-                "op": {"const": name},
-                "ref": {"type": ["integer", "string"]},
-                **props,
-            },
-            "required": ["op", *required],
-        }
-
-    channel = {"type": "string", "pattern": CHANNEL_RE_TEXT}
-    client_messages = {
-        "subscribe": op_schema(
-            "subscribe", ["channel"], channel=channel, since=EVENT_ID, token={"type": "string"}
-        ),
-        "unsubscribe": op_schema("unsubscribe", ["channel"], channel=channel),
-        "publish": op_schema(
-            "publish",
-            ["channel"],
-            channel=channel,
-            type={"type": "string"},
-            data={},
-            token={"type": "string"},
-        ),
-        "ping": op_schema("ping", []),
-    }
-    server_messages = {
-        "ack": op_schema("ack", [], channel=channel, recovered={"type": "boolean"}, id=EVENT_ID),
-        "error": op_schema(
-            "error",
-            ["code", "message"],
-            code={
-                "type": "string",
-                "description": "every code is explained in docs/websocket.md",
-                "examples": [
-                    "forbidden",
-                    "token_required",
-                    "invalid_token",
-                    "token_expired",
-                    "rate_limited",
-                    "too_many_subscriptions",
-                    "event_too_large",
-                    "invalid_json",
-                    "invalid_op",
-                    "unknown_op",
-                    "binary_not_supported",
-                    "invalid_channel",
-                    "invalid_since",
-                    "invalid_type",
-                    "not_subscribed",
-                    "unavailable",
-                ],
-            },
-            message={"type": "string"},
-        ),
-        "event": {"allOf": [envelope, {"properties": {"op": {"const": "event"}}}]},
-        "gap": op_schema("gap", ["channel"], channel=channel, since=EVENT_ID),
-        "pong": op_schema("pong", []),
-        "shutdown": op_schema(
-            "shutdown", [], message={"type": "string"}, retry={"type": "integer", "minimum": 0}
-        ),
-    }
+    envelope = schemas[ENVELOPE]
+    client_messages = {op: schemas[item] for op, item in _COMMAND_SCHEMAS.items()}
+    server_messages = {op: schemas[item] for op, item in _FRAME_SCHEMAS.items()}
+    server_messages["event"] = {"allOf": [server_messages["event"], envelope]}
     messages = {
-        **{f"client.{k}": {"name": k, "payload": v} for k, v in client_messages.items()},
-        **{f"server.{k}": {"name": k, "payload": v} for k, v in server_messages.items()},
+        **{f"client.{k}": _ws_message(k, v) for k, v in client_messages.items()},
+        **{f"server.{k}": _ws_message(k, v) for k, v in server_messages.items()},
         "sse.event": {
             "name": "event",
             "contentType": "text/event-stream",
@@ -566,7 +550,7 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
             "name": "jobEvent",
             "contentType": "text/event-stream",
             "description": "as `sse.event`, on a job's channel: the job's own event types",
-            "payload": schemas[Schema(bodies.JobEvent)],
+            "payload": schemas[JOB_EVENT],
         },
     }
     refs = {name: {"$ref": f"#/components/messages/{name}"} for name in messages}

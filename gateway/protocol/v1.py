@@ -5,15 +5,22 @@ No sockets and no asyncio, after the `websockets` library's sans-I/O `Protocol`:
 encoders return. `parse` either returns a frozen command or raises `ProtocolError`, never
 anything else, whatever the bytes. Errors become `error` frames here and nowhere else
 (`error_frame`); the wording and codes are the ones docs/websocket.md lists.
+
+Each frame's shape is declared here once, typed: the commands are dataclasses and the server's
+frames `TypedDict`s (`COMMANDS`, `SERVER_FRAMES`), their field types annotated with the
+patterns the parser checks. `/asyncapi.json` is their generated JSON Schema
+(`gateway.api.docs`), and the encoders build the `TypedDict`s, so neither can drift.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal, NotRequired, Unpack
 
 import orjson
+from pydantic import Field, WithJsonSchema
+from typing_extensions import TypedDict  # pydantic needs it below Python 3.12
 
 from gateway.errors import (
     BackendUnavailable,
@@ -29,6 +36,9 @@ from gateway.errors import (
     RateLimited,
 )
 from gateway.events import (
+    CHANNEL_RE,
+    EVENT_ID_RE,
+    EVENT_TYPE_RE,
     Event,
     encode_ws_message,
     parse_event_id,
@@ -37,8 +47,23 @@ from gateway.events import (
 )
 
 SUBPROTOCOL: Final = "gateway.v1"
-Ref = int | str | None
+Ref = Annotated[
+    int | str | None,
+    Field(description="the client's own reference for the op, echoed in its answer"),
+]
 """What a client put in `ref` (an integer or a string; anything else comes back as null)."""
+Channel = Annotated[
+    str,
+    Field(
+        pattern=f"^{CHANNEL_RE.pattern}$",
+        description="`namespace:name`, like `room:lobby`",
+    ),
+]
+EventId = Annotated[
+    str,
+    Field(pattern=f"^{EVENT_ID_RE.pattern}$", description="`<ms>-<seq>`, an event's id"),
+]
+EventTypeName = Annotated[str, Field(pattern=f"^{EVENT_TYPE_RE.pattern}$")]
 
 
 class Inherit(enum.Enum):
@@ -48,28 +73,46 @@ class Inherit(enum.Enum):
     CONNECTION = "connection"
 
 
+def _no_default(schema: dict[str, Any]) -> None:
+    """`CONNECTION_TOKEN` is what an absent member means, never a value to send."""
+    schema.pop("default", None)
+
+
 CONNECTION_TOKEN: Final = Inherit.CONNECTION
-TokenField = str | None | Inherit
+TokenField = Annotated[
+    str | Inherit | None,
+    WithJsonSchema({"type": ["string", "null"]}),
+    Field(
+        description="absent: the connection's own token; null: no token for this op",
+        json_schema_extra=_no_default,
+    ),
+]
 
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    channel: str
-    since: str | None = None
+    """Receive the channel's events from now on, or from after `since` (history first)."""
+
+    channel: Channel
+    since: EventId | None = None
     token: TokenField = CONNECTION_TOKEN
     ref: Ref = None
 
 
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
-    channel: str
+    """Stop receiving the channel's events."""
+
+    channel: Channel
     ref: Ref = None
 
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    channel: str
-    type: str = "message"
+    """Publish an event on the channel."""
+
+    channel: Channel
+    type: EventTypeName = "message"
     data: Any = None
     token: TokenField = CONNECTION_TOKEN
     ref: Ref = None
@@ -77,11 +120,118 @@ class Publish:
 
 @dataclass(frozen=True, slots=True)
 class Ping:
+    """Ask for a `pong`."""
+
     ref: Ref = None
 
 
 Command = Subscribe | Unsubscribe | Publish | Ping
-OPS: Final = ("subscribe", "unsubscribe", "publish", "ping")
+COMMANDS: Final[dict[str, type[Command]]] = {
+    "subscribe": Subscribe,
+    "unsubscribe": Unsubscribe,
+    "publish": Publish,
+    "ping": Ping,
+}
+"""Each client op (the frame's `op`) and the command it parses into."""
+OPS: Final = tuple(COMMANDS)
+
+
+class AckFrame(TypedDict):
+    """An op succeeded."""
+
+    op: Literal["ack"]
+    ref: Ref
+    channel: Channel
+    recovered: NotRequired[
+        Annotated[bool, Field(description="subscribe: whether the history since `since` was whole")]
+    ]
+    already: NotRequired[Annotated[bool, Field(description="subscribe: was subscribed before")]]
+    id: NotRequired[Annotated[EventId | None, Field(description="publish: the event's id")]]
+
+
+class AckFields(TypedDict, total=False):
+    """What an `ack` adds, by op (the optional members of `AckFrame`)."""
+
+    recovered: bool
+    already: bool
+    id: str | None
+
+
+class PongFrame(TypedDict):
+    """The answer to `ping`."""
+
+    op: Literal["pong"]
+    ref: Ref
+
+
+ERROR_CODES: Final = (
+    "forbidden",
+    "token_required",
+    "invalid_token",
+    "token_expired",
+    "rate_limited",
+    "too_many_subscriptions",
+    "event_too_large",
+    "invalid_json",
+    "invalid_op",
+    "unknown_op",
+    "binary_not_supported",
+    "invalid_channel",
+    "invalid_since",
+    "invalid_type",
+    "not_subscribed",
+    "unavailable",
+)
+"""The codes of `error` frames, for the documentation (docs/websocket.md explains each)."""
+
+
+class ErrorFrame(TypedDict):
+    """An op failed; the connection stays open."""
+
+    op: Literal["error"]
+    ref: Ref
+    code: Annotated[
+        str,
+        Field(description="every code is explained in docs/websocket.md", examples=ERROR_CODES),
+    ]
+    message: str
+    max_event_size: NotRequired[Annotated[int, Field(description="event_too_large: the limit")]]
+    retry_after: NotRequired[
+        Annotated[float, Field(description="rate_limited: seconds until the next op may pass")]
+    ]
+
+
+class GapFrame(TypedDict):
+    """Events after `since` on `channel` are no longer in its history: some were missed."""
+
+    op: Literal["gap"]
+    channel: Channel
+    since: EventId
+
+
+class ShutdownFrame(TypedDict):
+    """The gateway is restarting: reconnect after `retry` milliseconds."""
+
+    op: Literal["shutdown"]
+    message: str
+    retry: Annotated[int, Field(ge=0)]
+
+
+class EventFrame(TypedDict):
+    """An event: its CloudEvents envelope (`gateway.events.Event.envelope`) with this `op`."""
+
+    op: Literal["event"]
+
+
+SERVER_FRAMES: Final[dict[str, type[Any]]] = {
+    "ack": AckFrame,
+    "error": ErrorFrame,
+    "event": EventFrame,
+    "gap": GapFrame,
+    "pong": PongFrame,
+    "shutdown": ShutdownFrame,
+}
+"""Each frame the gateway sends (its `op`) and its declared shape."""
 
 ANSWERED: Final = (
     ProtocolError,
@@ -183,17 +333,19 @@ def encode(command: Command) -> bytes:
     return orjson.dumps(fields)
 
 
-def ack(ref: Ref, channel: str, **fields: Any) -> bytes:
+def ack(ref: Ref, channel: str, **fields: Unpack[AckFields]) -> bytes:
     """An op succeeded: `recovered` (subscribe), `already` (subscribed before), `id` (publish)."""
-    return encode_ws_message("ack", ref=ref, channel=channel, **fields)
+    frame: AckFrame = {"op": "ack", "ref": ref, "channel": channel, **fields}
+    return orjson.dumps(frame)
 
 
 def pong(ref: Ref) -> bytes:
-    return encode_ws_message("pong", ref=ref)
+    frame: PongFrame = {"op": "pong", "ref": ref}
+    return orjson.dumps(frame)
 
 
 def control(op: str, **fields: Any) -> bytes:
-    """A frame the gateway sends unprompted: `gap`, `shutdown`."""
+    """A frame the gateway sends unprompted: `gap`, `shutdown` (`GapFrame`, `ShutdownFrame`)."""
     return encode_ws_message(op, **fields)
 
 
@@ -206,7 +358,8 @@ def event_frame(event: Event) -> str:
 def error_frame(ref: Ref, exc: GatewayError) -> bytes:
     """The `error` frame that answers `exc`: the one mapping from errors to frames."""
     code, message, extra = _error_fields(exc)
-    return encode_ws_message("error", ref=ref, code=code, message=message, **extra)
+    frame: ErrorFrame = {"op": "error", "ref": ref, "code": code, "message": message}
+    return orjson.dumps({**frame, **extra})
 
 
 def _error_fields(exc: GatewayError) -> tuple[str, str, dict[str, Any]]:

@@ -1,14 +1,22 @@
-"""`python -m gateway.settings --table`: print the README's Configuration table."""
+"""`python -m gateway.settings --table`: print the README's Configuration table;
+`--flags-table`: docs/configuration.md's table of the settings' command-line flags."""
 
 from __future__ import annotations
 
 import argparse
 
-from gateway.settings import configuration_table
+from gateway.settings import Settings, configuration_table, declared
+from gateway.settings.reference import flags_table
 
 parser = argparse.ArgumentParser(prog="python -m gateway.settings")
 parser.add_argument("--table", action="store_true", help="the README's Configuration table")
-if parser.parse_args().table:
+parser.add_argument(
+    "--flags-table", action="store_true", help="docs/configuration.md's command-line flags table"
+)
+args = parser.parse_args()
+if args.table:
     print(configuration_table(), end="")
+elif args.flags_table:
+    print(flags_table(Settings(), declared().values()), end="")
 else:
     parser.print_help()

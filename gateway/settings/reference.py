@@ -1,11 +1,13 @@
-"""The README's Configuration table, written from the settings' declarations.
+"""The README's Configuration table and docs/configuration.md's flags table, written from the
+settings' declarations.
 
-`python -m gateway.settings --table` prints it; tests/test_settings.py fails while the README's
-copy differs from it.
+`python -m gateway.settings --table` and `--flags-table` print them; tests/test_settings.py
+fails while the README's or the doc's copy differs.
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +17,9 @@ if TYPE_CHECKING:
     from gateway.settings import Settings
 
 HEADER = "| variable | default | meaning |\n|---|---|---|\n"
+FLAGS_HEADER = "| flag | commands | variable | default | meaning |\n|---|---|---|---|---|\n"
+COMMANDS = ("serve", "worker")
+"""The commands whose settings can have flags (`setting(flag=...)`)."""
 
 
 def shown_default(value: Any, rendered: Any) -> str:
@@ -46,3 +51,38 @@ def configuration_table(defaults: Settings, declarations: Iterable[Declaration])
         default = declaration.shown or shown_default(value, rendered[declaration.name])
         rows.append(f"| {variable_cell(declaration)} | {default} | {declaration.help} |\n")
     return HEADER + "".join(rows)
+
+
+def flags_table(defaults: Settings, declarations: Iterable[Declaration]) -> str:
+    """The settings' flags as `gateway serve`/`worker` parse them: each option is read from the
+    parser `add_flags` builds, so the table shows what the command line really takes."""
+    from gateway.settings.flags import add_flags  # it reads this module: import when called
+
+    actions: dict[str, argparse.Action] = {}
+    for command in COMMANDS:
+        parser = argparse.ArgumentParser(add_help=False)
+        add_flags(parser, command)
+        actions.update((action.dest, action) for action in parser._actions)
+    rendered = defaults.model_dump(mode="json")
+    rows = []
+    for declaration in declarations:
+        if not declaration.flag:
+            continue
+        value = getattr(defaults, declaration.name)
+        default = declaration.shown or shown_default(value, rendered[declaration.name])
+        commands = ", ".join(declaration.flag)
+        flag = option_cell(actions[declaration.name])
+        rows.append(
+            f"| {flag} | {commands} | `{declaration.env}` | {default or 'none'} "
+            f"| {declaration.help} |\n"
+        )
+    return FLAGS_HEADER + "".join(rows)
+
+
+def option_cell(action: argparse.Action) -> str:
+    """`--port PORT`, `--require-auth` / `--no-require-auth`, `--handlers HANDLERS` (repeatable)."""
+    if action.nargs == 0:
+        return " / ".join(f"`{option}`" for option in action.option_strings)
+    metavar = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
+    cell = ", ".join(f"`{option} {metavar}`" for option in action.option_strings)
+    return f"{cell} (repeatable)" if isinstance(action, argparse._AppendAction) else cell

@@ -3,22 +3,28 @@ truthfully who may call what, and hold up under schemathesis."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, get_origin, get_type_hints
 
 import httpx
+import orjson
 import pytest
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from starlette.routing import Route
 
+from gateway.api import bodies
 from gateway.api.access import Rule, access_of
 from gateway.api.docs import OPERATIONS, asyncapi_document, openapi_document
 from gateway.app import create_app
+from gateway.errors import ProtocolError
+from gateway.protocol import v1
 from gateway.settings import Settings
 from tests.support import GatewayProcess
 
@@ -116,6 +122,88 @@ def test_asyncapi_describes_ws_and_sse(embedded_gateway: GatewayProcess) -> None
         assert f"server.{op}" in ws_messages
     for ref in _refs(served):
         assert _resolve(served, ref) is not None, ref
+
+
+def _ws_payload(document: dict[str, Any], name: str) -> dict[str, Any]:
+    """The schema of WebSocket message `name` (`client.subscribe`), its `$ref` followed."""
+    message = _resolve(document, document["channels"]["ws"]["messages"][name]["$ref"])
+    payload: dict[str, Any] = message["payload"]
+    return _resolve(document, payload["$ref"]) if "$ref" in payload else payload
+
+
+def _validator(document: dict[str, Any], schema: dict[str, Any]) -> Draft202012Validator:
+    """A validator for `schema` whose `#/components/...` references resolve in `document`."""
+    return Draft202012Validator({"allOf": [schema], "components": document["components"]})
+
+
+def test_every_ws_frame_is_a_message_with_its_declared_fields() -> None:
+    """Each command of `gateway.protocol.v1` and each server frame it declares has a message,
+    whose properties are the declaration's fields and whose required ones are those without a
+    default (plus `op`): the document cannot drift from the protocol module."""
+    document = asyncapi_document()
+    assert set(document["channels"]["ws"]["messages"]) == {
+        *(f"client.{op}" for op in v1.COMMANDS),
+        *(f"server.{op}" for op in v1.SERVER_FRAMES),
+    }
+    for op, command in v1.COMMANDS.items():
+        schema = _ws_payload(document, f"client.{op}")
+        fields = dataclasses.fields(command)
+        assert list(schema["properties"]) == ["op", *(f.name for f in fields)], op
+        assert schema["properties"]["op"] == {"const": op}
+        no_default = [f.name for f in fields if f.default is dataclasses.MISSING]
+        assert schema["required"] == ["op", *no_default], op
+    for op, frame in v1.SERVER_FRAMES.items():
+        schema = _ws_payload(document, f"server.{op}")
+        if op == "event":
+            assert len(schema["allOf"]) == 2
+            schema = _resolve(document, schema["allOf"][0]["$ref"])
+        hints = get_type_hints(frame, include_extras=True)  # `__required_keys__` cannot see
+        optional = {key for key, hint in hints.items() if get_origin(hint) is NotRequired}
+        assert list(schema["properties"]) == list(hints), op  # through the string annotations
+        assert schema["required"] == [key for key in hints if key not in optional], op
+        assert schema["properties"]["op"]["const"] == op
+    channel = _ws_payload(document, "client.subscribe")["properties"]["channel"]
+    assert channel["pattern"] == bodies.CHANNEL_PATTERN
+    since = _ws_payload(document, "client.subscribe")["properties"]["since"]["anyOf"][0]
+    assert since["pattern"] == bodies.EVENT_ID_PATTERN
+
+
+def test_ws_examples_parse_and_match_their_schemas() -> None:
+    """Every client example is a frame `v1.parse` takes (and `v1.encode` writes back); every
+    example matches its message's schema, with no member the schema does not declare."""
+    document = asyncapi_document()
+    examples = 0
+    for name, ref in document["channels"]["ws"]["messages"].items():
+        message = _resolve(document, ref["$ref"])
+        validator = _validator(document, message["payload"])
+        declared = _ws_payload(document, name).get("properties", {})
+        for example in message.get("examples", []):
+            payload = example["payload"]
+            assert list(validator.iter_errors(payload)) == [], (name, payload)
+            assert set(payload) <= set(declared), (name, payload)
+            if name.startswith("client."):
+                command = v1.parse(orjson.dumps(payload))
+                assert orjson.loads(v1.encode(command)) == payload
+            examples += 1
+    assert examples >= len(v1.COMMANDS) + len(v1.SERVER_FRAMES) - 1  # all but `event`
+
+
+def test_ws_schemas_refuse_what_the_parser_refuses() -> None:
+    """Where the document states a rule, it is the parser's: a bad channel, `since` or `type`
+    fails both."""
+    document = asyncapi_document()
+    bad = [
+        ("client.subscribe", {"op": "subscribe", "channel": "a b"}),
+        ("client.subscribe", {"op": "subscribe", "channel": "room:a", "since": "x"}),
+        ("client.publish", {"op": "publish", "channel": "room:a", "type": "a b"}),
+        ("client.publish", {"op": "publish", "channel": "room:a", "token": 5}),
+        ("client.unsubscribe", {"op": "unsubscribe"}),
+    ]
+    for name, payload in bad:
+        message = _resolve(document, document["channels"]["ws"]["messages"][name]["$ref"])
+        assert list(_validator(document, message["payload"]).iter_errors(payload)), payload
+        with pytest.raises(ProtocolError):
+            v1.parse(orjson.dumps(payload))
 
 
 def test_openapi_is_served(embedded_gateway: GatewayProcess) -> None:
