@@ -221,7 +221,11 @@ def _write_readme_handlers(directory: Path) -> None:
 
 
 def _resize_completes(url: str, check: Callable[[], None] = lambda: None) -> None:
-    accepted = httpx.post(f"{url}/jobs", json={"type": "resize", "data": {}})
+    refused = httpx.post(f"{url}/jobs", json={"type": "resize", "data": {}})
+    assert refused.status_code == 422, refused.text  # the README's input model is in force
+    assert refused.json()["errors"][0]["loc"] == "data.url", refused.text
+    data = {"url": "https://example.com/cat.png", "width": 64}
+    accepted = httpx.post(f"{url}/jobs", json={"type": "resize", "data": data})
     assert accepted.status_code == 202, accepted.text
     job_url = f"{url}/jobs/{accepted.json()['id']}"
 
@@ -232,4 +236,4 @@ def _resize_completes(url: str, check: Callable[[], None] = lambda: None) -> Non
         return bool(job["status"] == "completed")
 
     wait_until(completed, 30, "the README's resize handler to complete the job")
-    assert httpx.get(f"{job_url}/result").json()["result"] == {"ok": True}
+    assert httpx.get(f"{job_url}/result").json()["result"] == {"ok": True, "width": 64}

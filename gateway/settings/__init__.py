@@ -81,7 +81,10 @@ class Settings(BaseSettings):
         env="REDIS_URL",
         alias="GATEWAY_REDIS_URL",
         shown="empty",
-        help="Redis URL; empty means the in-memory backend",
+        help=(
+            "the backend: `redis://`, `rediss://` or `unix://` for Redis; "
+            "empty or `memory://` for one process in memory"
+        ),
     )
     host: str = setting(
         "127.0.0.1", env="GATEWAY_HOST", flag=("serve",), help="where `gateway serve` listens"
