@@ -11,11 +11,13 @@ table makes the drift loud instead of a wrong byte or an `AttributeError` on a l
   serve` refuses to start with `UnsupportedServer`, naming the attribute and the tested range;
 - one with a safe fallback (the ASGI path, or the stock object instead of the lean one) missing:
   one warning, and the slower or larger but correct path is taken;
-- a uvicorn method the gateway copies and edits (`digest`) changed: one warning to review the
-  copy (the test suite fails on it).
+- a uvicorn method the gateway copies and edits (`digest`) changed: the test suite fails on it.
 
-`tests/transports/test_internals.py` checks the whole table against what is installed and
-scans the transports' source for private names reached outside it.
+At start only what costs nothing is checked (modules, classes, class-level attributes); the
+instance attributes uvicorn sets, the digests and the calls made on replaced objects are read
+from uvicorn's source, which takes ~0.2 s, so `tests/transports/test_internals.py` checks them
+(the whole table, against what is installed) and scans the transports' source for private
+names reached outside it.
 """
 
 from __future__ import annotations
@@ -260,18 +262,27 @@ def digest(function: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def problems_of(internal: Internal, owner: Any) -> list[str]:
-    """What is wrong with one declared internal on `owner` (a class); empty if nothing."""
+def problems_of(internal: Internal, owner: Any, *, deep: bool = True) -> list[str]:
+    """What is wrong with one declared internal on `owner` (a class); empty if nothing.
+
+    `deep=False` checks only what costs nothing (the class, its class-level attributes): the
+    rest reads uvicorn's source (instance attributes, digests, calls), ~0.2 s at every start,
+    and is the test suite's to check (`tests/transports/test_internals.py`), for the pinned
+    range; the start-up check catches a class or method that is gone."""
     name = internal.name
     found: list[str] = []
     if internal.on == "class":
         if not hasattr(owner, name):
             return [f"{owner.__name__} has no attribute {name!r}"]
+    elif not deep:
+        return []
     else:
         source = _source(owner) if isinstance(owner, type) else ""
         assigned = re.compile(rf"\bself\.{re.escape(name)}\s*(?::[^=\n]+)?=(?!=)")
         if not assigned.search(source):
             return [f"{getattr(owner, '__name__', owner)} no longer sets self.{name}"]
+    if not deep:
+        return found
     if internal.digest:
         try:
             now = digest(getattr(owner, name))
@@ -293,8 +304,9 @@ def problems_of(internal: Internal, owner: Any) -> list[str]:
     return found
 
 
-def check(internals: tuple[Internal, ...] = INTERNALS) -> list[Problem]:
-    """Every problem with the declared internals, against what is installed."""
+def check(internals: tuple[Internal, ...] = INTERNALS, *, deep: bool = True) -> list[Problem]:
+    """Every problem with the declared internals, against what is installed (`deep`: see
+    `problems_of`)."""
     out: list[Problem] = []
     for internal in internals:
         try:
@@ -302,7 +314,7 @@ def check(internals: tuple[Internal, ...] = INTERNALS) -> list[Problem]:
         except (ImportError, AttributeError) as exc:
             out.append(Problem(internal, f"cannot be found ({exc})"))
             continue
-        out.extend(Problem(internal, what) for what in problems_of(internal, owner))
+        out.extend(Problem(internal, what) for what in problems_of(internal, owner, deep=deep))
     return out
 
 
@@ -310,7 +322,7 @@ def check(internals: tuple[Internal, ...] = INTERNALS) -> list[Problem]:
 def available(group: Group) -> bool:
     """Whether a group with a safe fallback can be used; if not, says so once, in a warning
     (cached: the first connection checks, the others read the answer)."""
-    found = check(tuple(i for i in INTERNALS if i.group == group))
+    found = check(tuple(i for i in INTERNALS if i.group == group), deep=False)
     for problem in found:
         log.warning("%s", problem)
     return all(p.review for p in found)
@@ -336,7 +348,7 @@ def require(*groups: Group) -> None:
     """Check the groups once at start: raise `UnsupportedServer` naming every internal a
     protocol cannot work without; warn (once) about the rest, and settle `available` for the
     connections to come."""
-    found = check(tuple(i for i in INTERNALS if i.group in groups))
+    found = check(tuple(i for i in INTERNALS if i.group in groups), deep=False)
     fatal = [p for p in found if p.fatal]
     if fatal:
         lines = "\n  ".join(map(str, fatal))
