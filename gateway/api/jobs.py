@@ -33,7 +33,7 @@ from gateway.jobs.services import JobServices as Services
 from gateway.jobs.services import job_services_of as services_of
 from gateway.problems import bad_request, conflict, not_found, unprocessable
 from gateway.transports.sse import EventStream, parse_positions
-from gateway.vocabulary import JobStatus
+from gateway.vocabulary import EventType, JobStatus
 from gateway.webhooks import check_callback_url, parse_callback_events
 
 RETRY_AFTER_SECONDS = "1"
@@ -174,7 +174,7 @@ def _at_or_after(position: str | None, last_event_id: str | None) -> bool:
 
 async def get_result(request: Request) -> Response:
     record = await load_or_404(services_of(request), request.path_params["job_id"])
-    if record.status != "completed":
+    if record.status != JobStatus.COMPLETED:
         raise conflict(
             f"job {record.id} is {record.status}; its result exists once it is completed",
             job_status=record.status,
@@ -192,7 +192,7 @@ async def cancel_job(request: Request) -> Response:
     event = await transition(
         services.backend,
         record.id,
-        "job.cancelled",
+        EventType.CANCELLED,
         {"reason": "cancelled by request", "was": record.status},
         expire=services.settings.job_ttl,
         callback=record.callback,
