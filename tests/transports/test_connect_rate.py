@@ -35,7 +35,11 @@ from tests.transports.test_read_budget import OP_PING, blast, client_frame
 FLOOD_SECONDS = 5.0
 RATE = 50
 """Events published, and `/healthz` requests made, per second during the flood."""
-P99_TARGET = 0.1
+P99_TARGET = 0.25
+"""What tells "the flood is held" from "it gets through": a flood that gets through delays
+the others by seconds (13-16 s measured for a ping flood without the read budget), while a
+hiccup of this shared 2-core machine alone reaches 100 ms about one run in twenty, in the tree
+before the refactor as after it. The speed itself is measured in bench/, not here."""
 
 
 # --- the gate itself ---------------------------------------------------------------------------

@@ -44,7 +44,11 @@ OP_PING, OP_TEXT, OP_CONT, OP_CLOSE, OP_PONG = 0x9, 0x1, 0x0, 0x8, 0xA
 FLOOD_SECONDS = 5.0
 RATE = 50
 """Events published, and `/healthz` requests made, per second during a flood."""
-P99_TARGET = 0.1
+P99_TARGET = 0.25
+"""What tells "the flood is held" from "it gets through": a flood that gets through delays
+the others by seconds (13-16 s measured for a ping flood without the read budget), while a
+hiccup of this shared 2-core machine alone reaches 100 ms about one run in twenty, in the tree
+before the refactor as after it. The speed itself is measured in bench/, not here."""
 
 
 # --- a raw WebSocket client ------------------------------------------------------------------
