@@ -34,12 +34,13 @@ from gateway.api.guards import AccessGuard, BodyLimit
 from gateway.auth import ApiKeys, ChannelPolicy
 from gateway.backends.url import open_backend
 from gateway.errors import GatewayError
-from gateway.hub import Hub, Subscriber
+from gateway.hub import Hub
 from gateway.jobs.registry import REGISTRY, HandlerRegistry
 from gateway.jobs.services import JobServices
 from gateway.jobs.worker import Worker
 from gateway.limits import Limits
 from gateway.logs import configure_logging, install_redaction
+from gateway.outbound import Subscriber
 from gateway.problems import (
     Problem,
     handle_gateway_error,

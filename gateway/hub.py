@@ -25,20 +25,7 @@ from gateway.backends.bus import Bus, History
 from gateway.errors import BackendUnavailable
 from gateway.events import Event, EventKey, parse_event_id
 from gateway.metrics import METRICS
-from gateway.outbound import ChannelState, Item, Subscriber, Transport
-
-__all__ = [
-    "REPLAY_FIRST_PAGE",
-    "REPLAY_PAGE_BYTES",
-    "REPLAY_PAGE_EVENTS",
-    "Attached",
-    "Hub",
-    "Item",
-    "Page",
-    "PageReader",
-    "Subscriber",
-    "Transport",
-]
+from gateway.outbound import ChannelState, Subscriber
 
 log = logging.getLogger("gateway.hub")
 

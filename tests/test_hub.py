@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from gateway.backends.memory import MemoryBus, MemoryJobQueue, MemoryJobStore, open_memory
-from gateway.hub import Hub, Subscriber
+from gateway.hub import Hub
+from gateway.outbound import Subscriber
 from gateway.settings import Settings
 
 

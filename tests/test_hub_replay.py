@@ -10,7 +10,8 @@ from gateway.backends.bundle import Backend
 from gateway.backends.bus import History
 from gateway.backends.memory import open_memory
 from gateway.events import Event
-from gateway.hub import REPLAY_FIRST_PAGE, REPLAY_PAGE_BYTES, Hub, Item, Subscriber
+from gateway.hub import REPLAY_FIRST_PAGE, REPLAY_PAGE_BYTES, Hub
+from gateway.outbound import Item, Subscriber
 from gateway.settings import Retention, Settings
 from tests.support import async_wait_until
 

@@ -20,7 +20,8 @@ from gateway.backends.memory import open_memory
 from gateway.backends.redis import open_redis
 from gateway.backends.redis_bus import RedisBus
 from gateway.events import Event
-from gateway.hub import Hub, Subscriber
+from gateway.hub import Hub
+from gateway.outbound import Subscriber
 from gateway.settings import Settings
 from tests.conftest import make_settings
 

@@ -26,11 +26,10 @@ from gateway.api.requests import (
 from gateway.api.responses import json_response
 from gateway.errors import InvalidJobData, UnsafeCallbackUrl
 from gateway.events import parse_event_id
-from gateway.hub import Subscriber
 from gateway.jobs.model import JobRecord, create_job, job_channel, load_job, transition
 from gateway.jobs.registry import field_errors
-from gateway.jobs.services import JobServices as Services
-from gateway.jobs.services import job_services_of as services_of
+from gateway.jobs.services import JobServices, job_services_of
+from gateway.outbound import Subscriber
 from gateway.problems import bad_request, conflict, not_found, unprocessable
 from gateway.transports.sse import EventStream, parse_positions
 from gateway.vocabulary import EventType, JobStatus
@@ -40,7 +39,7 @@ RETRY_AFTER_SECONDS = "1"
 JobBody = TypeVar("JobBody", bound=BaseModel)
 
 
-async def submit(services: Services, request: JobRequest) -> JobRecord:
+async def submit(services: JobServices, request: JobRequest) -> JobRecord:
     """Check `data` against its type's input and create the job; shared by `POST /jobs` and
     the seed-compatible aliases (the body's own fields were checked by its model)."""
     type_ = request.type
@@ -77,7 +76,7 @@ async def submit(services: Services, request: JobRequest) -> JobRecord:
 
 
 def job_body(
-    services: Services, model: type[JobBody], body: dict[str, Any], type_field: str = "type"
+    services: JobServices, model: type[JobBody], body: dict[str, Any], type_field: str = "type"
 ) -> JobBody:
     """`body` as `model`; a missing or empty job type is answered with the known job types
     (`job_types`), as an unknown one is."""
@@ -90,7 +89,7 @@ def job_body(
         raise invalid_fields(errors) from None
 
 
-async def load_or_404(services: Services, job_id: str) -> JobRecord:
+async def load_or_404(services: JobServices, job_id: str) -> JobRecord:
     if len(job_id) > 64:
         raise not_found(f"no job {job_id[:64]!r}")
     record = await load_job(services.backend, job_id)
@@ -100,7 +99,7 @@ async def load_or_404(services: Services, job_id: str) -> JobRecord:
 
 
 async def post_job(request: Request) -> Response:
-    services = services_of(request)
+    services = job_services_of(request)
     body = await read_json_object(request)
 
     async def produce() -> Response:
@@ -113,7 +112,7 @@ async def post_job(request: Request) -> Response:
 
 
 async def get_job(request: Request) -> Response:
-    services = services_of(request)
+    services = job_services_of(request)
     job_id = request.path_params["job_id"]
     since = event_id_param(request.query_params.get("since"))
     wait = float_param(request, "wait", 0.0, 0.0, services.settings.max_wait)
@@ -156,7 +155,9 @@ def _newer(record: JobRecord, since: str | None) -> bool:
     return parse_event_id(record.last_event_id) > parse_event_id(since)
 
 
-async def _wait_for_event(services: Services, job_id: str, since: str | None, wait: float) -> None:
+async def _wait_for_event(
+    services: JobServices, job_id: str, since: str | None, wait: float
+) -> None:
     """Hold a long poll on the hub (one bus subscription per channel, not a poll per request)."""
     subscriber = Subscriber("sse", 16)
     try:
@@ -173,7 +174,7 @@ def _at_or_after(position: str | None, last_event_id: str | None) -> bool:
 
 
 async def get_result(request: Request) -> Response:
-    record = await load_or_404(services_of(request), request.path_params["job_id"])
+    record = await load_or_404(job_services_of(request), request.path_params["job_id"])
     if record.status != JobStatus.COMPLETED:
         raise conflict(
             f"job {record.id} is {record.status}; its result exists once it is completed",
@@ -183,7 +184,7 @@ async def get_result(request: Request) -> Response:
 
 
 async def cancel_job(request: Request) -> Response:
-    services = services_of(request)
+    services = job_services_of(request)
     record = await load_or_404(services, request.path_params["job_id"])
     if record.terminal:
         raise conflict(
@@ -207,7 +208,7 @@ async def cancel_job(request: Request) -> Response:
 
 
 async def job_events(request: Request) -> Response:
-    services = services_of(request)
+    services = job_services_of(request)
     job_id = request.path_params["job_id"]
     raw = request.headers.get("last-event-id") or request.query_params.get("since")
     channel = job_channel(job_id)
@@ -234,7 +235,7 @@ async def list_jobs(request: Request) -> Response:
 
     The index may name jobs that expired; they are skipped here and pruned from it.
     """
-    services = services_of(request)
+    services = job_services_of(request)
     limit = int_param(request, "limit", 20, 1, 200)
     statuses = _filter_param(request, "status")
     if statuses and not statuses <= set(JobStatus):
@@ -290,7 +291,7 @@ def _decode_cursor(raw: str | None) -> tuple[int, str] | None:
 
 
 async def job_types(request: Request) -> Response:
-    registry = services_of(request).registry
+    registry = job_services_of(request).registry
     return json_response(
         {
             "job_types": [
