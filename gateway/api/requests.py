@@ -17,6 +17,9 @@ from gateway.problems import Problem, bad_request, unprocessable
 Body = TypeVar("Body", bound=BaseModel)
 
 DETAIL_ERRORS: Final = 3
+LISTED_ERRORS: Final = 50
+"""Most refused fields a 422 lists: a body of a million bad items must not answer with a
+million entries (`errors_total` then says how many there were)."""
 """Field errors spelled out in a 422's `detail`; `errors` lists all of them."""
 
 
@@ -75,9 +78,10 @@ def invalid_fields(
     shown = "; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in located[:DETAIL_ERRORS])
     if len(located) > DETAIL_ERRORS:
         shown += f" (and {len(located) - DETAIL_ERRORS} more in errors)"
-    return unprocessable(
-        lead + shown, errors=[{"loc": loc, "msg": msg} for loc, msg in located], **extra
-    )
+    listed = [{"loc": loc, "msg": msg} for loc, msg in located[:LISTED_ERRORS]]
+    if len(located) > LISTED_ERRORS:
+        extra["errors_total"] = len(located)
+    return unprocessable(lead + shown, errors=listed, **extra)
 
 
 def channel_param(name: str) -> str:

@@ -9,6 +9,7 @@ import httpx
 from pydantic import BaseModel
 
 from gateway.api import bodies
+from gateway.api.requests import LISTED_ERRORS
 from tests.support import GatewayProcess, wait_until
 
 
@@ -44,6 +45,20 @@ def test_bad_job_data_names_the_field(embedded_gateway: GatewayProcess) -> None:
     assert analysis["errors"] == [
         {"loc": "data", "msg": "give exactly one of data.csv (inline CSV text) or data.path"}
     ]
+
+
+def test_a_body_of_many_bad_items_gets_a_bounded_answer(
+    embedded_gateway: GatewayProcess,
+) -> None:
+    """Thousands of refused items list at most `LISTED_ERRORS`, and say how many there were:
+    the answer must not grow with what a client chooses to send."""
+    bad = [7] * 20_000
+    response = httpx.post(
+        embedded_gateway.url + "/jobs", json={"type": "sleep", "callback_events": bad}
+    )
+    problem = refusal(response)
+    assert len(problem["errors"]) == LISTED_ERRORS and problem["errors_total"] == 20_000
+    assert len(response.content) < 10_000, len(response.content)
 
 
 def test_bad_submission_fields_are_named(embedded_gateway: GatewayProcess) -> None:
