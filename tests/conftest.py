@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +22,30 @@ from tests.support import (
     WorkerProcess,
     gateway_env,
 )
+
+
+@pytest.fixture(autouse=True)
+def _serial_tests_run_alone(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Under pytest-xdist, a test marked `serial` runs while no other test does.
+
+    Every test holds one lock file: `serial` ones exclusively, the rest shared. The tests that
+    measure latency or CPU under a flood need the machine's cores to themselves; everything
+    else may run beside another test. Without xdist (one process) there is nothing to lock.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    # Each xdist worker's base temp dir is `<run>/popen-gwN`: the parent is shared by the run.
+    lock_path = tmp_path_factory.getbasetemp().parent / "serial-tests.lock"
+    exclusive = request.node.get_closest_marker("serial") is not None
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="module")

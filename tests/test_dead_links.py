@@ -21,6 +21,8 @@ from tests.blackhole import BlackholeProxy
 from tests.support import GatewayProcess, gateway_env
 from tests.test_client import LineReader
 
+pytestmark = pytest.mark.serial  # measures latency under load: alone under xdist
+
 DETECTION_LIMIT = 10.0
 
 

@@ -29,6 +29,8 @@ from gateway.errors import HandlerError
 from gateway.jobs.builtin import resolve_data_path
 from tests.support import GatewayProcess, gateway_env, ws_client, ws_recv, ws_send, ws_until
 
+pytestmark = pytest.mark.serial  # measures latency under load: alone under xdist
+
 JSON_SCALARS = (
     st.none()
     | st.booleans()

@@ -9,8 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support import GatewayProcess, wait_until, ws_client, ws_recv, ws_send
+
+pytestmark = pytest.mark.serial  # measures latency under load: alone under xdist
 
 EVENTS = 1000
 PADDING = "x" * 8000  # 1,000 of these outgrow the kernel socket buffers (4 MiB)

@@ -193,6 +193,11 @@ class MemoryJobQueue(JobQueue):
     async def ack(self, delivery: Delivery) -> None:
         self._pending.pop(delivery.token, None)
 
+    async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
+        # No await between the two: nothing else runs in between.
+        self._pending.pop(delivery.token, None)
+        await self.enqueue(delivery.job_id, delay)
+
 
 class MemoryBus(Bus):
     kind = "memory"

@@ -190,6 +190,17 @@ class RedisJobQueue(JobQueue):
         pipe.xdel(JOB_STREAM, delivery.token)
         await self._connection.call("ack", pipe.execute())
 
+    async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
+        # MULTI/EXEC: the stream and the delayed set share the `{jobs}` slot.
+        pipe = self._redis.pipeline(transaction=True)
+        if delay > 0:
+            pipe.zadd(DELAYED_JOBS, {delivery.job_id: int((time.time() + delay) * 1000)})
+        else:
+            pipe.xadd(JOB_STREAM, {"job": delivery.job_id})
+        pipe.xack(JOB_STREAM, WORKER_GROUP, delivery.token)
+        pipe.xdel(JOB_STREAM, delivery.token)
+        await self._connection.call("requeue", pipe.execute())
+
 
 class RedisIdempotencyStore(IdempotencyStore):
     def __init__(self, connection: RedisConnection) -> None:

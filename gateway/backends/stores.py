@@ -95,7 +95,15 @@ class JobQueue(abc.ABC):
 
     @abc.abstractmethod
     async def ack(self, delivery: Delivery) -> None:
-        """The delivery is finished (done, failed for good, or re-queued for later)."""
+        """The delivery is finished (done, or failed for good)."""
+
+    @abc.abstractmethod
+    async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
+        """Finish the delivery and queue its job again (now or after `delay`), in one step.
+
+        One step, not `enqueue` then `ack`: a worker stopped between the two would leave the
+        old delivery pending beside the new one, and the job would later run twice at once.
+        """
 
 
 class IdempotencyStore(abc.ABC):

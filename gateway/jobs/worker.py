@@ -159,8 +159,7 @@ class Worker:
 
     async def _give_back(self, delivery: Delivery) -> None:
         with contextlib.suppress(BackendUnavailable):
-            await self.backend.queue.enqueue(delivery.job_id)
-            await self.backend.queue.ack(delivery)
+            await self.backend.queue.requeue(delivery)
 
     async def _process(self, delivery: Delivery) -> None:
         try:
@@ -249,7 +248,8 @@ class Worker:
                     {"error": encode_field(outcome.error)},
                 )
                 METRICS.jobs.labels(record.type, JobStatus.RETRYING).inc()
-                await self.backend.queue.enqueue(record.id, delay=delay)
+                await self.backend.queue.requeue(delivery, delay=delay)
+                return
             else:
                 await self._fail(record, outcome.error, attempts)
         else:

@@ -37,3 +37,28 @@ async def test_delayed_enqueue_waits_until_due(queue: JobQueue) -> None:
     delivery = await queue.claim("w", block=3)
     assert delivery is not None and delivery.job_id == "later"
     await queue.ack(delivery)
+
+
+async def test_requeue_leaves_one_delivery_of_the_job(queue: JobQueue) -> None:
+    await queue.enqueue("again")
+    first = await queue.claim("stopping-worker", block=2)
+    assert first is not None
+    await queue.requeue(first)
+    second = await queue.claim("w", block=2)
+    assert second is not None and second.job_id == "again" and second.token != first.token
+    # The first delivery is finished: a re-claim finds only the new one, never a second copy.
+    reclaimed = await queue.reclaim("w2", min_idle=0)
+    assert [d.token for d in reclaimed] == [second.token]
+    await queue.ack(reclaimed[0])
+
+
+async def test_requeue_with_a_delay_waits_until_due(queue: JobQueue) -> None:
+    await queue.enqueue("retry")
+    first = await queue.claim("w", block=2)
+    assert first is not None
+    await queue.requeue(first, delay=0.4)
+    assert await queue.claim("w", block=0.1) is None
+    assert await queue.reclaim("w2", min_idle=0) == []
+    later = await queue.claim("w", block=3)
+    assert later is not None and later.job_id == "retry"
+    await queue.ack(later)

@@ -19,6 +19,8 @@ import pytest
 from tests.blackhole import BlackholeProxy
 from tests.support import GatewayProcess, free_port
 
+pytestmark = pytest.mark.serial  # measures latency under load: alone under xdist
+
 DETECTION_LIMIT = 10.0
 WAIT_MS = 15_000
 RESUME_MS = 30_000  # detection, plus a reconnect that may first try a pooled dead connection

@@ -32,6 +32,8 @@ from gateway.vocabulary import CloseCode
 from tests.support import GatewayProcess, async_wait_until, ws_recv, ws_send
 from tests.transports.test_read_budget import OP_PING, blast, client_frame
 
+pytestmark = pytest.mark.serial  # measures latency under load: alone under xdist
+
 FLOOD_SECONDS = 5.0
 RATE = 50
 """Events published, and `/healthz` requests made, per second during the flood."""

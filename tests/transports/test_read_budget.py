@@ -40,6 +40,8 @@ from tests.support import (
     ws_send,
 )
 
+pytestmark = pytest.mark.serial  # measures latency under load: alone under xdist
+
 OP_PING, OP_TEXT, OP_CONT, OP_CLOSE, OP_PONG = 0x9, 0x1, 0x0, 0x8, 0xA
 FLOOD_SECONDS = 5.0
 RATE = 50
