@@ -53,6 +53,7 @@ async def test_a_client_taken_over_by_another_gateway_stays(store: PresenceStore
     assert not moved.changed
     assert not (await store.leave("room:c", BOB.key, "g1")).changed
     assert (await store.stats("room:c")).clients == 1
+    assert ("room:c", BOB.key) not in await store.held("g1", 100)
     assert (await store.leave("room:c", BOB.key, "g2")).changed
 
 
