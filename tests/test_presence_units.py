@@ -168,6 +168,27 @@ async def test_a_client_back_within_the_grace_never_left() -> None:
     assert (await presence.store.stats("room:g")).clients == 0
 
 
+async def test_join_and_leave_events_stop_above_the_room_size_limit() -> None:
+    presence = make_presence(presence_grace=0.0, presence_events_max=2)
+    events: list[Event] = []
+    presence.backend.bus.add_listener(events.append)
+    await presence.backend.bus.subscribe("room:big")
+    subscribers = [Subscriber("ws", 10) for _ in range(3)]
+    for n, subscriber in enumerate(subscribers):
+        await presence.joined(subscriber, "room:big", Member(f"c{n}", None))
+    for subscriber in subscribers:
+        await presence.left(subscriber, "room:big", disconnected=False)
+    clients = [(e.type, e.to_dict()["data"]["client"]) for e in events]
+    # Only a change that leaves more than 2 clients goes unannounced: the third join.
+    assert clients == [
+        ("presence.join", "c0"),
+        ("presence.join", "c1"),
+        ("presence.leave", "c0"),
+        ("presence.leave", "c1"),
+        ("presence.leave", "c2"),
+    ]
+
+
 async def test_channels_outside_the_tracked_namespaces_cost_nothing() -> None:
     presence = make_presence()
     subscriber = Subscriber("ws", 10)
