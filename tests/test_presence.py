@@ -362,6 +362,12 @@ async def test_presence_is_authorized_like_history(
         assert (await ws_recv(ws))["code"] == "invalid_cursor"
     bad = httpx.get(url, params={"token": reader("r", room), "cursor": "%%%"})
     assert bad.status_code == 400
+    stream = {"channel": room, "token": reader("r", room), "client": "not an id"}
+    assert httpx.get(f"{one.url}/events", params=stream).status_code == 400
+    async with ws_client(f"{one.ws_url}?client=no%20spaces&token={reader('r', room)}") as ws:
+        refused = await ws_recv(ws)
+        assert refused["code"] == "invalid_client" and refused["ref"] is None
+        await subscribe(ws, room)  # the connection goes on with an id of the gateway's
 
 
 async def test_a_room_of_ten_thousand_counts_at_once_and_pages_completely(
