@@ -71,6 +71,7 @@ def env(redis_server: RedisServer, receiver: Receiver) -> dict[str, str]:
         REDIS_URL=redis_server.url,
         GATEWAY_SECRET=SECRET,
         GATEWAY_API_KEYS=API_KEY,
+        GATEWAY_PRESENCE_EVENTS="room",
         GATEWAY_PRESENCE_TIMEOUT=str(TIMEOUT),
         GATEWAY_PRESENCE_GRACE=str(GRACE),
         GATEWAY_OCCUPANCY_EVENTS="room",
