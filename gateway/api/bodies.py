@@ -86,6 +86,13 @@ class JobRequest(RequestBody):
         validation_alias=AliasChoices("callback_events", "callbackEvents"),
         description="which events go to `callback_url`; by default the terminal ones",
     )
+    cancel_when_unwatched: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        description="cancel the job once its channel has had no subscriber for this many "
+        "seconds (docs/presence.md); a watched job is never cancelled this way",
+    )
 
 
 class SubmitJobRequest(RequestBody):
@@ -226,6 +233,26 @@ class ChannelHistory(ResponseBody):
     more: bool = Field(description="true: ask again with `since=last_id`")
     last_id: str | None
     events: list[EventEnvelope]
+
+
+class PresenceEntry(ResponseBody):
+    """One client subscribed to a channel (docs/presence.md)."""
+
+    client: str = Field(description="the client's id: its `?client=`, else one the gateway chose")
+    user: str | None = Field(description="its token's `sub`")
+    info: dict[str, Any] | None = Field(description="its token's `info` claim (size-bounded)")
+
+
+class ChannelPresence(ResponseBody):
+    channel: str
+    clients: list[PresenceEntry]
+    next: str | None = Field(description="`cursor` of the next page; null on the last")
+
+
+class ChannelPresenceStats(ResponseBody):
+    channel: str
+    clients: int = Field(ge=0, description="clients subscribed, on every gateway")
+    users: int = Field(ge=0, description="distinct token subjects among them")
 
 
 class TokenGrant(ResponseBody):
