@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 from gateway.auth import ApiKeys, ChannelPolicy
 from gateway.backends.bundle import Backend
 from gateway.channels import ChannelService
+from gateway.control import ControlService
 from gateway.hub import Hub
 from gateway.limits import Limits
 from gateway.settings import Settings
@@ -25,9 +26,12 @@ class Services:
     limits: Limits = field(default_factory=Limits)
     channels: ChannelService = field(init=False)
     """Subscribe, publish and history rules, the same for every transport and route."""
+    control: ControlService = field(init=False)
+    """Disconnect, unsubscribe and revoke across processes; connections register here."""
 
     def __post_init__(self) -> None:
         self.channels = ChannelService(self.policy, self.limits, self.backend)
+        self.control = ControlService(self.backend.control)
 
 
 def services_of(connection: HTTPConnection) -> Services:

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.backends.bus import Bus
+from gateway.backends.control import ControlBus
 from gateway.backends.stores import IdempotencyStore, JobQueue, JobStore, WebhookSchedule
 
 
@@ -26,6 +27,9 @@ class Backend:
     queue: JobQueue
     idempotency: IdempotencyStore
     webhooks: WebhookSchedule
+    control: ControlBus
+    """Commands to every gateway process and the revocation list; started by the gateway
+    (`start_control`), not by workers, which have no connections to act on."""
     release: Callable[[], Awaitable[None]] = _nothing
 
     @property
@@ -36,8 +40,12 @@ class Backend:
     async def start(self) -> None:
         await self.bus.start()
 
+    async def start_control(self) -> None:
+        await self.control.start()
+
     async def close(self) -> None:
         try:
+            await self.control.close()
             await self.bus.close()
         finally:
             await self.release()
