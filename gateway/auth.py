@@ -134,7 +134,7 @@ class ChannelPolicy:
         except InvalidToken as exc:
             raise Forbidden(exc.message, exc.code) from None
         if token.jti is not None and self.revoked(token.jti):
-            raise Forbidden("the token was revoked; get a new one", TOKEN_REVOKED)
+            raise Forbidden("the token was revoked; get a new one", "token_revoked")
         return token
 
     def server_subscriptions(self, token: ChannelToken | None) -> tuple[str, ...]:
