@@ -28,6 +28,8 @@ ControlListener = Callable[[Mapping[str, Any]], int | None]
 """Hears every command sent to the processes; returns how many connections it acted on (the
 sender adds the answers up), or None to leave the command unanswered. Must not block."""
 
+PRUNE_FLOOR = 1024
+"""Revocations held before expired ones are swept out (then again at twice what is left)."""
 REPLY_TIMEOUT = 2.0
 """Seconds `send` waits for every process that heard a command to say what it did."""
 
@@ -57,6 +59,7 @@ class ControlBus(abc.ABC):
     def __init__(self) -> None:
         self._listeners: tuple[ControlListener, ...] = ()
         self._revoked: dict[str, float] = {}
+        self._prune_at = PRUNE_FLOOR
         self._pending: dict[str, _Pending] = {}
         self._ids = itertools.count()
         self.process_id = secrets.token_hex(6)
@@ -115,7 +118,7 @@ class ControlBus(abc.ABC):
     async def revoke(self, jti: str, exp: float) -> Outcome:
         """Refuse tokens with this id until `exp` (unix seconds), in every process, and tell
         every process to close the connections that hold one."""
-        self._revoked[jti] = exp
+        self._remember(jti, exp)
         await self._store_revocation(jti, exp)
         return await self.send({"op": "revoke", "jti": jti, "exp": exp})
 
@@ -130,7 +133,7 @@ class ControlBus(abc.ABC):
         if op == "revoke":
             jti, exp = message.get("jti"), message.get("exp")
             if isinstance(jti, str) and isinstance(exp, int | float):
-                self._revoked[jti] = float(exp)
+                self._remember(jti, float(exp))
         acted = 0
         for listener in self._listeners:
             try:
@@ -140,6 +143,14 @@ class ControlBus(abc.ABC):
         request = message.get("request")
         if isinstance(request, str):
             self._answer(request, acted)
+
+    def _remember(self, jti: str, exp: float) -> None:
+        """Add a revocation; expired ones are swept out as the list grows, so it holds about
+        the revocations of one token lifetime however long the process runs."""
+        self._revoked[jti] = exp
+        if len(self._revoked) >= self._prune_at:
+            self._load(self._revoked)
+            self._prune_at = max(PRUNE_FLOOR, 2 * len(self._revoked))
 
     def _load(self, revoked: Mapping[str, float]) -> None:
         now = time.time()

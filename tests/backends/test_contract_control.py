@@ -9,11 +9,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+import redis.asyncio as redis
 
 from gateway.backends.bundle import Backend
-from gateway.backends.control import ControlBus
+from gateway.backends.control import PRUNE_FLOOR, ControlBus
+from gateway.backends.redis_control import REVOKED_KEY
 from gateway.backends.url import open_backend
 from tests.conftest import make_settings
+from tests.support import async_wait_until
 
 
 @pytest.fixture
@@ -83,3 +86,32 @@ async def test_a_revocation_reaches_every_process_and_later_ones(redis_url: str)
         for backend in (first, second, late):
             if backend is not None:
                 await backend.close()
+
+
+async def test_expired_revocations_are_swept_out_as_the_list_grows(control: ControlBus) -> None:
+    now = time.time()
+    for n in range(PRUNE_FLOOR - 1):
+        control._remember(f"old-{n}", now - 1)  # expired: as if announced long ago
+    assert control.revoked_count == PRUNE_FLOOR - 1
+    await control.revoke("fresh", now + 60)
+    assert control.revoked_count == 1 and control.is_revoked("fresh")
+
+
+async def test_a_process_that_missed_an_announcement_rereads_the_list_on_reconnect(
+    redis_url: str,
+) -> None:
+    backend = open_backend(make_settings(redis_url, pubsub_probe=0.2))
+    await backend.start()
+    await backend.start_control()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        # Stored while no announcement reached this process (as if it was cut off then).
+        await client.zadd(REVOKED_KEY, {"missed": time.time() + 60})
+        assert not backend.control.is_revoked("missed")
+        await client.client_kill_filter(_type="pubsub")
+        await async_wait_until(
+            lambda: backend.control.is_revoked("missed"), 10, "the list reread on reconnect"
+        )
+    finally:
+        await client.aclose()
+        await backend.close()
