@@ -19,6 +19,7 @@ from tests.support import (
     GatewayProcess,
     RedisServer,
     SSEEvent,
+    async_wait_until,
     gateway_env,
     sse_events,
     ws_client,
@@ -224,21 +225,27 @@ async def test_unsubscribe_stops_the_channel_on_both_gateways(
     one, two = gateways
     dora = mint(one.url, "dora")["token"]
     erin = mint(one.url, "erin")["token"]
+    streams = "channel=room:news&channel=room:other"
     async with (
         ws_client(f"{one.ws_url}?token={dora}") as dora_one,
         ws_client(f"{two.ws_url}?token={dora}") as dora_two,
         ws_client(f"{two.ws_url}?token={erin}") as erin_two,
+        sse_stream(f"{one.url}/events?{streams}&token={dora}") as dora_sse,
     ):
         for ws in (dora_one, dora_two, erin_two):
             await subscribed(ws, "room:news")
             await subscribed(ws, "room:other")
+        publish(one.url, "room:other", "before")
+        await first_event(dora_sse, "note")
         answer = control(
             two.url, "/users/dora/unsubscribe", {"channel": "room:news", "reason": "muted"}
         )
-        assert answer.json()["connections"] == 2, answer.text
+        assert answer.json()["connections"] == 3, answer.text
         for ws in (dora_one, dora_two):
             frames = await ws_until(ws, lambda f: f.get("op") == "unsubscribed")
             assert frames[-1] == {"op": "unsubscribed", "channel": "room:news", "reason": "muted"}
+        signal = await first_event(dora_sse, "unsubscribed")
+        assert signal.json() == {"type": "unsubscribed", "channel": "room:news", "reason": "muted"}
         publish(one.url, "room:news", "after")
         marker = publish(one.url, "room:other", "marker")
         for ws in (dora_one, dora_two):
@@ -246,9 +253,35 @@ async def test_unsubscribe_stops_the_channel_on_both_gateways(
             assert [f.get("channel") for f in frames] == ["room:other"]
             assert frames[-1]["id"] == marker
         frames = await ws_until(erin_two, lambda f: f.get("id") == marker)
-        assert [f["data"] for f in frames if f.get("op") == "event"] == ["after", "marker"]
+        erin_saw = [f["data"] for f in frames if f.get("op") == "event"]
+        assert erin_saw == ["before", "after", "marker"]
+
+        def notes() -> list[Any]:
+            return [e.json()["data"] for e in dora_sse.events if e.event == "note"]
+
+        await async_wait_until(lambda: "marker" in notes(), 10, "the marker over SSE")
+        assert notes() == ["before", "marker"]
         # The connections are open, and may subscribe again.
         await subscribed(dora_one, "room:news")
+
+
+async def test_unsubscribe_ends_a_server_side_subscription(
+    gateways: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    one, two = gateways
+    token = mint(one.url, "ivy", subscriptions=["user:ivy", "room:ivy"])["token"]
+    async with ws_client(f"{two.ws_url}?token={token}") as ws:
+        for channel in ("user:ivy", "room:ivy"):
+            assert await ws_recv(ws) == {"op": "subscribed", "channel": channel, "server": True}
+        # Still held (no resume yet): the unsubscribe ends it all the same.
+        answer = control(one.url, "/users/ivy/unsubscribe", {"channel": "user:ivy"})
+        assert answer.json()["connections"] == 1, answer.text
+        frames = await ws_until(ws, lambda f: f.get("op") == "unsubscribed")
+        assert frames[-1] == {"op": "unsubscribed", "channel": "user:ivy", "reason": "unsubscribed"}
+        publish(one.url, "user:ivy", "after")
+        marker = publish(one.url, "room:ivy", "marker")
+        frames = await ws_until(ws, lambda f: f.get("id") == marker, timeout=HOLD + 10)
+        assert [f["channel"] for f in frames if f["op"] == "event"] == ["room:ivy"]
 
 
 # --- server-side subscriptions -----------------------------------------------------------------
