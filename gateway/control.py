@@ -46,17 +46,20 @@ class Sessions:
 
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str], set[Session]] = {}
-        self._keys: dict[Session, set[tuple[str, str]]] = {}
+        self._keys: dict[Session, tuple[tuple[str, str], ...]] = {}
+        """A tuple each: a connection uses one or two tokens, rarely more."""
 
     def track(self, session: Session, token: ChannelToken | None) -> None:
         """Index `session` under the token's subject and id (cheap when already indexed)."""
         if token is None:
             return
-        keys = self._keys.setdefault(session, set())
+        keys = self._keys.get(session, ())
         for key in (("sub", token.sub), ("jti", token.jti or "")):
             if key[1] and key not in keys:
-                keys.add(key)
+                keys = (*keys, key)
                 self._by_key.setdefault(key, set()).add(session)
+        if keys:
+            self._keys[session] = keys
 
     def forget(self, session: Session) -> None:
         for key in self._keys.pop(session, ()):

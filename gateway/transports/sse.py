@@ -206,7 +206,7 @@ class _Stream(Outbound):
         self.ping_timer: asyncio.TimerHandle | None = None
         self.expiry_timer: asyncio.TimerHandle | None = None
         self.ended_event: asyncio.Event | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] | None = None
 
     async def run(self, receive: Receive) -> None:
         response, subscriber, hub = self.response, self.subscriber, self.response.hub
@@ -228,7 +228,7 @@ class _Stream(Outbound):
         finally:
             if sessions is not None:
                 sessions.forget(self)
-            for task in self.tasks:
+            for task in self.tasks or ():
                 task.cancel()
             for timer in (self.ping_timer, self.expiry_timer):
                 if timer is not None:
@@ -296,6 +296,8 @@ class _Stream(Outbound):
             self.subscriber.control("unsubscribed", channel=channel, reason=reason)
 
         task = asyncio.ensure_future(unsubscribe())
+        if self.tasks is None:
+            self.tasks = set()
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return True

@@ -98,9 +98,10 @@ class Connection(Outbound):
         self._wire: WebSocketWire | None = None
         self._abort: asyncio.TimerHandle | None = None
         self._read_budget: ReadBudget | None = None
-        self._held: dict[str, asyncio.TimerHandle] = {}
-        """Server-side subscriptions waiting for the client to resume them (`_release`)."""
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._held: dict[str, asyncio.TimerHandle] | None = None
+        """Server-side subscriptions waiting for the client to resume them (`_release`); made
+        only for a connection that has some (memory per idle connection is a target)."""
+        self._tasks: set[asyncio.Task[None]] | None = None
 
     async def run(self) -> None:
         offered = self.websocket.scope.get("subprotocols", [])
@@ -118,9 +119,9 @@ class Connection(Outbound):
                 await self._read_forever()
         finally:
             self.services.control.sessions.forget(self)
-            for timer in self._held.values():
+            for timer in (self._held or {}).values():
                 timer.cancel()
-            for task in self._tasks:
+            for task in self._tasks or ():
                 task.cancel()
             if self._expiry is not None:
                 self._expiry.cancel()
@@ -157,6 +158,7 @@ class Connection(Outbound):
             return True
         loop = asyncio.get_running_loop()
         hold = self.services.settings.server_subscription_hold
+        held = self._held = {}
         for channel in channels[: self.services.settings.max_subscriptions]:
             try:
                 self.channels.authorize_read(channel, api_key=None, token=token)
@@ -169,14 +171,14 @@ class Connection(Outbound):
                 self._send(v1.error_frame(None, exc))
                 continue
             self._send(v1.subscribed(channel))
-            self._held[channel] = loop.call_later(hold, self._hold_ended, channel)
+            held[channel] = loop.call_later(hold, self._hold_ended, channel)
         if not self.channels.policy.open_mode:
             self._end_at(token.exp)
         return True
 
     def _hold_ended(self, channel: str) -> None:
         """The client did not resume a server-side subscription: replay it from the start."""
-        if self._held.pop(channel, None) is not None:
+        if self._unhold(channel):
             self._spawn(self._release(channel, None, None))
 
     async def _release(self, channel: str, since: str | None, ref: v1.Ref | None) -> None:
@@ -190,7 +192,17 @@ class Connection(Outbound):
         except v1.ANSWERED as exc:
             self._send(v1.error_frame(ref, exc))
 
+    def _unhold(self, channel: str) -> bool:
+        """Stop holding the channel (cancelling its timer); False if it was not held."""
+        timer = self._held.pop(channel, None) if self._held else None
+        if timer is None:
+            return False
+        timer.cancel()
+        return True
+
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        if self._tasks is None:
+            self._tasks = set()
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -209,9 +221,7 @@ class Connection(Outbound):
         """Detach the channel, then say so: `unsubscribed` is the channel's last frame."""
         if channel not in self.subscriber.channels:
             return False
-        timer = self._held.pop(channel, None)
-        if timer is not None:
-            timer.cancel()
+        self._unhold(channel)
 
         async def unsubscribe() -> None:
             await self.services.hub.detach(self.subscriber, channel)
@@ -362,9 +372,7 @@ class Connection(Outbound):
         channel, ref = command.channel, command.ref
         token = self._token(command.token)
         self.channels.authorize_read(channel, api_key=self.api_key, token=token)
-        timer = self._held.pop(channel, None)
-        if timer is not None:  # the client resumes a server-side subscription
-            timer.cancel()
+        if self._unhold(channel):  # the client resumes a server-side subscription
             await self._release(channel, command.since, ref)
             return
         if channel in self.subscriber.channels:
@@ -387,9 +395,7 @@ class Connection(Outbound):
         channel = command.channel
         if channel not in self.subscriber.channels:
             raise OpError("not_subscribed", f"not subscribed to {channel}")
-        timer = self._held.pop(channel, None)
-        if timer is not None:
-            timer.cancel()
+        self._unhold(channel)
         await self.services.hub.detach(self.subscriber, channel)
         self._send(v1.ack(command.ref, channel))
 
