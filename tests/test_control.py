@@ -30,7 +30,8 @@ from tests.support import (
 
 API_KEY = "k" * 32
 SERVER = {"Authorization": f"Bearer {API_KEY}"}
-HOLD = 1.0
+HOLD = 3.0
+"""Long enough for a test to publish and resume within it on a loaded machine."""
 
 
 @pytest.fixture(scope="module")
