@@ -22,6 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api import channels, compat, docs, health, jobs, presence, problem_pages
+from gateway.api import control as control_routes
 from gateway.api import tokens as token_routes
 from gateway.api.access import (
     PUBLIC,
@@ -89,7 +90,7 @@ def create_app(
         settings,
         backend,
         hub,
-        ChannelPolicy.from_settings(settings),
+        ChannelPolicy.from_settings(settings, revoked=backend.control.is_revoked),
         ApiKeys(settings.api_keys),
         Limits.from_settings(settings),
         registry=registry,
@@ -98,6 +99,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await backend.start()
+        await backend.start_control()
         # Start-up objects (modules, routes, settings) never die: move them out of the
         # collector's sight, and collect the young generation less often. The collector made
         # most of the p99 tail of a Starlette fan-out (bench-reference/ABOUT.md).
@@ -134,6 +136,7 @@ def create_app(
         *presence.routes,
         *compat.routes,
         *token_routes.routes,
+        *control_routes.routes,
         *docs.routes,
         *problem_pages.routes,
         *health.routes,

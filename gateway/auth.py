@@ -19,16 +19,17 @@ a local `gateway serve` works with curl and the dashboard without any credential
 
 from __future__ import annotations
 
+import contextlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from starlette.datastructures import Headers, QueryParams
 from starlette.requests import cookie_parser
 from starlette.types import Scope
 
-from gateway.errors import Forbidden, InvalidToken
-from gateway.events import namespace_of
+from gateway.errors import Forbidden, InvalidChannel, InvalidToken
+from gateway.events import namespace_of, validate_channel
 from gateway.settings import Settings
 from gateway.tokens import ChannelToken, TokenSigner
 
@@ -88,13 +89,22 @@ class ChannelPolicy:
         *,
         signer: TokenSigner | None = None,
         open_mode: bool = True,
+        revoked: Callable[[str | None], bool] | None = None,
+        personal_channel: str = "",
     ) -> None:
+        self.personal_channel = personal_channel
+        """`GATEWAY_PERSONAL_CHANNEL`: `user:{sub}` subscribes every token's connections to
+        its subject's channel; empty for none."""
         self.rules = dict(DEFAULT_RULES if rules is None else rules)
         self.signer = signer or TokenSigner.ephemeral()
         self.open_mode = open_mode
+        self.revoked = revoked or _none_revoked
+        """Whether a token id was revoked: the control bus's local list, no I/O."""
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ChannelPolicy:
+    def from_settings(
+        cls, settings: Settings, revoked: Callable[[str | None], bool] | None = None
+    ) -> ChannelPolicy:
         lifetime = settings.max_token_ttl
         if settings.secrets:
             signer = TokenSigner(settings.secrets, max_lifetime=lifetime)
@@ -103,20 +113,44 @@ class ChannelPolicy:
         else:
             signer = TokenSigner.ephemeral(max_lifetime=lifetime)
         rules = {**DEFAULT_RULES, **settings.channel_rules}
-        return cls(rules, signer=signer, open_mode=settings.dev_mode)
+        return cls(
+            rules,
+            signer=signer,
+            open_mode=settings.dev_mode,
+            revoked=revoked,
+            personal_channel=settings.personal_channel,
+        )
 
     @property
     def namespaces(self) -> frozenset[str]:
         return frozenset(self.rules)
 
     def verify(self, raw: str | None) -> ChannelToken | None:
-        """The verified token, None when none was given; raise `Forbidden` for a bad one."""
+        """The verified token, None when none was given; raise `Forbidden` for a bad one
+        (`token_revoked` for one whose `jti` was revoked)."""
         if raw is None or raw == "":
             return None
         try:
-            return self.signer.verify(raw)
+            token = self.signer.verify(raw)
         except InvalidToken as exc:
             raise Forbidden(exc.message, exc.code) from None
+        if token.jti is not None and self.revoked(token.jti):
+            raise Forbidden("the token was revoked; get a new one", "token_revoked")
+        return token
+
+    def server_subscriptions(self, token: ChannelToken | None) -> tuple[str, ...]:
+        """The channels a connection with this token is subscribed to on connect, without
+        asking: the token's `subscriptions`, then the personal channel (if configured and the
+        token has a subject that makes a valid channel name). Each is still authorized like a
+        client's own subscription by whoever subscribes it."""
+        if token is None:
+            return ()
+        channels = list(token.subscriptions)
+        if self.personal_channel and token.sub:
+            # A subject that cannot make a channel name has no personal channel.
+            with contextlib.suppress(InvalidChannel):
+                channels.append(validate_channel(self.personal_channel.replace("{sub}", token.sub)))
+        return tuple(dict.fromkeys(channels))
 
     def job_token(self, job_id: str, ttl: float) -> str:
         """A token that can subscribe to this job's channel and nothing else.
@@ -156,6 +190,13 @@ class ChannelPolicy:
         if token.grants(channel, right):
             return
         raise Forbidden(f"the token does not allow {right} on {channel}")
+
+
+TOKEN_REVOKED: Final = "token_revoked"
+
+
+def _none_revoked(jti: str | None) -> bool:
+    return False
 
 
 def bearer_of(headers: Headers) -> str | None:

@@ -47,6 +47,19 @@ class ChannelService:
             return None
         return self.policy.verify(raw)
 
+    def connection_token(self, raw: str | None, *, api_key: str | None) -> ChannelToken | None:
+        """The token a connection was opened with, for what it is subscribed to on connect and
+        whose it is (`gateway.control`). As `token`, except that in open mode it is verified
+        too (one that does not verify is then ignored, as `token` ignores every token)."""
+        if api_key is not None:
+            return None
+        if self.policy.open_mode:
+            try:
+                return self.policy.verify(raw)
+            except Forbidden:
+                return None
+        return self.policy.verify(raw)
+
     def authorize_read(
         self, channel: str, *, api_key: str | None, token: ChannelToken | None
     ) -> None:

@@ -182,8 +182,12 @@ def cmd_submit(args: argparse.Namespace) -> None:
 def cmd_follow(args: argparse.Namespace) -> None:
     from gateway.client import follow_channel
 
+    if args.channel is None and not args.token:
+        sys.exit("gateway follow: name a channel, or give --token to follow its server-side ones")
     with contextlib.suppress(KeyboardInterrupt):
-        code = follow_channel(args.url, args.channel, args.since, **_heartbeat_option(args))
+        code = follow_channel(
+            args.url, args.channel, args.since, token=args.token, **_heartbeat_option(args)
+        )
         if code is not None:
             sys.exit(code)
 
@@ -251,8 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a channel's events as JSON lines (job:<id>: until the job ends; "
         "exit 0 completed, 1 failed/cancelled)",
     )
-    follow.add_argument("channel")
+    follow.add_argument(
+        "channel", nargs="?", default=None, help="omit with --token: its server-side channels"
+    )
     follow.add_argument("--since", default=None)
+    follow.add_argument(
+        "--token",
+        default=os.environ.get("GATEWAY_TOKEN"),
+        help="a channel token to stream with (default $GATEWAY_TOKEN); without a channel, "
+        "follow the token's server-side subscriptions",
+    )
     follow.add_argument("--url", default=url_default)
     follow.set_defaults(func=cmd_follow)
     for command in (submit, follow):

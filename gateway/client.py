@@ -21,7 +21,7 @@ import httpx
 import orjson
 
 from gateway.errors import ClientError
-from gateway.vocabulary import JOB_TERMINAL_TYPES, EventType, JobStatus
+from gateway.vocabulary import JOB_TERMINAL_TYPES, CloseCode, EventType, JobStatus
 
 RECONNECT_INITIAL = 0.5
 RECONNECT_MAX = 10.0
@@ -34,8 +34,9 @@ JOB_EXIT_CODES = {
 """The exit code of `submit --follow` and `follow job:<id>` for each event that ends a job."""
 
 
-def _headers() -> dict[str, str]:
-    key = os.environ.get("GATEWAY_API_KEY")
+def _headers(token: str | None = None) -> dict[str, str]:
+    """A channel token when given (a user's stream), else `GATEWAY_API_KEY` if set."""
+    key = token or os.environ.get("GATEWAY_API_KEY")
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
@@ -110,10 +111,12 @@ def stream_events(
     *,
     log: TextIO | None = None,
     heartbeat: float = HEARTBEAT,
+    token: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield event envelopes from an SSE stream, reconnecting and resuming after failures.
 
-    Ends when the gateway ends the stream for good (`204` for a job that already ended); a
+    Ends when the gateway ends the stream for good (`204` for a job that already ended, or a
+    `disconnected` message with code 4001: the server disconnected this user); a
     stream that just stops (restart, slow consumer, network) is resumed with `Last-Event-ID`,
     and so is one that says nothing for `2 * heartbeat` seconds (a silently dead link).
     """
@@ -123,7 +126,7 @@ def stream_events(
     path += ("&" if "?" in path else "?") + f"heartbeat={heartbeat:g}"
     timeout = httpx.Timeout(10, read=2 * heartbeat)
     while True:
-        headers = {"Accept": "text/event-stream", **_headers()}
+        headers = {"Accept": "text/event-stream", **_headers(token)}
         if last_id:
             headers["Last-Event-ID"] = last_id
         retry_hint: float | None = None
@@ -160,6 +163,11 @@ def stream_events(
                             )
                         elif kind == "error":
                             print(f"gateway: {frame.data.get('message')}; resuming", file=log)
+                        elif kind == "disconnected":
+                            reason = frame.data.get("reason")
+                            if frame.data.get("code") == CloseCode.DISCONNECTED:
+                                raise ClientError(f"disconnected by the server: {reason}")
+                            print(f"disconnected by the server ({reason}); resuming", file=log)
         except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
             print(f"connection lost ({exc.__class__.__name__}); resuming", file=log)
         time.sleep(retry_hint if retry_hint is not None else delay)
@@ -248,21 +256,28 @@ def _error_text(error: Any) -> str:
 
 
 def follow_channel(
-    url: str, channel: str, since: str | None, heartbeat: float = HEARTBEAT
+    url: str,
+    channel: str | None,
+    since: str | None,
+    heartbeat: float = HEARTBEAT,
+    token: str | None = None,
 ) -> int | None:
     """Print a channel's events as JSON lines, resuming across disconnects.
 
     A room or user channel is followed until interrupted. A job's channel (`job:<id>`) is
     followed until the job ends, like `submit --follow`: the exit code is 0 when it completed,
-    1 when it failed or was cancelled.
+    1 when it failed or was cancelled. Without a channel, the `token`'s server-side
+    subscriptions are followed (`/events` with the token alone, docs/control.md).
     """
-    job_id = channel.removeprefix("job:") if channel.startswith("job:") else None
+    job_id = channel.removeprefix("job:") if channel and channel.startswith("job:") else None
     if job_id is not None:
         path = f"/jobs/{quote(job_id, safe='')}/events"
+    elif channel is None:
+        path = "/events"
     else:
         path = f"/events?channel={quote(channel, safe=':')}"
     try:
-        for event in stream_events(url, path, since, heartbeat=heartbeat):
+        for event in stream_events(url, path, since, heartbeat=heartbeat, token=token):
             sys.stdout.write(orjson.dumps(event).decode() + "\n")
             sys.stdout.flush()
             if job_id is not None and event.get("type") in JOB_EXIT_CODES:

@@ -193,11 +193,61 @@ class Hub:
         state = subscriber.channels[channel] = ChannelState(after)
         METRICS.subscriptions.inc()
         self._subscribers.setdefault(channel, set()).add(subscriber)
-        count = min(REPLAY_FIRST_PAGE, _page_room(subscriber.limit))
         try:
             await self._ensure_subscribed(channel)
             if self.membership is not None:
                 await self.membership.joined(subscriber, channel, member)
+        except BaseException:
+            await self.detach(subscriber, channel)
+            raise
+        return await self._replay(subscriber, channel, state, since, on_history)
+
+    async def hold(
+        self, subscriber: Subscriber, channel: str, member: Member | None = None
+    ) -> None:
+        """Subscribe without delivering anything yet: live events are kept until `release`
+        says where the subscription starts (a server-side subscription waiting for the client
+        to resume it with `since`, `gateway.control`). `member` as for `attach`."""
+        if channel in subscriber.channels:
+            return
+        # A new state keeps live events in its buffer until the replay reaches them.
+        subscriber.channels[channel] = ChannelState(None)
+        METRICS.subscriptions.inc()
+        self._subscribers.setdefault(channel, set()).add(subscriber)
+        try:
+            await self._ensure_subscribed(channel)
+            if self.membership is not None:
+                await self.membership.joined(subscriber, channel, member)
+        except BaseException:
+            await self.detach(subscriber, channel)
+            raise
+
+    async def release(
+        self,
+        subscriber: Subscriber,
+        channel: str,
+        since: str | None,
+        on_history: Callable[[bool], None] | None = None,
+    ) -> Attached:
+        """Start a held subscription: history after `since` (all retained without it), then
+        the live events kept meanwhile and on, without gap or duplicate, as `attach` does."""
+        state = subscriber.channels.get(channel)
+        if state is None or state.live or state.replay is not None:
+            return Attached(True)
+        if since is not None:
+            state.last = max(state.last, parse_event_id(since))
+        return await self._replay(subscriber, channel, state, since, on_history)
+
+    async def _replay(
+        self,
+        subscriber: Subscriber,
+        channel: str,
+        state: ChannelState,
+        since: str | None,
+        on_history: Callable[[bool], None] | None,
+    ) -> Attached:
+        count = min(REPLAY_FIRST_PAGE, _page_room(subscriber.limit))
+        try:
             page = await self.pages.read(channel, since, count)
         except BaseException:
             await self.detach(subscriber, channel)

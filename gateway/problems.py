@@ -97,6 +97,12 @@ PROBLEM_TYPES: Final[dict[str, ProblemType]] = {
         "The token's `exp` has passed. Get a new token and reconnect; resume with the last "
         "event id you saw (`Last-Event-ID` or `since`) so nothing is missed.",
     ),
+    "token_revoked": ProblemType(
+        401,
+        "Unauthorized",
+        "The token's `jti` was revoked (`POST /tokens/revoke`); it is refused until it "
+        "expires. Get a new token; connections that held it were closed with 4001.",
+    ),
     "forbidden": ProblemType(
         403,
         "Forbidden",

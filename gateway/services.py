@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 from gateway.auth import ApiKeys, ChannelPolicy
 from gateway.backends.bundle import Backend
 from gateway.channels import ChannelService
+from gateway.control import ControlService
 from gateway.hub import Hub
 from gateway.limits import Limits
 from gateway.presence import Presence
@@ -28,11 +29,14 @@ class Services:
     """Subscribe, publish and history rules, the same for every transport and route."""
     presence: Presence = field(init=False)
     """Who is subscribed where, across processes; the hub tells it of every (un)subscribe."""
+    control: ControlService = field(init=False)
+    """Disconnect, unsubscribe and revoke across processes; connections register here."""
 
     def __post_init__(self) -> None:
         self.channels = ChannelService(self.policy, self.limits, self.backend)
         self.presence = Presence(self.settings, self.backend, self.channels)
         self.hub.membership = self.presence
+        self.control = ControlService(self.backend.control)
 
 
 def services_of(connection: HTTPConnection) -> Services:

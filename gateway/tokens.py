@@ -4,6 +4,10 @@ A token names a subject (`sub`), an expiry (`exp`) and `channels`: an object map
 name or a `namespace:*` pattern to rights among `"subscribe"` and `"publish"`. It is a plain JWT,
 so any backend can mint one with a standard JWT library and the shared secret, without calling
 the gateway. Several secrets may be configured for rotation: the first signs, all verify.
+
+Server-side subscriptions (docs/control.md): `subscriptions`, a list of channels the connection
+is subscribed to on connect; `channels` may be such a list too, short for granting `subscribe`
+on each and subscribing to them all. `jti`, the token's id, is what `POST /tokens/revoke` names.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from typing import Any, Final
 
 import jwt
 
-from gateway.errors import InvalidToken
+from gateway.errors import InvalidChannel, InvalidToken
+from gateway.events import validate_channel
 
 RIGHTS: Final = frozenset({"subscribe", "publish"})
 ALGORITHM: Final = "HS256"
 MAX_TOKEN_BYTES: Final = 8192
 """Longer strings are refused before any decoding work: a token is a few hundred bytes."""
+MAX_SUBSCRIPTIONS: Final = 32
+"""Most channels a token may subscribe its connections to (`subscriptions`, a `channels` list)."""
+MAX_JTI: Final = 200
 CLOCK_SKEW: Final = 60.0
 """Seconds another minter's clock may be ahead of ours (an `iat` in the future, or an `exp`
 past the longest lifetime when the token has no `iat`)."""
@@ -35,6 +43,10 @@ class ChannelToken:
     exp: float
     channels: Mapping[str, frozenset[str]]
     raw: str = ""
+    subscriptions: tuple[str, ...] = ()
+    """Channels every connection made with this token is subscribed to on connect."""
+    jti: str | None = None
+    """The token's id, if it has one: what revocation names (`POST /tokens/revoke`)."""
 
     def grants(self, channel: str, right: str) -> bool:
         """Whether an exact entry or a `namespace:*` pattern gives `right` on `channel`."""
@@ -47,6 +59,16 @@ class ChannelToken:
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.exp
+
+
+def parse_subscriptions(value: Any, what: str = "subscriptions") -> tuple[str, ...]:
+    """Validate a list of channels to subscribe to on connect; `ValueError` for the client."""
+    if not isinstance(value, list) or len(value) > MAX_SUBSCRIPTIONS:
+        raise ValueError(f"'{what}' must be a list of at most {MAX_SUBSCRIPTIONS} channel names")
+    try:
+        return tuple(dict.fromkeys(validate_channel(name) for name in value))
+    except InvalidChannel as exc:
+        raise ValueError(f"'{what}': {exc}") from None
 
 
 def parse_grants(value: Any) -> dict[str, frozenset[str]]:
@@ -85,14 +107,26 @@ class TokenSigner:
         """A random per-process secret: tokens verify only in this process, until it restarts."""
         return cls([secrets.token_urlsafe(32)], max_lifetime=max_lifetime)
 
-    def mint(self, sub: str, channels: Mapping[str, Sequence[str]], ttl: float) -> str:
+    def mint(
+        self,
+        sub: str,
+        channels: Mapping[str, Sequence[str]],
+        ttl: float,
+        *,
+        subscriptions: Sequence[str] = (),
+        jti: str | None = None,
+    ) -> str:
+        """A signed token; it gets a random `jti` (so it can be revoked) unless given one."""
         now = int(time.time())
-        claims = {
+        claims: dict[str, Any] = {
             "sub": sub,
             "iat": now,
             "exp": now + max(1, round(ttl)),
+            "jti": jti or secrets.token_urlsafe(12),
             "channels": {name: sorted(set(rights)) for name, rights in channels.items()},
         }
+        if subscriptions:
+            claims["subscriptions"] = list(subscriptions)
         return jwt.encode(claims, self.secrets[0], algorithm=ALGORITHM)
 
     def verify(self, token: str) -> ChannelToken:
@@ -143,8 +177,27 @@ def _from_claims(claims: dict[str, Any], raw: str) -> ChannelToken:
     exp = claims.get("exp")
     if not isinstance(sub, str) or not isinstance(exp, int | float):
         raise InvalidToken("invalid_token", "the token's 'sub' or 'exp' claim is malformed")
+    jti = claims.get("jti")
+    if jti is not None and (not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI):
+        raise InvalidToken("invalid_token", f"the token's 'jti' is a 1-{MAX_JTI} character string")
+    value = claims.get("channels")
     try:
-        grants = parse_grants(claims.get("channels"))
+        if isinstance(value, list):
+            subscriptions = parse_subscriptions(value, "channels")
+            grants = {name: frozenset({"subscribe"}) for name in subscriptions}
+        else:
+            grants = parse_grants(value)
+            subscriptions = ()
+        if "subscriptions" in claims:
+            listed = parse_subscriptions(claims["subscriptions"])
+            subscriptions = tuple(dict.fromkeys((*subscriptions, *listed)))[:MAX_SUBSCRIPTIONS]
     except ValueError as exc:
-        raise InvalidToken("invalid_token", f"the token's 'channels' claim: {exc}") from None
-    return ChannelToken(sub=sub, exp=float(exp), channels=grants, raw=raw)
+        raise InvalidToken("invalid_token", f"the token's claims: {exc}") from None
+    return ChannelToken(
+        sub=sub,
+        exp=float(exp),
+        channels=grants,
+        raw=raw,
+        subscriptions=subscriptions,
+        jti=jti,
+    )

@@ -84,6 +84,11 @@ class CloseCode(IntEnum):
     """The gateway failed; reconnect and resume."""
     TRY_AGAIN = 1013
     """Too many connections from this address, or the bus is unavailable: retry later."""
+    DISCONNECTED = 4001
+    """The server disconnected this user (`POST /users/{sub}/disconnect`) or revoked the
+    token: do not reconnect."""
+    DISCONNECTED_RECONNECT = 4002
+    """The server disconnected this user and asks it to reconnect (e.g. with a new token)."""
     SLOW_CONSUMER = 4008
     """The client read too slowly and its queue overflowed: reconnect and resume with since."""
     READ_BUDGET = 4029

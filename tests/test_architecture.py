@@ -46,6 +46,7 @@ LAYER_OF: Final[dict[str, str]] = {
     "gateway.auth": "channels",
     "gateway.tokens": "channels",
     "gateway.channels": "channels",
+    "gateway.control": "channels",
     "gateway.hub": "channels",
     "gateway.outbound": "channels",
     "gateway.presence": "channels",

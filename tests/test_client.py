@@ -258,3 +258,29 @@ def test_follow_of_a_job_that_ended_at_since_exits_with_its_outcome(
     again = run_cli("follow", f"job:{job_id}", "--since", terminal, "--url", gateway.url)
     assert again.returncode == 0, again.stderr
     assert again.stdout == ""
+
+
+def test_follow_with_a_token_alone_follows_its_server_side_channels_until_disconnected(
+    gateway: GatewayProcess, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    minted = httpx.post(
+        gateway.url + "/tokens",
+        json={"sub": "cli", "channels": {"room:*": ["subscribe"]}, "subscriptions": ["user:cli"]},
+    )
+    assert minted.status_code == 201, minted.text
+    earlier = publish("user:cli", "note", {"n": 0}, url=gateway.url, redis_url="")
+    process = spawn("follow", "--token", minted.json()["token"], "--url", gateway.url)
+    assert process.stdout is not None and process.stderr is not None
+    stdout = LineReader(process.stdout)
+    assert orjson.loads(stdout.next())["id"] == earlier
+    live = publish("user:cli", "note", {"n": 1}, url=gateway.url, redis_url="")
+    assert orjson.loads(stdout.next())["id"] == live
+    answer = httpx.post(gateway.url + "/users/cli/disconnect", json={"reason": "bye"})
+    assert answer.json()["connections"] == 1, answer.text
+    assert process.wait(TIMEOUT) == 1
+    assert "disconnected by the server: bye" in process.stderr.read()
+
+
+def test_follow_needs_a_channel_or_a_token() -> None:
+    result = run_cli("follow", "--url", "http://127.0.0.1:9")
+    assert result.returncode != 0 and "--token" in result.stderr

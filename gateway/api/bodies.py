@@ -136,6 +136,60 @@ class TokenRequest(RequestBody):
         description="lifetime in seconds, at most GATEWAY_MAX_TOKEN_TTL; null or absent: "
         "GATEWAY_TOKEN_TTL",
     )
+    subscriptions: list[Annotated[str, Field(pattern=CHANNEL_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="channels every connection made with the token is subscribed to on "
+        "connect (server-side subscriptions, docs/control.md)",
+    )
+
+
+def _close_reason(value: str) -> str:
+    if len(value.encode()) > MAX_CLOSE_REASON:
+        raise ValueError(f"at most {MAX_CLOSE_REASON} bytes (it is a WebSocket close reason)")
+    return value
+
+
+MAX_CLOSE_REASON: Final = 120
+"""A WebSocket close reason is at most 123 bytes of UTF-8."""
+CloseReason = Annotated[str, AfterValidator(_close_reason)]
+
+
+class DisconnectRequest(RequestBody):
+    """`POST /users/{sub}/disconnect`: close every connection of the user on every gateway."""
+
+    reason: CloseReason = Field(
+        "disconnected",
+        max_length=MAX_CLOSE_REASON,
+        description="the WebSocket close reason, and the `reason` of the SSE `disconnected` "
+        "message (at most 120 bytes)",
+    )
+    reconnect: bool = Field(
+        False,
+        description="false: close code 4001 (do not reconnect); true: 4002 (reconnect, e.g. "
+        "with a new token)",
+    )
+
+
+class UnsubscribeRequest(RequestBody):
+    """`POST /users/{sub}/unsubscribe`: end the user's subscriptions to a channel."""
+
+    channel: str = Field(pattern=CHANNEL_PATTERN, description="the channel to stop")
+    reason: str = Field(
+        "unsubscribed", max_length=200, description="the `reason` of the `unsubscribed` frame"
+    )
+
+
+class RevokeRequest(RequestBody):
+    """`POST /tokens/revoke`: refuse tokens with this `jti` until `exp`."""
+
+    jti: str = Field(min_length=1, max_length=200, description="the token's `jti` claim")
+    exp: int | None = Field(
+        None,
+        ge=0,
+        description="Unix seconds: the token's `exp` (the revocation is kept until then); "
+        "absent: GATEWAY_MAX_TOKEN_TTL from now, the longest any token lives",
+    )
 
 
 class PublishRequest(RequestBody):
@@ -260,6 +314,33 @@ class TokenGrant(ResponseBody):
     sub: str
     channels: dict[str, list[str]]
     expires_at: int = Field(description="Unix time")
+    jti: str = Field(description="the token's id: what `POST /tokens/revoke` names")
+    subscriptions: list[str] | None = Field(None, description="server-side subscriptions")
+
+
+class ControlOutcome(ResponseBody):
+    """What a control command did on every gateway process."""
+
+    connections: int = Field(description="connections acted on (closed, unsubscribed)")
+    gateways: int = Field(description="gateway processes the command reached")
+    complete: bool = Field(
+        description="every gateway reached answered within 2 s; false: `connections` may "
+        "count short (the command was still carried out where it arrived)"
+    )
+
+
+class UserDisconnected(ControlOutcome):
+    user: str
+
+
+class UserUnsubscribed(ControlOutcome):
+    user: str
+    channel: str
+
+
+class TokenRevoked(ControlOutcome):
+    jti: str
+    exp: int = Field(description="Unix time until which the `jti` is refused")
 
 
 class SubmitJobAccepted(ResponseBody):

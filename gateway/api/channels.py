@@ -70,14 +70,20 @@ async def channel_history(request: Request) -> Response:
 
 
 async def channel_stream(request: Request) -> Response:
+    """`/events?channel=...`, or `/events` alone with a token that lists server-side
+    subscriptions (docs/control.md): then the stream carries those channels."""
     services = services_of(request)
+    service, caller = services.channels, caller_of(request.scope)
+    with answered_as_problems():
+        token = service.connection_token(token_of(request.scope), api_key=caller.api_key)
     channels = request.query_params.getlist("channel")
+    if not channels:
+        channels = list(service.policy.server_subscriptions(token))
     if not channels:
         raise bad_request("name at least one channel: /events?channel=room:lobby")
     if len(channels) > MAX_CHANNELS_PER_STREAM:
         raise bad_request(f"at most {MAX_CHANNELS_PER_STREAM} channels per stream")
     channels = list(dict.fromkeys(channel_param(channel) for channel in channels))
-    service, caller = services.channels, caller_of(request.scope)
     with answered_as_problems():
         for channel in channels:
             service.authorize_read(channel, api_key=caller.api_key, token=caller.token)
@@ -99,6 +105,8 @@ async def channel_stream(request: Request) -> Response:
         positions,
         expires_at=caller.expires_at,
         members=members,
+        token=token,
+        sessions=services.control.sessions,
     )
 
 

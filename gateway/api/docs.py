@@ -263,11 +263,13 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("GET", "/events"): {
         "summary": "SSE on one or more channels",
+        "description": "Without `channel`, a token's server-side subscriptions (its "
+        "`subscriptions`, and `GATEWAY_PERSONAL_CHANNEL`): see docs/control.md.",
         "parameters": [
             {
                 "name": "channel",
                 "in": "query",
-                "required": True,
+                "required": False,
                 "style": "form",
                 "explode": True,
                 "schema": {"type": "array", "items": {"type": "string"}},
@@ -311,6 +313,21 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
             "201": _json(bodies.TokenGrant, "created"),
             **WRITE_RESPONSES,
         },
+    },
+    ("POST", "/tokens/revoke"): {
+        "summary": "Revoke tokens by `jti` until their expiry; close connections holding one",
+        "requestBody": _body(bodies.RevokeRequest),
+        "responses": {"200": _json(bodies.TokenRevoked), **WRITE_RESPONSES},
+    },
+    ("POST", "/users/{sub}/disconnect"): {
+        "summary": "Close every connection of a user, on every gateway (4001 / 4002)",
+        "requestBody": _body(bodies.DisconnectRequest),
+        "responses": {"200": _json(bodies.UserDisconnected), **WRITE_RESPONSES},
+    },
+    ("POST", "/users/{sub}/unsubscribe"): {
+        "summary": "End a user's subscriptions to a channel, on every gateway",
+        "requestBody": _body(bodies.UnsubscribeRequest),
+        "responses": {"200": _json(bodies.UserUnsubscribed), **WRITE_RESPONSES},
     },
     ("GET", "/healthz"): {"summary": "Liveness", "responses": {"200": _json(bodies.Health)}},
     ("GET", "/readyz"): {
@@ -398,6 +415,8 @@ SERVER_EXAMPLES: Final = (
     v1.presence_stats(7, "room:lobby", 1, 1),
     v1.control("gap", channel="room:lobby", since="1732060800000-0"),
     v1.control("shutdown", message="the gateway is restarting", retry=1000),
+    v1.subscribed("user:42"),
+    v1.unsubscribed("room:lobby", "unsubscribed"),
 )
 """Example server frames, as the encoders write them (a test validates them against the
 schemas)."""
@@ -584,7 +603,8 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
             "contentType": "text/event-stream",
             "description": "`id: <id>` and `data: <envelope>` (plus `event: <type>` with "
             "`?events=named`); signals have no `id` and their data is "
-            '`{"type": "gap" | "shutdown" | "error" | "heartbeat", ...}`',
+            '`{"type": "gap" | "shutdown" | "error" | "heartbeat" | "disconnected" | '
+            '"unsubscribed", ...}`',
             "payload": envelope,
         },
         "sse.jobEvent": {
@@ -604,9 +624,10 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
                 "WebSocket `/ws` (subprotocol gateway.v1, JSON text frames) and SSE streams. "
                 "Close codes: 1000 normal, 1001 going away, 1007 text not UTF-8, 1008 policy "
                 "(auth, origin, token expired), 1009 too big, 1011 internal, 1013 try again "
-                "later, 4008 slow consumer, 4029 read budget exceeded (frames or bytes per "
-                "second); 4400 is reserved for protocol errors (not sent: bad ops get error "
-                "frames)."
+                "later, 4001 disconnected by the server (do not reconnect), 4002 disconnected "
+                "by the server (reconnect), 4008 slow consumer, 4029 read budget exceeded "
+                "(frames or bytes per second); 4400 is reserved for protocol errors (not "
+                "sent: bad ops get error frames)."
             ),
         },
         "servers": {

@@ -404,6 +404,15 @@ class AccessGuard:
                 names = [params[param]]
             else:
                 names = QueryParams(scope.get("query_string", b"")).getlist(param)
+            if not names and access.stream:
+                # `/events` alone: the token's server-side subscriptions (docs/control.md).
+                try:
+                    token = self.services.channels.connection_token(
+                        token_of(scope), api_key=caller.api_key
+                    )
+                except Forbidden as exc:
+                    return _refuse(exc)
+                names = list(self.services.policy.server_subscriptions(token))
             if not names:
                 return bad_request(f"name at least one channel: ?{param}=room:lobby").to_response()
             try:

@@ -6,6 +6,7 @@ this route is for services that would rather not hold the secret.
 
 from __future__ import annotations
 
+import secrets
 import time
 
 from starlette.requests import Request
@@ -44,17 +45,24 @@ async def mint_token(request: Request) -> Response:
     limit = services.settings.max_token_ttl
     if not 1 <= ttl <= limit:
         raise invalid_fields([("ttl", f"must be whole seconds between 1 and {limit}")])
+    for name in body.subscriptions:
+        _check_channel_key(services, name)
     channels = {name: sorted(set(rights)) for name, rights in body.channels.items()}
-    token = services.policy.signer.mint(body.sub, channels, ttl)
-    return json_response(
-        {
-            "token": token,
-            "sub": body.sub,
-            "channels": channels,
-            "expires_at": int(time.time()) + ttl,
-        },
-        201,
+    subscriptions = list(dict.fromkeys(body.subscriptions))
+    jti = secrets.token_urlsafe(12)
+    token = services.policy.signer.mint(
+        body.sub, channels, ttl, subscriptions=subscriptions, jti=jti
     )
+    grant = {
+        "token": token,
+        "sub": body.sub,
+        "channels": channels,
+        "expires_at": int(time.time()) + ttl,
+        "jti": jti,
+    }
+    if subscriptions:
+        grant["subscriptions"] = subscriptions
+    return json_response(grant, 201)
 
 
 routes = [GuardedRoute("/tokens", mint_token, methods=["POST"], access=SERVER_ONLY)]

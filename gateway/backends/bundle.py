@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from gateway.backends.bus import Bus
+from gateway.backends.control import ControlBus
 from gateway.backends.memory_presence import MemoryPresenceStore
 from gateway.backends.presence import PresenceStore
 from gateway.backends.stores import IdempotencyStore, JobQueue, JobStore, WebhookSchedule
@@ -28,6 +29,9 @@ class Backend:
     queue: JobQueue
     idempotency: IdempotencyStore
     webhooks: WebhookSchedule
+    control: ControlBus
+    """Commands to every gateway process and the revocation list; started by the gateway
+    (`start_control`), not by workers, which have no connections to act on."""
     release: Callable[[], Awaitable[None]] = _nothing
     presence: PresenceStore = field(default_factory=MemoryPresenceStore)
     """Who is subscribed where (`gateway.presence`); the Redis backend passes its own."""
@@ -40,8 +44,12 @@ class Backend:
     async def start(self) -> None:
         await self.bus.start()
 
+    async def start_control(self) -> None:
+        await self.control.start()
+
     async def close(self) -> None:
         try:
+            await self.control.close()
             await self.bus.close()
         finally:
             await self.release()

@@ -20,6 +20,7 @@ from typing import Any
 
 from gateway.backends.bundle import Backend
 from gateway.backends.bus import Bus, History, JobUpdate, check_event_size
+from gateway.backends.control import MemoryControl
 from gateway.backends.stores import (
     Attempt,
     Delivery,
@@ -47,7 +48,14 @@ def open_memory(settings: Settings) -> Backend:
     jobs = MemoryJobStore()
     queue = MemoryJobQueue()
     bus = MemoryBus(settings, jobs, queue)
-    return Backend(bus, jobs, queue, MemoryIdempotencyStore(), MemoryWebhookSchedule())
+    return Backend(
+        bus,
+        jobs,
+        queue,
+        MemoryIdempotencyStore(),
+        MemoryWebhookSchedule(),
+        control=MemoryControl(),
+    )
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from gateway.backends.bundle import Backend
 from gateway.backends.redis_bus import RedisBus
 from gateway.backends.redis_connection import RedisConnection
+from gateway.backends.redis_control import RedisControl
 from gateway.backends.redis_presence import RedisPresenceStore
 from gateway.backends.redis_stores import (
     RedisIdempotencyStore,
@@ -27,6 +28,7 @@ def open_redis(settings: Settings) -> Backend:
         queue=RedisJobQueue(connection),
         idempotency=RedisIdempotencyStore(connection),
         webhooks=RedisWebhookSchedule(connection),
+        control=RedisControl(settings, connection),
         release=connection.close,
         presence=RedisPresenceStore(connection),
     )

@@ -237,6 +237,7 @@ ERROR_CODES: Final = (
     "token_required",
     "invalid_token",
     "token_expired",
+    "token_revoked",
     "rate_limited",
     "too_many_subscriptions",
     "event_too_large",
@@ -288,6 +289,24 @@ class ShutdownFrame(TypedDict):
     retry: Annotated[int, Field(ge=0)]
 
 
+class SubscribedFrame(TypedDict):
+    """The connection was subscribed to `channel` by the server (a server-side subscription,
+    from the token): its events follow. Resume it after a reconnect with `subscribe` + `since`."""
+
+    op: Literal["subscribed"]
+    channel: Channel
+    server: Literal[True]
+
+
+class UnsubscribedFrame(TypedDict):
+    """The server ended the connection's subscription to `channel`
+    (`POST /users/{sub}/unsubscribe`): no more of its events come."""
+
+    op: Literal["unsubscribed"]
+    channel: Channel
+    reason: str
+
+
 class EventFrame(TypedDict):
     """An event: its CloudEvents envelope (`gateway.events.Event.envelope`) with this `op`."""
 
@@ -303,6 +322,8 @@ SERVER_FRAMES: Final[dict[str, type[Any]]] = {
     "presence": PresenceFrame,
     "presence_stats": PresenceStatsFrame,
     "shutdown": ShutdownFrame,
+    "subscribed": SubscribedFrame,
+    "unsubscribed": UnsubscribedFrame,
 }
 """Each frame the gateway sends (its `op`) and its declared shape."""
 
@@ -475,6 +496,18 @@ def presence_stats(ref: Ref, channel: str, clients: int, users: int) -> bytes:
 
 def pong(ref: Ref) -> bytes:
     frame: PongFrame = {"op": "pong", "ref": ref}
+    return orjson.dumps(frame)
+
+
+def subscribed(channel: str) -> bytes:
+    """A server-side subscription has begun."""
+    frame: SubscribedFrame = {"op": "subscribed", "channel": channel, "server": True}
+    return orjson.dumps(frame)
+
+
+def unsubscribed(channel: str, reason: str) -> bytes:
+    """The server ended a subscription."""
+    frame: UnsubscribedFrame = {"op": "unsubscribed", "channel": channel, "reason": reason}
     return orjson.dumps(frame)
 
 

@@ -17,8 +17,8 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from gateway.errors import SettingsError
-from gateway.events import namespace_of
+from gateway.errors import InvalidChannel, SettingsError
+from gateway.events import namespace_of, validate_channel
 from gateway.settings.declaration import Declaration, declarations, setting
 from gateway.settings.environment import Environment, reading, settings_error
 from gateway.settings.values import (
@@ -381,6 +381,21 @@ class Settings(BaseSettings):
         le=1_000_000,
         help="channels per WebSocket connection",
     )
+    personal_channel: str = setting(
+        "",
+        env="GATEWAY_PERSONAL_CHANNEL",
+        shown="empty (none)",
+        help="a channel every connection with a token is subscribed to on connect, `{sub}` "
+        "standing for the token's subject, e.g. `user:{sub}` (docs/control.md); empty: none",
+    )
+    server_subscription_hold: float = setting(
+        2.0,
+        env="GATEWAY_SERVER_SUBSCRIPTION_HOLD",
+        ge=0,
+        le=30,
+        help="seconds a WebSocket's server-side subscription waits for the client to resume it "
+        "with `subscribe` + `since` before replaying from the start (docs/control.md)",
+    )
     max_connections_per_client: int = setting(
         256,
         env="GATEWAY_MAX_CONNECTIONS_PER_CLIENT",
@@ -644,11 +659,24 @@ class Settings(BaseSettings):
                 "GATEWAY_WS_READ_BYTES must be 0 (no limit) or at least twice GATEWAY_MAX_MESSAGE "
                 f"({2 * self.max_message}): a whole message must fit in a second's budget"
             )
+        if self.personal_channel:
+            self._check_personal_channel()
         if self.workers > 1 and not self.redis_url:
             raise SettingsError(
                 "--workers N > 1 needs REDIS_URL: processes share events only through Redis"
             )
         return self
+
+    def _check_personal_channel(self) -> None:
+        template = self.personal_channel
+        try:
+            validate_channel(template.replace("{sub}", "x"))
+        except InvalidChannel as exc:
+            raise SettingsError(f"GATEWAY_PERSONAL_CHANNEL={template!r}: {exc}") from None
+        if "{sub}" not in template:
+            raise SettingsError(
+                f"GATEWAY_PERSONAL_CHANNEL={template!r} must contain {{sub}} (the token's subject)"
+            )
 
     def check_event_sizes(self) -> None:
         """An event larger than its channel's byte budget could not be kept within it."""

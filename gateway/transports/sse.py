@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.backends.presence import Member
+from gateway.control import Sessions
 from gateway.errors import BackendUnavailable, InvalidEventId
 from gateway.events import (
     SSE_PING,
@@ -40,7 +41,9 @@ from gateway.metrics import METRICS
 from gateway.outbound import Item, Outbound, Subscriber
 from gateway.problems import bad_request
 from gateway.settings import Settings
+from gateway.tokens import ChannelToken
 from gateway.transports.wire import ChunkedWire, chunked_wire
+from gateway.vocabulary import CloseCode
 
 log = logging.getLogger("gateway.sse")
 END_TIMEOUT = 2.0
@@ -119,6 +122,8 @@ class EventStream(Response):
     `expires_at` (epoch seconds) is the expiry of the token that authorized the stream: then the
     stream ends with an `error` event and a long `retry:`, so the client neither hangs on a
     stream it may no longer read nor reconnects in a storm (the reconnect gets a 401 anyway).
+    With `token` and `sessions`, the stream is that token's user's connection for the control
+    commands (`gateway.control`): it can be ended (`disconnected`) or unsubscribed.
     """
 
     def __init__(
@@ -131,10 +136,14 @@ class EventStream(Response):
         headers: dict[str, str] | None = None,
         expires_at: float | None = None,
         members: dict[str, Member] | None = None,
+        token: ChannelToken | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
         super().__init__(status_code=200, headers=headers)
         self.members = members or {}
         """Who the client is on each channel, for presence (`gateway.presence`)."""
+        self.token = token
+        self.sessions = sessions
         self.hub = hub
         self.settings = settings
         self.positions = positions
@@ -175,6 +184,7 @@ class _Stream(Outbound):
         "retry_line",
         "send",
         "slow",
+        "tasks",
         "wire",
     )
 
@@ -200,11 +210,15 @@ class _Stream(Outbound):
         self.ping_timer: asyncio.TimerHandle | None = None
         self.expiry_timer: asyncio.TimerHandle | None = None
         self.ended_event: asyncio.Event | None = None
+        self.tasks: set[asyncio.Task[None]] | None = None
 
     async def run(self, receive: Receive) -> None:
         response, subscriber, hub = self.response, self.subscriber, self.response.hub
         self.attach(self._write_now if self.wire is not None else None)
         hub.connect(subscriber)
+        sessions = response.sessions
+        if sessions is not None:
+            sessions.track(self, response.token)
         try:
             subscriber.put(PREAMBLE, bounded=False)
             try:
@@ -217,6 +231,10 @@ class _Stream(Outbound):
             self._schedule()
             await self._wait_for_end(receive)
         finally:
+            if sessions is not None:
+                sessions.forget(self)
+            for task in self.tasks or ():
+                task.cancel()
             for timer in (self.ping_timer, self.expiry_timer):
                 if timer is not None:
                     timer.cancel()
@@ -258,6 +276,36 @@ class _Stream(Outbound):
             "error", code="token_expired", message=message, retry=TOKEN_EXPIRED_RETRY_MS
         )
         self.finish()
+
+    # --- control (gateway.control.Session) --------------------------------------------------
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """A last `disconnected` message, then the end of the stream. With 4001 (do not come
+        back) its `retry:` is an hour, so an EventSource stays away; with 4002, the usual."""
+        if self.ended or self.finishing:
+            return
+        fields: dict[str, object] = {"code": code, "reason": reason}
+        if code == CloseCode.DISCONNECTED:
+            fields["retry"] = TOKEN_EXPIRED_RETRY_MS
+        self.subscriber.control("disconnected", **fields)
+        self.subscriber.close()
+        self.finish()
+
+    def server_unsubscribe(self, channel: str, reason: str) -> bool:
+        """Detach the channel, then an `unsubscribed` message, its last."""
+        if channel not in self.subscriber.channels or self.ended:
+            return False
+
+        async def unsubscribe() -> None:
+            await self.response.hub.detach(self.subscriber, channel)
+            self.subscriber.control("unsubscribed", channel=channel, reason=reason)
+
+        task = asyncio.ensure_future(unsubscribe())
+        if self.tasks is None:
+            self.tasks = set()
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return True
 
     def _with_retry(self, frame: bytes) -> bytes:
         """Put the stream's `retry:` line into its first block that carries data."""

@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import ClassVar
+from collections.abc import Coroutine
+from typing import Any, ClassVar
 
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.auth import bearer_of, token_of
+from gateway.auth import TOKEN_REVOKED, bearer_of, token_of
+from gateway.control import REVOKED_REASON
 from gateway.errors import BackendUnavailable, Forbidden, OpError, ProtocolError
 from gateway.events import Event, decode_presence_cursor, ws_text, ws_wire_frame
 from gateway.limits import ReadBudget, TokenBucket
@@ -73,8 +75,10 @@ class Connection(Outbound):
         "_connection_token",
         "_evicted",
         "_expiry",
+        "_held",
         "_publish_bucket",
         "_read_budget",
+        "_tasks",
         "_wire",
         "api_key",
         "channels",
@@ -107,6 +111,10 @@ class Connection(Outbound):
         self._client_id = websocket.query_params.get("client")
         """Who this client is in presence (`?client=`: the same id after a reconnect within
         `GATEWAY_PRESENCE_GRACE` makes no leave and no join); checked in `run`."""
+        self._held: dict[str, asyncio.TimerHandle] | None = None
+        """Server-side subscriptions waiting for the client to resume them (`_release`); made
+        only for a connection that has some (memory per idle connection is a target)."""
+        self._tasks: set[asyncio.Task[None]] | None = None
 
     async def run(self) -> None:
         offered = self.websocket.scope.get("subprotocols", [])
@@ -120,9 +128,15 @@ class Connection(Outbound):
             self._read_budget = ReadBudget.from_settings(self.services.settings, loop.time())
         try:
             self._check_client_id()
-            await self._subscribe_from_query()
-            await self._read_forever()
+            if await self._subscribe_server_side():
+                await self._subscribe_from_query()
+                await self._read_forever()
         finally:
+            self.services.control.sessions.forget(self)
+            for timer in (self._held or {}).values():
+                timer.cancel()
+            for task in self._tasks or ():
+                task.cancel()
             if self._expiry is not None:
                 self._expiry.cancel()
             await self.stop()
@@ -143,6 +157,108 @@ class Connection(Outbound):
             self._send(v1.error_frame(None, refused))
             given = None
         self._client_id = given or new_client_id()
+
+    async def _subscribe_server_side(self) -> bool:
+        """Subscribe to the channels the connection's token lists (and the personal channel),
+        each announced with a `subscribed` frame. Each is held until the client resumes it
+        with `subscribe` + `since`, or for `GATEWAY_SERVER_SUBSCRIPTION_HOLD` seconds, then
+        replayed from the start as a `subscribe` without `since` would be.
+
+        False when the token was revoked: the connection is closed with 4001. A token that
+        does not verify for another reason is left to the ops made with it, as before.
+        """
+        try:
+            token = self.channels.connection_token(self._connection_token, api_key=self.api_key)
+        except Forbidden as exc:
+            if exc.code != TOKEN_REVOKED:
+                return True
+            self._closing = (CloseCode.DISCONNECTED, REVOKED_REASON)
+            await self._close(CloseCode.DISCONNECTED, REVOKED_REASON)
+            return False
+        if token is None:
+            return True
+        self.services.control.sessions.track(self, token)
+        channels = self.channels.policy.server_subscriptions(token)
+        if not channels:
+            return True
+        loop = asyncio.get_running_loop()
+        hold = self.services.settings.server_subscription_hold
+        held = self._held = {}
+        for channel in channels[: self.services.settings.max_subscriptions]:
+            try:
+                self.channels.authorize_read(channel, api_key=None, token=token)
+                member = None
+                if self.services.settings.tracks(channel):
+                    member = self.services.presence.member_for(
+                        self._client_id, token, self._connection_token
+                    )
+                await self.services.hub.hold(self.subscriber, channel, member)
+            except Forbidden as exc:
+                refused = Forbidden(f"server-side subscription to {channel}: {exc}", exc.code)
+                self._send(v1.error_frame(None, refused))
+                continue
+            except v1.ANSWERED as exc:
+                self._send(v1.error_frame(None, exc))
+                continue
+            self._send(v1.subscribed(channel))
+            held[channel] = loop.call_later(hold, self._hold_ended, channel)
+        if not self.channels.policy.open_mode:
+            self._end_at(token.exp)
+        return True
+
+    def _hold_ended(self, channel: str) -> None:
+        """The client did not resume a server-side subscription: replay it from the start."""
+        if self._unhold(channel):
+            self._spawn(self._release(channel, None, None))
+
+    async def _release(self, channel: str, since: str | None, ref: v1.Ref | None) -> None:
+        def acknowledge(complete: bool) -> None:
+            self._send(v1.ack(ref, channel, recovered=complete, already=True))
+
+        try:
+            await self.services.hub.release(
+                self.subscriber, channel, since, on_history=None if ref is None else acknowledge
+            )
+        except v1.ANSWERED as exc:
+            self._send(v1.error_frame(ref, exc))
+
+    def _unhold(self, channel: str) -> bool:
+        """Stop holding the channel (cancelling its timer); False if it was not held."""
+        timer = self._held.pop(channel, None) if self._held else None
+        if timer is None:
+            return False
+        timer.cancel()
+        return True
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        if self._tasks is None:
+            self._tasks = set()
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- control (gateway.control.Session) --------------------------------------------------
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """Close with `code` and `reason` after what is queued; nothing more is delivered."""
+        if self._closing is not None:
+            return
+        self._closing = (code, reason)
+        self.subscriber.close()
+        self.finish()
+
+    def server_unsubscribe(self, channel: str, reason: str) -> bool:
+        """Detach the channel, then say so: `unsubscribed` is the channel's last frame."""
+        if channel not in self.subscriber.channels:
+            return False
+        self._unhold(channel)
+
+        async def unsubscribe() -> None:
+            await self.services.hub.detach(self.subscriber, channel)
+            self._send(v1.unsubscribed(channel, reason))
+
+        self._spawn(unsubscribe())
+        return True
 
     async def _subscribe_from_query(self) -> None:
         params = self.websocket.query_params
@@ -290,6 +406,9 @@ class Connection(Outbound):
         channel, ref = command.channel, command.ref
         token = self._token(command.token)
         self.channels.authorize_read(channel, api_key=self.api_key, token=token)
+        if self._unhold(channel):  # the client resumes a server-side subscription
+            await self._release(channel, command.since, ref)
+            return
         if channel in self.subscriber.channels:
             self._send(v1.ack(ref, channel, recovered=True, already=True))
             return
@@ -315,6 +434,7 @@ class Connection(Outbound):
         channel = command.channel
         if channel not in self.subscriber.channels:
             raise OpError("not_subscribed", f"not subscribed to {channel}")
+        self._unhold(channel)
         await self.services.hub.detach(self.subscriber, channel)
         self._send(v1.ack(command.ref, channel))
 
@@ -350,7 +470,9 @@ class Connection(Outbound):
         """The op's own token, else the connection's (`?token=` or cookie)."""
         raw = self._connection_token if given is v1.CONNECTION_TOKEN else given
         assert not isinstance(raw, v1.Inherit)
-        return self.channels.token(raw, api_key=self.api_key)
+        token = self.channels.token(raw, api_key=self.api_key)
+        self.services.control.sessions.track(self, token)
+        return token
 
     def _end_at(self, expires_at: float) -> None:
         """End the connection when the earliest token it subscribed with expires: an error frame

@@ -283,7 +283,7 @@ def test_declared_security_is_what_the_gateway_enforces(secure_gateway: GatewayP
     )
     assert minted.status_code == 201, minted.text
     tokens = {"job": job.json()["token"], "room": minted.json()["token"]}
-    values = {"job_id": job.json()["id"], "channel": "room:lobby", "code": "not-found"}
+    values = {"job_id": job.json()["id"], "channel": "room:lobby", "code": "not-found", "sub": "t"}
     document = httpx.get(f"{url}/openapi.json").json()
     checked = 0
     with httpx.Client(timeout=10) as client:
