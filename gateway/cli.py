@@ -93,10 +93,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
         "forwarded_allow_ips": list(settings.trusted_proxies),
         "lifespan": "on",
     }
+    if settings.ssl_certfile is not None:
+        options["ssl_certfile"] = str(settings.ssl_certfile)
+        options["ssl_keyfile"] = str(settings.ssl_keyfile)
+    scheme = "https" if settings.ssl_certfile is not None else "http"
     from gateway.backends.url import backend_kind
 
     log.info(
-        "serving on http://%s:%d (backend: %s)",
+        "serving on %s://%s:%d (backend: %s)",
+        scheme,
         settings.host,
         settings.port,
         backend_kind(settings.redis_url),
