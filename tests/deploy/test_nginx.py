@@ -1,80 +1,37 @@
 """deploy/nginx/gateway.conf, run by Debian's nginx in front of two gateways on one Redis.
 
 SSE, WebSocket and long polling go through nginx; a rolling restart of both gateways behind
-it loses no event (clients resume through nginx on whichever process answers); the gateways
-see the client's address, not nginx's nor one the client made up.
+it loses no event (clients resume through nginx on whichever process answers); requests are
+spread over both processes; the gateways see the client's address, not nginx's nor one the
+client made up.
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.deploy.proxies import ProxyProcess, start_nginx
-from tests.deploy.stack import (
-    Publisher,
-    Stack,
-    logged,
-    long_poll_job,
-    restart,
-    sequence_of,
-    start_stack,
+from tests.deploy.proxies import start_nginx
+from tests.deploy.scenarios import (
+    job_over_sse_websocket_and_long_poll,
+    rolling_restart_loses_no_event,
 )
-from tests.support import (
-    RedisServer,
-    collect_sse,
-    follow_sse_resuming,
-    follow_ws_resuming,
-    ws_client,
-    ws_send,
-    ws_until,
-)
-
-STORY = ["job.queued", "job.started", "job.progress", "job.progress", "job.completed"]
-
-
-@pytest.fixture(scope="module")
-def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = start_stack(redis_server, tmp_path_factory.mktemp("nginx-stack"))
-    yield running
-    running.stop()
+from tests.deploy.stack import Stack, logged
 
 
 @pytest.fixture(scope="module")
 def nginx(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of nginx running the documented configuration."""
-    process: ProxyProcess
     process, port = start_nginx(tmp_path_factory.mktemp("nginx"), stack.ports)
     yield f"http://127.0.0.1:{port}"
     process.stop()
 
 
 async def test_a_job_over_sse_websocket_and_long_polling(nginx: str) -> None:
-    response = httpx.post(
-        nginx + "/jobs", json={"type": "sleep", "data": {"seconds": 0.4, "steps": 2}}
-    )
-    assert response.status_code == 202, response.text
-    job = response.json()
-    channel = job["channel"]
-
-    async def over_websocket() -> list[str]:
-        async with ws_client(nginx.replace("http", "ws") + "/ws") as ws:
-            await ws_send(ws, {"op": "subscribe", "channel": channel, "since": "0-0", "ref": 1})
-            frames = await ws_until(ws, lambda f: f.get("type") == "job.completed")
-        return [f["type"] for f in frames if f["op"] == "event"]
-
-    sse, ws, polled = await asyncio.gather(
-        collect_sse(f"{nginx}/jobs/{job['id']}/events", until=lambda e: e.event in STORY[-1:]),
-        over_websocket(),
-        long_poll_job(nginx, job["id"]),
-    )
-    assert [event.event for event in sse] == STORY
-    assert ws == STORY
-    assert polled[-1]["status"] == "completed" and polled[-1]["progress"] == 1.0
+    await job_over_sse_websocket_and_long_poll(nginx)
 
 
 def test_requests_are_balanced_over_both_gateways(stack: Stack, nginx: str) -> None:
@@ -98,33 +55,4 @@ def test_the_gateway_sees_the_client_address_not_a_claimed_one(stack: Stack, ngi
 
 
 async def test_a_rolling_restart_behind_nginx_loses_no_event(stack: Stack, nginx: str) -> None:
-    """Both gateways restart in turn while events flow: the SSE and WebSocket followers (which
-    reconnect through nginx and resume from their last id) get every event once, in order; a
-    long poll of a job running meanwhile sees it complete without an error answer."""
-    channel = "room:rolling-" + uuid.uuid4().hex[:8]
-    job = httpx.post(
-        nginx + "/jobs", json={"type": "sleep", "data": {"seconds": 3, "steps": 12}}
-    ).json()
-    with Publisher(stack.redis.url, channel) as publisher:
-        sse_task = asyncio.create_task(
-            follow_sse_resuming(f"{nginx}/events?channel={channel}", lambda e: e.event == "end")
-        )
-        ws_task = asyncio.create_task(
-            follow_ws_resuming(
-                nginx.replace("http", "ws") + "/ws", channel, lambda f: f["type"] == "end"
-            )
-        )
-        poll_task = asyncio.create_task(long_poll_job(nginx, job["id"]))
-        for gateway in stack.gateways:
-            await publisher.more(5)
-            await asyncio.to_thread(restart, gateway)
-        await publisher.more(10)
-        sent = publisher.finish()
-        (sse, connections), (frames, codes), polled = await asyncio.gather(
-            sse_task, ws_task, poll_task
-        )
-    assert sequence_of(event.json() for event in sse) == list(range(sent))
-    assert sequence_of(f for f in frames if f["op"] == "event") == list(range(sent))
-    # Each follower was cut at least once (by a gateway's shutdown) and resumed.
-    assert connections >= 2 and codes, (connections, codes)
-    assert polled[-1]["status"] == "completed"
+    await rolling_restart_loses_no_event(stack, nginx)
