@@ -1,9 +1,10 @@
 """Real reverse proxies for the deployment tests: nginx and Caddy in temporary directories.
 
 The proxies run the configuration files in deploy/ as they are, with only addresses and ports
-substituted (`render` fails when a substituted text is missing, so the tests cannot drift from
-the documented files). Each runs in the foreground on free ports, with its pid file, logs and
-temporary files in the test's directory, and is stopped by its own process id.
+substituted (`bench.nginx.render` fails when a substituted text is missing, so the tests
+cannot drift from the documented files). Each runs in the foreground on free ports, with its
+pid file, logs and temporary files in the test's directory, and is stopped by its own process
+id.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.nginx import nginx_binary, prepare, render
 from tests.support import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-NGINX_CONF = ROOT / "deploy" / "nginx" / "gateway.conf"
 CADDYFILE = ROOT / "deploy" / "caddy" / "Caddyfile"
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 CADDY = shutil.which("caddy")
 
 
@@ -36,14 +36,6 @@ def require_binary(path: str | None, name: str, package: str) -> str:
             pytest.fail(f"{reason} (CI is set, so the deployment tests must run)", pytrace=False)
         pytest.skip(reason)
     return path
-
-
-def render(template: str, substitutions: Mapping[str, str]) -> str:
-    """`template` with each key replaced by its value; every key must occur in it."""
-    for old, new in substitutions.items():
-        assert old in template, f"{old!r} is no longer in the deploy/ file: update the test"
-        template = template.replace(old, new)
-    return template
 
 
 class ProxyProcess:
@@ -86,50 +78,12 @@ class ProxyProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def nginx_conf(port: int, upstreams: tuple[int, int]) -> str:
-    """deploy/nginx/gateway.conf listening on 127.0.0.1:`port`, over the two gateway ports."""
-    return render(
-        NGINX_CONF.read_text(),
-        {
-            "listen 80;": f"listen 127.0.0.1:{port};",
-            "127.0.0.1:8001 ": f"127.0.0.1:{upstreams[0]} ",
-            "127.0.0.1:8002 ": f"127.0.0.1:{upstreams[1]} ",
-        },
-    )
-
-
 def start_nginx(directory: Path, upstreams: tuple[int, int]) -> tuple[ProxyProcess, int]:
-    """nginx with deploy/nginx/gateway.conf included in a minimal main configuration whose
-    pid file, logs and temporary files are in `directory`; returns it and its port."""
-    binary = require_binary(NGINX, "nginx", "nginx")
+    """nginx running deploy/nginx/gateway.conf (`bench.nginx`) with its files in `directory`;
+    returns it and its port."""
+    require_binary(nginx_binary(), "nginx", "nginx")
     port = free_port()
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "gateway.conf").write_text(nginx_conf(port, upstreams))
-    temp = "\n".join(
-        f"    {kind}_temp_path {directory / kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (directory / "nginx.conf").write_text(
-        f"worker_processes 1;\npid {directory / 'nginx.pid'};\n"
-        f"error_log {directory / 'error.log'} warn;\n"
-        "events { worker_connections 1024; }\n"
-        f"http {{\n    access_log {directory / 'access.log'};\n{temp}\n"
-        f"    include {directory / 'gateway.conf'};\n}}\n"
-    )
-    process = ProxyProcess(
-        [
-            binary,
-            "-p",
-            str(directory),
-            "-e",
-            str(directory / "error.log"),
-            "-c",
-            str(directory / "nginx.conf"),
-            "-g",
-            "daemon off;",
-        ],
-        directory / "nginx.out",
-    )
+    process = ProxyProcess(prepare(directory, port, upstreams), directory / "nginx.out")
     process.start(f"http://127.0.0.1:{port}/readyz")
     return process, port
 
