@@ -71,18 +71,18 @@ async def job_over_sse_websocket_and_long_poll(
 async def follow_sse(
     url: str, verify: ssl.SSLContext | None, until: str
 ) -> tuple[list[SSEEvent], int]:
-    """Follow an SSE stream as EventSource does, reconnecting with `Last-Event-ID` until an
-    event of type `until`; returns the events and how many connections it took."""
+    """Follow an SSE stream from the channel's first event as EventSource does, reconnecting
+    with `Last-Event-ID` until an event of type `until`; returns the events and how many
+    connections it took."""
     events: list[SSEEvent] = []
-    last_id: str | None = None
+    last_id = "0-0"
     connections = 0
     trust: Any = verify if verify is not None else True
     async with httpx.AsyncClient(verify=trust, timeout=httpx.Timeout(10, read=30)) as client:
         while True:
             connections += 1
-            headers = {"Last-Event-ID": last_id} if last_id else {}
             try:
-                async for event in sse_events(client, url, headers):
+                async for event in sse_events(client, url, {"Last-Event-ID": last_id}):
                     events.append(event)
                     last_id = event.id or last_id
                     if event.event == until:
@@ -95,16 +95,16 @@ async def follow_sse(
 async def follow_ws(
     ws_url: str, channel: str, verify: ssl.SSLContext | None, until: str
 ) -> tuple[list[dict[str, Any]], list[int]]:
-    """Follow a channel over WebSocket, subscribing again with `since` after each disconnect,
-    until an event of type `until`; returns the event frames and the close codes seen."""
+    """Follow a channel over WebSocket from its first event, subscribing again with `since`
+    after each disconnect, until an event of type `until`; returns the event frames and the
+    close codes seen."""
     events: list[dict[str, Any]] = []
     codes: list[int] = []
-    last_id: str | None = None
+    last_id = "0-0"
     while True:
         try:
             async with ws_client(ws_url, **_tls(verify)) as ws:
-                op: dict[str, Any] = {"op": "subscribe", "channel": channel}
-                await ws_send(ws, {**op, "since": last_id} if last_id else op)
+                await ws_send(ws, {"op": "subscribe", "channel": channel, "since": last_id})
                 while True:
                     frame = orjson.loads(await ws.recv())
                     if frame["op"] == "event":

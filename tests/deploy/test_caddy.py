@@ -25,6 +25,7 @@ from tests.deploy.scenarios import (
     rolling_restart_loses_no_event,
 )
 from tests.deploy.stack import Stack, logged
+from tests.support import wait_until
 
 STREAMS = 10
 """SSE streams one page opens through Caddy: more than HTTP/1.1's six per host."""
@@ -52,6 +53,7 @@ def test_the_gateway_sees_the_client_address_not_a_claimed_one(stack: Stack, cad
     with httpx.Client(base_url=caddy.url, transport=transport) as http:
         response = http.get(f"/jobs/{marker}", headers={"X-Forwarded-For": "203.0.113.9"})
     assert response.status_code == 404
+    wait_until(lambda: bool(logged(stack, marker)), 10, "the request in a gateway's log")
     lines = [line for _, line in logged(stack, marker)]
     assert len(lines) == 1 and "127.0.0.7:" in lines[0] and "203.0.113.9" not in lines[0], lines
 

@@ -20,6 +20,7 @@ from tests.deploy.scenarios import (
     rolling_restart_loses_no_event,
 )
 from tests.deploy.stack import Stack, logged
+from tests.support import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def test_requests_are_balanced_over_both_gateways(stack: Stack, nginx: str) -> N
     with httpx.Client(base_url=nginx) as http:
         for index in range(4):
             assert http.get(f"/jobs/{marker}-{index}").status_code == 404
+    wait_until(lambda: len(logged(stack, marker)) == 4, 10, "the requests in the logs")
     assert sorted({index for index, _ in logged(stack, marker)}) == [0, 1]
 
 
@@ -50,6 +52,7 @@ def test_the_gateway_sees_the_client_address_not_a_claimed_one(stack: Stack, ngi
     with httpx.Client(base_url=nginx, transport=transport) as http:
         response = http.get(f"/jobs/{marker}", headers={"X-Forwarded-For": "203.0.113.9"})
     assert response.status_code == 404
+    wait_until(lambda: bool(logged(stack, marker)), 10, "the request in a gateway's log")
     lines = [line for _, line in logged(stack, marker)]
     assert len(lines) == 1 and "127.0.0.7:" in lines[0] and "203.0.113.9" not in lines[0], lines
 
