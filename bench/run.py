@@ -843,11 +843,11 @@ def table(results: list[dict[str, Any]]) -> str:
                 )
     for r in results:
         if r["scenario"] == "idle":
-            proxy = "" if r.get("via", "direct") == "direct" else "proxy "
+            via = r.get("via", "direct")
             lines.append(
                 f"idle      {label(r):12} {r['connected']:>6}/{r['n']} conns, "
                 f"{r['kb_per_conn']} KB/conn"
-                + (f" (+{r['proxy_kb_per_conn']} KB/conn in the {proxy})" if proxy else "")
+                + (f" (+{r['proxy_kb_per_conn']} KB/conn in {via})" if via != "direct" else "")
                 + f", cpu at rest {r['cpu_at_rest_pct']}%, "
                 f"failed {r['failed']}, server alive {r['server_alive']}"
             )
