@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.cli import main
 from gateway.errors import SettingsError
 from gateway.settings import Settings
 from tests.deploy.proxies import self_signed_certificate
@@ -103,3 +104,20 @@ def test_a_certificate_without_its_key_is_a_configuration_error() -> None:
         Settings.from_env({"GATEWAY_SSL_CERTFILE": "/etc/gateway/cert.pem"})
     with pytest.raises(SettingsError, match="go together"):
         Settings.from_env({}, ssl_keyfile="/etc/gateway/key.pem")
+
+
+@pytest.mark.parametrize("broken", ["missing", "not a certificate", "key of another"])
+def test_a_certificate_that_cannot_be_loaded_stops_the_start(tmp_path: Path, broken: str) -> None:
+    certfile, keyfile = self_signed_certificate(tmp_path)
+    if broken == "missing":
+        certfile = tmp_path / "missing.pem"
+    elif broken == "not a certificate":
+        certfile.write_text("not PEM")
+    else:
+        other = tmp_path / "other"
+        other.mkdir()
+        keyfile = self_signed_certificate(other)[1]
+    args = ["serve", "--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile)]
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    assert "cannot be loaded" in str(stopped.value.code)
