@@ -278,6 +278,8 @@ class Server:
             raise SystemExit(f"unknown server {name!r}; one of {', '.join(SERVERS)}")
         self.proc = spawn(cmd, logf, env, source if self.target == "gateway" else ROOT)
         self.logf = logf
+        self.connect_port = self.port  # the server's, or a proxy's in front of it (`front`)
+        self.proxy: subprocess.Popen[Any] | None = None
         wait_for(self._ready, 30, f"{name} on port {self.port}")
         time.sleep(0.5)
 
@@ -295,10 +297,28 @@ class Server:
                 return False
         return True
 
+    def front(self, via: str, workdir: Path) -> None:
+        """Put a proxy in front (`via`: "nginx" runs deploy/nginx/gateway.conf, both of its
+        upstreams this server); clients then connect to the proxy."""
+        if via == "direct":
+            return
+        from bench.nginx import prepare
+
+        port = free_port()
+        cmd = prepare(workdir / f"nginx-{self.port}", port, (self.port, self.port))
+        self.proxy = spawn(cmd, workdir / f"nginx-{self.port}.log")
+        wait_for(lambda: port_open(port), 10, "nginx")
+        self.connect_port = port
+
     def procs(self) -> list[psutil.Process]:
         return tree(self.proc.pid)
 
+    def proxy_procs(self) -> list[psutil.Process]:
+        return tree(self.proxy.pid) if self.proxy is not None else []
+
     def close(self) -> None:
+        if self.proxy is not None:
+            stop(self.proxy)
         stop(self.proc)
 
 
@@ -326,7 +346,7 @@ class Clients:
                 "--kind",
                 server.kind,
                 "--port",
-                str(server.port),
+                str(server.connect_port),
                 "--path",
                 path or server.path_for(server.channel),
                 "-n",
@@ -479,14 +499,17 @@ def fanout(
     many_channels: bool = False,
     source: Path = ROOT,
     variant: str | None = None,
+    via: str = "direct",
 ) -> dict[str, Any]:
     """Step the offered rate until delivery falls behind; one server, one set of clients.
     `source`: the checkout whose gateway is served (`--tree`); `variant`: a name in
-    `VARIANTS`, the settings the gateway runs with (`--presence`)."""
+    `VARIANTS`, the settings the gateway runs with (`--presence`); `via`: "nginx" puts
+    deploy/nginx/gateway.conf between the clients and the server."""
     env_extra = VARIANTS[variant] if variant else None
     server = Server(name, redis, workdir, gw_args=a.gw_args, source=source, env_extra=env_extra)
     steps: list[dict[str, Any]] = []
     try:
+        server.front(via, workdir)
         path = None
         channel = None
         if many_channels:
@@ -501,6 +524,7 @@ def fanout(
         )
         time.sleep(a.settle)
         srv_ps = server.procs()
+        proxy_ps = server.proxy_procs()
         rds = tree(redis.proc.pid)
         pub_proc = start_publisher(
             server,
@@ -512,14 +536,28 @@ def fanout(
             channels=n if many_channels else 1,
         )
         pub_ps = psutil.Process(pub_proc.pid)
-        c0 = (cpu_s(srv_ps), clients.cpu(), cpu_s(rds), time.monotonic(), cpu_s([pub_ps]))
+        c0 = (
+            cpu_s(srv_ps),
+            clients.cpu(),
+            cpu_s(rds),
+            time.monotonic(),
+            cpu_s([pub_ps]),
+            cpu_s(proxy_ps),
+        )
         assert pub_proc.stdout is not None
         for rate in rates:
             line = pub_proc.stdout.readline()  # bounded: the publisher ends after its steps
             if not line:
                 raise RuntimeError("publisher ended early; see its stderr")
             pub = json.loads(line)
-            c1 = (cpu_s(srv_ps), clients.cpu(), cpu_s(rds), time.monotonic(), cpu_s([pub_ps]))
+            c1 = (
+                cpu_s(srv_ps),
+                clients.cpu(),
+                cpu_s(rds),
+                time.monotonic(),
+                cpu_s([pub_ps]),
+                cpu_s(proxy_ps),
+            )
             wall = c1[3] - c0[3]
             step = {
                 "offered_events_s": rate,
@@ -534,6 +572,7 @@ def fanout(
                     ],
                     "redis": round(100 * (c1[2] - c0[2]) / wall),
                     "publisher": round(100 * (c1[4] - c0[4]) / wall),
+                    "proxy": round(100 * (c1[5] - c0[5]) / wall),
                 },
                 "server_rss_mb": round(rss(srv_ps) / 2**20, 1),
             }
@@ -581,6 +620,7 @@ def fanout(
     return {
         "scenario": "channels" if many_channels else "fanout",
         "server": name,
+        "via": via,
         "tree": variant or str(source),
         "describe": SERVERS[name],
         "n": n,
@@ -603,17 +643,23 @@ def _errors(infos: list[dict[str, Any]]) -> dict[str, int]:
     return errors
 
 
-def idle(a: argparse.Namespace, redis: Redis, workdir: Path, name: str, n: int) -> dict[str, Any]:
+def idle(
+    a: argparse.Namespace, redis: Redis, workdir: Path, name: str, n: int, via: str = "direct"
+) -> dict[str, Any]:
+    """RSS per idle connection of the server (and of the proxy in front of it, `via`)."""
     server = Server(name, redis, workdir, gw_args=a.gw_args)
     try:
+        server.front(via, workdir)
         time.sleep(1)
         srv_ps = server.procs()
         rss0 = rss(srv_ps)
+        proxy0 = rss(server.proxy_procs())
         k = max(a.clients, -(-n // 9000))
         clients = Clients(server, n, k, workdir, f"idle-{name}-{n}")
         time.sleep(a.settle + 1)
         srv_ps = server.procs()
         rss1 = rss(srv_ps)
+        proxy1 = rss(server.proxy_procs())
         c0, t0 = cpu_s(srv_ps), time.monotonic()
         time.sleep(a.rest)
         cpu_rest = 100 * (cpu_s(srv_ps) - c0) / (time.monotonic() - t0)
@@ -626,6 +672,7 @@ def idle(a: argparse.Namespace, redis: Redis, workdir: Path, name: str, n: int) 
     return {
         "scenario": "idle",
         "server": name,
+        "via": via,
         "n": n,
         "connected": connected,
         "failed": sum(i["failed"] for i in infos),
@@ -635,6 +682,7 @@ def idle(a: argparse.Namespace, redis: Redis, workdir: Path, name: str, n: int) 
         "rss_before_mb": round(rss0 / 2**20, 1),
         "rss_after_mb": round(rss1 / 2**20, 1),
         "kb_per_conn": round((rss1 - rss0) / 1024 / max(1, connected), 2),
+        "proxy_kb_per_conn": round((proxy1 - proxy0) / 1024 / max(1, connected), 2),
         "cpu_at_rest_pct": round(cpu_rest, 1),
         "client_connect_s": [round(i["connect_s"], 2) for i in infos],
     }
@@ -779,6 +827,12 @@ def publish_throughput(a: argparse.Namespace, redis: Redis, workdir: Path) -> li
 # --- output ----------------------------------------------------------------------------------
 
 
+def label(result: dict[str, Any]) -> str:
+    """The server, and the proxy in front of it if any: `gw-ws`, `gw-ws@nginx`."""
+    via = result.get("via", "direct")
+    return result["server"] if via == "direct" else f"{result['server']}@{via}"
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = []
     fan = [r for r in results if r["scenario"] in ("fanout", "channels")]
@@ -788,7 +842,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f"and p99 < {P99_BOUND_MS:g} ms)"
         )
         lines.append(
-            f"{'scenario':9} {'server':7} {'N':>6} {'sustainable/s':>14} "
+            f"{'scenario':9} {'server':12} {'N':>6} {'sustainable/s':>14} "
             f"{'p99@~20k/s':>11} {'srv cpu':>8} {'client cpu':>11}"
         )
         for r in fan:
@@ -796,7 +850,7 @@ def table(results: list[dict[str, Any]]) -> str:
             okstep = [s for s in r["steps"] if s["ok"]]
             last = okstep[-1] if okstep else (r["steps"][0] if r["steps"] else None)
             lines.append(
-                f"{r['scenario']:9} {r['server']:7} {r['connected']:>6} "
+                f"{r['scenario']:9} {label(r):12} {r['connected']:>6} "
                 f"{r['sustainable_deliveries_s'] or 0:>14,} "
                 f"{(near['lat_ms']['p99'] if near else 'n/a')!s:>11} "
                 f"{(str(last['cpu_pct']['server']) + '%') if last else 'n/a':>8} "
@@ -806,15 +860,18 @@ def table(results: list[dict[str, Any]]) -> str:
         for r in fan:
             for s in r["steps"]:
                 lines.append(
-                    f"  {r['server']:7} {s['offered_events_s']:>6g} -> {s['delivered_s']:>7,}/s "
+                    f"  {label(r):12} {s['offered_events_s']:>6g} -> {s['delivered_s']:>7,}/s "
                     f"ratio {s['delivery_ratio']} p50 {s['lat_ms']['p50']} p99 "
                     f"{s['lat_ms']['p99']} {'ok' if s['ok'] else 'FAIL'}"
                 )
     for r in results:
         if r["scenario"] == "idle":
+            via = r.get("via", "direct")
             lines.append(
-                f"idle      {r['server']:7} {r['connected']:>6}/{r['n']} conns, "
-                f"{r['kb_per_conn']} KB/conn, cpu at rest {r['cpu_at_rest_pct']}%, "
+                f"idle      {label(r):12} {r['connected']:>6}/{r['n']} conns, "
+                f"{r['kb_per_conn']} KB/conn"
+                + (f" (+{r['proxy_kb_per_conn']} KB/conn in {via})" if via != "direct" else "")
+                + f", cpu at rest {r['cpu_at_rest_pct']}%, "
                 f"failed {r['failed']}, server alive {r['server_alive']}"
             )
         elif r["scenario"] == "roundtrip":
@@ -886,6 +943,80 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def via_comparison(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """p99 latency through each proxy against direct, step by step, for each (server, N) run
+    both ways (the median over `--rounds` alternations); `ratio` = proxied p99 / direct p99,
+    and its median over the steps where every run passed (the overhead where neither way is
+    overloaded)."""
+    import statistics
+
+    def median_p99(runs: list[dict[str, Any]], index: int) -> float | None:
+        values = [r["steps"][index]["lat_ms"]["p99"] for r in runs if len(r["steps"]) > index]
+        present = [v for v in values if v is not None]
+        return statistics.median(present) if present else None
+
+    rows = []
+    fan = [r for r in results if r["scenario"] == "fanout"]
+    for server, n in dict.fromkeys((r["server"], r["n"]) for r in fan):
+        runs = [r for r in fan if (r["server"], r["n"]) == (server, n)]
+        direct = [r for r in runs if r.get("via", "direct") == "direct"]
+        for via in dict.fromkeys(r["via"] for r in runs if r.get("via", "direct") != "direct"):
+            proxied = [r for r in runs if r.get("via") == via]
+            if not direct:
+                continue
+            steps = []
+            for index, step in enumerate(direct[0]["steps"]):
+                dp99, pp99 = median_p99(direct, index), median_p99(proxied, index)
+                both = [r["steps"][index] for r in direct + proxied if len(r["steps"]) > index]
+                steps.append(
+                    {
+                        "offered_deliveries_s": step["offered_deliveries_s"],
+                        "p99_direct_ms": dp99,
+                        "p99_via_ms": pp99,
+                        "ratio": round(pp99 / dp99, 2) if dp99 and pp99 else None,
+                        "all_ok": all(st["ok"] for st in both),
+                        "proxy_cpu_pct": statistics.median(
+                            r["steps"][index]["cpu_pct"]["proxy"]
+                            for r in proxied
+                            if len(r["steps"]) > index
+                        ),
+                    }
+                )
+            ok = [st["ratio"] for st in steps if st["all_ok"] and st["ratio"] is not None]
+            every = [st["ratio"] for st in steps if st["ratio"] is not None]
+            rows.append(
+                {
+                    "server": server,
+                    "n": n,
+                    "via": via,
+                    "rounds": len(proxied),
+                    "steps": steps,
+                    "median_ratio": round(statistics.median(ok), 2) if ok else None,
+                    "median_ratio_all_steps": round(statistics.median(every), 2) if every else None,
+                }
+            )
+    return rows
+
+
+def via_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "\nProxy overhead: median p99 ms direct vs through the proxy, same run (ratio = via/direct)"
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['server']} N={row['n']} via {row['via']} ({row['rounds']} rounds): median "
+            f"ratio over the steps every run passed: {row['median_ratio']}, over all steps: "
+            f"{row['median_ratio_all_steps']}"
+        )
+        for st in row["steps"]:
+            lines.append(
+                f"  {st['offered_deliveries_s']:>8,}/s  p99 {st['p99_direct_ms']!s:>7} -> "
+                f"{st['p99_via_ms']!s:>7} ms  ratio {st['ratio']!s:>5}  proxy cpu "
+                f"{st['proxy_cpu_pct']}%{'' if st['all_ok'] else '  (a run failed this step)'}"
+            )
+    return "\n".join(lines)
+
+
 class _Results(list[dict[str, Any]]):
     """A list of results that also appends each one to a JSON-lines file as it arrives."""
 
@@ -920,18 +1051,18 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
     for r in fan:
-        label = f"{r['server']} ({r['scenario']}, N={r['connected']})"
+        label_ = f"{label(r)} ({r['scenario']}, N={r['connected']})"
         x = [s["offered_deliveries_s"] / 1000 for s in r["steps"]]
-        ax1.plot(x, [s["delivered_s"] / 1000 for s in r["steps"]], marker="o", label=label)
+        ax1.plot(x, [s["delivered_s"] / 1000 for s in r["steps"]], marker="o", label=label_)
         line = ax2.plot(
-            x, [s["lat_ms"]["p99"] or 0 for s in r["steps"]], marker="o", label=label + " p99"
+            x, [s["lat_ms"]["p99"] or 0 for s in r["steps"]], marker="o", label=label_ + " p99"
         )
         ax2.plot(
             x,
             [s["lat_ms"]["p50"] or 0 for s in r["steps"]],
             linestyle="--",
             color=line[0].get_color(),
-            label=label + " p50",
+            label=label_ + " p50",
         )
     top = max(s["offered_deliveries_s"] for r in fan for s in r["steps"]) / 1000
     ax1.plot([0, top], [0, top], color="grey", linewidth=0.8, linestyle=":")
@@ -1012,7 +1143,17 @@ def main(argv: list[str] | None = None) -> None:
         "compare server CPU at 20k/40k deliveries/s",
     )
     p.add_argument(
-        "--rounds", type=int, default=1, help="fanout with trees or --presence: alternations"
+        "--rounds",
+        type=int,
+        default=1,
+        help="fanout with trees, --presence or several --via: alternations",
+    )
+    p.add_argument(
+        "--via",
+        default="direct",
+        help="fanout, idle: comma-separated, each run in turn: direct (clients to the server) "
+        "or nginx (through deploy/nginx/gateway.conf); fanout with both: a table of the p99 "
+        "ratio; idle: the proxy's KB per connection too",
     )
     p.add_argument("--out", type=Path, default=None, help="directory for JSON and PNG")
     p.add_argument("--plot", type=Path, default=None, help="also write the PNG here")
@@ -1032,6 +1173,10 @@ def main(argv: list[str] | None = None) -> None:
     for t in trees:
         if not (t / "gateway" / "__main__.py").exists():
             p.error(f"--tree/--compare {t}: not a gateway source checkout")
+    vias = [v for v in a.via.split(",") if v]
+    for v in vias:
+        if v not in ("direct", "nginx"):
+            p.error(f"--via {v!r}: direct or nginx")
     servers = [s for s in a.servers.split(",") if s]
     for s in servers:
         if s not in SERVERS:
@@ -1061,7 +1206,9 @@ def main(argv: list[str] | None = None) -> None:
                             else rates_for(n, sc == "quick")
                         )
                         gateway = s.startswith("gw-")
-                        rounds = a.rounds if (trees or a.presence) and gateway else 1
+                        rounds = (
+                            a.rounds if ((trees or a.presence) and gateway) or len(vias) > 1 else 1
+                        )
                         for _ in range(rounds):
                             if a.presence and gateway:
                                 for variant in VARIANTS:
@@ -1071,8 +1218,11 @@ def main(argv: list[str] | None = None) -> None:
                                     redis.flush()
                                 continue
                             for src in trees if trees and gateway else [ROOT]:
-                                results.append(fanout(a, redis, workdir, s, n, rates, source=src))
-                                redis.flush()
+                                for via in vias:
+                                    results.append(
+                                        fanout(a, redis, workdir, s, n, rates, source=src, via=via)
+                                    )
+                                    redis.flush()
             if sc in ("channels", "all"):
                 for n in a.n or [1000]:
                     rates = (
@@ -1086,8 +1236,9 @@ def main(argv: list[str] | None = None) -> None:
                 ns = [2000] if sc == "quick" else a.n or [10_000, 20_000]
                 for n in ns:
                     for s in servers:
-                        results.append(idle(a, redis, workdir, s, n))
-                        log(table(results[-1:]))
+                        for via in vias:
+                            results.append(idle(a, redis, workdir, s, n, via))
+                            log(table(results[-1:]))
             if sc in ("quick", "roundtrip", "all"):
                 if sc == "quick":
                     a.jobs = min(a.jobs, 200)
@@ -1112,6 +1263,9 @@ def main(argv: list[str] | None = None) -> None:
         compared = comparison(results, list(VARIANTS))
     if compared:
         doc["comparison"] = compared
+    proxied = via_comparison(results) if len(vias) > 1 else []
+    if proxied:
+        doc["via_comparison"] = proxied
     (out / "results.json").write_text(json.dumps(doc, indent=1))
     title = f"{meta['command']} · {stamp} · {os.cpu_count()} CPUs"
     plot(results, out / "bench.png", title)
@@ -1120,6 +1274,8 @@ def main(argv: list[str] | None = None) -> None:
     print(table(results))
     if compared:
         print(comparison_table(compared))
+    if proxied:
+        print(via_table(proxied))
     print(f"\nJSON: {out / 'results.json'}\nPNG:  {out / 'bench.png'}  ({meta['elapsed_s']} s)")
 
 

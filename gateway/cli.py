@@ -53,6 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     )
 
     settings = _settings(args, **overrides(args, "serve"))
+    _check_certificate(settings)
     _configure_logging(settings.log_level)
     require(*groups_for(args.http, args.ws))  # uvicorn's internals, checked once: loud if gone
     if settings.workers > 1 and not settings.secrets and not settings.ephemeral_secret:
@@ -93,10 +94,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
         "forwarded_allow_ips": list(settings.trusted_proxies),
         "lifespan": "on",
     }
+    if settings.ssl_certfile is not None:
+        options["ssl_certfile"] = str(settings.ssl_certfile)
+        options["ssl_keyfile"] = str(settings.ssl_keyfile)
+    scheme = "https" if settings.ssl_certfile is not None else "http"
     from gateway.backends.url import backend_kind
 
     log.info(
-        "serving on http://%s:%d (backend: %s)",
+        "serving on %s://%s:%d (backend: %s)",
+        scheme,
         settings.host,
         settings.port,
         backend_kind(settings.redis_url),
@@ -108,6 +114,23 @@ def cmd_serve(args: argparse.Namespace) -> None:
         from gateway.app import create_app
 
         uvicorn.run(create_app(settings), **options)
+
+
+def _check_certificate(settings: Settings) -> None:
+    """A certificate that cannot be loaded stops the start with one line, not a traceback."""
+    if settings.ssl_certfile is None:
+        return
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.ssl_certfile, settings.ssl_keyfile
+        )
+    except (OSError, ssl.SSLError) as exc:
+        sys.exit(
+            "gateway serve: configuration error: --ssl-certfile/--ssl-keyfile "
+            f"(GATEWAY_SSL_CERTFILE/GATEWAY_SSL_KEYFILE) cannot be loaded: {exc}"
+        )
 
 
 def cmd_worker(args: argparse.Namespace) -> None:

@@ -193,7 +193,7 @@ def test_cli_flags_come_from_the_declarations() -> None:
     flagged = {d.option for d in declared().values() if d.flag}
     assert flagged == {
         "--host", "--port", "--workers", "--embedded-worker", "--concurrency", "--handlers",
-        "--require-auth",
+        "--require-auth", "--ssl-certfile", "--ssl-keyfile",
     }  # fmt: skip
     assert isinstance(args, argparse.Namespace)
 
@@ -202,8 +202,12 @@ def test_to_env_leaves_out_an_unset_embedded_worker() -> None:
     assert "GATEWAY_EMBEDDED_WORKER" not in Settings().to_env()
     assert Settings(embedded_worker=True).to_env()["GATEWAY_EMBEDDED_WORKER"] == "1"
     assert set(Settings().to_env()) == {d.env for d in declared().values()} - {
-        "GATEWAY_EMBEDDED_WORKER"
+        "GATEWAY_EMBEDDED_WORKER",
+        "GATEWAY_SSL_CERTFILE",
+        "GATEWAY_SSL_KEYFILE",
     }
+    tls = Settings(ssl_certfile=Path("/c.pem"), ssl_keyfile=Path("/k.pem")).to_env()
+    assert (tls["GATEWAY_SSL_CERTFILE"], tls["GATEWAY_SSL_KEYFILE"]) == ("/c.pem", "/k.pem")
 
 
 def test_replace_changes_attributes_and_keeps_the_rest() -> None:

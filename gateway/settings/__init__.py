@@ -107,6 +107,21 @@ class Settings(BaseSettings):
         flag=("serve",),
         help="gateway processes (needs Redis for more than one)",
     )
+    ssl_certfile: Path | None = setting(
+        None,
+        env="GATEWAY_SSL_CERTFILE",
+        flag=("serve",),
+        shown="none (plain HTTP)",
+        help="PEM certificate chain: `gateway serve` speaks HTTPS/WSS itself (with "
+        "`GATEWAY_SSL_KEYFILE`); behind a TLS-terminating proxy leave it unset",
+    )
+    ssl_keyfile: Path | None = setting(
+        None,
+        env="GATEWAY_SSL_KEYFILE",
+        flag=("serve",),
+        shown="none",
+        help="PEM private key of `GATEWAY_SSL_CERTFILE`",
+    )
     embedded_worker: Flag | None = setting(
         None,
         env="GATEWAY_EMBEDDED_WORKER",
@@ -661,6 +676,11 @@ class Settings(BaseSettings):
             )
         if self.personal_channel:
             self._check_personal_channel()
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise SettingsError(
+                "--ssl-certfile and --ssl-keyfile (GATEWAY_SSL_CERTFILE, GATEWAY_SSL_KEYFILE) "
+                "go together: give both for HTTPS, or neither"
+            )
         if self.workers > 1 and not self.redis_url:
             raise SettingsError(
                 "--workers N > 1 needs REDIS_URL: processes share events only through Redis"
