@@ -12,7 +12,7 @@ topic and payload (MQTT has no id that survives a redelivery: packet ids are reu
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -57,7 +57,7 @@ class MQTTSource(Source):
         await client.__aenter__()
         await client.subscribe([(topic, 1) for topic in config.topics])
 
-    async def deliveries(self) -> AsyncIterator[Delivery]:
+    async def deliveries(self) -> AsyncGenerator[Delivery, None]:
         assert self._client is not None
         async for message in self._client.messages:
             payload = message.payload

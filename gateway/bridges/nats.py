@@ -15,7 +15,7 @@ A message's id is its `Nats-Msg-Id` header when the publisher set one, else `<st
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import nats
@@ -75,7 +75,7 @@ class NATSSource(Source):
             durable=config.durable, stream=config.stream
         )
 
-    async def deliveries(self) -> AsyncIterator[Delivery]:
+    async def deliveries(self) -> AsyncGenerator[Delivery, None]:
         stream = self.config.stream
         while True:
             try:

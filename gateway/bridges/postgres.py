@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -77,7 +77,7 @@ class PostgresSource(Source):
     def _notified(self, *_args: Any) -> None:
         self._woken.set()
 
-    async def deliveries(self) -> AsyncIterator[Delivery]:
+    async def deliveries(self) -> AsyncGenerator[Delivery, None]:
         config = self.config
         connection = self._connection
         select = (

@@ -8,7 +8,7 @@ the queue at their places, so order holds across a restart (one bridge per queue
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aio_pika
@@ -47,7 +47,7 @@ class RabbitMQSource(Source):
         for key in config.bindings:
             await self._queue.bind(exchange, routing_key=key)
 
-    async def deliveries(self) -> AsyncIterator[Delivery]:
+    async def deliveries(self) -> AsyncGenerator[Delivery, None]:
         async with self._queue.iterator() as messages:
             async for message in messages:
                 yield _delivery(message)

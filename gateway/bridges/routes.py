@@ -9,7 +9,6 @@ match, `{topic}` the whole topic.
 from __future__ import annotations
 
 import re
-import string
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -76,31 +75,31 @@ class TopicPattern:
 Format = Literal["json", "text"]
 
 
+PLACEHOLDER: Final = re.compile(r"\{([^{}]*)\}")
+
+
 class Template:
     """`order:{1}`, `{topic}`: placeholders checked when the rules are loaded."""
 
     def __init__(self, text: str, wildcards: int) -> None:
         self.text = text
-        names: list[str] = []
-        for _literal, name, spec, conversion in string.Formatter().parse(text):
-            if name is None:
-                continue
-            if spec or conversion:
-                raise ValueError(f"{{{name}}} in {text!r}: no format spec or conversion")
+        for name in PLACEHOLDER.findall(text):
             if name == "topic":
-                names.append(name)
                 continue
             if not name.isdigit() or not 1 <= int(name) <= wildcards:
                 raise ValueError(
                     f"{{{name}}} in {text!r}: use {{topic}} or {{1}}..{{{wildcards}}} "
                     f"(the pattern has {wildcards} wildcard(s))"
                 )
-            names.append(name)
-        self._names = names
+        if "{" in PLACEHOLDER.sub("", text) or "}" in PLACEHOLDER.sub("", text):
+            raise ValueError(f"unbalanced braces in {text!r}")
 
     def render(self, topic: str, matches: tuple[str, ...]) -> str:
-        values = {"topic": topic, **{str(i): m for i, m in enumerate(matches, start=1)}}
-        return self.text.format_map(values)
+        def value(found: re.Match[str]) -> str:
+            name = found.group(1)
+            return topic if name == "topic" else matches[int(name) - 1]
+
+        return PLACEHOLDER.sub(value, self.text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,10 +66,12 @@ class SourceRunner:
     async def run(self) -> None:
         delay = BACKOFF_FIRST
         while True:
+            deliveries = None
             try:
                 await self.source.open()
                 log.info("source %s: connected", self.name)
-                async for delivery in self.source.deliveries():
+                deliveries = self.source.deliveries()
+                async for delivery in deliveries:
                     await self.handle(delivery)
                     delay = BACKOFF_FIRST
                 log.warning("source %s: the broker ended the stream", self.name)
@@ -78,6 +80,11 @@ class SourceRunner:
             except Exception as exc:  # a broker library raises its own errors; all mean "lost"
                 log.warning("source %s: %s: %s", self.name, type(exc).__name__, exc)
             finally:
+                # Close the iteration first (a batch's transaction, a consumer), then the
+                # connection; what fails while closing a lost connection is no news.
+                if deliveries is not None:
+                    with contextlib.suppress(Exception):
+                        await deliveries.aclose()
                 with contextlib.suppress(Exception):
                     await self.source.close()
             self._labels["reconnects"].inc()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,7 @@ class Source(abc.ABC):
         """Connect; declare what the configuration asks for (queue, stream, table...)."""
 
     @abc.abstractmethod
-    def deliveries(self) -> AsyncIterator[Delivery]:
+    def deliveries(self) -> AsyncGenerator[Delivery, None]:
         """The messages, in the broker's order, until the connection is lost (then raise)."""
 
     @abc.abstractmethod
