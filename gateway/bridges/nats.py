@@ -15,6 +15,7 @@ A message's id is its `Nats-Msg-Id` header when the publisher set one, else `<st
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -27,8 +28,16 @@ from gateway.bridges.config import NATSConfig
 from gateway.bridges.routes import NATS
 from gateway.bridges.source import Delivery, Source
 
+log = logging.getLogger("gateway.bridge")
+
 FETCH_WAIT = 5.0
 """Seconds one fetch waits for messages before it asks again (and checks the connection)."""
+
+
+async def _quiet(exc: Exception) -> None:
+    """nats-py reports each failed attempt here (printing a traceback by default); the runner
+    logs the loss once when the connection or a fetch fails."""
+    log.debug("nats: %s", exc)
 
 
 class NATSSource(Source):
@@ -44,7 +53,11 @@ class NATSSource(Source):
         # The runner reconnects (with backoff, re-reading the consumer's state); nats-py's own
         # reconnecting would keep fetches waiting on a connection that is gone.
         self._nc = await nats.connect(
-            config.url, allow_reconnect=False, connect_timeout=5, max_reconnect_attempts=0
+            config.url,
+            allow_reconnect=False,
+            connect_timeout=5,
+            max_reconnect_attempts=0,
+            error_cb=_quiet,
         )
         js = self._nc.jetstream()
         if config.subjects is not None:

@@ -32,6 +32,8 @@ IMPLEMENTATIONS = {
 }
 """Imported only for the kinds a configuration uses: each needs its own library."""
 
+OPEN_TIMEOUT = 30.0
+"""Seconds to connect and declare: a broker that accepts and never answers counts as lost."""
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 10.0
 
@@ -68,7 +70,7 @@ class SourceRunner:
         while True:
             deliveries = None
             try:
-                await self.source.open()
+                await asyncio.wait_for(self.source.open(), OPEN_TIMEOUT)
                 log.info("source %s: connected", self.name)
                 deliveries = self.source.deliveries()
                 async for delivery in deliveries:
