@@ -105,7 +105,7 @@ class SourceRunner:
         except (MalformedMessage, EventTooLarge) as exc:
             self._labels["malformed"].inc()
             log.warning(
-                "source %s: malformed message %s on %r rejected: %s",
+                "source %s: malformed message %r on %r rejected: %s",
                 self.name,
                 delivery.message_id,
                 delivery.topic,

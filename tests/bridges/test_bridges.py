@@ -224,7 +224,7 @@ async def test_a_malformed_message_is_reported_and_skipped(
     await async_wait_until(lambda: channel_length(redis_server.url, channel) >= 2, 20, "events")
     await async_wait_until(lambda: bridge.metric("malformed") == 1, 10, "malformed == 1")
     assert [e["data"] for e in channel_events(redis_server.url, channel)] == [{"n": 1}, {"n": 2}]
-    assert "malformed message b on" in bridge.output() or "malformed message" in bridge.output()
+    assert "malformed message " in bridge.output()
     assert "the body is not JSON" in bridge.output()
     assert bridge.metric("reconnects") == 0  # reported and skipped: no crash, no reconnect
     dead = await feed.dead_letters()
