@@ -1,5 +1,12 @@
 from __future__ import annotations
 
-from bench.run import main
+import sys
 
-main()
+if sys.argv[1:2] == ["bridge"]:
+    from bench.bridge import main as bridge_main
+
+    bridge_main(sys.argv[2:])
+else:
+    from bench.run import main
+
+    main()

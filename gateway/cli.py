@@ -1,4 +1,4 @@
-"""`gateway serve | worker | publish | submit | follow`."""
+"""`gateway serve | worker | bridge | publish | submit | follow`."""
 
 from __future__ import annotations
 
@@ -170,6 +170,31 @@ async def _run_worker(settings: Settings, grace: float) -> None:
         await backend.close()
 
 
+def cmd_bridge(args: argparse.Namespace) -> None:
+    from gateway.bridges.flags import config_from_args
+
+    try:
+        config = config_from_args(args)
+    except SettingsError as exc:
+        sys.exit(f"gateway bridge: configuration error: {exc}")
+    settings = _settings(args, redis_url=config.redis_url)
+    _configure_logging(settings.log_level)
+    asyncio.run(_run_bridge(config, settings))
+
+
+async def _run_bridge(config: Any, settings: Settings) -> None:
+    from gateway.bridges.runner import run_bridge
+
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    log.info("bridge: %s", ", ".join(f"{s.name} ({s.kind})" for s in config.sources))
+    with contextlib.suppress(asyncio.CancelledError):
+        await run_bridge(config, settings)
+
+
 def cmd_publish(args: argparse.Namespace) -> None:
     from gateway.publish import PublishError, publish
 
@@ -258,6 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(worker, "worker")
     worker.add_argument("--grace", type=float, default=10.0, help="seconds to finish on SIGTERM")
     worker.set_defaults(func=cmd_worker)
+
+    bridge = commands.add_parser(
+        "bridge",
+        help="publish messages from RabbitMQ, MQTT, NATS JetStream or a PostgreSQL outbox "
+        "into channels (needs Redis)",
+    )
+    from gateway.bridges.flags import add_bridge_flags
+
+    add_bridge_flags(bridge)
+    bridge.set_defaults(func=cmd_bridge)
 
     publish = commands.add_parser("publish", help="publish one event to a channel")
     publish.add_argument("channel")

@@ -12,6 +12,7 @@ The tree (indentation is inheritance)::
             UnsafeCallbackUrl
                 UnresolvedCallbackHost
             ProtocolError: a WebSocket frame that is not a `gateway.v1` command
+            MalformedMessage: a bridged broker message that maps to no event
         AccessDenied: the caller may not do this
             Forbidden
             InvalidToken
@@ -136,6 +137,13 @@ class ProtocolError(InvalidInput):
         self.ref = ref
         """The `ref` of the frame, when it was an object with one: the error frame echoes it."""
         self.extra = extra
+
+
+class MalformedMessage(InvalidInput):
+    """A message a bridge consumed that no route turns into an event (not JSON, no route, a
+    channel or type its rules cannot make): counted, dead-lettered or dropped, never retried."""
+
+    code = "malformed_message"
 
 
 class AccessDenied(GatewayError):

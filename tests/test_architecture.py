@@ -63,6 +63,8 @@ LAYER_OF: Final[dict[str, str]] = {
     "gateway.cli": "entry points",
     "gateway.publish": "entry points",
     "gateway.client": "entry points",
+    # `gateway bridge`: its own process, feeding channels through the Redis backend.
+    "gateway.bridges": "entry points",
 }
 
 ALLOWED_UPWARD: Final[dict[tuple[str, str], str]] = {

@@ -41,6 +41,12 @@ def idempotency_key(key: str) -> str:
     return f"gw:idem:{key}"
 
 
+def bridged_key(channel: str, source: str, message_id: str) -> str:
+    """A bridged message's dedup key: in its channel's hash slot, so the check and the publish
+    are one script on one shard."""
+    return f"gw:{{{channel}}}:bridged:{source}:{message_id}"
+
+
 _TERMINAL_TABLE = ", ".join(
     f"[{status.value!r}] = true" for status in sorted(JOB_TERMINAL_STATUSES)
 )
@@ -57,6 +63,18 @@ PUBLISH_LUA = load_script("publish.lua")
 PROMOTE_LUA = load_script("promote.lua")
 BEGIN_ATTEMPT_LUA = load_script("begin_attempt.lua")
 CLAIM_WEBHOOKS_LUA = load_script("claim_webhooks.lua")
+
+
+def _bridge_publish_script() -> str:
+    """bridge_publish.lua with publish.lua in front of it as a local function: one text of
+    the publish logic, so bridged events are stored exactly like published ones (the normal
+    publish path keeps its own script, unchanged)."""
+    body = resources.files("gateway.backends").joinpath("publish.lua").read_text()
+    tail = resources.files("gateway.backends").joinpath("bridge_publish.lua").read_text()
+    return f"{LUA_PRELUDE}local function publish(KEYS, ARGV)\n{body}\nend\n{tail}"
+
+
+BRIDGE_PUBLISH_LUA = _bridge_publish_script()
 
 
 def publish_call(
