@@ -60,7 +60,7 @@ class QueueWorker:
                 assert self.process is not None
                 if self.process.poll() is not None:
                     raise RuntimeError(f"{self.args[0]} exited:\n{self.output()}")
-                return ready in self.output()[offset:]
+                return ready.encode() in self.log_path.read_bytes()[offset:]
 
             wait_until(is_ready, timeout, f"{' '.join(self.args[:3])} to be ready")
         return self
