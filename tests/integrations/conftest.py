@@ -21,12 +21,21 @@ def broker_url(redis_server: RedisServer) -> str:
 
 
 @pytest.fixture(scope="module")
-def gateway(bus_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """A gateway on the bus, with its embedded worker (which must leave the tasks alone)."""
+def gateway(
+    bus_url: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[GatewayProcess]:
+    """A gateway on the bus, with its embedded worker (which must leave the tasks alone, and
+    delivers webhooks); a test module's `GATEWAY_ENV` adds to its environment."""
     directory = tmp_path_factory.mktemp("gateway")
-    process = GatewayProcess(
-        gateway_env(REDIS_URL=bus_url, GATEWAY_EMBEDDED_WORKER="1"), directory / "gateway.log"
+    env = gateway_env(
+        REDIS_URL=bus_url,
+        GATEWAY_EMBEDDED_WORKER="1",
+        GATEWAY_WEBHOOK_ALLOW_PRIVATE="1",
+        **getattr(request.module, "GATEWAY_ENV", {}),
     )
-    process.start()
-    yield process
-    process.stop()
+    process = GatewayProcess(env, directory / "gateway.log")
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()

@@ -62,7 +62,11 @@ class QueueWorker:
                     raise RuntimeError(f"{self.args[0]} exited:\n{self.output()}")
                 return ready.encode() in self.log_path.read_bytes()[offset:]
 
-            wait_until(is_ready, timeout, f"{' '.join(self.args[:3])} to be ready")
+            try:
+                wait_until(is_ready, timeout, f"{' '.join(self.args[:3])} to be ready")
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def output(self) -> str:
@@ -98,46 +102,63 @@ def worker_env(redis_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-async def follow(gateway_url: str, ws_url: str, job_id: str, timeout: float = 30.0) -> Any:
+async def follow(
+    gateway_url: str, ws_url: str, job_id: str, timeout: float = 30.0, token: str | None = None
+) -> Any:
     """The job's events as SSE (`/jobs/{id}/events`, which ends at the terminal event) and as
-    WebSocket frames (subscribed to `job:<id>`), followed at the same time.
+    WebSocket frames (subscribed to `job:<id>`), followed at the same time; with the job's
+    `token` as a browser passes it (`?token=` for EventSource, in the subscribe op).
 
     Returns (SSE event types, WebSocket event types, the terminal event's data)."""
+    query = f"?token={token}" if token else ""
 
     async def over_ws() -> list[dict[str, Any]]:
         async with ws_client(ws_url) as ws:
-            await ws_send(ws, {"op": "subscribe", "channel": f"job:{job_id}", "ref": 1})
+            op: dict[str, Any] = {"op": "subscribe", "channel": f"job:{job_id}", "ref": 1}
+            if token:
+                op["token"] = token
+            await ws_send(ws, op)
             frames = await ws_until(
                 ws, lambda f: f.get("op") == "event" and f.get("type") in TERMINAL, timeout
             )
             return [frame for frame in frames if frame.get("op") == "event"]
 
     sse, ws_events = await asyncio.gather(
-        collect_sse(f"{gateway_url}/jobs/{job_id}/events", timeout=timeout), over_ws()
+        collect_sse(f"{gateway_url}/jobs/{job_id}/events{query}", timeout=timeout), over_ws()
     )
     sse_types = [event.event for event in sse]
     assert [event.json()["id"] for event in sse] == [frame["id"] for frame in ws_events]
     return sse_types, [frame["type"] for frame in ws_events], ws_events[-1]["data"]
 
 
-def job(gateway_url: str, job_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{gateway_url}/jobs/{job_id}", timeout=5)
+def bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def job(gateway_url: str, job_id: str, token: str | None = None) -> dict[str, Any]:
+    response = httpx.get(f"{gateway_url}/jobs/{job_id}", headers=bearer(token), timeout=5)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
 
 
-def wait_for_job(gateway_url: str, job_id: str, status: str, timeout: float = 20.0) -> None:
+def wait_for_job(
+    gateway_url: str, job_id: str, status: str, timeout: float = 20.0, token: str | None = None
+) -> None:
     def reached() -> bool:
-        response = httpx.get(f"{gateway_url}/jobs/{job_id}", timeout=5)
+        response = httpx.get(f"{gateway_url}/jobs/{job_id}", headers=bearer(token), timeout=5)
         return response.status_code == 200 and response.json()["status"] == status
 
     wait_until(reached, timeout, f"job {job_id} to be {status}")
 
 
-def history_types(gateway_url: str, job_id: str) -> list[str]:
-    response = httpx.get(f"{gateway_url}/channels/job:{job_id}/events", timeout=5)
+def history(gateway_url: str, job_id: str, token: str | None = None) -> list[dict[str, Any]]:
+    url = f"{gateway_url}/channels/job:{job_id}/events"
+    response = httpx.get(url, headers=bearer(token), timeout=5)
     assert response.status_code == 200, response.text
-    body = response.json()
-    events = body["events"] if isinstance(body, dict) else body
-    return [event["type"] for event in events]
+    events: list[dict[str, Any]] = response.json()["events"]
+    return events
+
+
+def history_types(gateway_url: str, job_id: str, token: str | None = None) -> list[str]:
+    return [event["type"] for event in history(gateway_url, job_id, token)]

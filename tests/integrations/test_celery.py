@@ -10,10 +10,12 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 
@@ -23,10 +25,9 @@ from tests.integrations.queues import (
     history_types,
     job,
     readme_example,
-    wait_for_job,
     worker_env,
 )
-from tests.support import GatewayProcess, wait_until
+from tests.support import GatewayProcess, http_receiver, wait_until
 
 pytest.importorskip("celery")
 
@@ -185,15 +186,34 @@ def test_a_retried_task_says_retrying_then_completes(
     assert data["result"] == "stored"
 
 
-def test_a_revoked_running_task_ends_cancelled(
+def test_a_revoked_running_task_ends_cancelled_and_wakes_a_long_poll(
     tasks: Any, worker: QueueWorker, gateway: GatewayProcess
 ) -> None:
     job_id = tasks.hold.delay(f"release-{uuid.uuid4()}").id
-    wait_for_job(gateway.url, job_id, "running")
-    tasks.app.control.revoke(job_id, terminate=True)
+    wait_until(lambda: job(gateway.url, job_id)["progress"] == 0.5, 20, "the task to run")
+    since = job(gateway.url, job_id)["last_event_id"]
+    with ThreadPoolExecutor(1) as pool:
+        long_poll = pool.submit(
+            httpx.get, f"{gateway.url}/jobs/{job_id}?wait=20&since={since}", timeout=30
+        )
+        tasks.app.control.revoke(job_id, terminate=True)
+        assert long_poll.result().json()["status"] == "cancelled"
     sse, ws, data = _follow(gateway, job_id)
     assert sse == ws == ["job.queued", "job.started", "job.progress", "job.cancelled"]
     assert data["reason"].startswith("revoked and terminated")
+
+
+def test_a_task_sent_with_a_callback_url_gets_its_webhook(
+    tasks: Any, worker: QueueWorker, gateway: GatewayProcess
+) -> None:
+    with http_receiver() as receiver:
+        job_id = tasks.explode.apply_async(headers={"gateway_callback_url": receiver.url}).id
+        wait_until(lambda: len(receiver.requests) >= 1, 20, "the webhook")
+        headers, body = receiver.requests[0]
+    envelope = orjson.loads(body)
+    assert envelope["type"] == "job.failed"
+    assert envelope["channel"] == f"job:{job_id}"
+    assert headers["webhook-id"] == envelope["id"]
 
 
 def test_a_result_over_the_bound_is_left_out_and_said_so(
