@@ -2,6 +2,9 @@
 
 The README's example is written out verbatim and run as the app (`python resizer.py`); the
 worker runs its `WorkerSettings` (with the gateway's hooks), given the test's own jobs too.
+
+This module's gateway is in secure mode: each job is followed with the job token the app mints
+for it (`gateway.integrations.job_token`), as a browser would be given it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import redis
 
 from tests.integrations.queues import (
     QueueWorker,
+    bearer,
     follow,
+    history,
     history_types,
     job,
     readme_example,
@@ -30,6 +35,9 @@ from tests.integrations.queues import (
 from tests.support import GatewayProcess
 
 pytest.importorskip("arq")
+
+SECRET = "integrations-test-secret-0123456789abcdef"
+GATEWAY_ENV = {"GATEWAY_SECRET": SECRET, "GATEWAY_API_KEYS": "integrations-api-key-0123"}
 
 MORE_JOBS = """
 import asyncio
@@ -75,7 +83,7 @@ def app_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def env(bus_url: str, broker_url: str) -> dict[str, str]:
-    return worker_env(bus_url, ARQ_REDIS_URL=broker_url)
+    return worker_env(bus_url, ARQ_REDIS_URL=broker_url, GATEWAY_SECRET=SECRET)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +108,7 @@ def pool(app_dir: Path, env: dict[str, str], broker_url: str) -> Iterator[Any]:
     loop = asyncio.new_event_loop()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("REDIS_URL", env["REDIS_URL"])
+        patch.setenv("GATEWAY_SECRET", SECRET)
         arq_pool = loop.run_until_complete(create_pool(RedisSettings.from_dsn(broker_url)))
         yield loop, track(arq_pool)
     loop.run_until_complete(arq_pool.aclose())
@@ -111,12 +120,20 @@ def enqueue(pool: Any, function: str, *args: Any) -> Any:
     return loop.run_until_complete(arq_pool.enqueue_job(function, *args))
 
 
+def token_for(job_id: str) -> str:
+    """What the app hands the browser with the job's id (GATEWAY_SECRET is set, see `pool`)."""
+    from gateway.integrations import job_token
+
+    return job_token(job_id)
+
+
 def _follow(gateway: GatewayProcess, job_id: str, timeout: float = 20) -> Any:
-    return asyncio.run(follow(gateway.url, gateway.ws_url, job_id, timeout))
+    token = token_for(job_id)
+    return asyncio.run(follow(gateway.url, gateway.ws_url, job_id, timeout, token))
 
 
 def test_readme_example_followed_over_sse_and_websocket(
-    app_dir: Path, env: dict[str, str], worker: QueueWorker, gateway: GatewayProcess
+    app_dir: Path, env: dict[str, str], worker: QueueWorker, gateway: GatewayProcess, pool: Any
 ) -> None:
     sent = subprocess.run(
         [sys.executable, "resizer.py"], cwd=app_dir, env=env, capture_output=True, text=True
@@ -128,8 +145,14 @@ def test_readme_example_followed_over_sse_and_websocket(
 
     assert sse == ws == ["job.queued", "job.started", *["job.progress"] * 3, "job.completed"]
     assert data["result"] == {"resized": 3}
-    assert job(gateway.url, job_id)["type"] == "resize"
-    assert httpx.get(f"{gateway.url}/jobs/{job_id}/result").json()["result"] == {"resized": 3}
+    token = token_for(job_id)
+    assert job(gateway.url, job_id, token)["type"] == "resize"
+    result = httpx.get(f"{gateway.url}/jobs/{job_id}/result", headers=bearer(token))
+    assert result.json()["result"] == {"resized": 3}
+    # Without a token, or with another job's, the job is not there for the browser.
+    assert httpx.get(f"{gateway.url}/jobs/{job_id}").status_code in {401, 403}
+    other = httpx.get(f"{gateway.url}/jobs/{job_id}", headers=bearer(token_for("another")))
+    assert other.status_code == 403
     assert redis.Redis.from_url(env["REDIS_URL"]).xlen("gw:{jobs}") == 0
 
 
@@ -158,7 +181,7 @@ def test_a_retried_job_says_retrying_then_completes(
             "job.completed",
         ]
     )
-    events = httpx.get(f"{gateway.url}/channels/job:{job_id}/events").json()["events"]
+    events = history(gateway.url, job_id, token_for(job_id))
     assert [e["data"]["attempt"] for e in events if e["type"] == "job.started"] == [1, 2]
     assert data["result"] == "stored"
 
@@ -168,7 +191,7 @@ def test_an_aborted_job_ends_cancelled(
 ) -> None:
     loop, _arq_pool = pool
     arq_job = enqueue(pool, "hold", f"release-{uuid.uuid4()}")
-    wait_for_job(gateway.url, arq_job.job_id, "running")
+    wait_for_job(gateway.url, arq_job.job_id, "running", token=token_for(arq_job.job_id))
     assert loop.run_until_complete(arq_job.abort(timeout=10))
     sse, ws, data = _follow(gateway, arq_job.job_id)
     assert sse == ws == ["job.queued", "job.started", "job.progress", "job.cancelled"]
@@ -185,13 +208,18 @@ def test_a_killed_worker_runs_the_job_again_once_arq_lets_it(
     key instead of waiting for it to expire."""
     key = f"release-{uuid.uuid4()}"
     job_id = enqueue(pool, "hold", key).job_id
-    wait_for_job(gateway.url, job_id, "running")
+    token = token_for(job_id)
+    wait_for_job(gateway.url, job_id, "running", token=token)
     worker.kill()
     broker = redis.Redis.from_url(broker_url)
     in_progress = f"arq:in-progress:{job_id}"
     assert broker.pttl(in_progress) > 0, "arq guards the job from other workers meanwhile"
-    assert job(gateway.url, job_id)["status"] == "running"
-    assert history_types(gateway.url, job_id) == ["job.queued", "job.started", "job.progress"]
+    assert job(gateway.url, job_id, token)["status"] == "running"
+    assert history_types(gateway.url, job_id, token) == [
+        "job.queued",
+        "job.started",
+        "job.progress",
+    ]
 
     broker.rpush(key, "go")
     broker.delete(in_progress)
