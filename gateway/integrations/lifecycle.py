@@ -13,6 +13,7 @@ the queues whose hooks are plain functions (Celery, RQ).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Final
 
@@ -49,8 +50,6 @@ def bus_settings(redis_url: str | None) -> Settings:
     The integrations write into the gateway's Redis: `redis_url`, else `REDIS_URL`. Retention,
     event size limits and `GATEWAY_JOB_TTL` come from the same environment variables as the
     gateway's, so set them alike."""
-    import os
-
     url = redis_url if redis_url is not None else os.environ.get("REDIS_URL", "")
     if backend_kind(url) != REDIS:
         raise SettingsError(
