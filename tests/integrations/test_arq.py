@@ -192,7 +192,7 @@ def test_an_aborted_job_ends_cancelled(
     loop, _arq_pool = pool
     arq_job = enqueue(pool, "hold", f"release-{uuid.uuid4()}")
     wait_for_job(gateway.url, arq_job.job_id, "running", token=token_for(arq_job.job_id))
-    assert loop.run_until_complete(arq_job.abort(timeout=10))
+    assert loop.run_until_complete(arq_job.abort(timeout=30))
     sse, ws, data = _follow(gateway, arq_job.job_id)
     assert sse == ws == ["job.queued", "job.started", "job.progress", "job.cancelled"]
     assert data["reason"] == "aborted"
