@@ -4,6 +4,7 @@ and following a task's job over SSE and WebSocket at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -73,8 +74,12 @@ class QueueWorker:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def kill(self) -> None:
-        """SIGKILL the whole process group."""
+        """SIGKILL the worker and every process it forked (RQ's work horse runs in a session
+        of its own, so the process group alone would leave it running)."""
         if self.process is not None:
+            for pid in descendants(self.process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
             self.process = None
@@ -91,6 +96,22 @@ class QueueWorker:
         except ProcessLookupError:
             pass
         self.process = None
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes under `pid`, from /proc (children found by their parent's id)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
 
 
 def worker_env(redis_url: str, **extra: str) -> dict[str, str]:
