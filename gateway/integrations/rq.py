@@ -129,7 +129,7 @@ class Worker(rq.Worker):
 
     def handle_job_failure(self, job: RQJob, queue: rq.Queue, *args: Any, **kwargs: Any) -> None:
         stopped = getattr(self, "_stopped_job_id", None) == job.id
-        retry = job.should_retry and not stopped
+        retry = bool(job.retries_left) and not stopped  # RQ 2 has no `should_retry`
         exc_string = kwargs.get("exc_string", args[1] if len(args) > 1 else "")
         super().handle_job_failure(job, queue, *args, **kwargs)
         if stopped:
