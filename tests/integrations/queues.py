@@ -74,12 +74,15 @@ class QueueWorker:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def kill(self) -> None:
-        """SIGKILL the worker and every process it forked (RQ's work horse runs in a session
-        of its own, so the process group alone would leave it running)."""
+        """SIGKILL the worker and every process it forked, all frozen first so that none sees
+        another die and reacts (RQ's worker would report its work horse's death; the horse
+        runs in a process group of its own, so the group alone would leave it running)."""
         if self.process is not None:
-            for pid in descendants(self.process.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            processes = [self.process.pid, *descendants(self.process.pid)]
+            for sig in (signal.SIGSTOP, signal.SIGKILL):
+                for pid in processes:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
             self.process = None
