@@ -62,6 +62,9 @@ LAYER_OF: Final[dict[str, str]] = {
     "gateway.app": "entry points",
     "gateway.cli": "entry points",
     "gateway.publish": "entry points",
+    # Job-queue integrations: the queues' hooks, in the users' own processes, as job state
+    # changes (jobs layer) on the backend; nothing in the server imports them.
+    "gateway.integrations": "entry points",
     "gateway.client": "entry points",
     # `gateway bridge`: its own process, feeding channels through the Redis backend.
     "gateway.bridges": "entry points",

@@ -170,10 +170,34 @@ async def create_job(
     callback_events: tuple[str, ...] = DEFAULT_CALLBACK_EVENTS,
 ) -> JobRecord:
     """Store a new job, publish `job.queued`, and put it on the queue for a worker."""
+    return await record_job(
+        backend,
+        new_job_id(),
+        type_,
+        data,
+        callback_url=callback_url,
+        callback_events=callback_events,
+        enqueue=True,
+    )
+
+
+async def record_job(
+    backend: Backend,
+    job_id: str,
+    type_: str,
+    data: Any,
+    *,
+    callback_url: str | None = None,
+    callback_events: tuple[str, ...] = DEFAULT_CALLBACK_EVENTS,
+    enqueue: bool = False,
+) -> JobRecord:
+    """Store a job under `job_id` and publish its `job.queued`; `enqueue` also puts it on the
+    gateway's queue. Without it no gateway worker ever runs the job: another job queue's
+    workers do (`gateway.integrations`), and report its state changes with `transition`."""
     created = now_ms()
     now = iso_time(created)
     record = JobRecord(
-        id=new_job_id(),
+        id=job_id,
         type=type_,
         created_at=now,
         updated_at=now,
@@ -188,7 +212,7 @@ async def create_job(
         EventType.QUEUED,
         {"type": type_},
         callback=record.callback,
-        enqueue=True,
+        enqueue=enqueue,
     )
     if event is not None:
         record.last_event_id = event.id
