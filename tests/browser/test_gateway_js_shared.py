@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.blackhole import BlackholeProxy
+from tests.browser.upgrade_gate import UpgradeGate
 from tests.support import GatewayProcess, wait_until
 
 WAIT_MS = 15_000
@@ -141,58 +142,6 @@ def test_closing_a_tab_loses_no_other_tabs_events(
     for page in rest:
         assert wait_events(page, last + 2) == list(range(last + 2)), "each event once, in order"
     wait_until(lambda: connections(gateway) == 1, 10, "one connection after the hand-over")
-
-
-class UpgradeGate(BlackholeProxy):
-    """A TCP proxy that, while `blocked`, answers WebSocket upgrades with a 403 (a proxy or
-    firewall that does not pass WebSockets); everything else goes through."""
-
-    def __init__(self, target_port: int) -> None:
-        self.blocked = threading.Event()
-        super().__init__(target_port)
-
-    def _accept(self) -> None:
-        while not self.stopped:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._gate, args=(client,), daemon=True).start()
-
-    def _gate(self, client: Any) -> None:
-        head = b""
-        client.settimeout(10)
-        try:
-            while b"\r\n\r\n" not in head and len(head) < 65536:
-                chunk = client.recv(65536)
-                if not chunk:
-                    client.close()
-                    return
-                head += chunk
-        except OSError:
-            client.close()
-            return
-        if self.blocked.is_set() and b"upgrade: websocket" in head.lower():
-            client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            client.close()
-            return
-        client.settimeout(None)
-        import socket
-
-        try:
-            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-        except OSError:
-            client.close()
-            return
-        upstream.settimeout(None)
-        upstream.sendall(head)
-        from tests.blackhole import _Pair
-
-        pair = _Pair(client, upstream)
-        with self.lock:
-            self.pairs.append(pair)
-        for source, sink in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pump, args=(pair, source, sink), daemon=True).start()
 
 
 @pytest.fixture
