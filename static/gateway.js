@@ -1403,7 +1403,7 @@ export class SharedGateway extends Emitter {
 
   // --- internals -------------------------------------------------------------------------------
 
-  _shutdown() {
+  _shutdown(byServer) {
     this._closed = true;
     globalThis.removeEventListener('online', this._onOnline);
     globalThis.removeEventListener('offline', this._onOffline);
@@ -1420,7 +1420,12 @@ export class SharedGateway extends Emitter {
       this._switchboard.stop();
       this._switchboard = null;
     }
-    if (this._releaseLeadership) this._releaseLeadership();
+    if (this._releaseLeadership) {
+      // Closed by the server (4001): hold the lead a moment, so that every tab hears of it
+      // before one of them could take over and connect again.
+      if (byServer) setTimeout(this._releaseLeadership, 1000);
+      else this._releaseLeadership();
+    }
     if (this._releaseTabLock) this._releaseTabLock();
     if (this._port) this._port.close();
     if (this._bus) this._bus.close();
@@ -1638,7 +1643,7 @@ export class SharedGateway extends Emitter {
       // Only the server closes a shared connection (4001): every tab is done.
       this.closeCode = message.code;
       this.closeReason = message.reason;
-      this._shutdown();
+      this._shutdown(true);
     }
     this._setState(message.state, info);
   }
