@@ -1218,6 +1218,7 @@ class Switchboard {
     this.tabLocks.add(tab);
     const gone = () => {
       this.tabLocks.delete(tab);
+      if (this.onGone) this.onGone(tab);
       for (const [key, other] of this.lines) {
         if (!other.tabs.has(tab)) continue;
         other.leave(tab);
@@ -1262,6 +1263,7 @@ export function serveTabs(scope) {
   const forget = (tab) => {
     ports.delete(tab);
   };
+  switchboard.onGone = forget;
   scope.addEventListener('connect', (event) => {
     const port = event.ports[0];
     port.onmessage = ({data}) => {
