@@ -95,6 +95,13 @@ def test_tabs_of_one_browser_share_one_connection(
     publish(gateway.url, channel, range(6, 7))
     for page in pages:
         assert wait_events(page, 7) == list(range(7)), "once each, the late tab's replay included"
+    # A tab publishes through the shared connection; a refusal reaches that tab.
+    ack = late.evaluate("(channel) => gw.publish(channel, 'message', {n: 7})", channel)
+    assert ack["channel"] == channel and ack["id"]
+    refused = late.evaluate("gw.publish('nope:x', 'message', {}).then(() => null, (e) => e.code)")
+    assert refused == "forbidden"
+    for page in pages:
+        assert wait_events(page, 8) == list(range(8))
 
 
 @pytest.mark.parametrize("shared", ["worker", "tabs"])
