@@ -721,7 +721,7 @@ export class Gateway extends Emitter {
     this._wsConfirmed = false;
     for (const sub of this._subs.values()) {
       sub.awaitingAck = sub.rewindAfterAck = sub.rewinding = false;
-      this._release(sub);
+      sub.held = null; // not delivered: the resume from the last id brings them again, in order
     }
   }
 
@@ -1113,6 +1113,7 @@ class Line {
   }
 
   subscribe(tab, channel, since, token) {
+    const existed = this.gateway._subs.has(channel);
     let entry = this.channels.get(channel);
     if (!entry) {
       entry = {regs: new Map(), off: null};
@@ -1128,11 +1129,10 @@ class Line {
           this.post({t: 'suberror', channel, error: errorFields(error)}, to);
         },
       });
-      entry.regs.set(tab, {lastId: since || null});
-      return;
     }
     const had = entry.regs.get(tab);
     entry.regs.set(tab, {lastId: since || (had && had.lastId) || null});
+    if (!existed) return; // subscribed from `since` just now
     // A tab that wants events from before the connection's position (its history, or what it
     // missed while another tab led): serve the channel again from there. Tabs already past it
     // drop what they have seen.
