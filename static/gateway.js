@@ -1491,7 +1491,10 @@ export class SharedGateway extends Emitter {
           this._releaseLeadership = release;
         });
       })
-      .catch(() => {});
+      .catch(() => {
+        // No locks here (an opaque origin, say): lead alone rather than never connect.
+        if (!this._closed && !this.leader) this._lead();
+      });
   }
 
   _lead() {
