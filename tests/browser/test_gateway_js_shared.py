@@ -17,7 +17,7 @@ import pytest
 
 from tests.blackhole import BlackholeProxy
 from tests.browser.upgrade_gate import UpgradeGate
-from tests.support import GatewayProcess, wait_until
+from tests.support import GatewayProcess, gateway_env, wait_until
 
 WAIT_MS = 15_000
 TABS = 4
@@ -25,10 +25,12 @@ TABS = 4
 OPEN = """async ({channel, options}) => {
   const {connect} = await import('/static/gateway.js');
   window.gw = connect(options);
-  window.probe = {events: [], states: [], transports: []};
+  window.probe = {events: [], states: [], transports: [], gaps: []};
   gw.on('state', (state) => window.probe.states.push(state));
   gw.on('transport', (transport) => window.probe.transports.push(transport));
-  gw.subscribe(channel, (event) => window.probe.events.push(event.data.n));
+  gw.subscribe(channel, (event) => window.probe.events.push(event.data.n), {
+    onGap: (gap) => window.probe.gaps.push(gap),
+  });
 }"""
 
 
@@ -59,8 +61,24 @@ def events_of(page: Any) -> list[int]:
 
 
 def wait_events(page: Any, count: int) -> list[int]:
-    page.wait_for_function(f"window.probe.events.length >= {count}", timeout=WAIT_MS)
+    try:
+        page.wait_for_function(f"window.probe.events.length >= {count}", timeout=WAIT_MS)
+    except Exception as exc:
+        probe = page.evaluate("JSON.stringify([window.probe, gw.state, gw.sharing, gw.leader])")
+        raise AssertionError(f"{count} events expected; the tab has {probe}") from exc
     return events_of(page)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """Rooms keep 1000 events here: a hand-over resumes from before the last ten."""
+    process = GatewayProcess(
+        gateway_env(GATEWAY_RETENTION="room=1000/3600"),
+        tmp_path_factory.mktemp("tabs-gateway") / "gateway.log",
+    )
+    process.start()
+    yield process
+    process.stop(5)
 
 
 @pytest.fixture
@@ -148,6 +166,7 @@ def test_closing_a_tab_loses_no_other_tabs_events(
     publish(gateway.url, channel, range(last, last + 2))
     for page in rest:
         assert wait_events(page, last + 2) == list(range(last + 2)), "each event once, in order"
+        assert page.evaluate("window.probe.gaps") == []
     wait_until(lambda: connections(gateway) == 1, 10, "one connection after the hand-over")
 
 
