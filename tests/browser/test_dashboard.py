@@ -214,6 +214,9 @@ def test_page_works_over_sse_when_websocket_is_blocked(
         ws.close()
 
     context.route_web_socket("**/ws", refuse)
+    # Playwright stands in for WebSockets opened by pages, not by a SharedWorker: without one,
+    # gateway.js shares the connection from a tab (docs/gateway-js.md), where the refusal applies.
+    context.add_init_script("delete window.SharedWorker")
     page = open_dashboard(context, gateway)
     expect(page.locator("#connection")).to_have_attribute("data-transport", "sse")
     expect(page.locator("#connection-transport")).to_have_text("SSE")
