@@ -6,6 +6,7 @@
 import {$, visible} from '/static/dom.js';
 
 export const WINDOW_MS = 5 * 60 * 1000;
+const MIN_SPAN_MS = 60 * 1000;
 const POLL_MS = 1000;
 const WIDTH = 300;
 const HEIGHT = 64;
@@ -34,7 +35,7 @@ export function parseMetrics(text) {
 }
 
 export function startTraffic() {
-  const state = {samples: [], last: null, polls: 0, failures: 0};
+  const state = {samples: [], last: null, polls: 0, failures: 0, since: Date.now()};
   // One point per poll: {t, events, deliveries, connections}; rates need two scrapes.
   window.dashboard.traffic = state;
 
@@ -67,7 +68,7 @@ export function startTraffic() {
     state.samples.push(point);
     while (state.samples.length && state.samples[0].t < now - WINDOW_MS) state.samples.shift();
     $('traffic-note').replaceChildren(
-      'last 5 minutes · this gateway process · from ',
+      `last ${Math.round(span(now) / 60000)} min · this gateway process · from `,
       Object.assign(document.createElement('a'), {href: '/metrics', textContent: '/metrics'}),
     );
     draw(now);
@@ -80,7 +81,8 @@ export function startTraffic() {
       const current = points.length ? points[points.length - 1][name] : null;
       const max = Math.max(0, ...points.map((p) => p[name]));
       const top = niceCeiling(max);
-      const x = (t) => (WIDTH * (t - (now - WINDOW_MS))) / WINDOW_MS;
+      const shown = span(now);
+      const x = (t) => (WIDTH * (t - (now - shown))) / shown;
       const y = (v) => HEIGHT - 2 - ((HEIGHT - 4) * v) / top;
       let line = '';
       points.forEach((p, i) => {
@@ -93,14 +95,19 @@ export function startTraffic() {
       svg.querySelector('.line').setAttribute('d', line);
       svg.querySelector('.area').setAttribute('d', area);
       svg.dataset.points = String(points.length);
-      const shown = current === null ? '–' : format(current, spec.rate);
-      figure.querySelector('[data-value]').textContent = shown;
+      const text = current === null ? '–' : format(current, spec.rate);
+      figure.querySelector('[data-value]').textContent = text;
       figure.dataset.current = current === null ? '' : String(current);
       figure.querySelector('[data-max]').textContent = points.length ? `peak ${format(max, spec.rate)}` : '';
       svg.setAttribute('aria-label', points.length
-        ? `${spec.label} over the last 5 minutes: now ${shown}, peak ${format(max, spec.rate)}`
+        ? `${spec.label} over the last ${Math.round(shown / 60000)} min: now ${text}, peak ${format(max, spec.rate)}`
         : `${spec.label}: no samples yet`);
     }
+  }
+
+  /** The chart's time span: from 1 minute (a page just opened) growing to the whole window. */
+  function span(now) {
+    return Math.min(WINDOW_MS, Math.max(MIN_SPAN_MS, now - state.since));
   }
 
   poll();
