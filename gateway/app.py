@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api import channels, compat, docs, health, jobs, problem_pages
+from gateway.api import channels, compat, docs, health, jobs, presence, problem_pages
 from gateway.api import tokens as token_routes
 from gateway.api.access import (
     PUBLIC,
@@ -104,6 +104,8 @@ def create_app(
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
+        await services.presence.start()
+        services.occupancy.start()
         worker = Worker(backend, registry, settings) if settings.runs_embedded_worker else None
         worker_task = asyncio.create_task(worker.run()) if worker is not None else None
         restore_signals = _drain_on_signals(hub, settings)
@@ -118,6 +120,8 @@ def create_app(
             if worker is not None and worker_task is not None:
                 worker.stop()
                 await worker_task
+            await services.occupancy.close()
+            await services.presence.close()
             await backend.close()
 
     async def index(request: Request) -> Response:
@@ -127,6 +131,7 @@ def create_app(
         GuardedRoute("/", index, methods=["GET"], access=PUBLIC),
         *jobs.routes,
         *channels.routes,
+        *presence.routes,
         *compat.routes,
         *token_routes.routes,
         *docs.routes,

@@ -41,6 +41,7 @@ DEFAULT_RULES: Final[Mapping[str, tuple[str, str]]] = {
     "job": (TOKEN, NONE),
     "room": (TOKEN, TOKEN),
     "user": (SUBJECT, TOKEN),
+    "system": (TOKEN, NONE),  # `system:occupancy` (gateway.presence): written by the gateway
 }
 """`namespace: (subscribe rule, client publish rule)`; `GATEWAY_CHANNEL_POLICY` overrides."""
 

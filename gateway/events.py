@@ -7,7 +7,10 @@ once per process and the same bytes are written to every subscriber.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
+import secrets
 import struct
 import time
 from datetime import UTC, datetime
@@ -15,7 +18,7 @@ from typing import Any, Final
 
 import orjson
 
-from gateway.errors import InvalidChannel, InvalidEventId, InvalidEventType
+from gateway.errors import InvalidChannel, InvalidEventId, InvalidEventType, InvalidInput
 from gateway.vocabulary import JOB_TERMINAL_TYPES
 
 SPECVERSION: Final = "1.0"
@@ -125,13 +128,18 @@ class Event:
         "envelope",
         "id",
         "key",
+        "transient",
         "type",
     )
 
-    def __init__(self, envelope: bytes, *, id: str, channel: str, type: str) -> None:
+    def __init__(
+        self, envelope: bytes, *, id: str, channel: str, type: str, transient: bool = False
+    ) -> None:
         self.envelope = envelope
         self.id = id
-        self.key = parse_event_id(id)
+        self.transient = transient
+        """Live only (presence.join/leave): not in history, its id no position to resume from."""
+        self.key = (0, 0) if transient else parse_event_id(id)
         self.channel = channel
         self.type = type
         self._sse: bytes | None = None
@@ -143,7 +151,23 @@ class Event:
     @classmethod
     def from_envelope(cls, envelope: bytes) -> Event:
         fields = orjson.loads(envelope)
-        return cls(envelope, id=fields["id"], channel=fields["channel"], type=fields["type"])
+        return cls(
+            envelope,
+            id=fields["id"],
+            channel=fields["channel"],
+            type=fields["type"],
+            transient=fields.get("transient") is True,
+        )
+
+    @classmethod
+    def live_only(cls, channel: str, type_: str, data: Any) -> Event:
+        """A transient event: CloudEvents needs an `id`, so it gets a unique one that is not a
+        stream id (`t-<hex>`), and `"transient": true` says it is no position to resume from."""
+        event_id = "t-" + secrets.token_hex(8)
+        envelope = (
+            _HEAD + event_id.encode() + b'","transient":true,' + envelope_tail(channel, type_, data)
+        )
+        return cls(envelope, id=event_id, channel=channel, type=type_, transient=True)
 
     @property
     def terminal(self) -> bool:
@@ -157,7 +181,8 @@ class Event:
     def sse_frame(self) -> bytes:
         """The SSE frame with this event's own id (single-channel streams)."""
         if self._sse is None:
-            self._sse = b"id: " + self.id.encode() + b"\n" + self.sse_body
+            head = b"" if self.transient else b"id: " + self.id.encode() + b"\n"
+            self._sse = head + self.sse_body
         return self._sse
 
     @property
@@ -248,6 +273,8 @@ def sse_event_frame(event: Event, *, named: bool, cursor: str | None) -> bytes:
     body = event.sse_body
     if named:
         body = b"event: " + event.type.encode() + b"\n" + body
+    if event.transient:
+        return body  # no `id:` line: the stream's position (Last-Event-ID) stays as it was
     marker = event.id if cursor is None else cursor
     return b"id: " + marker.encode() + b"\n" + body
 
@@ -299,3 +326,23 @@ def ws_text_frame(payload: bytes) -> bytes:
 def http_chunk(data: bytes) -> bytes:
     """One chunk of an HTTP/1.1 chunked body."""
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+PRESENCE_CURSOR_MAX: Final = 1024
+"""Longest presence cursor accepted (a cursor encodes one entry key: user and client id)."""
+
+
+def encode_presence_cursor(key: str) -> str:
+    """A presence page's `next`: the last entry key of the page, opaque and URL-safe."""
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def decode_presence_cursor(cursor: str) -> str:
+    """The entry key a cursor stands for; `InvalidInput` for anything `encode_presence_cursor`
+    did not make."""
+    if not isinstance(cursor, str) or not cursor or len(cursor) > PRESENCE_CURSOR_MAX:
+        raise InvalidInput("cursor must be a `next` value from a presence page")
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidInput("cursor must be a `next` value from a presence page") from None

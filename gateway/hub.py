@@ -20,8 +20,10 @@ import random
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.backends.bus import Bus, History
+from gateway.backends.presence import Member
 from gateway.errors import BackendUnavailable
 from gateway.events import Event, EventKey, parse_event_id
 from gateway.metrics import METRICS
@@ -112,6 +114,16 @@ class PageReader:
         return page
 
 
+class Membership(Protocol):
+    """Told when a subscriber attaches to a channel and detaches from it (`gateway.presence`)."""
+
+    async def joined(self, subscriber: Subscriber, channel: str, member: Member | None) -> None:
+        """Before the subscriber's history is read; never raises for the backend."""
+
+    async def left(self, subscriber: Subscriber, channel: str, *, disconnected: bool) -> None:
+        """`disconnected`: with its connection (else by unsubscribing)."""
+
+
 class Hub:
     """Maps channels to local subscribers and keeps one bus subscription per channel."""
 
@@ -125,6 +137,7 @@ class Hub:
         """Live events of channels being recovered, held back until the history filled the gap."""
         self.connections: set[Subscriber] = set()
         self.draining = False
+        self.membership: Membership | None = None
         bus.add_listener(self.dispatch)
         bus.add_recovery_listener(self.recover)
         METRICS.watch_queues(lambda: [s.queue for s in self.connections])
@@ -149,6 +162,10 @@ class Hub:
         subscribers = self._subscribers.get(event.channel)
         if not subscribers:
             return
+        if event.transient:
+            for subscriber in subscribers:
+                subscriber.offer_transient(event)
+            return
         if event.key > self._last.get(event.channel, (0, 0)):
             self._last[event.channel] = event.key
         for subscriber in subscribers:
@@ -162,12 +179,13 @@ class Hub:
         channel: str,
         since: str | None,
         on_history: Callable[[bool], None] | None = None,
+        member: Member | None = None,
     ) -> Attached:
         """Subscribe, then replay history after `since`, then go live without gap or duplicate.
 
         Returns once the first page of history is queued; the rest is paged in as the
         connection writes it. `on_history(complete)` runs before any replayed event is queued
-        (the WebSocket ack goes ahead of them).
+        (the WebSocket ack goes ahead of them). `member` is who the subscriber is, for presence.
         """
         after = parse_event_id(since) if since is not None else None
         if channel in subscriber.channels:
@@ -178,6 +196,8 @@ class Hub:
         count = min(REPLAY_FIRST_PAGE, _page_room(subscriber.limit))
         try:
             await self._ensure_subscribed(channel)
+            if self.membership is not None:
+                await self.membership.joined(subscriber, channel, member)
             page = await self.pages.read(channel, since, count)
         except BaseException:
             await self.detach(subscriber, channel)
@@ -280,6 +300,8 @@ class Hub:
             METRICS.subscriptions.dec()
             if state.replay is not None:
                 state.replay.cancel()
+            if self.membership is not None:
+                await self.membership.left(subscriber, channel, disconnected=subscriber.closed)
         subscribers = self._subscribers.get(channel)
         if subscribers is None:
             return

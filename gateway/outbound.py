@@ -118,6 +118,13 @@ class Subscriber:
         state.last = event.key
         self.put(event)
 
+    def offer_transient(self, event: Event) -> None:
+        """A live-only event (presence): written to live subscriptions, with no position to
+        keep; a subscription still replaying history misses it (it asks for presence)."""
+        state = self.channels.get(event.channel)
+        if state is not None and state.live:
+            self.put(event)
+
     def pass_over(self, state: ChannelState, event: Event) -> None:
         """A live event a replaying subscription will read from history: count it as backlog.
 

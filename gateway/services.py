@@ -12,6 +12,7 @@ from gateway.backends.bundle import Backend
 from gateway.channels import ChannelService
 from gateway.hub import Hub
 from gateway.limits import Limits
+from gateway.presence import Presence
 from gateway.settings import Settings
 
 
@@ -25,9 +26,13 @@ class Services:
     limits: Limits = field(default_factory=Limits)
     channels: ChannelService = field(init=False)
     """Subscribe, publish and history rules, the same for every transport and route."""
+    presence: Presence = field(init=False)
+    """Who is subscribed where, across processes; the hub tells it of every (un)subscribe."""
 
     def __post_init__(self) -> None:
         self.channels = ChannelService(self.policy, self.limits, self.backend)
+        self.presence = Presence(self.settings, self.backend, self.channels)
+        self.hub.membership = self.presence
 
 
 def services_of(connection: HTTPConnection) -> Services:

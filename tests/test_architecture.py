@@ -48,6 +48,7 @@ LAYER_OF: Final[dict[str, str]] = {
     "gateway.channels": "channels",
     "gateway.hub": "channels",
     "gateway.outbound": "channels",
+    "gateway.presence": "channels",
     # One process's parts (settings, backend, hub, channel service, limits): it imports nothing
     # above the channels layer, and jobs/services.py, transports and routes build on it.
     "gateway.services": "channels",

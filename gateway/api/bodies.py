@@ -86,6 +86,13 @@ class JobRequest(RequestBody):
         validation_alias=AliasChoices("callback_events", "callbackEvents"),
         description="which events go to `callback_url`; by default the terminal ones",
     )
+    cancel_when_unwatched: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        description="cancel the job once its channel has had no subscriber for this many "
+        "seconds (docs/presence.md); a watched job is never cancelled this way",
+    )
 
 
 class SubmitJobRequest(RequestBody):

@@ -17,7 +17,9 @@ from gateway.api.bodies import PublishRequest
 from gateway.api.guards import caller_of
 from gateway.api.requests import channel_param, event_id_param, int_param, read_body
 from gateway.api.responses import json_response
+from gateway.auth import token_of
 from gateway.errors import AccessDenied, InvalidInput, RateLimited
+from gateway.presence import new_client_id, valid_client_id
 from gateway.problems import bad_request, problem_for
 from gateway.services import services_of
 from gateway.transports.sse import EventStream, parse_positions
@@ -81,7 +83,23 @@ async def channel_stream(request: Request) -> Response:
             service.authorize_read(channel, api_key=caller.api_key, token=caller.token)
     raw = request.headers.get("last-event-id") or request.query_params.get("since")
     positions = parse_positions(raw, channels)
-    return EventStream(services.hub, services.settings, positions, expires_at=caller.expires_at)
+    client = request.query_params.get("client")
+    if client is not None and not valid_client_id(client):
+        raise bad_request("client must be 1-64 letters, digits, '-' or '_'")
+    client = client or new_client_id()
+    raw_token = token_of(request.scope, api_key_value=caller.api_key)
+    members = {
+        channel: services.presence.member_for(client, caller.token, raw_token)
+        for channel in channels
+        if services.settings.tracks(channel)
+    }
+    return EventStream(
+        services.hub,
+        services.settings,
+        positions,
+        expires_at=caller.expires_at,
+        members=members,
+    )
 
 
 routes = [

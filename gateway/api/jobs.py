@@ -66,13 +66,16 @@ async def submit(services: JobServices, request: JobRequest) -> JobRecord:
         raise unprocessable(  # a validator function's message names its fields itself
             f"invalid data for {type_!r}: {exc}", errors=[{"loc": "data", "msg": str(exc)}]
         ) from None
-    return await create_job(
+    record = await create_job(
         services.backend,
         type_,
         checked,
         callback_url=callback_url or None,
         callback_events=events,
     )
+    if request.cancel_when_unwatched is not None:
+        await services.occupancy.watch(record.id, request.cancel_when_unwatched)
+    return record
 
 
 def job_body(

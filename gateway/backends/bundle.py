@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.backends.bus import Bus
+from gateway.backends.memory_presence import MemoryPresenceStore
+from gateway.backends.presence import PresenceStore
 from gateway.backends.stores import IdempotencyStore, JobQueue, JobStore, WebhookSchedule
 
 
@@ -27,6 +29,8 @@ class Backend:
     idempotency: IdempotencyStore
     webhooks: WebhookSchedule
     release: Callable[[], Awaitable[None]] = _nothing
+    presence: PresenceStore = field(default_factory=MemoryPresenceStore)
+    """Who is subscribed where (`gateway.presence`); the Redis backend passes its own."""
 
     @property
     def kind(self) -> str:

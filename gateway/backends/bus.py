@@ -141,6 +141,11 @@ class Bus(abc.ABC):
         a target. Only for a job just stored, which publish never refuses."""
 
     @abc.abstractmethod
+    async def publish_live(self, channel: str, type_: str, data: Any) -> Event:
+        """Deliver a transient event (`Event.live_only`: presence join/leave) to every process's
+        listeners, without history: nobody replays it, nobody resumes from it."""
+
+    @abc.abstractmethod
     async def history(self, channel: str, since: str | None, limit: int = 1000) -> History:
         """Retained events after `since` (all retained when None), oldest first."""
 

@@ -265,6 +265,12 @@ class MemoryBus(Bus):
             await self._queue.enqueue(job.job_id)
         return event
 
+    async def publish_live(self, channel: str, type_: str, data: Any) -> Event:
+        event = Event.live_only(channel, type_, data)
+        if channel in self._subscribed:
+            self._deliver(event)
+        return event
+
     async def history(self, channel: str, since: str | None, limit: int = 1000) -> History:
         log = self._log(channel)
         entries = list(log.entries) if log is not None else []

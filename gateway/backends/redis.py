@@ -9,6 +9,7 @@ from __future__ import annotations
 from gateway.backends.bundle import Backend
 from gateway.backends.redis_bus import RedisBus
 from gateway.backends.redis_connection import RedisConnection
+from gateway.backends.redis_presence import RedisPresenceStore
 from gateway.backends.redis_stores import (
     RedisIdempotencyStore,
     RedisJobQueue,
@@ -27,4 +28,5 @@ def open_redis(settings: Settings) -> Backend:
         idempotency=RedisIdempotencyStore(connection),
         webhooks=RedisWebhookSchedule(connection),
         release=connection.close,
+        presence=RedisPresenceStore(connection),
     )

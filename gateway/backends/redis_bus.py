@@ -109,6 +109,13 @@ class RedisBus(Bus):
             raise BackendUnavailable(f"publish to {channel} and enqueue: {exc}") from exc
         return published(channel, type_, tail, entry_id)
 
+    async def publish_live(self, channel: str, type_: str, data: Any) -> Event:
+        event = Event.live_only(channel, type_, data)
+        await self._connection.call(
+            "publish live", self._redis.publish(bus_channel(channel), event.envelope)
+        )
+        return event
+
     async def history(self, channel: str, since: str | None, limit: int = 1000) -> History:
         key = stream_key(channel)
         start = "-" if since is None else "(" + since

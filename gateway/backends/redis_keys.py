@@ -109,3 +109,28 @@ def published(channel: str, type_: str, tail: bytes, entry_id: bytes | None) -> 
     event_id = entry_id.decode()
     METRICS.events_published.labels(namespace_of(channel)).inc()
     return Event(splice_envelope(event_id, tail), id=event_id, channel=channel, type=type_)
+
+
+PRESENCE_GATEWAYS = "gw:{presence}:gateways"
+"""Sorted set: gateway process id -> the unix ms its heartbeat lasts until."""
+UNWATCHED_GRACES = "gw:{presence}:unwatched:grace"
+"""Hash: job id -> `cancel_when_unwatched` seconds, for jobs that opted in."""
+UNWATCHED_DUE = "gw:{presence}:unwatched:due"
+"""Sorted set: job id -> unix ms after which the unwatched job is cancelled."""
+
+
+def presence_keys(channel: str) -> list[str]:
+    """A channel's entries, their key index and its per-user counts: one hash tag, one slot."""
+    base = f"gw:{{{channel}}}:presence"
+    return [base, base + ":index", base + ":users"]
+
+
+def presence_held_key(gateway: str) -> str:
+    """Set of `channel \\n key` a gateway process holds (what to remove when it dies)."""
+    return f"gw:{{presence:{gateway}}}:held"
+
+
+PRESENCE_JOIN_LUA = load_script("presence_join.lua")
+PRESENCE_LEAVE_LUA = load_script("presence_leave.lua")
+CLAIM_DUE_LUA = load_script("claim_due.lua")
+JOB_WATCHED_LUA = load_script("job_watched.lua")

@@ -30,6 +30,7 @@ from gateway.errors import (
     InvalidChannel,
     InvalidEventId,
     InvalidEventType,
+    InvalidInput,
     InvalidToken,
     OpError,
     ProtocolError,
@@ -39,7 +40,9 @@ from gateway.events import (
     CHANNEL_RE,
     EVENT_ID_RE,
     EVENT_TYPE_RE,
+    PRESENCE_CURSOR_MAX,
     Event,
+    decode_presence_cursor,
     encode_ws_message,
     parse_event_id,
     validate_channel,
@@ -125,12 +128,47 @@ class Ping:
     ref: Ref = None
 
 
-Command = Subscribe | Unsubscribe | Publish | Ping
+PresenceLimit = Annotated[int, Field(ge=1, le=1000, description="entries per page")]
+PresenceCursor = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=PRESENCE_CURSOR_MAX,
+        description="the `next` of the page before (opaque)",
+    ),
+]
+PRESENCE_PAGE = 100
+"""Entries in a presence page when the op names no `limit`."""
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceList:
+    """Who is subscribed to the channel, one page (authorized like history; docs/presence.md)."""
+
+    channel: Channel
+    limit: PresenceLimit = PRESENCE_PAGE
+    cursor: PresenceCursor | None = None
+    token: TokenField = CONNECTION_TOKEN
+    ref: Ref = None
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStatsQuery:
+    """How many clients and users are subscribed to the channel (counts only, for big rooms)."""
+
+    channel: Channel
+    token: TokenField = CONNECTION_TOKEN
+    ref: Ref = None
+
+
+Command = Subscribe | Unsubscribe | Publish | Ping | PresenceList | PresenceStatsQuery
 COMMANDS: Final[dict[str, type[Command]]] = {
     "subscribe": Subscribe,
     "unsubscribe": Unsubscribe,
     "publish": Publish,
     "ping": Ping,
+    "presence": PresenceList,
+    "presence_stats": PresenceStatsQuery,
 }
 """Each client op (the frame's `op`) and the command it parses into."""
 OPS: Final = tuple(COMMANDS)
@@ -157,6 +195,36 @@ class AckFields(TypedDict, total=False):
     id: str | None
 
 
+class PresenceEntry(TypedDict):
+    """One client subscribed to a channel (the same entry as `presence.join` events carry)."""
+
+    client: Annotated[str, Field(description="the client's id (`?client=`, else the gateway's)")]
+    user: Annotated[str | None, Field(description="its token's `sub`")]
+    info: Annotated[
+        dict[str, Any] | None, Field(description="its token's `info` claim (size-bounded)")
+    ]
+
+
+class PresenceFrame(TypedDict):
+    """The answer to `presence`: one page of the channel's entries."""
+
+    op: Literal["presence"]
+    ref: Ref
+    channel: Channel
+    clients: list[PresenceEntry]
+    next: Annotated[str | None, Field(description="cursor of the next page; null: the last")]
+
+
+class PresenceStatsFrame(TypedDict):
+    """The answer to `presence_stats`."""
+
+    op: Literal["presence_stats"]
+    ref: Ref
+    channel: Channel
+    clients: Annotated[int, Field(ge=0, description="entries (clients) on the channel")]
+    users: Annotated[int, Field(ge=0, description="distinct token subjects among them")]
+
+
 class PongFrame(TypedDict):
     """The answer to `ping`."""
 
@@ -180,6 +248,9 @@ ERROR_CODES: Final = (
     "invalid_since",
     "invalid_type",
     "not_subscribed",
+    "invalid_limit",
+    "invalid_cursor",
+    "invalid_client",
     "unavailable",
 )
 """The codes of `error` frames, for the documentation (docs/websocket.md explains each)."""
@@ -229,6 +300,8 @@ SERVER_FRAMES: Final[dict[str, type[Any]]] = {
     "event": EventFrame,
     "gap": GapFrame,
     "pong": PongFrame,
+    "presence": PresenceFrame,
+    "presence_stats": PresenceStatsFrame,
     "shutdown": ShutdownFrame,
 }
 """Each frame the gateway sends (its `op`) and its declared shape."""
@@ -293,7 +366,35 @@ def from_object(op: dict[str, Any]) -> Command:
         return Publish(channel, type_, op.get("data"), _token(op, ref), ref)
     if name == "ping":
         return Ping(ref)
-    raise ProtocolError("op must be subscribe, unsubscribe, publish or ping", "unknown_op", ref=ref)
+    if name == "presence":
+        return PresenceList(
+            _channel(op, ref), _limit(op, ref), _cursor(op, ref), _token(op, ref), ref
+        )
+    if name == "presence_stats":
+        return PresenceStatsQuery(_channel(op, ref), _token(op, ref), ref)
+    raise ProtocolError(
+        "op must be subscribe, unsubscribe, publish, ping, presence or presence_stats",
+        "unknown_op",
+        ref=ref,
+    )
+
+
+def _limit(op: dict[str, Any], ref: Ref) -> int:
+    limit = op.get("limit", PRESENCE_PAGE)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise ProtocolError("limit must be an integer from 1 to 1000", "invalid_limit", ref=ref)
+    return limit
+
+
+def _cursor(op: dict[str, Any], ref: Ref) -> str | None:
+    cursor = op.get("cursor")
+    if cursor is None:
+        return None
+    try:
+        decode_presence_cursor(cursor)
+    except InvalidInput as exc:
+        raise ProtocolError(str(exc), "invalid_cursor", ref=ref) from None
+    return str(cursor)
 
 
 def _channel(op: dict[str, Any], ref: Ref) -> str:
@@ -324,9 +425,18 @@ def encode(command: Command) -> bytes:
     elif isinstance(command, Publish):
         fields = {"op": "publish", "channel": command.channel, "type": command.type}
         fields["data"] = command.data
+    elif isinstance(command, PresenceList):
+        fields = {"op": "presence", "channel": command.channel}
+        if command.limit != PRESENCE_PAGE:
+            fields["limit"] = command.limit
+        if command.cursor is not None:
+            fields["cursor"] = command.cursor
+    elif isinstance(command, PresenceStatsQuery):
+        fields = {"op": "presence_stats", "channel": command.channel}
     else:
         fields = {"op": "ping"}
-    if isinstance(command, Subscribe | Publish) and command.token is not CONNECTION_TOKEN:
+    tokened = Subscribe | Publish | PresenceList | PresenceStatsQuery
+    if isinstance(command, tokened) and command.token is not CONNECTION_TOKEN:
         fields["token"] = command.token
     if command.ref is not None:
         fields["ref"] = command.ref
@@ -336,6 +446,30 @@ def encode(command: Command) -> bytes:
 def ack(ref: Ref, channel: str, **fields: Unpack[AckFields]) -> bytes:
     """An op succeeded: `recovered` (subscribe), `already` (subscribed before), `id` (publish)."""
     frame: AckFrame = {"op": "ack", "ref": ref, "channel": channel, **fields}
+    return orjson.dumps(frame)
+
+
+def presence_page(
+    ref: Ref, channel: str, clients: list[PresenceEntry], following: str | None
+) -> bytes:
+    frame: PresenceFrame = {
+        "op": "presence",
+        "ref": ref,
+        "channel": channel,
+        "clients": clients,
+        "next": following,
+    }
+    return orjson.dumps(frame)
+
+
+def presence_stats(ref: Ref, channel: str, clients: int, users: int) -> bytes:
+    frame: PresenceStatsFrame = {
+        "op": "presence_stats",
+        "ref": ref,
+        "channel": channel,
+        "clients": clients,
+        "users": users,
+    }
     return orjson.dumps(frame)
 
 

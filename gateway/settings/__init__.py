@@ -31,6 +31,7 @@ from gateway.settings.values import (
     JobTimeouts,
     LogLevel,
     Modules,
+    Namespaces,
     Networks,
     RedisUrl,
     Retention,
@@ -343,7 +344,7 @@ class Settings(BaseSettings):
     channel_rules: ChannelRules = setting(
         env="GATEWAY_CHANNEL_POLICY",
         default_factory=dict,
-        shown="`job=token/none room=token/token user=subject/token`",
+        shown="`job=token/none room=token/token user=subject/token system=token/none`",
         help="per-namespace `namespace=subscribe/publish` rules: `open`, `token`, `subject`, "
         "`none`; override the defaults in `gateway.auth`",
     )
@@ -470,6 +471,64 @@ class Settings(BaseSettings):
         "`GATEWAY_MAX_MESSAGE`); more closes it with `4029`; 0 = no limit",
     )
 
+    # --- presence (docs/presence.md) ---------------------------------------------------------
+    presence: Namespaces = setting(
+        ("room",),
+        env="GATEWAY_PRESENCE",
+        help="namespaces whose subscribers are listed and counted across every gateway "
+        "(`GET /channels/{ch}/presence`, WebSocket op `presence`); empty: none",
+    )
+    presence_events: Namespaces = setting(
+        ("room",),
+        env="GATEWAY_PRESENCE_EVENTS",
+        help="namespaces whose channels get live-only `presence.join` / `presence.leave` events",
+    )
+    occupancy: Namespaces = setting(
+        ("job",),
+        env="GATEWAY_OCCUPANCY",
+        help="namespaces whose subscribers are counted but not listed: what "
+        "`GATEWAY_OCCUPANCY_EVENTS` and jobs' `cancel_when_unwatched` need",
+    )
+    occupancy_events: Namespaces = setting(
+        (),
+        env="GATEWAY_OCCUPANCY_EVENTS",
+        shown="none",
+        help="namespaces whose first subscriber / last one leaving is announced as "
+        "`channel.occupied` / `channel.vacated` on `system:occupancy` (and to "
+        "`GATEWAY_OCCUPANCY_WEBHOOK`)",
+    )
+    occupancy_webhook: str = setting(
+        "",
+        env="GATEWAY_OCCUPANCY_WEBHOOK",
+        shown="empty (none)",
+        help="URL that receives the `system:occupancy` events as signed webhooks (like job "
+        "webhooks; delivered by a worker)",
+    )
+    presence_timeout: float = setting(
+        30.0,
+        env="GATEWAY_PRESENCE_TIMEOUT",
+        ge=0.5,
+        le=3600,
+        help="seconds within which the entries of a gateway that died (no heartbeat) are "
+        "removed, with their leave events",
+    )
+    presence_grace: float = setting(
+        5.0,
+        env="GATEWAY_PRESENCE_GRACE",
+        ge=0,
+        le=3600,
+        help="seconds a disconnected client stays present: reconnecting with the same "
+        "`?client=` id within it makes no leave and no join",
+    )
+    presence_info_bytes: int = setting(
+        1024,
+        env="GATEWAY_PRESENCE_INFO_BYTES",
+        ge=0,
+        le=65536,
+        help="largest token `info` claim shown in presence (bytes of JSON); a larger one, or "
+        "one that is not an object, shows as null",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -496,6 +555,25 @@ class Settings(BaseSettings):
     def retention_for(self, channel: str) -> Retention:
         rule = self.retention.get(namespace_of(channel))
         return rule or Retention(self.history_size, self.history_ttl, self.history_bytes)
+
+    def presence_for(self, channel: str) -> tuple[bool, bool, bool]:
+        """Whether the channel's presence is listed, gets join/leave events, announces
+        occupancy; any of them (or `GATEWAY_OCCUPANCY`) means its subscribers are tracked."""
+        namespace = namespace_of(channel)
+        return (
+            namespace in self.presence,
+            namespace in self.presence_events,
+            namespace in self.occupancy_events,
+        )
+
+    def tracks(self, channel: str) -> bool:
+        namespace = namespace_of(channel)
+        return (
+            namespace in self.presence
+            or namespace in self.presence_events
+            or namespace in self.occupancy
+            or namespace in self.occupancy_events
+        )
 
     def max_event_size_for(self, channel: str) -> int:
         """The largest event `channel` accepts, in bytes; 0 means no limit."""

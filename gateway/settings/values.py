@@ -50,6 +50,15 @@ def _items(raw: str) -> list[str]:
     return raw.replace(",", " ").split()
 
 
+def _namespaces(raw: str) -> tuple[str, ...]:
+    items = _items(raw)
+    return () if items == ["none"] else tuple(items)
+
+
+def _namespace_words(value: tuple[str, ...]) -> str:
+    return " ".join(value) or "none"
+
+
 def parse_flag(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -178,6 +187,9 @@ RedisUrl = Annotated[str, _text(parse_redis_url)]
 LogLevel = Annotated[str, _text(parse_log_level)]
 Words = Annotated[tuple[str, ...], _text(str.split), _render(_words)]
 """Space-separated words (keys, secrets, origins, host names)."""
+Namespaces = Annotated[tuple[str, ...], _text(_namespaces), _render(_namespace_words)]
+"""Channel namespaces, separated by spaces or commas; `none` for none (an empty variable is
+unset: the default applies)."""
 Modules = Annotated[tuple[str, ...], _text(_items), _render(_words)]
 """Python module names, separated by spaces or commas."""
 Networks = Annotated[tuple[str, ...], _text(parse_networks), _render(_words)]

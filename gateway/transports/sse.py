@@ -23,6 +23,7 @@ from starlette.datastructures import QueryParams
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.backends.presence import Member
 from gateway.errors import BackendUnavailable, InvalidEventId
 from gateway.events import (
     SSE_PING,
@@ -129,8 +130,11 @@ class EventStream(Response):
         end_after_terminal: bool = False,
         headers: dict[str, str] | None = None,
         expires_at: float | None = None,
+        members: dict[str, Member] | None = None,
     ) -> None:
         super().__init__(status_code=200, headers=headers)
+        self.members = members or {}
+        """Who the client is on each channel, for presence (`gateway.presence`)."""
         self.hub = hub
         self.settings = settings
         self.positions = positions
@@ -205,7 +209,8 @@ class _Stream(Outbound):
             subscriber.put(PREAMBLE, bounded=False)
             try:
                 for channel, position in response.positions.items():
-                    await hub.attach(subscriber, channel, position)
+                    member = response.members.get(channel)
+                    await hub.attach(subscriber, channel, position, member=member)
             except BackendUnavailable:
                 subscriber.control("error", code="unavailable", message="bus unavailable; retry")
                 self.finish()
@@ -268,7 +273,7 @@ class _Stream(Outbound):
             return self._with_retry(item if isinstance(item, bytes) else item.encode()), False
         ends = self.response.end_after_terminal and item.terminal
         cursor = None
-        if self.cursor is not None:
+        if self.cursor is not None and not item.transient:  # presence events: no position
             self.cursor[item.channel] = item.id
             cursor = ",".join(f"{ch}@{pos}" for ch, pos in self.cursor.items() if pos)
         return self._with_retry(sse_event_frame(item, named=self.named, cursor=cursor)), ends

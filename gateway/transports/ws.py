@@ -19,12 +19,21 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.auth import bearer_of, token_of
 from gateway.errors import BackendUnavailable, Forbidden, OpError, ProtocolError
-from gateway.events import Event, ws_text, ws_wire_frame
+from gateway.events import Event, decode_presence_cursor, ws_text, ws_wire_frame
 from gateway.limits import ReadBudget, TokenBucket
 from gateway.metrics import METRICS
 from gateway.outbound import Item, Outbound, Subscriber, count_events
+from gateway.presence import new_client_id, valid_client_id
 from gateway.protocol import v1
-from gateway.protocol.v1 import SUBPROTOCOL, Command, Publish, Subscribe, Unsubscribe
+from gateway.protocol.v1 import (
+    SUBPROTOCOL,
+    Command,
+    PresenceList,
+    PresenceStatsQuery,
+    Publish,
+    Subscribe,
+    Unsubscribe,
+)
 from gateway.services import Services, services_of
 from gateway.tokens import ChannelToken
 from gateway.transports.wire import RAW_SEND, WebSocketWire, websocket_wire
@@ -59,6 +68,7 @@ class Connection(Outbound):
 
     __slots__ = (
         "_abort",
+        "_client_id",
         "_closing",
         "_connection_token",
         "_evicted",
@@ -94,6 +104,9 @@ class Connection(Outbound):
         self._wire: WebSocketWire | None = None
         self._abort: asyncio.TimerHandle | None = None
         self._read_budget: ReadBudget | None = None
+        self._client_id = websocket.query_params.get("client")
+        """Who this client is in presence (`?client=`: the same id after a reconnect within
+        `GATEWAY_PRESENCE_GRACE` makes no leave and no join); checked in `run`."""
 
     async def run(self) -> None:
         offered = self.websocket.scope.get("subprotocols", [])
@@ -106,6 +119,7 @@ class Connection(Outbound):
             loop = asyncio.get_running_loop()
             self._read_budget = ReadBudget.from_settings(self.services.settings, loop.time())
         try:
+            self._check_client_id()
             await self._subscribe_from_query()
             await self._read_forever()
         finally:
@@ -118,6 +132,17 @@ class Connection(Outbound):
             if self._abort is not None:
                 self._abort.cancel()
             await hub.disconnect(self.subscriber)
+
+    def _check_client_id(self) -> None:
+        given = self._client_id
+        if given is not None and not valid_client_id(given):
+            refused = ProtocolError(
+                "client must be 1-64 letters, digits, '-' or '_'; using one of the gateway's",
+                "invalid_client",
+            )
+            self._send(v1.error_frame(None, refused))
+            given = None
+        self._client_id = given or new_client_id()
 
     async def _subscribe_from_query(self) -> None:
         params = self.websocket.query_params
@@ -250,6 +275,10 @@ class Connection(Outbound):
                 await self._unsubscribe(command)
             elif isinstance(command, Publish):
                 await self._publish(command)
+            elif isinstance(command, PresenceList):
+                await self._presence(command)
+            elif isinstance(command, PresenceStatsQuery):
+                await self._presence_stats(command)
             else:
                 self._send(v1.pong(command.ref))
         except v1.ANSWERED as exc:
@@ -273,8 +302,13 @@ class Connection(Outbound):
         def acknowledge(complete: bool) -> None:
             self._send(v1.ack(ref, channel, recovered=complete))
 
+        member = None
+        if self.services.settings.tracks(channel):
+            raw = self._connection_token if command.token is v1.CONNECTION_TOKEN else command.token
+            assert not isinstance(raw, v1.Inherit)
+            member = self.services.presence.member_for(self._client_id, token, raw)
         await self.services.hub.attach(
-            self.subscriber, channel, command.since, on_history=acknowledge
+            self.subscriber, channel, command.since, on_history=acknowledge, member=member
         )
 
     async def _unsubscribe(self, command: Unsubscribe) -> None:
@@ -294,6 +328,23 @@ class Connection(Outbound):
         )
         event = await self.channels.publish(channel, command.type, command.data)
         self._send(v1.ack(command.ref, channel, id=event.id if event else None))
+
+    async def _presence(self, command: PresenceList) -> None:
+        after = decode_presence_cursor(command.cursor) if command.cursor is not None else None
+        clients, following = await self.services.presence.members(
+            command.channel,
+            after,
+            command.limit,
+            api_key=self.api_key,
+            token=self._token(command.token),
+        )
+        self._send(v1.presence_page(command.ref, command.channel, clients, following))
+
+    async def _presence_stats(self, command: PresenceStatsQuery) -> None:
+        stats = await self.services.presence.stats(
+            command.channel, api_key=self.api_key, token=self._token(command.token)
+        )
+        self._send(v1.presence_stats(command.ref, command.channel, stats.clients, stats.users))
 
     def _token(self, given: v1.TokenField) -> ChannelToken | None:
         """The op's own token, else the connection's (`?token=` or cookie)."""
