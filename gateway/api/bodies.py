@@ -235,6 +235,26 @@ class ChannelHistory(ResponseBody):
     events: list[EventEnvelope]
 
 
+class PresenceEntry(ResponseBody):
+    """One client subscribed to a channel (docs/presence.md)."""
+
+    client: str = Field(description="the client's id: its `?client=`, else one the gateway chose")
+    user: str | None = Field(description="its token's `sub`")
+    info: dict[str, Any] | None = Field(description="its token's `info` claim (size-bounded)")
+
+
+class ChannelPresence(ResponseBody):
+    channel: str
+    clients: list[PresenceEntry]
+    next: str | None = Field(description="`cursor` of the next page; null on the last")
+
+
+class ChannelPresenceStats(ResponseBody):
+    channel: str
+    clients: int = Field(ge=0, description="clients subscribed, on every gateway")
+    users: int = Field(ge=0, description="distinct token subjects among them")
+
+
 class TokenGrant(ResponseBody):
     token: str
     sub: str

@@ -109,6 +109,14 @@ TOKEN_QUERY: Final = {
     "description": "channel token (EventSource cannot send headers)",
     "schema": {"type": "string"},
 }
+CLIENT_QUERY: Final = {
+    "name": "client",
+    "in": "query",
+    "required": False,
+    "description": "a stable client id for presence (docs/presence.md): the same id back within "
+    "GATEWAY_PRESENCE_GRACE makes no leave and no join",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+}
 SINCE_QUERY: Final = {"name": "since", "in": "query", "required": False, "schema": EVENT_ID}
 LAST_EVENT_ID: Final = {"name": "Last-Event-ID", "in": "header", "required": False}
 SSE_OPTIONS: Final = [
@@ -228,6 +236,31 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         ],
         "responses": {"200": _json(bodies.ChannelHistory), **JOB_RESPONSES},
     },
+    ("GET", "/channels/{channel}/presence"): {
+        "summary": "Who is subscribed to a channel, one page (docs/presence.md)",
+        "parameters": [
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+            },
+            {
+                "name": "cursor",
+                "in": "query",
+                "required": False,
+                "description": "the `next` of the page before",
+                "schema": {"type": "string", "maxLength": 1024},
+            },
+            TOKEN_QUERY,
+        ],
+        "responses": {"200": _json(bodies.ChannelPresence), **JOB_RESPONSES},
+    },
+    ("GET", "/channels/{channel}/presence/stats"): {
+        "summary": "How many clients and users are subscribed to a channel",
+        "parameters": [TOKEN_QUERY],
+        "responses": {"200": _json(bodies.ChannelPresenceStats), **JOB_RESPONSES},
+    },
     ("GET", "/events"): {
         "summary": "SSE on one or more channels",
         "parameters": [
@@ -243,6 +276,7 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
             TOKEN_QUERY,
             {**LAST_EVENT_ID, "schema": LAST_EVENT_ID_SCHEMA},
             *SSE_OPTIONS,
+            CLIENT_QUERY,
         ],
         "responses": {"200": SSE, **JOB_RESPONSES, **_problem_responses(429)},
     },
@@ -351,6 +385,8 @@ CLIENT_EXAMPLES: Final = (
     v1.Unsubscribe("room:lobby", ref=3),
     v1.Publish("room:lobby", "chat.message", {"text": "hello"}, ref=4),
     v1.Ping(ref=5),
+    v1.PresenceList("room:lobby", ref=6),
+    v1.PresenceStatsQuery("room:lobby", ref=7),
 )
 """Example client frames (`v1.encode` writes them; a test parses each back)."""
 SERVER_EXAMPLES: Final = (
@@ -358,6 +394,8 @@ SERVER_EXAMPLES: Final = (
     v1.ack(4, "room:lobby", id="1732060800000-0"),
     v1.error_frame(2, ProtocolError("not a channel", "invalid_channel", ref=2)),
     v1.pong(5),
+    v1.presence_page(6, "room:lobby", [{"client": "tab-1", "user": "42", "info": None}], None),
+    v1.presence_stats(7, "room:lobby", 1, 1),
     v1.control("gap", channel="room:lobby", since="1732060800000-0"),
     v1.control("shutdown", message="the gateway is restarting", retry=1000),
 )
@@ -380,11 +418,14 @@ def _asyncapi_schemas() -> tuple[dict[Schema, Any], dict[str, Any]]:
     return schemas, definitions
 
 
-def _ws_message(op: str, payload: Any) -> dict[str, Any]:
-    """The message of frames whose `op` is `op`, with the examples of them."""
-    client = [orjson.loads(v1.encode(command)) for command in CLIENT_EXAMPLES]
-    server = [orjson.loads(frame) for frame in SERVER_EXAMPLES]
-    examples = [{"payload": frame} for frame in client + server if frame["op"] == op]
+def _ws_message(op: str, payload: Any, *, sent_by: str = "client") -> dict[str, Any]:
+    """The message of frames whose `op` is `op` sent by the client or the server (`presence`
+    is both a client op and the server's answer), with the examples of them."""
+    if sent_by == "client":
+        frames = [orjson.loads(v1.encode(command)) for command in CLIENT_EXAMPLES]
+    else:
+        frames = [orjson.loads(frame) for frame in SERVER_EXAMPLES]
+    examples = [{"payload": frame} for frame in frames if frame["op"] == op]
     return {"name": op, "payload": payload, **({"examples": examples} if examples else {})}
 
 
@@ -537,7 +578,7 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
     server_messages["event"] = {"allOf": [server_messages["event"], envelope]}
     messages = {
         **{f"client.{k}": _ws_message(k, v) for k, v in client_messages.items()},
-        **{f"server.{k}": _ws_message(k, v) for k, v in server_messages.items()},
+        **{f"server.{k}": _ws_message(k, v, sent_by="server") for k, v in server_messages.items()},
         "sse.event": {
             "name": "event",
             "contentType": "text/event-stream",
@@ -574,6 +615,14 @@ def asyncapi_document(host: str = "localhost:8000", protocol: str = "ws") -> dic
         "channels": {
             "ws": {
                 "address": "/ws",
+                "description": (
+                    "Query: `channel` (repeatable) and `since` subscribe at once; `token`; "
+                    "`client`, a stable id of 1-64 letters, digits, `-` or `_` that presence "
+                    "shows and that keeps a client present across a reconnect within "
+                    "GATEWAY_PRESENCE_GRACE (docs/presence.md). `presence.join` / "
+                    '`presence.leave` events carry `"transient": true` and an id that is no '
+                    "position to resume from."
+                ),
                 "messages": {name: refs[name] for name in messages if not name.startswith("sse.")},
             },
             "jobEvents": {
