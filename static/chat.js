@@ -85,7 +85,9 @@ export function startChat(gw) {
         return;
       }
       if (response.status === 401 || response.status === 403) {
-        setPresenceState(current, 'unavailable', 'Who is online is not shown: this page may not read it.');
+        const problem = await response.json().catch(() => ({}));
+        const why = problem.detail || 'this page may not read it';
+        setPresenceState(current, 'unavailable', `Who is online is not shown: ${why}.`.replace('..', '.'));
         return;
       }
       if (!response.ok) {

@@ -236,25 +236,38 @@ def test_jobs_submitted_elsewhere_appear_and_move_live_and_filter(
     expect(late.locator("#job-detail .event-log li").last).to_contain_text("job.failed")
 
 
+TICKS = [
+    "deploying the resize workers",
+    "queue is draining",
+    "thumbnails look right",
+    "p99 is flat",
+    "shipping it",
+]
+
+
 def test_traffic_chart_follows_the_metrics(context: Any, gateway: GatewayProcess) -> None:
     expect = _expect()
     page = open_dashboard(context, gateway)
     room = "traffic-" + secrets.token_hex(3)
     join_room(page, room, "ada")
+    join_room(open_dashboard(context, gateway), room, "bob")
     running = submit_job(page, "sleep", '{"seconds": 6, "steps": 12}')
+    lines = iter(TICKS * 20)
     events = page.locator('.metric[data-metric="events"]')
     line = events.locator("path.line")
 
     def published_and_charted() -> bool:
         httpx.post(
             f"{gateway.url}/channels/room:{room}/events",
-            json={"type": "message", "data": {"nick": "bob", "text": "tick"}},
+            json={"type": "message", "data": {"nick": "bob", "text": next(lines)}},
             timeout=5,
         ).raise_for_status()
         current = events.get_attribute("data-current")
-        return bool(current) and float(current or 0) > 0 and int(
-            events.locator("svg").get_attribute("data-points") or 0
-        ) >= 3
+        return (
+            bool(current)
+            and float(current or 0) > 0
+            and int(events.locator("svg").get_attribute("data-points") or 0) >= 3
+        )
 
     wait_until(published_and_charted, 15, "the events/s chart to show the published events")
     assert (line.get_attribute("d") or "").startswith("M")
@@ -277,7 +290,7 @@ def test_traffic_chart_follows_the_metrics(context: Any, gateway: GatewayProcess
     wait_for_progress(page, running, 20)
     target = ROOT / "test-artifacts" / "dashboard.png"
     target.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(target))
+    page.screenshot(path=str(target), full_page=True)
     if os.environ.get(UPDATE_SCREENSHOT):
         shutil.copyfile(target, DOCS_SCREENSHOT)
 
@@ -308,6 +321,68 @@ def test_two_browsers_chat_in_a_room_and_late_joiners_get_history(
     finally:
         first.close()
         second.close()
+
+
+def online_clients(page: Page) -> list[str]:
+    clients: list[str] = page.eval_on_selector_all(
+        "#online-list li", "items => items.map(li => li.dataset.client)"
+    )
+    return clients
+
+
+def presence_clients(gateway: GatewayProcess, channel: str) -> list[str]:
+    response = httpx.get(f"{gateway.url}/channels/{channel}/presence", timeout=10)
+    response.raise_for_status()
+    return sorted(entry["client"] for entry in response.json()["clients"])
+
+
+def test_chat_shows_who_is_online_live(browser: Any, gateway: GatewayProcess) -> None:
+    expect = _expect()
+    room = "online-" + secrets.token_hex(3)
+    channel = f"room:{room}"
+    first, second = browser.new_context(), browser.new_context()
+    try:
+        ada = open_dashboard(first, gateway)
+        join_room(ada, room, "ada")
+        expect(ada.locator("#online-list li")).to_have_count(1, timeout=WAIT_MS)
+        expect(ada.locator(".online")).to_have_attribute("data-state", "live")
+        (ada_id,) = online_clients(ada)
+        bob = open_dashboard(second, gateway)
+        join_room(bob, room, "bob")
+        # Bob's list comes from the presence read; ada's from bob's presence.join event.
+        expect(bob.locator("#online-list li")).to_have_count(2, timeout=WAIT_MS)
+        expect(ada.locator("#online-list li")).to_have_count(2, timeout=WAIT_MS)
+        expect(ada.locator("#online-count")).to_have_text("2")
+        assert sorted(online_clients(ada)) == sorted(online_clients(bob))
+        assert sorted(online_clients(ada)) == presence_clients(gateway, channel)
+        expect(ada.locator("#online-list li").first).to_contain_text("guest ")
+        bob_id = next(c for c in online_clients(bob) if c != ada_id)
+        expect(ada.locator(".messages .notice").last).to_have_text(f"guest {bob_id[:6]} joined")
+
+        bob.click("#leave-button")  # bob leaves the room: ada sees him go
+        expect(ada.locator("#online-list li")).to_have_count(1, timeout=WAIT_MS)
+        expect(ada.locator("#online-count")).to_have_text("1")
+        expect(ada.locator(".messages .notice").last).to_have_text(f"guest {bob_id[:6]} left")
+        assert online_clients(ada) == [ada_id]
+        assert online_clients(ada) == presence_clients(gateway, channel)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_chat_works_and_says_so_where_presence_is_off(
+    context: Any, gateway_factory: Callable[..., GatewayProcess]
+) -> None:
+    expect = _expect()
+    gateway = gateway_factory(GATEWAY_PRESENCE="user")  # kept for user:, not room:
+    page = open_dashboard(context, gateway)
+    join_room(page, "quiet", "ada")
+    note = page.locator("#online-note")
+    expect(note).to_be_visible(timeout=WAIT_MS)
+    expect(note).to_contain_text("presence is not kept")
+    expect(page.locator("#online-list")).to_be_hidden()
+    say(page, "still works")
+    expect(page.locator(".message .text")).to_have_text(["still works"], timeout=WAIT_MS)
 
 
 def test_gateway_restart_mid_job_reconnects_and_loses_nothing(
@@ -431,7 +506,8 @@ def test_dashboard_fits_a_phone(browser: Any, gateway: GatewayProcess, scheme: s
         assert width <= 375, f"the page scrolls sideways at phone width ({width}px)"
         overflowing = page.evaluate(
             """() => [...document.querySelectorAll('th, td, .metric, .filters label')]
-                  .filter(n => n.scrollWidth > n.clientWidth + 1).map(n => n.outerHTML.slice(0, 80))"""
+                  .filter(n => n.scrollWidth > n.clientWidth + 1)
+                  .map(n => n.outerHTML.slice(0, 80))"""
         )
         assert not overflowing, overflowing
         for field in ("job-type", "job-data", "room-name", "nickname", "message-text"):
