@@ -331,12 +331,15 @@ export function startJobs(gw) {
   // --- the list of every recent job -------------------------------------------------------
 
   async function pollList() {
-    if (view.listing === 'refused' || !visible()) return;
+    if (view.listing === 'refused' || view.polling || !visible()) return;
+    view.polling = true;
     let response;
     try {
       response = await fetch(`/jobs?limit=${LIST_LIMIT}`, {cache: 'no-store'});
     } catch (err) {
       return; // the connection indicator already says the gateway is unreachable
+    } finally {
+      view.polling = false;
     }
     if (response.status === 401 || response.status === 403) {
       view.listing = 'refused';

@@ -40,7 +40,8 @@ export function startTraffic() {
   window.dashboard.traffic = state;
 
   async function poll() {
-    if (!visible()) return;
+    if (!visible() || state.polling) return; // one scrape at a time, however slow
+    state.polling = true;
     let totals;
     try {
       const response = await fetch('/metrics', {cache: 'no-store'});
@@ -50,6 +51,8 @@ export function startTraffic() {
       state.failures += 1;
       $('traffic-note').textContent = `metrics unavailable (${err.message}); retrying`;
       return;
+    } finally {
+      state.polling = false;
     }
     state.polls += 1;
     const now = Date.now();

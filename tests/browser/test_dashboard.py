@@ -449,6 +449,33 @@ def test_page_works_over_sse_when_websocket_is_blocked(
     assert page.evaluate("window.gateway.transport") == "sse"
 
 
+def test_secure_mode_lists_only_what_the_page_may_read(
+    context: Any, gateway_factory: Callable[..., GatewayProcess]
+) -> None:
+    """With API keys and a secret, the page (no credentials) may not list jobs: it says so and
+    shows none of the jobs a backend submits; the traffic charts (public /metrics) still work."""
+    expect = _expect()
+    key = secrets.token_hex(16)
+    gateway = gateway_factory(GATEWAY_API_KEYS=key, GATEWAY_SECRET=secrets.token_hex(32))
+    response = httpx.post(
+        f"{gateway.url}/jobs",
+        json={"type": "sleep", "data": {"seconds": 0.1, "steps": 1}},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    assert response.status_code == 202, response.text
+    page = open_dashboard(context, gateway)
+    note = page.locator("#jobs-note")
+    expect(note).to_be_visible(timeout=WAIT_MS)
+    expect(note).to_contain_text("listing every job needs an API key")
+    # The list is not polled again once refused, so the backend's job can never appear.
+    assert page.locator(".job-row").count() == 0
+    assert page.evaluate("window.dashboard.jobView.listing") == "refused"
+    expect(page.locator('.metric[data-metric="connections"]')).not_to_have_attribute(
+        "data-current", "", timeout=WAIT_MS
+    )
+
+
 def axe_violations(page: Page) -> list[dict[str, Any]]:
     """axe-core's WCAG 2 A/AA violations on the page as it is now (the npm package, injected)."""
     if not AXE.exists():
