@@ -23,6 +23,7 @@ const ENDED = new Set(['completed', 'failed', 'cancelled']);
 const LIST_POLL_MS = 2000;
 const LIST_LIMIT = 50;
 const MAX_ROWS = 100; // ended jobs past this many rows are dropped, oldest first
+const MAX_FOLLOWED = 50; // job channels followed at once (GATEWAY_MAX_SUBSCRIPTIONS is 100)
 
 export function startJobs(gw) {
   const jobs = window.dashboard.jobs; // id -> job
@@ -50,19 +51,29 @@ export function startJobs(gw) {
         events: [],
         unsubscribe: null,
       };
-      if (ENDED.has(job.status)) job.ended = Date.parse(resource.updated_at) || job.created;
       job.row = buildRow(job);
       jobs.set(job.id, job);
+      fromResource(job, resource);
       insertRow(job);
     } else if (!job.unsubscribe && !ENDED.has(job.status)) {
-      // Not followed yet (it is about to be): the resource is the freshest we know.
-      job.status = resource.status || job.status;
-      job.progress = Number(resource.progress) || job.progress;
-      job.message = resource.message || job.message;
+      // Not followed (yet): the resource is the freshest we know.
+      fromResource(job, resource);
     }
     if (!ENDED.has(job.status)) follow(job);
     render(job);
     return job;
+  }
+
+  function fromResource(job, resource) {
+    job.status = resource.status || job.status;
+    job.progress = Number(resource.progress) || job.progress;
+    job.message = resource.message || job.message;
+    if (ENDED.has(job.status)) {
+      job.ended = Date.parse(resource.updated_at) || job.created;
+      job.error = resource.error || null;
+      job.resultUrl = resource.result_url || null;
+      if (job.status === 'completed') job.progress = 1;
+    }
   }
 
   function buildRow(job) {
@@ -171,6 +182,9 @@ export function startJobs(gw) {
 
   function follow(job) {
     if (job.unsubscribe) return;
+    // Past the limit a running job is not followed: the list poll keeps its row current, and
+    // it is followed as soon as a place is free (the next poll).
+    if ([...jobs.values()].filter((other) => other.unsubscribe).length >= MAX_FOLLOWED) return;
     job.events = [];
     if (view.selected === job) resetLog();
     job.unsubscribe = gw.subscribe(job.channel, (event) => {

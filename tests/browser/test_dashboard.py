@@ -476,6 +476,40 @@ def test_secure_mode_lists_only_what_the_page_may_read(
     )
 
 
+def test_follows_at_most_50_jobs_at_once(
+    context: Any, gateway_factory: Callable[..., GatewayProcess]
+) -> None:
+    """Past 50 running jobs the page follows no more channels (a connection may hold 100
+    subscriptions): the list poll keeps the other rows current instead."""
+    expect = _expect()
+    # No worker: the jobs stay queued (running, for the page). No submission rate limit.
+    gateway = gateway_factory(GATEWAY_EMBEDDED_WORKER="0", GATEWAY_SUBMIT_RATE="0")
+    api = httpx.Client(base_url=gateway.url, timeout=10)  # one connection for the 60 submissions
+
+    def submit_30() -> list[str]:
+        job = {"type": "sleep", "data": {"seconds": 60, "steps": 1}}
+        return [api.post("/jobs", json=job).json()["id"] for _ in range(30)]
+
+    first = submit_30()
+    page = open_dashboard(context, gateway)
+    expect(page.locator(".job-row")).to_have_count(30, timeout=WAIT_MS)
+    later = submit_30()
+    # The newest 50 listed, and the 30 it had: 60 running jobs, 50 of them followed.
+    expect(page.locator(".job-row")).to_have_count(60, timeout=WAIT_MS)
+    followed = "[...window.dashboard.jobs.values()].filter(j => j.unsubscribe).length"
+    page.wait_for_function(f"{followed} === 50", timeout=WAIT_MS)
+    messages = page.evaluate("[...window.dashboard.jobs.values()].map(j => j.message)")
+    assert not [m for m in messages if "cannot follow" in m], messages
+    # A job that is not followed still moves, with the list poll: cancel one.
+    unfollowed = page.evaluate(
+        "[...window.dashboard.jobs.values()].filter(j => !j.unsubscribe).map(j => j.id)"
+    )
+    assert len(unfollowed) == 10 and set(unfollowed) <= set(first + later)
+    api.post(f"/jobs/{unfollowed[0]}/cancel").raise_for_status()
+    api.close()
+    expect(row(page, unfollowed[0])).to_have_attribute("data-status", "cancelled", timeout=WAIT_MS)
+
+
 def axe_violations(page: Page) -> list[dict[str, Any]]:
     """axe-core's WCAG 2 A/AA violations on the page as it is now (the npm package, injected)."""
     if not AXE.exists():
