@@ -181,15 +181,16 @@ def test_jobs_submitted_elsewhere_appear_and_move_live_and_filter(
     page = open_dashboard(context, gateway)
     done = submit_elsewhere(gateway, "sleep", {"seconds": 0.2, "steps": 1})
     failed = submit_elsewhere(gateway, "fail", {"message": "no"})
-    running = submit_elsewhere(gateway, "sleep", {"seconds": 3, "steps": 6})
+    # Long enough to be running through every check below; cancelled to end it.
+    running = submit_elsewhere(gateway, "sleep", {"seconds": 60, "steps": 60})
     for job_id in (done, failed, running):
         expect(row(page, job_id)).to_be_visible(timeout=WAIT_MS)
     # Newest first.
     ids = page.eval_on_selector_all(".job-row", "rows => rows.map(r => r.dataset.jobId)")
     assert ids.index(running) < ids.index(failed) < ids.index(done), ids
 
-    # The running one moves with its events: its bar and duration grow, then it completes.
-    wait_for_progress(page, running, 30)
+    # The running one moves with its events: its bar and duration grow.
+    wait_for_progress(page, running, 1)
     duration = row(page, running).locator(".duration")
     first = duration.text_content()
     expect(duration).not_to_have_text(first or "", timeout=WAIT_MS)
@@ -213,13 +214,16 @@ def test_jobs_submitted_elsewhere_appear_and_move_live_and_filter(
     )
     assert shown and set(shown) == {"failed"}, shown
 
-    # Still filtered to "active": a job leaves the view by itself when it ends.
+    # Filtered to "active", a job leaves the view by itself when it ends.
     page.click("label[for=filter-active]")
     expect(row(page, running)).to_be_visible()
+    httpx.post(f"{gateway.url}/jobs/{running}/cancel", timeout=10).raise_for_status()
     expect(row(page, running)).to_be_hidden(timeout=WAIT_MS)
-    expect(row(page, running)).to_have_attribute("data-status", "completed")
-    page.click("label[for=filter-completed]")
+    expect(row(page, running)).to_have_attribute("data-status", "cancelled")
+    page.click("label[for=filter-cancelled]")
     expect(row(page, running)).to_be_visible()
+    page.click("label[for=filter-completed]")
+    expect(row(page, running)).to_be_hidden()
     expect(row(page, done)).to_be_visible()
     counts = page.evaluate(
         """() => Object.fromEntries([...document.querySelectorAll('[data-count]')]
@@ -251,7 +255,8 @@ def test_traffic_chart_follows_the_metrics(context: Any, gateway: GatewayProcess
     room = "traffic-" + secrets.token_hex(3)
     join_room(page, room, "ada")
     join_room(open_dashboard(context, gateway), room, "bob")
-    running = submit_job(page, "sleep", '{"seconds": 6, "steps": 12}')
+    # Running through the whole test (the screenshot shows it), cancelled at the end.
+    running = submit_job(page, "sleep", '{"seconds": 30, "steps": 30}')
     lines = iter(TICKS * 20)
     events = page.locator('.metric[data-metric="events"]')
     line = events.locator("path.line")
@@ -287,12 +292,14 @@ def test_traffic_chart_follows_the_metrics(context: Any, gateway: GatewayProcess
     before = line.get_attribute("d")
     expect(line).not_to_have_attribute("d", before or "", timeout=WAIT_MS)
 
-    wait_for_progress(page, running, 20)
+    wait_for_progress(page, running, 10)
     target = ROOT / "test-artifacts" / "dashboard.png"
     target.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(target), full_page=True)
     if os.environ.get(UPDATE_SCREENSHOT):
         shutil.copyfile(target, DOCS_SCREENSHOT)
+    page.click("#job-cancel")
+    expect(row(page, running)).to_have_attribute("data-status", "cancelled", timeout=WAIT_MS)
 
 
 def test_two_browsers_chat_in_a_room_and_late_joiners_get_history(
