@@ -184,6 +184,18 @@ class Redis:
 
 # --- servers under test ------------------------------------------------------------------------
 
+VARIANTS: dict[str, dict[str, str]] = {
+    # `--presence`: the same fan-out with presence off and on (docs/presence.md). On: the
+    # bench's `room:` channel is tracked and gets join/leave events (the defaults).
+    "presence-off": {
+        "GATEWAY_PRESENCE": "none",
+        "GATEWAY_PRESENCE_EVENTS": "none",
+        "GATEWAY_OCCUPANCY": "none",
+    },
+    "presence-on": {"GATEWAY_PRESENCE": "room", "GATEWAY_PRESENCE_EVENTS": "room"},
+}
+"""Gateway settings compared within one run (the first is the baseline of the ratios)."""
+
 GATEWAY_LIMITS = {
     # every load client comes from 127.0.0.1: lift the per-address and rate limits
     "GATEWAY_LOG_LEVEL": "warning",
@@ -223,7 +235,14 @@ class Server:
     """One server under test, with what its clients and publisher need to know."""
 
     def __init__(
-        self, name: str, redis: Redis, workdir: Path, *, gw_args: list[str], source: Path = ROOT
+        self,
+        name: str,
+        redis: Redis,
+        workdir: Path,
+        *,
+        gw_args: list[str],
+        source: Path = ROOT,
+        env_extra: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.port = free_port()
@@ -234,6 +253,7 @@ class Server:
         self.ready_token = ""
         if name in ("gw-ws", "gw-sse"):
             env.update(GATEWAY_LIMITS)
+            env.update(env_extra or {})
             cmd = [PY, "-m", "gateway", "serve", "--port", str(self.port), *gw_args]
             self.kind = "ws" if name == "gw-ws" else "sse"
             if name == "gw-ws":
@@ -458,10 +478,13 @@ def fanout(
     *,
     many_channels: bool = False,
     source: Path = ROOT,
+    variant: str | None = None,
 ) -> dict[str, Any]:
     """Step the offered rate until delivery falls behind; one server, one set of clients.
-    `source`: the checkout whose gateway is served (`--tree`)."""
-    server = Server(name, redis, workdir, gw_args=a.gw_args, source=source)
+    `source`: the checkout whose gateway is served (`--tree`); `variant`: a name in
+    `VARIANTS`, the settings the gateway runs with (`--presence`)."""
+    env_extra = VARIANTS[variant] if variant else None
+    server = Server(name, redis, workdir, gw_args=a.gw_args, source=source, env_extra=env_extra)
     steps: list[dict[str, Any]] = []
     try:
         path = None
@@ -558,7 +581,7 @@ def fanout(
     return {
         "scenario": "channels" if many_channels else "fanout",
         "server": name,
-        "tree": str(source),
+        "tree": variant or str(source),
         "describe": SERVERS[name],
         "n": n,
         "connected": connected,
@@ -812,7 +835,9 @@ COMPARE_AT = (20_000, 40_000)
 """Offered deliveries/s at which `--compare` / `--tree` report server CPU."""
 
 
-def comparison(results: list[dict[str, Any]], trees: list[Path]) -> list[dict[str, Any]]:
+def comparison(
+    results: list[dict[str, Any]], trees: list[Path] | list[str]
+) -> list[dict[str, Any]]:
     """Server CPU % near each `COMPARE_AT` rate, per (server, N, tree), the median over
     rounds, and its ratio to the first tree's (< 1: the tree uses less CPU there)."""
     import statistics
@@ -980,7 +1005,15 @@ def main(argv: list[str] | None = None) -> None:
         help="fanout: same as --tree COMPARE --tree <this checkout>: COMPARE is the baseline "
         "(before), this checkout the change (after)",
     )
-    p.add_argument("--rounds", type=int, default=1, help="fanout with trees: alternations")
+    p.add_argument(
+        "--presence",
+        action="store_true",
+        help="fanout: run each gateway server with presence off and on, alternating, and "
+        "compare server CPU at 20k/40k deliveries/s",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=1, help="fanout with trees or --presence: alternations"
+    )
     p.add_argument("--out", type=Path, default=None, help="directory for JSON and PNG")
     p.add_argument("--plot", type=Path, default=None, help="also write the PNG here")
     a = p.parse_args(argv)
@@ -1028,8 +1061,15 @@ def main(argv: list[str] | None = None) -> None:
                             else rates_for(n, sc == "quick")
                         )
                         gateway = s.startswith("gw-")
-                        rounds = a.rounds if trees and gateway else 1
+                        rounds = a.rounds if (trees or a.presence) and gateway else 1
                         for _ in range(rounds):
+                            if a.presence and gateway:
+                                for variant in VARIANTS:
+                                    results.append(
+                                        fanout(a, redis, workdir, s, n, rates, variant=variant)
+                                    )
+                                    redis.flush()
+                                continue
                             for src in trees if trees and gateway else [ROOT]:
                                 results.append(fanout(a, redis, workdir, s, n, rates, source=src))
                                 redis.flush()
@@ -1068,6 +1108,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     doc: dict[str, Any] = {"meta": meta, "results": results}
     compared = comparison(results, trees) if len(trees) > 1 else []
+    if a.presence:
+        compared = comparison(results, list(VARIANTS))
     if compared:
         doc["comparison"] = compared
     (out / "results.json").write_text(json.dumps(doc, indent=1))

@@ -342,7 +342,11 @@ def decode_presence_cursor(cursor: str) -> str:
     did not make."""
     if not isinstance(cursor, str) or not cursor or len(cursor) > PRESENCE_CURSOR_MAX:
         raise InvalidInput("cursor must be a `next` value from a presence page")
+    padded = cursor + "=" * (-len(cursor) % 4)
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        key = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidInput("cursor must be a `next` value from a presence page") from None
+        key = ""
+    if not key or encode_presence_cursor(key) != cursor:
+        raise InvalidInput("cursor must be a `next` value from a presence page")
+    return key

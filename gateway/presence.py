@@ -204,7 +204,8 @@ class Presence:
 
     async def _announce(self, channel: str, change: Change, *, joined: bool) -> None:
         _listed, events, occupancy = self.settings.presence_for(channel)
-        if events and change.member is not None:
+        most = self.settings.presence_events_max
+        if events and change.member is not None and (not most or change.count <= most):
             kind = "presence.join" if joined else "presence.leave"
             await self.backend.bus.publish_live(channel, kind, change.member.entry())
         if change.count == (1 if joined else 0):

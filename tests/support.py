@@ -141,6 +141,9 @@ def gateway_env(**extra: str) -> dict[str, str]:
     # per-address connect rate would refuse after its burst; the tests of that rate (and of the
     # defaults) ask for it explicitly.
     env["GATEWAY_CONNECT_RATE"] = "0"
+    # Suites that count a room's events exactly would see other clients' presence.join /
+    # presence.leave too (on for `room:` by default); tests/test_presence.py asks for them.
+    env["GATEWAY_PRESENCE_EVENTS"] = "none"
     env.update(extra)
     return env
 

@@ -48,6 +48,7 @@ class MemoryPresenceStore(PresenceStore):
         return Change(new, len(state.entries), member)
 
     async def leave(self, channel: str, key: str, gateway: str) -> Change:
+        self._held.get(gateway, set()).discard((channel, key))
         state = self._channels.get(channel)
         if state is None:
             return Change(False, 0)
@@ -63,7 +64,6 @@ class MemoryPresenceStore(PresenceStore):
                 state.users[member.user] = left
             else:
                 del state.users[member.user]
-        self._held.get(gateway, set()).discard((channel, key))
         count = len(state.entries)
         if not count:
             del self._channels[channel]

@@ -84,7 +84,8 @@ class PresenceStore(abc.ABC):
     @abc.abstractmethod
     async def leave(self, channel: str, key: str, gateway: str) -> Change:
         """Remove the entry `key` if `gateway` still holds it (a client that moved to another
-        process meanwhile stays); `changed` and the removed `member` when it went."""
+        process meanwhile stays); `changed` and the removed `member` when it went. Either way
+        `gateway` no longer holds it (`held` forgets it)."""
 
     @abc.abstractmethod
     async def members(self, channel: str, after: str | None, limit: int) -> PresencePage:

@@ -58,8 +58,8 @@ class RedisPresenceStore(PresenceStore):
             "presence leave", self._leave(keys=presence_keys(channel), args=[key, gateway])
         )
         removed = bool(reply[0])
-        if removed:
-            await self.release(gateway, [(channel, key)])
+        # Removed, or taken over by another process meanwhile: this one holds it no more.
+        await self.release(gateway, [(channel, key)])
         member = Member.decode(reply[2]) if removed else None
         return Change(removed, int(reply[1]), member)
 

@@ -483,6 +483,15 @@ class Settings(BaseSettings):
         env="GATEWAY_PRESENCE_EVENTS",
         help="namespaces whose channels get live-only `presence.join` / `presence.leave` events",
     )
+    presence_events_max: int = setting(
+        200,
+        env="GATEWAY_PRESENCE_EVENTS_MAX",
+        ge=0,
+        le=10_000_000,
+        help="join/leave events only while a channel has at most this many clients: N clients "
+        "joining a room cost N² deliveries; bigger rooms read `presence_stats` instead; "
+        "0 = no limit",
+    )
     occupancy: Namespaces = setting(
         ("job",),
         env="GATEWAY_OCCUPANCY",
