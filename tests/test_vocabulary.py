@@ -79,7 +79,7 @@ def test_gateway_js_terminal_types_are_the_python_ones() -> None:
 
 
 def test_dashboard_status_by_event_is_the_python_one() -> None:
-    source = js_constant(STATIC / "app.js", "STATUS_BY_EVENT")
+    source = js_constant(STATIC / "jobs.js", "STATUS_BY_EVENT")
     pairs = re.findall(r"'([^']*)':\s*'([^']*)'", source)
     assert dict(pairs) == STATUS_BY_EVENT
     assert len(pairs) == len(STATUS_BY_EVENT)
