@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -243,10 +244,19 @@ def test_a_killed_worker_reruns_acks_late_tasks_and_loses_the_others(
     )
     worker.kill()
     assert job(gateway.url, late)["status"] == "running"
-    releases = redis.Redis.from_url(env["CELERY_BROKER_URL"])
-    releases.rpush(key, "go", "go")
+    broker = redis.Redis.from_url(env["CELERY_BROKER_URL"])
+    broker.rpush(key, "go", "go")
+
+    def past_visibility_timeout() -> bool:
+        """kombu restores an unacked message only once it is older than the visibility
+        timeout (2 s), and scans for such messages at start, then only every tenth check: a
+        worker that starts before then may not run it again for a long while."""
+        delivered = broker.zrange("unacked_index", 0, -1, withscores=True)
+        return bool(delivered) and all(time.time() > at + 2.5 for _, at in delivered)
+
+    wait_until(past_visibility_timeout, 15, "the unacked message to pass its visibility timeout")
     worker.start(ready="ready.")
-    sse, ws, data = _follow(gateway, late, timeout=30)
+    sse, ws, data = _follow(gateway, late, timeout=45)
     assert (
         sse
         == ws
