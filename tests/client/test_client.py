@@ -7,7 +7,7 @@ and a token secret, for the module.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -20,8 +20,9 @@ from gateway.client import (
     RequestForbidden,
     RequestInvalid,
     RequestRateLimited,
+    Subscription,
 )
-from tests.support import GatewayProcess, free_port, gateway_env
+from tests.support import GatewayProcess, async_wait_until, free_port, gateway_env
 
 TIMEOUT = 20.0
 API_KEY = "k" * 24
@@ -53,15 +54,26 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     process.stop(5)
 
 
-async def collect(items: object) -> list[Item]:
+async def collect(items: AsyncIterator[Item]) -> list[Item]:
     async def run() -> list[Item]:
-        return [item async for item in items]  # type: ignore[attr-defined]
+        return [item async for item in items]
 
     return await asyncio.wait_for(run(), TIMEOUT)
 
 
+async def next_event(subscription: Subscription) -> Event:
+    item = await asyncio.wait_for(anext(subscription), TIMEOUT)
+    assert isinstance(item, Event), item
+    return item
+
+
+def events(items: list[Item]) -> list[Event]:
+    assert all(isinstance(item, Event) for item in items), items
+    return [item for item in items if isinstance(item, Event)]
+
+
 def types(items: list[Item]) -> list[str]:
-    return [item.type for item in items if isinstance(item, Event)]
+    return [event.type for event in events(items)]
 
 
 async def test_follow_ends_at_the_terminal_event(gateway: GatewayProcess) -> None:
@@ -76,10 +88,7 @@ async def test_follow_ends_at_the_terminal_event(gateway: GatewayProcess) -> Non
             "job.progress",
             "job.completed",
         ]
-        assert isinstance(items[-1], Event) and items[-1].data["result"] == {
-            "slept": 0.2,
-            "steps": 2,
-        }
+        assert events(items)[-1].data["result"] == {"slept": 0.2, "steps": 2}
         failed = await gw.submit("fail", {"message": "out of cheese"})
         assert types(await collect(gw.follow(failed.id)))[-1] == "job.failed"
         assert gw.connections == 1, "both follows on the one connection"
@@ -90,9 +99,9 @@ async def test_follow_of_a_job_that_had_ended_at_since_ends_at_once(
 ) -> None:
     async with Client(gateway.url) as gw:
         job = await gw.submit("sleep", {"seconds": 0, "steps": 1})
-        items = await collect(gw.follow(job))
-        assert await collect(gw.follow(job, since=items[-1].id)) == []  # type: ignore[union-attr]
-        assert types(await collect(gw.follow(job.id, since=items[-2].id))) == ["job.completed"]  # type: ignore[union-attr]
+        ids = [event.id for event in events(await collect(gw.follow(job)))]
+        assert await collect(gw.follow(job, since=ids[-1])) == []
+        assert types(await collect(gw.follow(job.id, since=ids[-2]))) == ["job.completed"]
 
 
 async def test_publish_returns_the_id_the_subscriber_sees(gateway: GatewayProcess) -> None:
@@ -100,8 +109,7 @@ async def test_publish_returns_the_id_the_subscriber_sees(gateway: GatewayProces
         sub = gw.subscribe("room:client-publish")
         await asyncio.wait_for(sub.subscribed(), TIMEOUT)
         sent = await gw.publish("room:client-publish", "message", {"text": "hi"})
-        event = await asyncio.wait_for(anext(sub), TIMEOUT)
-        assert isinstance(event, Event)
+        event = await next_event(sub)
         assert (event.id, event.type, event.data) == (sent, "message", {"text": "hi"})
 
 
@@ -118,17 +126,12 @@ async def test_a_consumer_that_falls_behind_pauses_its_channel_and_loses_nothing
         slow, fast = gw.subscribe(channel), gw.subscribe(other)
         await asyncio.wait_for(asyncio.gather(slow.subscribed(), fast.subscribed()), TIMEOUT)
         sent = [await gw.publish(channel, "tick", {"n": n}) for n in range(5)]
-        await asyncio.wait_for(_until_paused(slow), TIMEOUT)
+        await async_wait_until(lambda: slow.paused, TIMEOUT, "the slow channel paused")
         beside = await gw.publish(other, "tick", {})
-        assert (await asyncio.wait_for(anext(fast), TIMEOUT)).id == beside  # type: ignore[union-attr]
-        received = [await asyncio.wait_for(anext(slow), TIMEOUT) for _ in range(5)]
-        assert [item.id for item in received] == sent  # type: ignore[union-attr]
+        assert (await next_event(fast)).id == beside
+        received = [await next_event(slow) for _ in range(5)]
+        assert [event.id for event in received] == sent
         assert gw.connections == 1
-
-
-async def _until_paused(subscription: object) -> None:
-    while not subscription.paused:  # type: ignore[attr-defined]
-        await asyncio.sleep(0.01)
 
 
 async def test_refusals_map_to_the_documented_exceptions(gateway: GatewayProcess) -> None:
