@@ -50,6 +50,7 @@ class Subscription:
         self.token = token
         self.position = since
         """The id of the last event taken in: a reconnect resumes after it."""
+        self._after = _order(since) if since is not None else None
         self.ended_by: str | None = None
         """The reason the gateway gave when it ended the subscription (`unsubscribed`)."""
         self.pending_ref: int | None = None
@@ -122,13 +123,14 @@ class Subscription:
         False when the buffer is full: the caller pauses the channel at the gateway."""
         if self.pending_ref is not None or self.paused or self._done:
             return True
-        if self.position is not None and _order(event.id) <= _order(self.position):
+        key = _order(event.id)
+        if self._after is not None and key <= self._after:
             return True  # a replay overlapping what was taken in already
         if len(self._items) >= self._limit:
             self.paused = True
             return False
         self._items.append(event)
-        self.position = event.id
+        self.position, self._after = event.id, key
         self._wakeup.set()
         return True
 
@@ -166,4 +168,8 @@ class Subscription:
 
 
 def _order(event_id: str) -> tuple[int, int]:
+    """An id's sort key: `<ms>-<seq>` as two numbers (the full check only for odd ones)."""
+    ms, _, seq = event_id.partition("-")
+    if ms.isdigit() and seq.isdigit():
+        return int(ms), int(seq)
     return parse_event_id(event_id)
