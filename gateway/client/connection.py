@@ -285,6 +285,10 @@ class Connection:
             del frame["op"]
             if not subscription.take_event(Event.from_envelope(frame)):
                 await self._pause(subscription)
+            elif subscription.half_full:
+                # `recv` returns without yielding while frames are buffered in the socket: let
+                # the consumer run before its buffer fills, so only a slow one is paused.
+                await asyncio.sleep(0)
         elif op == "ack":
             self._acknowledge(frame)
         elif op == "error":
@@ -401,7 +405,11 @@ class Connection:
     def _set_status(self, status: ConnectionStatus) -> None:
         self.status = status
         if self.on_status is not None:
-            self.on_status(status)
+            try:
+                self.on_status(status)
+            except Exception:
+                # A failing callback must not stop the connection its subscriptions rely on.
+                log.exception("the on_status callback failed")
 
     def _headers(self) -> dict[str, str]:
         credential = self.api_key or self._token()

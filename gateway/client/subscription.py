@@ -118,6 +118,10 @@ class Subscription:
     def done(self) -> bool:
         return self._done
 
+    @property
+    def half_full(self) -> bool:
+        return len(self._items) >= self._limit // 2
+
     def take_event(self, event: Event) -> bool:
         """Buffer an event, unless it is old or belongs to a superseded subscription; returns
         False when the buffer is full: the caller pauses the channel at the gateway."""
