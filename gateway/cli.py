@@ -216,25 +216,39 @@ def _json_arg(raw: str | None, name: str) -> Any:
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
-    from gateway.client import follow_job, submit_job
+    from gateway.client import terminal
 
     data = _json_arg(args.data, "--data")
     with contextlib.suppress(KeyboardInterrupt):
-        job = submit_job(args.url, args.type, data)
-        if not args.follow:
-            print(orjson.dumps(job, option=orjson.OPT_INDENT_2).decode())
-            return
-        sys.exit(follow_job(args.url, job["id"], **_heartbeat_option(args)))
+        sys.exit(
+            asyncio.run(
+                terminal.submit(
+                    args.url,
+                    args.type,
+                    data,
+                    follow=args.follow,
+                    api_key=os.environ.get("GATEWAY_API_KEY"),
+                    **_heartbeat_option(args),
+                )
+            )
+        )
 
 
 def cmd_follow(args: argparse.Namespace) -> None:
-    from gateway.client import follow_channel
+    from gateway.client import terminal
 
     if args.channel is None and not args.token:
         sys.exit("gateway follow: name a channel, or give --token to follow its server-side ones")
     with contextlib.suppress(KeyboardInterrupt):
-        code = follow_channel(
-            args.url, args.channel, args.since, token=args.token, **_heartbeat_option(args)
+        code = asyncio.run(
+            terminal.follow(
+                args.url,
+                args.channel,
+                args.since,
+                api_key=os.environ.get("GATEWAY_API_KEY"),
+                token=args.token,
+                **_heartbeat_option(args),
+            )
         )
         if code is not None:
             sys.exit(code)

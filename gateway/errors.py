@@ -25,7 +25,14 @@ The tree (indentation is inheritance)::
         HandlerError: a job handler fails its attempt on purpose
         PublishError (also RuntimeError): `gateway.publish()` could not publish
             EventTooLargeError
-        ClientError (also RuntimeError): the gateway refused a client library request
+        ClientError (also RuntimeError): a `gateway.client` request failed; `status`, `code`
+            RequestInvalid (also ValueError): 400/413/422 or an `invalid_*` error frame
+            RequestForbidden: 401/403 or a `forbidden`/`token_*` error frame
+            NotFound: 404, such as a job id the gateway does not know
+            Conflict: 409, such as an idempotency key whose first request is in flight
+            RequestRateLimited: 429 or `rate_limited`; retry after `retry_after` seconds
+            GatewayUnavailable (also ConnectionError): no answer, or 5xx; retry later
+            Disconnected: the gateway closed the connection for good (close 4001 or 1008)
 
 Each error carries a `code`, the machine-readable word that goes out to clients. Errors become
 `application/problem+json` in one place (`gateway.problems.problem_for`) and WebSocket `error`
@@ -244,7 +251,84 @@ class EventTooLargeError(PublishError):
 
 
 class ClientError(GatewayError, RuntimeError):
-    """The gateway refused a request made by `gateway.client`; the message carries its
-    problem detail."""
+    """A request made by `gateway.client` failed; the message carries the gateway's detail.
+
+    `status` is the HTTP status (None for a WebSocket `error` frame or no answer at all) and
+    `code` the gateway's machine-readable word: the problem type's last segment over HTTP
+    (`/problems/<code>`), the frame's `code` over WebSocket.
+    """
 
     code = "refused"
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        if code is not None:
+            self.code = code
+
+
+class RequestInvalid(ClientError, ValueError):
+    """What was sent cannot be used (a bad channel name, event type or job data, an event over
+    the size limit); sending it again fails the same way."""
+
+    code = "invalid"
+
+
+class RequestForbidden(ClientError):
+    """The credentials (API key or channel token) are missing, wrong, expired or do not allow
+    this; `code` says which."""
+
+    code = "forbidden"
+
+
+class NotFound(ClientError):
+    """The gateway does not know what was asked for (a job id, once its record has expired)."""
+
+    code = "not-found"
+
+
+class Conflict(ClientError):
+    """The request clashes with the state it meets: the same idempotency key in flight, or a
+    job's result asked for before it completed."""
+
+    code = "conflict"
+
+
+class RequestRateLimited(ClientError):
+    """Publishing faster than the gateway's limit; `retry_after` is in seconds."""
+
+    code = "rate-limited"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code)
+        self.retry_after = retry_after
+
+
+class GatewayUnavailable(ClientError, ConnectionError):
+    """No answer from the gateway, or an answer that says to come back later (5xx); a request
+    may be retried. Subscriptions never raise it: they reconnect on their own."""
+
+    code = "unavailable"
+
+
+class Disconnected(ClientError):
+    """The gateway closed the connection and asked the client not to come back: close 4001
+    (`POST /users/{sub}/disconnect`, a revoked token) or 1008 (policy: the token expired or is
+    refused, the origin or host is not allowed). Every subscription of the client raises it.
+    `close_code` and `reason` are the close frame's."""
+
+    code = "disconnected"
+
+    def __init__(self, close_code: int, reason: str) -> None:
+        super().__init__(
+            f"the gateway closed the connection ({close_code}): {reason or 'no reason'}"
+        )
+        self.close_code = close_code
+        self.reason = reason

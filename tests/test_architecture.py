@@ -75,6 +75,12 @@ ALLOWED_UPWARD: Final[dict[tuple[str, str], str]] = {
 }
 
 SANS_IO_FORBIDDEN: Final = frozenset({"asyncio", "socket", "starlette", "uvicorn", "redis"})
+CLIENT_MAY_IMPORT: Final = frozenset(
+    {"gateway.client", "gateway.errors", "gateway.vocabulary", "gateway.events"}
+)
+"""What `gateway.client` may use of the package: the shared words, never the server's parts
+(it runs in services that have no gateway in them). Nor starlette, uvicorn or redis."""
+SERVER_LIBRARIES: Final = frozenset({"starlette", "uvicorn", "redis"})
 BELOW_BACKENDS_FORBIDDEN: Final = (
     "gateway.transports",
     "gateway.api",
@@ -206,6 +212,22 @@ def test_backends_import_nothing_above_them() -> None:
         for imp in all_imports()
         if under(imp.importer, "gateway.backends")
         and any(under(imp.imported, prefix) for prefix in BELOW_BACKENDS_FORBIDDEN)
+    ]
+    assert not offending, offending
+
+
+def test_the_client_imports_no_server_part() -> None:
+    offending = [
+        where(imp)
+        for imp in all_imports()
+        if under(imp.importer, "gateway.client")
+        and (
+            imp.imported.partition(".")[0] in SERVER_LIBRARIES
+            or (
+                in_package(imp.imported)
+                and not any(under(imp.imported, allowed) for allowed in CLIENT_MAY_IMPORT)
+            )
+        )
     ]
     assert not offending, offending
 
