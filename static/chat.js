@@ -6,6 +6,7 @@
 
 import {$, el} from '/static/dom.js';
 
+const PRESENCE_RETRIES = 8;  // reads of an empty list while our own subscribe is on its way
 const PRESENCE_PAGES = 10; // at most 10 pages of the room's members on join; the count stays exact
 const PRESENCE_PAGE = 100;
 
@@ -65,8 +66,8 @@ export function startChat(gw) {
 
   // --- who is online ----------------------------------------------------------------------
 
-  async function loadPresence(current) {
-    setPresenceState(current, 'loading');
+  async function loadPresence(current, attempt = 0) {
+    if (attempt === 0) setPresenceState(current, 'loading');
     let cursor = null;
     const found = [];
     for (let page = 0; page < PRESENCE_PAGES; page += 1) {
@@ -100,6 +101,12 @@ export function startChat(gw) {
       if (!cursor) break;
     }
     if (room !== current) return;
+    if (found.length === 0 && current.online.size === 0 && attempt < PRESENCE_RETRIES) {
+      // This page is in the room, so the list cannot be empty: the read overtook our own
+      // subscribe on its way to the gateway (and our own join event with it). Read again.
+      setTimeout(() => loadPresence(current, attempt + 1), 200 * (attempt + 1));
+      return;
+    }
     // Joins heard meanwhile are already in; a leave heard meanwhile wins over the snapshot.
     for (const entry of found) {
       if (!current.left.has(entry.client) && !current.online.has(entry.client)) {

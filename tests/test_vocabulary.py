@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from gateway.backends.redis_keys import BEGIN_ATTEMPT_LUA, LUA_PRELUDE, PUBLISH_LUA
-from gateway.client import JOB_EXIT_CODES
+from gateway.client.terminal import JOB_EXIT_CODES
 from gateway.vocabulary import (
     JOB_TERMINAL_STATUSES,
     JOB_TERMINAL_TYPES,
