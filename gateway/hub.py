@@ -190,16 +190,7 @@ class Hub:
         after = parse_event_id(since) if since is not None else None
         if channel in subscriber.channels:
             return Attached(True)
-        state = subscriber.channels[channel] = ChannelState(after)
-        METRICS.subscriptions.inc()
-        self._subscribers.setdefault(channel, set()).add(subscriber)
-        try:
-            await self._ensure_subscribed(channel)
-            if self.membership is not None:
-                await self.membership.joined(subscriber, channel, member)
-        except BaseException:
-            await self.detach(subscriber, channel)
-            raise
+        state = await self._join(subscriber, channel, ChannelState(after), member)
         return await self._replay(subscriber, channel, state, since, on_history)
 
     async def hold(
@@ -211,7 +202,14 @@ class Hub:
         if channel in subscriber.channels:
             return
         # A new state keeps live events in its buffer until the replay reaches them.
-        subscriber.channels[channel] = ChannelState(None)
+        await self._join(subscriber, channel, ChannelState(None), member)
+
+    async def _join(
+        self, subscriber: Subscriber, channel: str, state: ChannelState, member: Member | None
+    ) -> ChannelState:
+        """Register the subscriber on the channel (its bus subscription, its presence); undone
+        if that fails, so a failed subscribe leaves nothing behind."""
+        subscriber.channels[channel] = state
         METRICS.subscriptions.inc()
         self._subscribers.setdefault(channel, set()).add(subscriber)
         try:
@@ -221,6 +219,7 @@ class Hub:
         except BaseException:
             await self.detach(subscriber, channel)
             raise
+        return state
 
     async def release(
         self,
