@@ -6,7 +6,7 @@
 
 import {$, el} from '/static/dom.js';
 
-const PRESENCE_RETRIES = 8;  // reads of an empty list while our own subscribe is on its way
+const PRESENCE_REFRESHES = [1000, 3000];  // re-reads (ms after the last): the first read can overtake our own subscribe
 const PRESENCE_PAGES = 10; // at most 10 pages of the room's members on join; the count stays exact
 const PRESENCE_PAGE = 100;
 
@@ -34,7 +34,7 @@ export function startChat(gw) {
     $('room-title').textContent = `#${name}`;
     $('room').hidden = false;
     $('chat-error').textContent = '';
-    const current = {channel, nick, online: new Map(), left: new Set(), unsubscribe: null};
+    const current = {channel, nick, online: new Map(), changedAt: new Map(), unsubscribe: null};
     room = current;
     current.unsubscribe = gw.subscribe(channel, (event) => {
       if (event.type === 'presence.join' || event.type === 'presence.leave') {
@@ -66,8 +66,9 @@ export function startChat(gw) {
 
   // --- who is online ----------------------------------------------------------------------
 
-  async function loadPresence(current, attempt = 0) {
-    if (attempt === 0) setPresenceState(current, 'loading');
+  async function loadPresence(current, refresh = 0) {
+    if (refresh === 0) setPresenceState(current, 'loading');
+    const started = Date.now();
     let cursor = null;
     const found = [];
     for (let page = 0; page < PRESENCE_PAGES; page += 1) {
@@ -101,32 +102,30 @@ export function startChat(gw) {
       if (!cursor) break;
     }
     if (room !== current) return;
-    if (found.length === 0 && current.online.size === 0 && attempt < PRESENCE_RETRIES) {
-      // This page is in the room, so the list cannot be empty: the read overtook our own
-      // subscribe on its way to the gateway (and our own join event with it). Read again.
-      setTimeout(() => loadPresence(current, attempt + 1), 200 * (attempt + 1));
-      return;
-    }
-    // Joins heard meanwhile are already in; a leave heard meanwhile wins over the snapshot.
+    // The snapshot is newer than what was heard of a client before the read began; a join or
+    // leave heard since wins over it.
+    const listed = new Set(found.map((entry) => entry.client));
     for (const entry of found) {
-      if (!current.left.has(entry.client) && !current.online.has(entry.client)) {
-        current.online.set(entry.client, entry);
-      }
+      if ((current.changedAt.get(entry.client) || 0) < started) current.online.set(entry.client, entry);
+    }
+    for (const client of [...current.online.keys()]) {
+      if (!listed.has(client) && (current.changedAt.get(client) || 0) < started) current.online.delete(client);
     }
     setPresenceState(current, 'live');
+    // Our own subscribe travels through the shared connection and may reach the gateway after
+    // this read; until it is live we hear no joins (ours included). Read again to settle.
+    if (refresh < PRESENCE_REFRESHES.length) {
+      setTimeout(() => { if (room === current) loadPresence(current, refresh + 1); }, PRESENCE_REFRESHES[refresh]);
+    }
   }
 
   function presenceChanged(current, event) {
     const entry = event.data || {};
     if (!entry.client) return;
     const joined = event.type === 'presence.join';
-    if (joined) {
-      current.left.delete(entry.client);
-      current.online.set(entry.client, entry);
-    } else {
-      current.left.add(entry.client);
-      current.online.delete(entry.client);
-    }
+    current.changedAt.set(entry.client, Date.now());
+    if (joined) current.online.set(entry.client, entry);
+    else current.online.delete(entry.client);
     $('messages').append(el('li', {class: 'notice'}, `${nameOf(entry)} ${joined ? 'joined' : 'left'}`));
     renderOnline(current);
   }

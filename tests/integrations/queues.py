@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,16 @@ from tests.support import collect_sse, wait_until, ws_client, ws_send, ws_until
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 TERMINAL = {"job.completed", "job.failed", "job.cancelled"}
+
+
+def run_readme_app(app_dir: Path, env: Mapping[str, str]) -> str:
+    """Run the README's app (`resizer.py`, written into `app_dir`) as a user would; it prints
+    the job's status path last. Returns the job id (the task id)."""
+    sent = subprocess.run(
+        [sys.executable, "resizer.py"], cwd=app_dir, env=env, capture_output=True, text=True
+    )
+    assert sent.returncode == 0, sent.stderr
+    return sent.stdout.strip().splitlines()[-1].split("/")[2]
 
 
 def readme_example(heading: str) -> str:

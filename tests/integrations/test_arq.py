@@ -10,7 +10,6 @@ for it (`gateway.integrations.job_token`), as a browser would be given it.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from tests.integrations.queues import (
     history_types,
     job,
     readme_example,
+    run_readme_app,
     wait_for_job,
     worker_env,
 )
@@ -135,11 +135,7 @@ def _follow(gateway: GatewayProcess, job_id: str, timeout: float = 20) -> Any:
 def test_readme_example_followed_over_sse_and_websocket(
     app_dir: Path, env: dict[str, str], worker: QueueWorker, gateway: GatewayProcess, pool: Any
 ) -> None:
-    sent = subprocess.run(
-        [sys.executable, "resizer.py"], cwd=app_dir, env=env, capture_output=True, text=True
-    )
-    assert sent.returncode == 0, sent.stderr
-    job_id = sent.stdout.strip().splitlines()[-1].split("/")[2]
+    job_id = run_readme_app(app_dir, env)
 
     sse, ws, data = _follow(gateway, job_id)
 

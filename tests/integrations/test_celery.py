@@ -6,7 +6,6 @@ in a module of the test's own, which the worker loads as its app (`-A more_tasks
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 import uuid
@@ -26,6 +25,7 @@ from tests.integrations.queues import (
     history_types,
     job,
     readme_example,
+    run_readme_app,
     worker_env,
 )
 from tests.support import GatewayProcess, http_receiver, wait_until
@@ -128,12 +128,7 @@ def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
 def test_readme_example_followed_over_sse_and_websocket(
     app_dir: Path, env: dict[str, str], worker: QueueWorker, gateway: GatewayProcess
 ) -> None:
-    sent = subprocess.run(
-        [sys.executable, "resizer.py"], cwd=app_dir, env=env, capture_output=True, text=True
-    )
-    assert sent.returncode == 0, sent.stderr
-    path = sent.stdout.strip().splitlines()[-1]
-    job_id = path.split("/")[2]
+    job_id = run_readme_app(app_dir, env)
 
     sse, ws, data = _follow(gateway, job_id)
 

@@ -7,7 +7,6 @@ other jobs sit beside it in a module of the test's own.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from tests.integrations.queues import (
     history_types,
     job,
     readme_example,
+    run_readme_app,
     wait_for_job,
     worker_env,
 )
@@ -102,11 +102,7 @@ def _follow(gateway: GatewayProcess, job_id: str, timeout: float = 20) -> Any:
 def test_readme_example_followed_over_sse_and_websocket(
     app_dir: Path, env: dict[str, str], worker: QueueWorker, gateway: GatewayProcess
 ) -> None:
-    sent = subprocess.run(
-        [sys.executable, "resizer.py"], cwd=app_dir, env=env, capture_output=True, text=True
-    )
-    assert sent.returncode == 0, sent.stderr
-    job_id = sent.stdout.strip().splitlines()[-1].split("/")[2]
+    job_id = run_readme_app(app_dir, env)
 
     sse, ws, data = _follow(gateway, job_id)
 
