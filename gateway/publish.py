@@ -21,6 +21,7 @@ import httpx
 import redis
 
 from gateway.backends.redis_keys import PUBLISH_LUA, publish_call
+from gateway.backends.redis_sync import sync_redis
 from gateway.backends.url import REDIS, backend_kind
 from gateway.errors import EventTooLarge
 from gateway.errors import EventTooLargeError as EventTooLargeError
@@ -33,8 +34,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 @cache
 def _redis_script(redis_url: str) -> Any:
-    client = redis.Redis.from_url(redis_url)
-    return client.register_script(PUBLISH_LUA)
+    return sync_redis(redis_url).register_script(PUBLISH_LUA)
 
 
 def publish(

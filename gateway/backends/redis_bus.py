@@ -17,12 +17,13 @@ from redis.exceptions import RedisError
 from gateway.backends.bus import Bus, History, JobUpdate
 from gateway.backends.redis_connection import RedisConnection
 from gateway.backends.redis_keys import (
-    JOB_STREAM,
     PUBLISH_LUA,
     bus_channel,
     event_from_entry,
     publish_call,
     published,
+    queue_keys,
+    queue_partition,
     stream_key,
 )
 from gateway.errors import BackendUnavailable
@@ -103,7 +104,10 @@ class RedisBus(Bus):
             # caches the compiled script by its hash, so EVAL costs only the bytes.
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.eval(PUBLISH_LUA, len(keys), *keys, *args)
-                pipe.xadd(JOB_STREAM, {"job": job.job_id})
+                stream, _delayed = queue_keys(
+                    queue_partition(job.job_id, self.settings.queue_partitions)
+                )
+                pipe.xadd(stream, {"job": job.job_id})
                 entry_id, _queued = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"publish to {channel} and enqueue: {exc}") from exc

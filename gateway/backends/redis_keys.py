@@ -7,6 +7,7 @@ Cluster keeps each channel's keys on one shard.
 
 from __future__ import annotations
 
+import zlib
 from importlib import resources
 from typing import Any
 
@@ -22,6 +23,20 @@ WORKER_GROUP = "workers"
 JOB_INDEX = "gw:{jobs}:index"
 WEBHOOK_SCHEDULE = "gw:{webhooks}:due"
 WEBHOOK_PAYLOADS = "gw:{webhooks}:payloads"
+
+
+def queue_keys(partition: int) -> tuple[str, str]:
+    """One queue partition's stream and delayed set. Both share the partition's hash tag (one
+    slot: a script or MULTI may touch them together); partitions differ, so a Cluster spreads
+    them over its shards. Partition 0 keeps the names a one-stream queue always had."""
+    if partition == 0:
+        return JOB_STREAM, DELAYED_JOBS
+    return f"gw:{{jobs:{partition}}}", f"gw:{{jobs:{partition}}}:delayed"
+
+
+def queue_partition(job_id: str, partitions: int) -> int:
+    """The partition a job is queued on: a stable hash of its id, the same in every process."""
+    return zlib.crc32(job_id.encode()) % partitions if partitions > 1 else 0
 
 
 def stream_key(channel: str) -> str:

@@ -191,6 +191,14 @@ class Settings(BaseSettings):
     max_attempts: int = setting(
         3, env="GATEWAY_MAX_ATTEMPTS", ge=1, le=1000, help="deliveries before a job fails"
     )
+    queue_partitions: int = setting(
+        1,
+        env="GATEWAY_QUEUE_PARTITIONS",
+        ge=1,
+        le=256,
+        help="streams the job queue is spread over (each its own hash slot, so a Redis "
+        "Cluster spreads jobs over its shards); every gateway and worker must use the same",
+    )
     slow_consumer_queue: int = setting(
         1000,
         env="GATEWAY_SLOW_CONSUMER_QUEUE",
