@@ -54,6 +54,7 @@ HEARTBEAT_RANGE = (1.0, 3600.0)
 TOKEN_EXPIRED_RETRY_MS = 3_600_000
 """The `retry:` after a token expired: an hour, so a client without a new token stays quiet."""
 DELIVERED = METRICS.delivered
+WRITES = METRICS.socket_writes
 HEADERS = [
     # No charset parameter: SSE is always UTF-8, and clients compare the type exactly
     # (fetch-event-source's README checks `content-type === 'text/event-stream'`).
@@ -340,6 +341,7 @@ class _Stream(Outbound):
             if not self.wire.write(event.sse_chunk):
                 return False
             DELIVERED["sse"] += 1
+            WRITES["sse"] += 1
             if self.response.end_after_terminal and event.terminal:
                 self._end()
             return True
@@ -359,6 +361,7 @@ class _Stream(Outbound):
             self.retry_line = retry_line
             return False
         DELIVERED["sse"] += events
+        WRITES["sse"] += 1
         if ends:
             self._end()
         return True

@@ -57,6 +57,7 @@ EVICT_GRACE = 5.0
 FAIR_SHARE = 64
 """Ops read from one client in a row before letting others run (frames arrive in bursts)."""
 DELIVERED = METRICS.delivered
+WRITES = METRICS.socket_writes
 
 
 class Connection(Outbound):
@@ -286,11 +287,13 @@ class Connection(Outbound):
                 if not self._wire.write(item.ws_wire):
                     return False
                 DELIVERED["ws"] += 1
-                return True
-            return self._wire.write(ws_wire_frame(item))
-        if not self._wire.write(b"".join(map(ws_wire_frame, items))):
-            return False
-        DELIVERED["ws"] += count_events(items)
+            elif not self._wire.write(ws_wire_frame(item)):
+                return False
+        else:
+            if not self._wire.write(b"".join(map(ws_wire_frame, items))):
+                return False
+            DELIVERED["ws"] += count_events(items)
+        WRITES["ws"] += 1
         return True
 
     async def write_batch(self, items: list[Item]) -> int | None:
