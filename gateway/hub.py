@@ -206,8 +206,9 @@ class Hub:
         to resume it with `since`, `gateway.control`). `member` as for `attach`."""
         if channel in subscriber.channels:
             return
-        # A new state keeps live events in its buffer until the replay reaches them.
-        await self._join(subscriber, channel, ChannelState(None), member)
+        state = ChannelState(None)
+        state.held = True
+        await self._join(subscriber, channel, state, member)
 
     async def _join(
         self, subscriber: Subscriber, channel: str, state: ChannelState, member: Member | None
@@ -240,6 +241,9 @@ class Hub:
             return Attached(True)
         if since is not None:
             state.last = max(state.last, parse_event_id(since))
+        # From here live events are kept until the replay reaches them: the history read
+        # below is sent after this, so it has every event let go while held.
+        state.held = False
         return await self._replay(subscriber, channel, state, since, on_history)
 
     async def _replay(

@@ -35,11 +35,14 @@ class ChannelState:
     being held.
     """
 
-    __slots__ = ("behind", "behind_from", "buffer", "last", "live", "replay")
+    __slots__ = ("behind", "behind_from", "buffer", "held", "last", "live", "replay")
 
     def __init__(self, after: EventKey | None) -> None:
         self.last: EventKey = after or (0, 0)
         self.live = False
+        self.held = False
+        """Subscribed but not started (`Hub.hold`): live events are let go, as the history
+        read that starts it has every one of them; so a held subscription keeps nothing."""
         self.buffer: list[Event] | None = []
         self.replay: asyncio.Task[None] | None = None
         self.behind = 0
@@ -125,6 +128,8 @@ class Subscriber:
         if state is None:
             return
         if not state.live:
+            if state.held:
+                return
             if state.buffer is not None:
                 state.buffer.append(event)
             else:

@@ -86,3 +86,31 @@ async def test_overflow_marks_the_subscriber_and_frees_its_queue() -> None:
         await backend.bus.publish("room:slow", "message", n)
     assert slow.overflowed and evicted == [True]
     assert len(slow.queue) == 0
+
+
+async def test_a_held_subscription_keeps_nothing_and_starts_without_gap() -> None:
+    """Live events while a server-side subscription is held are let go (history has them), so
+    a busy channel cannot grow a held connection's memory; release replays them in order."""
+    backend = open_memory(Settings())
+    hub = Hub(backend.bus)
+    subscriber = Subscriber("ws", 5000)
+    await hub.hold(subscriber, "room:held")
+    for n in range(3000):
+        await backend.bus.publish("room:held", "message", n)
+    state = subscriber.channels["room:held"]
+    assert not state.buffer, "a held subscription buffers nothing"
+    assert subscriber.take() == []
+    await hub.release(subscriber, "room:held", None)
+    for _ in range(200):
+        if subscriber.channels["room:held"].live:
+            break
+        await asyncio.sleep(0.01)
+    await backend.bus.publish("room:held", "message", "after")
+    datas: list[object] = []
+    for _ in range(200):
+        datas += [item.to_dict()["data"] for item in subscriber.take()]  # type: ignore[union-attr]
+        if datas and datas[-1] == "after":
+            break
+        await asyncio.sleep(0.01)
+    retained = Settings().retention_for("room:held").size
+    assert datas == [*range(3000 - retained, 3000), "after"]

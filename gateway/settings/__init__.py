@@ -514,7 +514,7 @@ class Settings(BaseSettings):
         ("room",),
         env="GATEWAY_PRESENCE",
         help="namespaces whose subscribers are listed and counted across every gateway "
-        "(`GET /channels/{ch}/presence`, WebSocket op `presence`); empty: none",
+        "(`GET /channels/{ch}/presence`, WebSocket op `presence`); `none`: none",
     )
     presence_events: Namespaces = setting(
         ("room",),
