@@ -452,11 +452,13 @@ def start_publisher(
     *,
     channel: str | None = None,
     channels: int = 1,
+    script: str = "publisher.py",
 ) -> subprocess.Popen[str]:
-    """One publisher process for all steps: one JSON line per finished step on stdout."""
+    """One publisher process for all steps: one JSON line per finished step on stdout.
+    `script`: `busy_publisher.py` for the `busy` scenario (pipelined, many channels)."""
     cmd = [
         PY,
-        str(BENCH / "publisher.py"),
+        str(BENCH / script),
         "--target",
         server.target,
         "--channel",
@@ -547,6 +549,7 @@ def fanout(
             a.grace,
             channel=channel,
             channels=n if many_channels else channel_count,
+            script="busy_publisher.py" if busy else "publisher.py",
         )
         pub_ps = psutil.Process(pub_proc.pid)
         c0 = (
