@@ -13,6 +13,7 @@ gateway server, worker(s), Redis), from psutil over the measured window. See ben
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib.util
 import json
@@ -284,10 +285,10 @@ def drain_run(a: argparse.Namespace, system: str, workers: int, job_type: str) -
         for i in range(workers):
             cmd, env = worker_cmd(system, redis.url, i)
             procs.append(spawn(cmd, workdir / f"worker{i}.log", env))
-        roles = {"worker": lambda: [p for w in procs for p in tree(w.pid)]}
-        redis_ps = tree(redis.proc.pid)
         try:
-            samples = watch_drain(system, r, total, procs, redis_ps, roles["worker"], a)
+            samples = watch_drain(
+                system, r, total, procs, redis, lambda: [p for w in procs for p in tree(w.pid)], a
+            )
         finally:
             for w in procs:
                 stop(w)
@@ -316,35 +317,55 @@ def drain_run(a: argparse.Namespace, system: str, workers: int, job_type: str) -
         return row
 
 
+def connected(procs: list[subprocess.Popen[Any]], port: int) -> bool:
+    """Every worker process (or one of its children) holds a connection to Redis: its start-up
+    (imports, the heavy part) is over."""
+    for w in procs:
+        conns = []
+        for p in tree(w.pid):
+            with contextlib.suppress(psutil.Error):
+                conns += p.net_connections(kind="tcp")
+        if not any(c.raddr and c.raddr.port == port for c in conns):
+            return False
+    return True
+
+
 def watch_drain(
     system: str,
     r: Any,
     total: int,
     procs: list[subprocess.Popen[Any]],
-    redis_ps: list[psutil.Process],
+    redis: Redis,
     worker_ps: Callable[[], list[psutil.Process]],
     a: argparse.Namespace,
 ) -> list[tuple[float, int, float, float]]:
-    """Poll every few ms: (time, remaining, worker CPU, Redis CPU) at the first progress and at
-    the end (all done, or `a.drain_seconds` after the first progress)."""
+    """Poll every few ms: (time, remaining, worker CPU, Redis CPU) when every worker has
+    started (connected to Redis) and a job has finished, and at the end (all done, or
+    `a.drain_seconds` later). Jobs finished before the window opens are not counted: a second
+    worker still importing would otherwise count against the two-worker figure."""
+    redis_ps = tree(redis.proc.pid)
     start_deadline = time.monotonic() + 90  # the workers' start-up, on a loaded machine
     first: tuple[float, int, float, float] | None = None
+    all_up = False
     ps: list[psutil.Process] = []
     while True:
         left = remaining(system, r)
         now = time.monotonic()
         if first is None:
-            if left < total:
+            all_up = all_up or connected(procs, redis.port)
+            if left == 0:
+                raise RuntimeError(f"{system}: drained before every worker had started")
+            if all_up and left < total:
                 ps = worker_ps()
                 first = (now, left, cpu_s(ps), cpu_s(redis_ps))
             elif now > start_deadline:
-                raise RuntimeError(f"{system}: no job finished within 90 s of starting workers")
+                raise RuntimeError(f"{system}: workers not draining within 90 s of start")
             for w in procs:
                 if w.poll() is not None:
                     raise RuntimeError(f"{system} worker exited with {w.returncode}")
         elif left == 0 or now - first[0] > a.drain_seconds:
             return [first, (now, left, cpu_s(ps), cpu_s(redis_ps))]
-        time.sleep(0.002)
+        time.sleep(0.005)
 
 
 def roundtrip_run(a: argparse.Namespace, system: str, job_type: str) -> dict[str, Any]:
@@ -390,9 +411,7 @@ def publish_runs(a: argparse.Namespace) -> list[dict[str, Any]]:
     from bench.run import publish_throughput
 
     with fresh_redis() as (redis, workdir):
-        ns = argparse.Namespace(
-            gw_args=[], duration=a.seconds, clients=a.publishers, batch=a.batch
-        )
+        ns = argparse.Namespace(gw_args=[], duration=a.seconds, clients=a.publishers, batch=a.batch)
         rows = publish_throughput(ns, redis, workdir)
     for row in rows:
         row["system"] = "gateway"
@@ -505,7 +524,7 @@ def table(summary: list[dict[str, Any]]) -> str:
             "drain": "Drain of pre-enqueued no-op jobs (first finished -> last)",
             "publish": "Publish (gateway)",
         }[sc]
-        lines.append(f"\n{title}: {unit} median (range); CPU ms per {unit[:-2]} by process")
+        lines.append(f"\n{title}: {unit} median (range); CPU ms per {unit[:-3]} by process")
         for e in rows:
             cpu = "  ".join(f"{k} {v:.3f}" for k, v in e["cpu_ms"].items())
             ratio = e.get("gateway_best_over_peer")
@@ -654,8 +673,15 @@ def main(argv: list[str] | None = None) -> None:
                             rows.append(tag([roundtrip_run(a, system, job_type)], rnd)[0])
                     except (RuntimeError, subprocess.TimeoutExpired) as exc:
                         log(f"{sc} {system} failed: {exc}")
-                        rows.append({"scenario": "error", "system": system, "of": sc, "round": rnd,
-                                     "error": str(exc)[-2000:]})
+                        rows.append(
+                            {
+                                "scenario": "error",
+                                "system": system,
+                                "of": sc,
+                                "round": rnd,
+                                "error": str(exc)[-2000:],
+                            }
+                        )
     finally:
         stop_all()
     summary = summarize([r for r in rows if r["scenario"] != "error"])
