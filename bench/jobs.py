@@ -497,7 +497,7 @@ def add_ratios(summary: list[dict[str, Any]]) -> None:
 
 
 def fmt_rate(s: dict[str, float]) -> str:
-    return f"{s['median']:>9,.0f} ({s['min']:,.0f}–{s['max']:,.0f})"
+    return f"{s['median']:>9,.0f} ({s['min']:,.0f}-{s['max']:,.0f})"
 
 
 def table(summary: list[dict[str, Any]]) -> str:
@@ -513,8 +513,8 @@ def table(summary: list[dict[str, Any]]) -> str:
                 p50, p99 = e["p50_ms"], e["p99_ms"]
                 ratio = e.get("gateway_over_peer_p50")
                 lines.append(
-                    f"{e['system']:8} {p50['median']:>8.2f} ({p50['min']:.2f}–{p50['max']:.2f})"
-                    f"{'':4} {p99['median']:>8.2f} ({p99['min']:.2f}–{p99['max']:.2f})"
+                    f"{e['system']:8} {p50['median']:>8.2f} ({p50['min']:.2f}-{p50['max']:.2f})"
+                    f"{'':4} {p99['median']:>8.2f} ({p99['min']:.2f}-{p99['max']:.2f})"
                     + (f"   gateway p50 / this: {ratio}" if ratio else "")
                 )
             continue
@@ -652,6 +652,7 @@ def main(argv: list[str] | None = None) -> None:
     out = a.out or BENCH / "results" / f"jobs-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    load_before = [round(x, 1) for x in os.getloadavg()]
     t_begin = time.monotonic()
     try:
         for rnd in range(a.rounds):
@@ -693,6 +694,7 @@ def main(argv: list[str] | None = None) -> None:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            "load_average_at_start": load_before,
             "load_average": [round(x, 1) for x in os.getloadavg()],
         },
         "gateway_job_type": job_type,
@@ -701,8 +703,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     doc = {"meta": meta, "summary": summary, "runs": rows}
     (out / "results.json").write_text(json.dumps(doc, indent=1))
+    load = meta["machine"]["load_average"][0]  # type: ignore[index]
     title = (
-        f"{meta['command']} · {stamp} · {os.cpu_count()} CPUs · load {meta['machine']['load_average'][0]}"
+        f"{meta['command']} · {stamp} · {os.cpu_count()} CPUs · load {load}"
         f" · median of {a.rounds} round(s), bars = range"
     )
     plot(summary, out / "jobs.png", title)

@@ -779,8 +779,9 @@ the route or the function."""
 
 
 def publish_paths(port: int) -> list[str]:
-    import gateway
     import httpx
+
+    import gateway
 
     paths = ["http"]
     probe = httpx.post(
