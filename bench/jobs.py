@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ from bench.run import (
 )
 
 SYSTEMS = ("gateway", "bullmq", "celery", "rq", "arq")
+GATEWAY_STREAM = "gw:{jobs}"
+"""The gateway's job stream (queue partition 0: the benchmark runs one partition)."""
 SCENARIOS = ("enqueue", "drain", "roundtrip", "publish")
 BULLMQ_DIR = BENCH / "node" / "bullmq"
 BIN = Path(PY).parent
@@ -98,18 +101,54 @@ def unavailable(system: str) -> str | None:
     return None
 
 
-def gateway_job_type() -> str:
-    """`noop` when this checkout's gateway has it, else `sleep` with 0 s (one progress step)."""
-    from gateway.jobs.registry import REGISTRY
+PROBE = """
+import json, gateway
+from gateway.jobs.registry import REGISTRY
+REGISTRY.load_modules(())
+names = ("submit", "submit_many", "publish_many")
+print(json.dumps({"noop": "noop" in REGISTRY.names(), **{n: hasattr(gateway, n) for n in names}}))
+"""
 
-    REGISTRY.load_modules(())
-    return "noop" if "noop" in REGISTRY.names() else "sleep"
+
+@dataclass
+class Gateway:
+    """One gateway source checkout under test (`--tree`; this checkout by default) and what
+    its code has: `noop` (else jobs are `sleep` with 0 s, one step), `submit`, `submit_many`,
+    `publish_many`."""
+
+    system: str
+    source: Path
+    job_type: str
+    has: dict[str, bool]
+
+    @classmethod
+    def probe(cls, system: str, source: Path) -> Gateway:
+        env = {**os.environ, "PYTHONPATH": str(source)}
+        done = subprocess.run(
+            [PY, "-c", PROBE], cwd=source, env=env, capture_output=True, text=True, check=True
+        )
+        has = json.loads(done.stdout.strip().splitlines()[-1])
+        return cls(system, source, "noop" if has.pop("noop") else "sleep", has)
 
 
-def gateway_has(name: str) -> bool:
-    import gateway
+TREES: dict[str, Gateway] = {}
+"""The gateway systems of this run by name: `gateway`, or `gateway@<label>` per `--tree`."""
 
-    return hasattr(gateway, name)
+
+def is_gateway(system: str) -> bool:
+    return system.startswith("gateway")
+
+
+def parse_trees(values: list[str]) -> list[tuple[str, Path]]:
+    """`--tree [LABEL=]PATH` values -> (system name, checkout); none: this checkout."""
+    if not values:
+        return [("gateway", ROOT)]
+    out = []
+    for value in values:
+        label, _, path = value.rpartition("=")
+        source = Path(path).resolve()
+        out.append((f"gateway@{label or source.name}", source))
+    return out
 
 
 def route_exists(port: int, path: str, body: dict[str, Any]) -> bool:
@@ -119,10 +158,18 @@ def route_exists(port: int, path: str, body: dict[str, Any]) -> bool:
     return r.status_code in (200, 202, 207)
 
 
+def start_worker(system: str, redis_url: str, workdir: Path, index: int) -> subprocess.Popen[Any]:
+    """One worker process of `system` (a gateway's from its own checkout)."""
+    log_path = workdir / f"worker{index}.log"
+    if is_gateway(system):
+        env = {"REDIS_URL": redis_url, **GATEWAY_LIMITS}
+        return spawn([PY, "-m", "gateway", "worker"], log_path, env, TREES[system].source)
+    cmd, env = worker_cmd(system, redis_url, index)
+    return spawn(cmd, log_path, env)
+
+
 def worker_cmd(system: str, redis_url: str, index: int) -> tuple[list[str], dict[str, str]]:
     env = {"BENCH_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)}
-    if system == "gateway":
-        return [PY, "-m", "gateway", "worker"], {"REDIS_URL": redis_url, **GATEWAY_LIMITS}
     if system == "celery":
         cmd = [PY, "-m", "celery", "-A", "bench.peers.celery_app", "worker", "-P", "solo"]
         cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
@@ -138,10 +185,8 @@ def remaining(system: str, r: Any) -> int:
     """Jobs not yet finished (queued or running), read from Redis the way each system keeps
     them: one snapshot in one round trip."""
     pipe = r.pipeline(transaction=False)
-    if system == "gateway":
-        from gateway.backends.redis_keys import queue_keys
-
-        pipe.xlen(queue_keys(0)[0])
+    if is_gateway(system):
+        pipe.xlen(GATEWAY_STREAM)
     elif system == "celery":
         pipe.llen("celery")
         pipe.hlen("unacked")
@@ -175,20 +220,27 @@ def client_cmd(system: str, mode: str, redis_url: str, **opts: Any) -> list[str]
     if system == "bullmq":
         cmd = ["node", str(BULLMQ_DIR / "bench.js"), mode, "--redis", redis_url]
     else:
-        cmd = [PY, str(CLIENT), "--system", system, "--mode", mode, "--redis-url", redis_url]
+        kind = "gateway" if is_gateway(system) else system
+        cmd = [PY, str(CLIENT), "--system", kind, "--mode", mode, "--redis-url", redis_url]
+        if is_gateway(system):
+            cmd += ["--job-type", TREES[system].job_type]
     for key, value in opts.items():
         if value is not None:
             cmd += [f"--{key.replace('_', '-')}", str(value)]
     return cmd
 
 
-def run_client(cmd: list[str], watch: dict[str, list[psutil.Process]], timeout: float) -> Any:
+def run_client(
+    system: str, cmd: list[str], watch: dict[str, list[psutil.Process]], timeout: float
+) -> Any:
     """Run a producer to completion; CPU seconds of each watched role over its whole run are
-    added to its JSON answer as `cpu` (the producer reports its own measured window)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    added to its JSON answer as `cpu` (the producer reports its own measured window). A
+    gateway's producer runs its checkout's code (first on the path, working directory)."""
+    source = TREES[system].source if is_gateway(system) else ROOT
+    env = {**os.environ, "PYTHONPATH": str(source)}
     before = {role: cpu_s(ps) for role, ps in watch.items()}
     done = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        cmd, cwd=source, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:6])} failed:\n{done.stderr[-3000:]}")
@@ -201,23 +253,24 @@ def per_job_ms(cpu: float, jobs: int) -> float | None:
     return round(1000 * cpu / jobs, 4) if jobs else None
 
 
-def enqueue_runs(a: argparse.Namespace, system: str, job_type: str) -> list[dict[str, Any]]:
+def enqueue_runs(a: argparse.Namespace, system: str) -> list[dict[str, Any]]:
     """Each API of `system`: one producer process, as fast as it goes, for `a.seconds`."""
     out = []
     with fresh_redis() as (redis, workdir):
         server = None
         apis = PEER_APIS.get(system, [])
-        if system == "gateway":
-            server = Server("gw-ws", redis, workdir, gw_args=[])
+        if is_gateway(system):
+            gw = TREES[system]
+            server = Server("gw-ws", redis, workdir, gw_args=[], source=gw.source)
             apis = ["http"]
-            job = {"type": job_type} if job_type == "noop" else {"type": "sleep", "data": {}}
+            job = {"type": "noop"} if gw.job_type == "noop" else {"type": "sleep", "data": {}}
             if route_exists(server.port, "/jobs/batch", {"jobs": [job]}):
                 apis.append("http-batch")
-            if gateway_has("submit"):
+            if gw.has["submit"]:
                 apis.append("submit")
-            if gateway_has("submit_many"):
+            if gw.has["submit_many"]:
                 apis.append("submit-many")
-            if not gateway_has("submit"):
+            if not gw.has["submit"]:
                 apis.append("create")
         try:
             for api in apis:
@@ -227,6 +280,7 @@ def enqueue_runs(a: argparse.Namespace, system: str, job_type: str) -> list[dict
                     watch["gateway"] = server.procs()
                 url = f"http://127.0.0.1:{server.port}" if server else None
                 res = run_client(
+                    system,
                     client_cmd(
                         system,
                         "enqueue",
@@ -234,7 +288,6 @@ def enqueue_runs(a: argparse.Namespace, system: str, job_type: str) -> list[dict
                         api=api,
                         seconds=a.seconds,
                         batch=a.batch,
-                        job_type=job_type if system == "gateway" else None,
                         url=url,
                     ),
                     watch,
@@ -260,13 +313,14 @@ def enqueue_runs(a: argparse.Namespace, system: str, job_type: str) -> list[dict
     return out
 
 
-def drain_run(a: argparse.Namespace, system: str, workers: int, job_type: str) -> dict[str, Any]:
+def drain_run(a: argparse.Namespace, system: str, workers: int) -> dict[str, Any]:
     """Fill the queue with no-op jobs, start `workers` worker processes, and time the drain from
     the first finished job to the last (start-up excluded), bounded by `a.drain_seconds`."""
     import redis as redis_py
 
     with fresh_redis() as (redis, workdir):
         fill = run_client(
+            system,
             client_cmd(
                 system,
                 "fill",
@@ -274,7 +328,6 @@ def drain_run(a: argparse.Namespace, system: str, workers: int, job_type: str) -
                 count=a.drain_jobs,
                 seconds=a.fill_seconds,
                 batch=a.batch,
-                job_type=job_type if system == "gateway" else None,
             ),
             {},
             a.fill_seconds + 120,
@@ -283,10 +336,7 @@ def drain_run(a: argparse.Namespace, system: str, workers: int, job_type: str) -
         total = remaining(system, r)
         if total < fill["count"] * 0.9:
             raise RuntimeError(f"{system}: filled {fill['count']} but {total} are queued")
-        procs = []
-        for i in range(workers):
-            cmd, env = worker_cmd(system, redis.url, i)
-            procs.append(spawn(cmd, workdir / f"worker{i}.log", env))
+        procs = [start_worker(system, redis.url, workdir, i) for i in range(workers)]
         try:
             samples = watch_drain(
                 system, r, total, procs, redis, lambda: [p for w in procs for p in tree(w.pid)], a
@@ -370,21 +420,24 @@ def watch_drain(
         time.sleep(0.005)
 
 
-def roundtrip_run(a: argparse.Namespace, system: str, job_type: str) -> dict[str, Any]:
+def roundtrip_run(a: argparse.Namespace, system: str) -> dict[str, Any]:
     import numpy as np
 
     with fresh_redis() as (redis, workdir):
-        server = Server("gw-ws", redis, workdir, gw_args=[]) if system == "gateway" else None
-        cmd, env = worker_cmd(system, redis.url, 0)
-        worker = spawn(cmd, workdir / "worker.log", env)
+        server = (
+            Server("gw-ws", redis, workdir, gw_args=[], source=TREES[system].source)
+            if is_gateway(system)
+            else None
+        )
+        worker = start_worker(system, redis.url, workdir, 0)
         try:
             res = run_client(
+                system,
                 client_cmd(
                     system,
                     "roundtrip",
                     redis.url,
                     jobs=a.rt_jobs,
-                    job_type=job_type if system == "gateway" else None,
                     url=f"http://127.0.0.1:{server.port}" if server else None,
                 ),
                 {},
@@ -409,14 +462,15 @@ def roundtrip_run(a: argparse.Namespace, system: str, job_type: str) -> dict[str
     return row
 
 
-def publish_runs(a: argparse.Namespace) -> list[dict[str, Any]]:
+def publish_runs(a: argparse.Namespace, system: str) -> list[dict[str, Any]]:
     from bench.run import publish_throughput
 
+    gw = TREES[system]
     with fresh_redis() as (redis, workdir):
         ns = argparse.Namespace(gw_args=[], duration=a.seconds, clients=a.publishers, batch=a.batch)
-        rows = publish_throughput(ns, redis, workdir)
+        rows = publish_throughput(ns, redis, workdir, source=gw.source, has=gw.has)
     for row in rows:
-        row["system"] = "gateway"
+        row["system"] = system
         log(f"publish {row['via']}: {row['events_s']:,} events/s")
     return rows
 
@@ -431,7 +485,7 @@ def key_of(row: dict[str, Any]) -> tuple[str, str, str]:
     if sc == "drain":
         return sc, row["system"], f"{row['workers']} worker{'s' if row['workers'] > 1 else ''}"
     if sc == "publish":
-        return sc, "gateway", row["via"]
+        return sc, row["system"], row["via"]
     return sc, row["system"], "one at a time"
 
 
@@ -487,12 +541,14 @@ def add_ratios(summary: list[dict[str, Any]]) -> None:
     gateway's best overall when it has no call of that kind; drain: the same worker count;
     round trip: p50 and p99). Rates: > 1 means the gateway is faster; latency: < 1 does."""
     best: dict[tuple[str, str], float] = {}
+    gateways = [e["system"] for e in summary if is_gateway(e["system"])]
+    reference = gateways[-1] if gateways else None
 
     def keep(key: tuple[str, str], value: float) -> None:
         best[key] = max(best.get(key, 0.0), value)
 
     for e in summary:
-        if e["system"] != "gateway":
+        if e["system"] != reference:
             continue
         if e["scenario"] == "enqueue":
             keep(("enqueue", e["kind"]), e["rate"]["median"])
@@ -503,7 +559,7 @@ def add_ratios(summary: list[dict[str, Any]]) -> None:
             best[("roundtrip", "p50")] = e["p50_ms"]["median"]
             best[("roundtrip", "p99")] = e["p99_ms"]["median"]
     for e in summary:
-        if e["system"] == "gateway":
+        if is_gateway(e["system"]):
             continue
         if e["scenario"] == "roundtrip" and ("roundtrip", "p50") in best:
             e["gateway_over_peer"] = {
@@ -548,7 +604,7 @@ def table(summary: list[dict[str, Any]]) -> str:
         title = {
             "enqueue": "Enqueue, one producer process",
             "drain": "Drain of pre-enqueued no-op jobs (first finished -> last)",
-            "publish": "Publish (gateway)",
+            "publish": "Publish (gateway, one publisher process per path unless --publishers)",
         }[sc]
         lines.append(f"\n{title}: {unit} median (range); CPU ms per {unit[:-3]} by process")
         for e in rows:
@@ -570,7 +626,10 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     colors = {
-        "gateway": "#1f77b4",
+        **{
+            name: ("#1f77b4", "#17becf", "#7f7f7f", "#bcbd22")[i % 4]
+            for i, name in enumerate(TREES)
+        },
         "bullmq": "#d62728",
         "celery": "#2ca02c",
         "rq": "#9467bd",
@@ -651,6 +710,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rt-jobs", type=int, default=None, help="round trip: jobs")
     p.add_argument("--batch", type=int, default=100, help="jobs/events per batch call")
     p.add_argument("--publishers", type=int, default=1, help="publish: producer processes")
+    p.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="[LABEL=]PATH",
+        help="run the gateway from this source checkout (repeatable: each one is a system, "
+        "`gateway@LABEL`, taking its turn like the peers; ratios to the peers use the last)",
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None, help="also write the PNG here")
     a = p.parse_args(argv)
@@ -676,9 +743,16 @@ def main(argv: list[str] | None = None) -> None:
             log(f"skipping {s}: {why}")
             skipped[s] = why
             systems.remove(s)
-    job_type = gateway_job_type()
-    if job_type != "noop":
-        log("this gateway has no `noop` job type: gateway jobs are `sleep` with 0 s, 1 step")
+    if "gateway" in systems:
+        at = systems.index("gateway")
+        trees = parse_trees(a.tree)
+        for name, source in trees:
+            if not (source / "gateway" / "__main__.py").exists():
+                p.error(f"--tree {source}: not a gateway source checkout")
+            TREES[name] = Gateway.probe(name, source)
+            if TREES[name].job_type != "noop":
+                log(f"{name} has no `noop` job type: its jobs are `sleep` with 0 s, 1 step")
+        systems[at : at + 1] = [name for name, _ in trees]
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = a.out or BENCH / "results" / f"jobs-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
@@ -690,19 +764,18 @@ def main(argv: list[str] | None = None) -> None:
             order = systems[rnd % len(systems) :] + systems[: rnd % len(systems)]
             log(f"round {rnd + 1}/{a.rounds}: {', '.join(order)}")
             for sc in scenarios:
-                if sc == "publish":
-                    if "gateway" in systems:
-                        rows.extend(tag(publish_runs(a), rnd))
-                    continue
                 for system in order:
                     try:
-                        if sc == "enqueue":
-                            rows.extend(tag(enqueue_runs(a, system, job_type), rnd))
+                        if sc == "publish":
+                            if is_gateway(system):
+                                rows.extend(tag(publish_runs(a, system), rnd))
+                        elif sc == "enqueue":
+                            rows.extend(tag(enqueue_runs(a, system), rnd))
                         elif sc == "drain":
                             for k in (1, 2):
-                                rows.append(tag([drain_run(a, system, k, job_type)], rnd)[0])
+                                rows.append(tag([drain_run(a, system, k)], rnd)[0])
                         else:
-                            rows.append(tag([roundtrip_run(a, system, job_type)], rnd)[0])
+                            rows.append(tag([roundtrip_run(a, system)], rnd)[0])
                     except (RuntimeError, subprocess.TimeoutExpired) as exc:
                         log(f"{sc} {system} failed: {exc}")
                         rows.append(
@@ -728,7 +801,10 @@ def main(argv: list[str] | None = None) -> None:
             "load_average_at_start": load_before,
             "load_average": [round(x, 1) for x in os.getloadavg()],
         },
-        "gateway_job_type": job_type,
+        "gateway_trees": {
+            name: {"source": str(gw.source), "job_type": gw.job_type, "has": gw.has}
+            for name, gw in TREES.items()
+        },
         "skipped": skipped,
         "elapsed_s": round(time.monotonic() - t_begin, 1),
     }

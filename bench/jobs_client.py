@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # `bench.peers`, after the gateway
 
 WARMUP = 20
 """Round trips not counted (connections, code paths, scripts loaded)."""
@@ -52,7 +52,7 @@ def gateway_sender(args: Any, api: str) -> tuple[Callable[[], int], Callable[[],
     job = gateway_job(args)
     os.environ["REDIS_URL"] = args.redis_url
     if api in ("http", "http-batch"):
-        from bench.rawhttp import RawHTTP
+        from rawhttp import RawHTTP  # bench/, this script's folder
 
         client = RawHTTP(args.url)
         if api == "http":
@@ -161,9 +161,8 @@ async def gateway_roundtrips(args: Any) -> list[float]:
     """`POST /jobs` (raw keep-alive client), then a WebSocket subscriber of the job's channel
     (one connection for the run) waits for `job.completed`."""
     import orjson
+    from rawhttp import RawHTTP  # bench/, this script's folder
     from websockets.asyncio.client import connect
-
-    from bench.rawhttp import RawHTTP
 
     body = orjson.dumps(gateway_job(args))
     http = RawHTTP(args.url)

@@ -75,8 +75,7 @@ def make_sender(args: Any) -> Callable[[int], int | None]:
         return send_many
     if args.target in ("http", "http-batch"):
         import orjson
-
-        from bench.rawhttp import RawHTTP
+        from rawhttp import RawHTTP  # bench/, this script's folder
 
         client = RawHTTP(args.url)
 

@@ -778,11 +778,15 @@ PUBLISH_PATHS = {
 the route or the function."""
 
 
-def publish_paths(port: int) -> list[str]:
+def publish_paths(port: int, has: dict[str, bool] | None = None) -> list[str]:
+    """The publish paths to measure: the batch ones only where the gateway under test has them
+    (`has`: its `publish_many`, probed in its checkout; else this checkout's)."""
     import httpx
 
-    import gateway
+    if has is None:
+        import gateway
 
+        has = {"publish_many": hasattr(gateway, "publish_many")}
     paths = ["http"]
     probe = httpx.post(
         f"http://127.0.0.1:{port}/events/batch",
@@ -792,21 +796,28 @@ def publish_paths(port: int) -> list[str]:
     if probe.status_code in (200, 202, 207):
         paths.append("http-batch")
     paths.append("gateway")
-    if hasattr(gateway, "publish_many"):
+    if has.get("publish_many"):
         paths.append("python-many")
     return paths
 
 
-def publish_throughput(a: argparse.Namespace, redis: Redis, workdir: Path) -> list[dict[str, Any]]:
+def publish_throughput(
+    a: argparse.Namespace,
+    redis: Redis,
+    workdir: Path,
+    source: Path = ROOT,
+    has: dict[str, bool] | None = None,
+) -> list[dict[str, Any]]:
     """Events/s accepted with `a.clients` publisher processes (each one call at a time) on each
-    publish path, and the CPU per event of the gateway server and Redis over the same window."""
-    server = Server("gw-ws", redis, workdir, gw_args=a.gw_args)
+    publish path, and the CPU per event of the gateway server and Redis over the same window.
+    The server and the Python publishers run the gateway of `source` (a checkout)."""
+    server = Server("gw-ws", redis, workdir, gw_args=a.gw_args, source=source)
     batch = getattr(a, "batch", 100)
     out = []
     try:
-        for target in publish_paths(server.port):
+        for target in publish_paths(server.port, has):
             srv_ps, redis_ps = server.procs(), tree(redis.proc.pid)
-            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            env = {**os.environ, "PYTHONPATH": str(source)}
             procs = [
                 subprocess.Popen(
                     [
@@ -829,7 +840,7 @@ def publish_throughput(a: argparse.Namespace, redis: Redis, workdir: Path) -> li
                         "--url",
                         f"http://127.0.0.1:{server.port}",
                     ],
-                    cwd=ROOT,
+                    cwd=source,
                     env=env,
                     stdout=subprocess.PIPE,
                     text=True,
