@@ -586,18 +586,14 @@ def table(summary: list[dict[str, Any]]) -> str:
             continue
         if sc == "roundtrip":
             lines.append("\nRound trip, one job at a time (submit -> completion seen), ms")
-            lines.append(f"{'system':8} {'p50 median (range)':>22} {'p99 median (range)':>22}")
+            lines.append(f"{'system':13} {'p50 median (range)':>22} {'p99 median (range)':>22}")
             for e in rows:
                 p50, p99 = e["p50_ms"], e["p99_ms"]
                 ratio = e.get("gateway_over_peer")
                 lines.append(
-                    f"{e['system']:8} {p50['median']:>8.2f} ({p50['min']:.2f}-{p50['max']:.2f})"
+                    f"{e['system']:13} {p50['median']:>8.2f} ({p50['min']:.2f}-{p50['max']:.2f})"
                     f"{'':4} {p99['median']:>8.2f} ({p99['min']:.2f}-{p99['max']:.2f})"
-                    + (
-                        f"   gateway / this: p50 {ratio['p50']}, p99 {ratio['p99']}"
-                        if ratio
-                        else ""
-                    )
+                    + (f"   gw/peer: p50 {ratio['p50']}, p99 {ratio['p99']}" if ratio else "")
                 )
             continue
         unit = "events/s" if sc == "publish" else "jobs/s"
@@ -612,11 +608,44 @@ def table(summary: list[dict[str, Any]]) -> str:
             ratio = e.get("gateway_over_peer")
             flag = "" if e.get("finished_all", True) else "  (time-bounded: not all drained)"
             lines.append(
-                f"{e['system']:8} {e['variant']:28} {fmt_rate(e['rate'])}  {cpu}"
-                + (f"  gateway/this {ratio}" if ratio else "")
+                f"{e['system']:13} {e['variant']:33} {fmt_rate(e['rate'])}  {cpu}"
+                + (f"  gw/peer {ratio}" if ratio else "")
                 + flag
             )
     return "\n".join(lines)
+
+
+def markdown(summary: list[dict[str, Any]]) -> str:
+    """The summary as one Markdown table (for the README): median (range) over rounds."""
+    dash, times = "\u2013", "\u00d7"
+    lines = [
+        "| scenario | system | API / workers | median (range) | CPU ms per job or event | "
+        "gateway ÷ peer |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in summary:
+        if e["scenario"] == "roundtrip":
+            p50, p99 = e["p50_ms"], e["p99_ms"]
+            figure = (
+                f"p50 {p50['median']:.2f} ms ({p50['min']:.2f}{dash}{p50['max']:.2f}), "
+                f"p99 {p99['median']:.2f} ms ({p99['min']:.2f}{dash}{p99['max']:.2f})"
+            )
+            cpu = ""
+            ratio = e.get("gateway_over_peer")
+            ratio_text = f"p50 {ratio['p50']}{times}, p99 {ratio['p99']}{times}" if ratio else ""
+        else:
+            r = e["rate"]
+            unit = "events/s" if e["scenario"] == "publish" else "jobs/s"
+            figure = f"{r['median']:,.0f} {unit} ({r['min']:,.0f}{dash}{r['max']:,.0f})"
+            if not e.get("finished_all", True):
+                figure += " †"
+            cpu = ", ".join(f"{k} {v:.2f}" for k, v in e["cpu_ms"].items())
+            ratio_text = f"{e['gateway_over_peer']}{times}" if e.get("gateway_over_peer") else ""
+        variant = e["variant"]
+        lines.append(
+            f"| {e['scenario']} | {e['system']} | {variant} | {figure} | {cpu} | {ratio_text} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -810,6 +839,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     doc = {"meta": meta, "summary": summary, "runs": rows}
     (out / "results.json").write_text(json.dumps(doc, indent=1))
+    (out / "table.md").write_text(markdown(summary))
     load = meta["machine"]["load_average"][0]  # type: ignore[index]
     title = (
         f"{meta['command']} · {stamp} · {os.cpu_count()} CPUs · load {load}"
@@ -822,7 +852,10 @@ def main(argv: list[str] | None = None) -> None:
     errors = [r for r in rows if r["scenario"] == "error"]
     for e in errors:
         print(f"FAILED: {e['of']} {e['system']} round {e['round'] + 1}: {e['error'][-300:]}")
-    print(f"\nJSON: {out / 'results.json'}\nPNG:  {out / 'jobs.png'}  ({meta['elapsed_s']} s)")
+    print(
+        f"\nJSON: {out / 'results.json'}\nPNG:  {out / 'jobs.png'}\nMarkdown: {out / 'table.md'}"
+        f"  ({meta['elapsed_s']} s)"
+    )
 
 
 def tag(rows: list[dict[str, Any]], rnd: int) -> list[dict[str, Any]]:
