@@ -615,6 +615,68 @@ def table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def grid(summary: list[dict[str, Any]]) -> str:
+    """Systems as columns, the issue's rows (one-job enqueue, batch enqueue, drain with 1 and 2
+    workers, round trip, publish): median (range); a peer's cell also gives gateway ÷ peer."""
+    dash, times = "\u2013", "\u00d7"
+    systems = list(dict.fromkeys(e["system"] for e in summary))
+
+    def rate_cell(e: dict[str, Any], label: bool) -> str:
+        r = e["rate"]
+        text = f"{r['median']:,.0f} ({r['min']:,.0f}{dash}{r['max']:,.0f})"
+        text = f"{e['variant']}: {text}" if label else text
+        if not e.get("finished_all", True):
+            text += " \u2020"
+        if e.get("gateway_over_peer"):
+            text += f" [{e['gateway_over_peer']}{times}]"
+        return text
+
+    rows: list[tuple[str, Callable[[dict[str, Any]], bool], bool]] = [
+        (
+            "enqueue, one job per call (jobs/s)",
+            lambda e: e["scenario"] == "enqueue" and e["kind"] == "single",
+            True,
+        ),
+        (
+            "enqueue, batch calls (jobs/s)",
+            lambda e: e["scenario"] == "enqueue" and e["kind"] == "batch",
+            True,
+        ),
+        (
+            "drain, 1 worker process (jobs/s)",
+            lambda e: e["scenario"] == "drain" and e["variant"] == "1 worker",
+            False,
+        ),
+        (
+            "drain, 2 worker processes (jobs/s)",
+            lambda e: e["scenario"] == "drain" and e["variant"] == "2 workers",
+            False,
+        ),
+        ("round trip p50 / p99 (ms)", lambda e: e["scenario"] == "roundtrip", False),
+        ("publish (events/s)", lambda e: e["scenario"] == "publish", True),
+    ]
+    lines = ["| | " + " | ".join(systems) + " |", "|---" * (len(systems) + 1) + "|"]
+    for title, match, label in rows:
+        cells = []
+        for system in systems:
+            found = [e for e in summary if e["system"] == system and match(e)]
+            parts = []
+            for e in found:
+                if e["scenario"] == "roundtrip":
+                    p50, p99 = e["p50_ms"]["median"], e["p99_ms"]["median"]
+                    part = f"{p50:.1f} / {p99:.1f}"
+                    ratio = e.get("gateway_over_peer")
+                    if ratio:
+                        part += f" [{ratio['p50']}{times} / {ratio['p99']}{times}]"
+                    parts.append(part)
+                else:
+                    parts.append(rate_cell(e, label))
+            cells.append("; ".join(parts))
+        if any(cells):
+            lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(summary: list[dict[str, Any]]) -> str:
     """The summary as one Markdown table (for the README): median (range) over rounds."""
     dash, times = "\u2013", "\u00d7"
@@ -749,7 +811,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None, help="also write the PNG here")
+    p.add_argument(
+        "--from",
+        dest="from_json",
+        type=Path,
+        default=None,
+        help="measure nothing: rewrite the table, table.md and PNG of this results.json",
+    )
     a = p.parse_args(argv)
+    if a.from_json is not None:
+        report(json.loads(a.from_json.read_text()), a.from_json.parent, a.plot)
+        return
     quick = a.quick
     a.rounds = a.rounds or (2 if quick else 3)
     a.seconds = a.seconds or (1.5 if quick else 3.0)
@@ -818,8 +890,6 @@ def main(argv: list[str] | None = None) -> None:
                         )
     finally:
         stop_all()
-    summary = summarize([r for r in rows if r["scenario"] != "error"])
-    add_ratios(summary)
     meta = {
         "date": stamp,
         "command": "python -m bench jobs " + " ".join(sys.argv[2:] if argv is None else argv),
@@ -834,27 +904,45 @@ def main(argv: list[str] | None = None) -> None:
             name: {"source": str(gw.source), "job_type": gw.job_type, "has": gw.has}
             for name, gw in TREES.items()
         },
+        "rounds": a.rounds,
         "skipped": skipped,
         "elapsed_s": round(time.monotonic() - t_begin, 1),
     }
+    report({"meta": meta, "runs": rows}, out, a.plot)
+
+
+def report(doc: dict[str, Any], out: Path, also_plot: Path | None) -> None:
+    """Summarize `doc["runs"]`, write results.json, table.md and jobs.png into `out`, print."""
+    rows = doc["runs"]
+    meta = doc["meta"]
+    TREES.update(
+        {
+            name: Gateway(name, Path(t["source"]), t["job_type"], t["has"])
+            for name, t in meta.get("gateway_trees", {}).items()
+            if name not in TREES
+        }
+    )
+    summary = summarize([r for r in rows if r["scenario"] != "error"])
+    add_ratios(summary)
     doc = {"meta": meta, "summary": summary, "runs": rows}
     (out / "results.json").write_text(json.dumps(doc, indent=1))
-    (out / "table.md").write_text(markdown(summary))
-    load = meta["machine"]["load_average"][0]  # type: ignore[index]
+    (out / "table.md").write_text(grid(summary) + "\n" + markdown(summary))
+    load = meta["machine"]["load_average_at_start"][0], meta["machine"]["load_average"][0]
     title = (
-        f"{meta['command']} · {stamp} · {os.cpu_count()} CPUs · load {load}"
-        f" · median of {a.rounds} round(s), bars = range"
+        f"{meta['command']} · {meta['date']} · {meta['machine']['cpus']} CPUs · load average "
+        f"{load[0]} at start, {load[1]} at end · median of {meta.get('rounds', '?')} round(s), "
+        "bars = range"
     )
     plot(summary, out / "jobs.png", title)
-    if a.plot:
-        plot(summary, a.plot, title)
+    if also_plot:
+        plot(summary, also_plot, title)
     print(table(summary))
     errors = [r for r in rows if r["scenario"] == "error"]
     for e in errors:
         print(f"FAILED: {e['of']} {e['system']} round {e['round'] + 1}: {e['error'][-300:]}")
     print(
         f"\nJSON: {out / 'results.json'}\nPNG:  {out / 'jobs.png'}\nMarkdown: {out / 'table.md'}"
-        f"  ({meta['elapsed_s']} s)"
+        f"  ({meta.get('elapsed_s')} s)"
     )
 
 
