@@ -767,8 +767,8 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
             )
             ax.set_xscale("log")
             ax.set_xlim(10, max(e["rate"]["max"] for e in rows) * 4)
-            for y, m in zip(ys, med, strict=True):
-                ax.text(m, y, f"  {m:,.0f}", va="center", fontsize=7)
+            for y, m, e in zip(ys, med, rows, strict=True):
+                ax.text(max(m, e["rate"]["max"]), y, f"  {m:,.0f}", va="center", fontsize=7)
         ax.set_yticks(list(ys))
         ax.set_yticklabels(labels, fontsize=7)
         ax.invert_yaxis()
@@ -911,6 +911,21 @@ def main(argv: list[str] | None = None) -> None:
     report({"meta": meta, "runs": rows}, out, a.plot)
 
 
+def shown_command(command: str) -> str:
+    """The command without where its output went (`--out`, `--plot`)."""
+    words = command.split()
+    kept = []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in ("--out", "--plot"):
+            skip = True
+        elif not word.startswith(("--out=", "--plot=")):
+            kept.append(word)
+    return " ".join(kept)
+
+
 def report(doc: dict[str, Any], out: Path, also_plot: Path | None) -> None:
     """Summarize `doc["runs"]`, write results.json, table.md and jobs.png into `out`, print."""
     rows = doc["runs"]
@@ -928,9 +943,10 @@ def report(doc: dict[str, Any], out: Path, also_plot: Path | None) -> None:
     (out / "results.json").write_text(json.dumps(doc, indent=1))
     (out / "table.md").write_text(grid(summary) + "\n" + markdown(summary))
     load = meta["machine"]["load_average_at_start"][0], meta["machine"]["load_average"][0]
+    rounds = meta.get("rounds") or 1 + max((r.get("round", 0) for r in rows), default=0)
     title = (
-        f"{meta['command']} · {meta['date']} · {meta['machine']['cpus']} CPUs · load average "
-        f"{load[0]} at start, {load[1]} at end · median of {meta.get('rounds', '?')} round(s), "
+        f"{shown_command(meta['command'])} · {meta['date']} · {meta['machine']['cpus']} CPUs · "
+        f"load average {load[0]} at start, {load[1]} at end · median of {rounds} round(s), "
         "bars = range"
     )
     plot(summary, out / "jobs.png", title)
