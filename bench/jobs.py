@@ -49,8 +49,9 @@ from bench.run import (
 )
 
 SYSTEMS = ("gateway", "bullmq", "celery", "rq", "arq")
-GATEWAY_STREAM = "gw:{jobs}"
-"""The gateway's job stream (queue partition 0: the benchmark runs one partition)."""
+GATEWAY_STREAMS = ("gw:{jobs}", *(f"gw:{{jobs:{p}}}" for p in range(1, 16)))
+"""The gateway's job streams: queue partition 0 and any others (`GATEWAY_QUEUE_PARTITIONS`
+up to 16, if the environment sets it; the benchmark itself runs the default)."""
 SCENARIOS = ("enqueue", "drain", "roundtrip", "publish")
 BULLMQ_DIR = BENCH / "node" / "bullmq"
 BIN = Path(PY).parent
@@ -186,7 +187,8 @@ def remaining(system: str, r: Any) -> int:
     them: one snapshot in one round trip."""
     pipe = r.pipeline(transaction=False)
     if is_gateway(system):
-        pipe.xlen(GATEWAY_STREAM)
+        for stream in GATEWAY_STREAMS:
+            pipe.xlen(stream)
     elif system == "celery":
         pipe.llen("celery")
         pipe.hlen("unacked")
