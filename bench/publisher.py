@@ -3,7 +3,10 @@
 Targets:
   gateway  `gateway.publish(channel, ...)` straight into Redis (the Python publisher: the same
            Lua script as the gateway, so history and live delivery both happen)
-  http     `POST /channels/{ch}/events` on a running gateway (one keep-alive connection)
+  http     `POST /channels/{ch}/events` on a running gateway (one keep-alive connection, a raw
+           client: bench/rawhttp.py)
+  http-batch  `POST /events/batch`, `--batch` events per request
+  python-many `gateway.publish_many(...)`, `--batch` events per call
   redis    plain `PUBLISH ch <json>` (the raw-websockets peer)
   sio      `PUBLISH socket.io#/# <msgpack>` in the @socket.io/redis-emitter wire format
 
@@ -34,7 +37,8 @@ def make_data(seq: int, size: int) -> dict[str, Any]:
     }
 
 
-def make_sender(args: Any) -> Callable[[int], None]:
+def make_sender(args: Any) -> Callable[[int], int | None]:
+    """A function publishing event(s) from `seq` on; returns how many (None: one)."""
     channels = (
         [args.channel.replace("{i}", str(i)) for i in range(args.channels)]
         if "{i}" in args.channel
@@ -51,20 +55,53 @@ def make_sender(args: Any) -> Callable[[int], None]:
             publish(channels[seq % k], "notification", make_data(seq, args.size))
 
         return send
-    if args.target == "http":
-        import httpx
+    if args.target == "python-many":
+        import os
 
-        client = httpx.Client(base_url=args.url, timeout=10)
+        os.environ["REDIS_URL"] = args.redis_url
+        import gateway
+
+        publish_many: Any = gateway.publish_many  # type: ignore[attr-defined]
+
+        def send_many(seq: int) -> int:
+            publish_many(
+                [
+                    (channels[(seq + i) % k], "notification", make_data(seq + i, args.size))
+                    for i in range(args.batch)
+                ]
+            )
+            return int(args.batch)
+
+        return send_many
+    if args.target in ("http", "http-batch"):
+        import orjson
+        from rawhttp import RawHTTP  # bench/, this script's folder
+
+        client = RawHTTP(args.url)
 
         def send_http(seq: int) -> None:
-            r = client.post(
+            status, body = client.post(
                 f"/channels/{channels[seq % k]}/events",
-                json={"type": "notification", "data": make_data(seq, args.size)},
+                orjson.dumps({"type": "notification", "data": make_data(seq, args.size)}),
             )
-            if r.status_code != 202:
-                raise RuntimeError(f"publish failed: {r.status_code} {r.text[:200]}")
+            if status != 202:
+                raise RuntimeError(f"publish failed: {status} {body[:200]!r}")
 
-        return send_http
+        def send_batch(seq: int) -> int:
+            events = [
+                {
+                    "channel": channels[(seq + i) % k],
+                    "type": "notification",
+                    "data": make_data(seq + i, args.size),
+                }
+                for i in range(args.batch)
+            ]
+            status, body = client.post("/events/batch", orjson.dumps({"events": events}))
+            if status not in (200, 202, 207):
+                raise RuntimeError(f"batch publish failed: {status} {body[:200]!r}")
+            return int(args.batch)
+
+        return send_http if args.target == "http" else send_batch
     import redis
 
     r = redis.Redis.from_url(args.redis_url)
@@ -89,7 +126,12 @@ def make_sender(args: Any) -> Callable[[int], None]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--target", choices=["gateway", "http", "redis", "sio"], required=True)
+    p.add_argument(
+        "--target",
+        choices=["gateway", "http", "http-batch", "python-many", "redis", "sio"],
+        required=True,
+    )
+    p.add_argument("--batch", type=int, default=100, help="http-batch, python-many: per call")
     p.add_argument("--channel", default="ch")
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--rate", type=float, default=0)
@@ -110,7 +152,7 @@ def main() -> None:
         print(json.dumps(run_step(args, send, rate)), flush=True)
 
 
-def run_step(args: Any, send: Callable[[int], None], rate: float) -> dict[str, Any]:
+def run_step(args: Any, send: Callable[[int], int | None], rate: float) -> dict[str, Any]:
     """Publish at `rate` events/s (0: as fast as possible) for --duration seconds."""
     seq = 0
     t0 = time.time()
@@ -118,11 +160,12 @@ def run_step(args: Any, send: Callable[[int], None], rate: float) -> dict[str, A
     start_us = time.time_ns() // 1000
     cpu0 = time.process_time()
     if rate <= 0:
+        calls = 0
         while seq < args.max_count:
-            if (seq & 15) == 0 and time.time() >= t_end:
+            if (calls & 15) == 0 and time.time() >= t_end:
                 break
-            send(seq)
-            seq += 1
+            seq += send(seq) or 1
+            calls += 1
     else:
         while seq < args.max_count:
             now = time.time()
@@ -130,8 +173,7 @@ def run_step(args: Any, send: Callable[[int], None], rate: float) -> dict[str, A
                 break
             due = int((now - t0) * rate) + 1
             while seq < due and seq < args.max_count:
-                send(seq)
-                seq += 1
+                seq += send(seq) or 1
             delay = t0 + seq / rate - time.time()
             if delay > 0:
                 time.sleep(min(delay, 0.01))

@@ -798,15 +798,56 @@ async def _roundtrips(port: int, jobs: int) -> dict[str, Any]:
     }
 
 
-def publish_throughput(a: argparse.Namespace, redis: Redis, workdir: Path) -> list[dict[str, Any]]:
-    """Events/s accepted with `a.clients` publisher processes (each one request at a time)."""
-    server = Server("gw-ws", redis, workdir, gw_args=a.gw_args)
+PUBLISH_PATHS = {
+    "http": "POST /channels/{ch}/events",
+    "http-batch": "POST /events/batch",
+    "gateway": "gateway.publish (Python, Redis)",
+    "python-many": "gateway.publish_many (Python, Redis)",
+}
+"""publisher.py targets of the publish scenario; the batch ones only where this checkout has
+the route or the function."""
+
+
+def publish_paths(port: int, has: dict[str, bool] | None = None) -> list[str]:
+    """The publish paths to measure: the batch ones only where the gateway under test has them
+    (`has`: its `publish_many`, probed in its checkout; else this checkout's)."""
+    import httpx
+
+    if has is None:
+        import gateway
+
+        has = {"publish_many": hasattr(gateway, "publish_many")}
+    paths = ["http"]
+    probe = httpx.post(
+        f"http://127.0.0.1:{port}/events/batch",
+        json={"events": [{"channel": "bench-probe", "type": "probe", "data": None}]},
+        timeout=10,
+    )
+    if probe.status_code in (200, 202, 207):
+        paths.append("http-batch")
+    paths.append("gateway")
+    if has.get("publish_many"):
+        paths.append("python-many")
+    return paths
+
+
+def publish_throughput(
+    a: argparse.Namespace,
+    redis: Redis,
+    workdir: Path,
+    source: Path = ROOT,
+    has: dict[str, bool] | None = None,
+) -> list[dict[str, Any]]:
+    """Events/s accepted with `a.clients` publisher processes (each one call at a time) on each
+    publish path, and the CPU per event of the gateway server and Redis over the same window.
+    The server and the Python publishers run the gateway of `source` (a checkout)."""
+    server = Server("gw-ws", redis, workdir, gw_args=a.gw_args, source=source)
+    batch = getattr(a, "batch", 100)
     out = []
     try:
-        for target in ("http", "gateway"):
-            srv_ps = server.procs()
-            c0, t0 = cpu_s(srv_ps), time.monotonic()
-            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        for target in publish_paths(server.port, has):
+            srv_ps, redis_ps = server.procs(), tree(redis.proc.pid)
+            env = {**os.environ, "PYTHONPATH": str(source)}
             procs = [
                 subprocess.Popen(
                     [
@@ -815,38 +856,59 @@ def publish_throughput(a: argparse.Namespace, redis: Redis, workdir: Path) -> li
                         "--target",
                         target,
                         "--channel",
-                        server.channel,
+                        server.channel + "-{i}",
+                        "--channels",
+                        "16",
                         "--rate",
                         "0",
                         "--duration",
                         str(a.duration),
+                        "--batch",
+                        str(batch),
                         "--redis-url",
                         redis.url,
                         "--url",
                         f"http://127.0.0.1:{server.port}",
                     ],
-                    cwd=ROOT,
+                    cwd=source,
                     env=env,
                     stdout=subprocess.PIPE,
                     text=True,
                 )
                 for _ in range(a.clients)
             ]
+            # the publishers' start-up (imports) is not measured: their step begins after it
+            time.sleep(0.2)
+            c0, r0, t0 = cpu_s(srv_ps), cpu_s(redis_ps), time.monotonic()
             results = []
             for p in procs:
-                stdout, _ = p.communicate(timeout=a.duration + 30)
+                stdout, _ = p.communicate(timeout=a.duration + 60)
+                if p.returncode != 0:
+                    raise RuntimeError(f"publisher {target} exited with {p.returncode}")
                 results.append(json.loads(stdout.strip().splitlines()[-1]))
             wall = time.monotonic() - t0
+            # the window the servers' CPU covers: from the earliest step start to now
+            first_us = min(r["start_us"] for r in results)
+            wall = min(wall, max(0.001, time.time() - first_us / 1e6))
+            events = sum(r["count"] for r in results)
+            events_s = sum(r["achieved_rate"] for r in results)
+            server_cpu, redis_cpu = cpu_s(srv_ps) - c0, cpu_s(redis_ps) - r0
             out.append(
                 {
                     "scenario": "publish",
-                    "via": "POST /channels/{ch}/events"
-                    if target == "http"
-                    else "gateway.publish (Python, Redis)",
+                    "via": PUBLISH_PATHS[target],
+                    "target": target,
                     "publishers": a.clients,
-                    "events_s": round(sum(r["achieved_rate"] for r in results)),
-                    "server_cpu_pct": round(100 * (cpu_s(srv_ps) - c0) / wall),
+                    "events": events,
+                    "events_s": round(events_s),
+                    "server_cpu_pct": round(100 * server_cpu / wall),
+                    "redis_cpu_pct": round(100 * redis_cpu / wall),
                     "publisher_cpu_pct": [round(100 * r["cpu_s"] / a.duration) for r in results],
+                    "cpu_ms_per_event": {
+                        "producer": round(1000 * sum(r["cpu_s"] for r in results) / events, 4),
+                        "gateway": round(1000 * server_cpu / events, 4),
+                        "redis": round(1000 * redis_cpu / events, 4),
+                    },
                 }
             )
     finally:
@@ -918,7 +980,8 @@ def table(results: list[dict[str, Any]]) -> str:
         elif r["scenario"] == "publish":
             lines.append(
                 f"publish   {r['via']}: {r['events_s']:,} events/s with "
-                f"{r['publishers']} publishers (server cpu {r['server_cpu_pct']}%)"
+                f"{r['publishers']} publishers (gateway cpu {r['server_cpu_pct']}%, redis "
+                f"{r.get('redis_cpu_pct')}%; CPU ms per event {r.get('cpu_ms_per_event')})"
             )
     return "\n".join(lines)
 
