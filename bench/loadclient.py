@@ -9,7 +9,9 @@ SIGTERM/SIGINT or --max-seconds, then writes `<out>.json` (summary) and `<out>.t
 (int64 arrays: send timestamp µs, latency µs) for the orchestrator to slice into steps.
 
 `--path` may contain `{i}` (the connection's index, offset by --index-base) so that each
-connection subscribes to its own channel.
+connection subscribes to its own channel, and `{c0}`..`{c<K-1>}` with `--channel-count C`: the
+K channel numbers of connection i, (i + j*(C//K)) % C, spread evenly over C channels (the
+`busy` scenario: each client on K of C busy channels).
 """
 
 from __future__ import annotations
@@ -258,7 +260,7 @@ async def main(args: Any) -> None:
 
     async def one(index: int) -> None:
         nonlocal failed
-        path = args.path.replace("{i}", str(args.index_base + index))
+        path = connection_path(args.path, args.index_base + index, args.channel_count)
         async with sem:
             fut: asyncio.Future[bool] = loop.create_future()
             transport = None
@@ -315,6 +317,18 @@ async def main(args: Any) -> None:
         t.abort()
 
 
+SLOT = re.compile(r"\{c(\d+)\}")
+
+
+def connection_path(template: str, index: int, channel_count: int) -> str:
+    path = template.replace("{i}", str(index))
+    slots = len(set(SLOT.findall(path)))
+    if not slots:
+        return path
+    stride = max(1, channel_count // slots)
+    return SLOT.sub(lambda m: str((index + int(m.group(1)) * stride) % channel_count), path)
+
+
 def dump(out: str, res: dict[str, Any], st: Stats) -> None:
     with open(out + ".json", "w") as f:
         json.dump(res, f)
@@ -333,6 +347,7 @@ def cli() -> None:
     p.add_argument("--ready-token", default="", help="WS: ready once a frame contains this")
     p.add_argument("-n", type=int, default=1000)
     p.add_argument("--index-base", type=int, default=0)
+    p.add_argument("--channel-count", type=int, default=1, help="C for `{cJ}` in --path")
     p.add_argument("--concurrency", type=int, default=100)
     p.add_argument("--max-seconds", type=float, default=300)
     p.add_argument("--out", required=True)

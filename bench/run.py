@@ -334,6 +334,7 @@ class Clients:
         tag: str,
         path: str | None = None,
         max_seconds: float = 600,
+        channel_count: int = 1,
     ) -> None:
         self.outs = [str(workdir / f"{tag}.client{i}") for i in range(k)]
         self.procs: list[subprocess.Popen[str]] = []
@@ -363,6 +364,8 @@ class Clients:
                 server.subprotocol,
                 "--ready-token",
                 server.ready_token,
+                "--channel-count",
+                str(channel_count),
             ]
             base += count
             err = open(self.outs[i] + ".err", "w")  # noqa: SIM115 - closed with the process
@@ -449,11 +452,13 @@ def start_publisher(
     *,
     channel: str | None = None,
     channels: int = 1,
+    script: str = "publisher.py",
 ) -> subprocess.Popen[str]:
-    """One publisher process for all steps: one JSON line per finished step on stdout."""
+    """One publisher process for all steps: one JSON line per finished step on stdout.
+    `script`: `busy_publisher.py` for the `busy` scenario (pipelined, many channels)."""
     cmd = [
         PY,
-        str(BENCH / "publisher.py"),
+        str(BENCH / script),
         "--target",
         server.target,
         "--channel",
@@ -497,6 +502,7 @@ def fanout(
     rates: list[float],
     *,
     many_channels: bool = False,
+    busy: tuple[int, int] | None = None,
     source: Path = ROOT,
     variant: str | None = None,
     via: str = "direct",
@@ -504,7 +510,9 @@ def fanout(
     """Step the offered rate until delivery falls behind; one server, one set of clients.
     `source`: the checkout whose gateway is served (`--tree`); `variant`: a name in
     `VARIANTS`, the settings the gateway runs with (`--presence`); `via`: "nginx" puts
-    deploy/nginx/gateway.conf between the clients and the server."""
+    deploy/nginx/gateway.conf between the clients and the server. `busy` (K, C): each client
+    subscribes to K of C channels (spread evenly, N*K/C clients per channel) and the events go
+    round-robin over the C channels: a `rate` of events/s in all, rate/C per channel."""
     env_extra = VARIANTS[variant] if variant else None
     server = Server(name, redis, workdir, gw_args=a.gw_args, source=source, env_extra=env_extra)
     steps: list[dict[str, Any]] = []
@@ -512,12 +520,19 @@ def fanout(
         server.front(via, workdir)
         path = None
         channel = None
+        channel_count = 1
         if many_channels:
             channel = server.channel + "-{i}"
             path = server.path_for(channel)
+        if busy is not None:
+            per_client, channel_count = busy
+            channel = server.channel + "-{i}"
+            path = busy_path(server, per_client)
         tag = f"fanout-{name}-{n}-{server.port}{'-mc' if many_channels else ''}"
         t_conn = time.monotonic()
-        clients = Clients(server, n, a.clients, workdir, tag, path=path)
+        clients = Clients(
+            server, n, a.clients, workdir, tag, path=path, channel_count=channel_count
+        )
         log(
             f"{name}: {clients.connected} connected, {clients.failed} failed "
             f"in {time.monotonic() - t_conn:.1f}s"
@@ -533,7 +548,8 @@ def fanout(
             a.duration,
             a.grace,
             channel=channel,
-            channels=n if many_channels else 1,
+            channels=n if many_channels else channel_count,
+            script="busy_publisher.py" if busy else "publisher.py",
         )
         pub_ps = psutil.Process(pub_proc.pid)
         c0 = (
@@ -578,7 +594,7 @@ def fanout(
             }
             c0 = c1
             steps.append(step)
-            fans = 1 if many_channels else clients.connected
+            fans = 1 if many_channels else clients.connected * channel_count_share(busy)
             log(
                 f"{name}: offered {rate:g} ev/s (~{rate * fans:,.0f} deliveries/s), "
                 f"server cpu {step['cpu_pct']['server']}%"
@@ -594,8 +610,9 @@ def fanout(
     for step in steps:
         mask = (ts >= step.pop("start_us")) & (ts <= step.pop("end_us"))
         got = lat[mask]
-        # Many channels: each event goes to the one client on its channel.
-        receivers = 1 if many_channels else connected
+        # Many channels: each event goes to the one client on its channel; busy: to the
+        # N*K/C clients on its channel.
+        receivers = 1 if many_channels else connected * channel_count_share(busy)
         expected = step["published"] * receivers
         window = step["published"] / max(step["pub_rate"], 1e-9)
         step["delivered"] = int(got.size)
@@ -617,8 +634,10 @@ def fanout(
         elif not broken and (best is None or step["delivered_s"] > best):
             best = step["delivered_s"]
     closed = sum(i["closed"] for i in infos)
+    extra = {} if busy is None else {"per_client": busy[0], "channel_count": busy[1]}
     return {
-        "scenario": "channels" if many_channels else "fanout",
+        **extra,
+        "scenario": "channels" if many_channels else "busy" if busy else "fanout",
         "server": name,
         "via": via,
         "tree": variant or str(source),
@@ -633,6 +652,17 @@ def fanout(
         "steps": steps,
         "client_connect_s": [round(i["connect_s"], 2) for i in infos],
     }
+
+
+def busy_path(server: Server, per_client: int) -> str:
+    """The path of a client on `per_client` channels, `{c<j>}` filled in by loadclient."""
+    channels = [f"{server.channel}-{{c{j}}}" for j in range(per_client)]
+    return server.path_for(channels[0]) + "".join("&channel=" + ch for ch in channels[1:])
+
+
+def channel_count_share(busy: tuple[int, int] | None) -> float:
+    """The share of all clients on one channel: 1 for fan-out, K/C for `busy`."""
+    return 1.0 if busy is None else busy[0] / busy[1]
 
 
 def _errors(infos: list[dict[str, Any]]) -> dict[str, int]:
@@ -897,11 +927,16 @@ def label(result: dict[str, Any]) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = []
-    fan = [r for r in results if r["scenario"] in ("fanout", "channels")]
+    fan = [r for r in results if r["scenario"] in ("fanout", "channels", "busy")]
     if fan:
         lines.append(
             "\nFan-out (sustainable = highest delivered rate with every event delivered "
             f"and p99 < {P99_BOUND_MS:g} ms)"
+        )
+        lines.append(
+            "  (busy: each client on K of C channels; N*K/C deliveries per event)"
+            if any(r["scenario"] == "busy" for r in fan)
+            else ""
         )
         lines.append(
             f"{'scenario':9} {'server':12} {'N':>6} {'sustainable/s':>14} "
@@ -958,41 +993,71 @@ COMPARE_AT = (20_000, 40_000)
 def comparison(
     results: list[dict[str, Any]], trees: list[Path] | list[str]
 ) -> list[dict[str, Any]]:
-    """Server CPU % near each `COMPARE_AT` rate, per (server, N, tree), the median over
-    rounds, and its ratio to the first tree's (< 1: the tree uses less CPU there)."""
+    """Server CPU % near each `COMPARE_AT` rate, per (scenario, server, N, tree), the median
+    over rounds, and its ratio to the first tree's (< 1: the tree uses less CPU there); with
+    the server CPU per delivery (µs) and the p99 latency at that step, medians too."""
     import statistics
 
+    def median(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None
+
     rows = []
-    fan = [r for r in results if r["scenario"] == "fanout" and r.get("tree")]
-    for server, n in dict.fromkeys((r["server"], r["n"]) for r in fan):
+    fan = [r for r in results if r["scenario"] in ("fanout", "busy") and r.get("tree")]
+    for scenario, server, n in dict.fromkeys((r["scenario"], r["server"], r["n"]) for r in fan):
         base: dict[int, float] = {}
+        base_us: dict[int, float] = {}
         for src in trees:
-            runs = [r for r in fan if (r["server"], r["n"], r["tree"]) == (server, n, str(src))]
+            key = (scenario, server, n, str(src))
+            runs = [r for r in fan if (r["scenario"], r["server"], r["n"], r["tree"]) == key]
             if not runs:
                 continue
-            row: dict[str, Any] = {"server": server, "n": n, "tree": str(src), "rounds": len(runs)}
+            row: dict[str, Any] = {
+                "scenario": scenario,
+                "server": server,
+                "n": n,
+                "tree": str(src),
+                "rounds": len(runs),
+            }
             for rate in COMPARE_AT:
                 k = f"{rate // 1000}k"
-                steps = [_near(r["steps"], rate) for r in runs]
-                cpus = [st["cpu_pct"]["server"] for st in steps if st]
-                offered = [st["offered_deliveries_s"] for st in steps if st]
-                cpu = statistics.median(cpus) if cpus else None
+                steps = [st for st in (_near(r["steps"], rate) for r in runs) if st]
+                cpu = median([st["cpu_pct"]["server"] for st in steps])
+                us = median(
+                    [
+                        st["cpu_pct"]["server"] * 1e4 / st["delivered_s"]
+                        for st in steps
+                        if st["delivered_s"]
+                    ]
+                )
+                p99 = median([st["lat_ms"]["p99"] for st in steps if st["lat_ms"]["p99"]])
+                offered = median([st["offered_deliveries_s"] for st in steps])
                 row[f"cpu@{k}"] = cpu
-                row[f"offered@{k}"] = round(statistics.median(offered)) if offered else None
-                row[f"ok@{k}"] = all(st["ok"] for st in steps if st)
+                row[f"us_per_delivery@{k}"] = round(us, 2) if us is not None else None
+                row[f"p99@{k}"] = p99
+                row[f"offered@{k}"] = round(offered) if offered is not None else None
+                row[f"ok@{k}"] = all(st["ok"] for st in steps)
                 if src == trees[0] and cpu is not None:
                     base[rate] = cpu
+                if src == trees[0] and us is not None:
+                    base_us[rate] = us
                 ratio = cpu / base[rate] if cpu is not None and base.get(rate) else None
                 row[f"ratio@{k}"] = round(ratio, 3) if ratio is not None else None
+                us_ratio = us / base_us[rate] if us is not None and base_us.get(rate) else None
+                row[f"us_ratio@{k}"] = round(us_ratio, 3) if us_ratio is not None else None
             rows.append(row)
     return rows
 
 
 def comparison_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "\nBefore/after: server CPU % near 20k and 40k offered deliveries/s (median over "
-        "rounds), ratio to the first tree",
-        f"{'server':7} {'N':>6} {'cpu@20k':>8} {'ratio':>6} {'cpu@40k':>8} {'ratio':>6}  tree",
+        "\nBefore/after near 20k and 40k offered deliveries/s (medians over rounds): server "
+        "CPU %, its ratio to the first tree, server CPU µs per delivery and its ratio, p99 ms",
+        f"{'scenario':8} {'server':7} {'N':>6} "
+        + " ".join(
+            f"{'cpu@' + k:>8} {'ratio':>6} {'µs/dl':>6} {'ratio':>6} {'p99':>6}"
+            for k in ("20k", "40k")
+        )
+        + "  tree",
     ]
     for r in rows:
         cells = []
@@ -1001,7 +1066,13 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
             cpu = r[f"cpu@{k}"]
             cells.append(f"{'n/a' if cpu is None else f'{cpu:g}%{flag}':>8}")
             cells.append(f"{r[f'ratio@{k}'] if r[f'ratio@{k}'] is not None else 'n/a'!s:>6}")
-        lines.append(f"{r['server']:7} {r['n']:>6} {' '.join(cells)}  {r['tree']}")
+            cells.append(f"{r[f'us_per_delivery@{k}'] or 'n/a'!s:>6}")
+            cells.append(f"{r[f'us_ratio@{k}'] or 'n/a'!s:>6}")
+            cells.append(f"{r[f'p99@{k}'] or 'n/a'!s:>6}")
+        lines.append(
+            f"{r.get('scenario', 'fanout'):8} {r['server']:7} {r['n']:>6} {' '.join(cells)}  "
+            f"{r['tree']}"
+        )
     lines.append("  (! = that step failed its delivery/p99 bounds; its CPU is not comparable)")
     return "\n".join(lines)
 
@@ -1109,7 +1180,7 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fan = [r for r in results if r["scenario"] in ("fanout", "channels") and r["steps"]]
+    fan = [r for r in results if r["scenario"] in ("fanout", "channels", "busy") and r["steps"]]
     if not fan:
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
@@ -1167,7 +1238,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "scenario",
         nargs="?",
-        choices=["quick", "fanout", "channels", "idle", "roundtrip", "publish", "all"],
+        choices=["quick", "fanout", "channels", "busy", "idle", "roundtrip", "publish", "all"],
     )
     p.add_argument("--quick", action="store_true", help="same as the `quick` scenario")
     p.add_argument(
@@ -1217,6 +1288,18 @@ def main(argv: list[str] | None = None) -> None:
         help="fanout, idle: comma-separated, each run in turn: direct (clients to the server) "
         "or nginx (through deploy/nginx/gateway.conf); fanout with both: a table of the p99 "
         "ratio; idle: the proxy's KB per connection too",
+    )
+    p.add_argument(
+        "--per-client",
+        type=int,
+        default=10,
+        help="busy: channels each client subscribes to (K)",
+    )
+    p.add_argument(
+        "--busy-channels",
+        type=int,
+        default=50,
+        help="busy: channels in all (C), events round-robin over them; N*K/C clients each",
     )
     p.add_argument("--out", type=Path, default=None, help="directory for JSON and PNG")
     p.add_argument("--plot", type=Path, default=None, help="also write the PNG here")
@@ -1286,6 +1369,24 @@ def main(argv: list[str] | None = None) -> None:
                                         fanout(a, redis, workdir, s, n, rates, source=src, via=via)
                                     )
                                     redis.flush()
+            if sc == "busy":
+                if not 1 <= a.per_client <= a.busy_channels:
+                    p.error("--per-client must be between 1 and --busy-channels")
+                busy = (a.per_client, a.busy_channels)
+                for n in a.n or [200]:
+                    fans = n * a.per_client / a.busy_channels
+                    rates = (
+                        [float(x) for x in a.rates.split(",")]
+                        if a.rates
+                        else [d * 1000 / fans for d in (10, 20, 40, 60, 80, 100, 125)]
+                    )
+                    for s in [s for s in servers if s.startswith("gw-")]:
+                        for _ in range(a.rounds if trees else 1):
+                            for src in trees or [ROOT]:
+                                results.append(
+                                    fanout(a, redis, workdir, s, n, rates, busy=busy, source=src)
+                                )
+                                redis.flush()
             if sc in ("channels", "all"):
                 for n in a.n or [1000]:
                     rates = (

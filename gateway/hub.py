@@ -1,9 +1,11 @@
 """Local fan-out: one bus subscription per channel per process, bounded queues per connection.
 
 The bus reader hands each event to `Hub.dispatch`, which writes it straight to each local
-subscriber's socket when that socket can take it now (see `Subscriber`), and otherwise queues it
-for the connection's drain task; it never awaits a client socket. The bytes are built once per
-event (`Event.ws_wire` / `Event.sse_chunk`) and shared by every subscriber.
+subscriber's socket when that socket can take it (see `Subscriber`: all the frames one
+connection gets in one loop iteration go out in one write at its end, `DueWrites`), and
+otherwise queues it for the connection's drain task; it never awaits a client socket. The
+bytes are built once per event (`Event.ws_wire` / `Event.sse_chunk`) and shared by every
+subscriber.
 
 History is replayed in pages, each read only once the connection has written the one before
 (`Subscriber.wait_for_room`), so a client that does not read holds one page, not the channel's
@@ -27,7 +29,7 @@ from gateway.backends.presence import Member
 from gateway.errors import BackendUnavailable
 from gateway.events import Event, EventKey, parse_event_id
 from gateway.metrics import METRICS
-from gateway.outbound import ChannelState, Subscriber
+from gateway.outbound import ChannelState, DueWrites, Subscriber
 
 log = logging.getLogger("gateway.hub")
 
@@ -136,6 +138,8 @@ class Hub:
         self._held: dict[str, list[Event]] = {}
         """Live events of channels being recovered, held back until the history filled the gap."""
         self.connections: set[Subscriber] = set()
+        self.due_writes = DueWrites()
+        """Coalesces each connection's frames of one loop iteration into one write."""
         self.draining = False
         self.membership: Membership | None = None
         bus.add_listener(self.dispatch)
@@ -170,7 +174,8 @@ class Hub:
             self._last[event.channel] = event.key
         for subscriber in subscribers:
             subscriber.offer(event)
-        # Direct writes are done by now; queued ones observe their own lag when drained.
+        # Direct writes go out at the end of this loop iteration; queued ones observe their own
+        # lag when drained.
         METRICS.observe_lag(subscriber.transport, event)
 
     async def attach(
@@ -373,6 +378,7 @@ class Hub:
             await self.detach(subscriber, channel)
 
     def connect(self, subscriber: Subscriber) -> None:
+        subscriber.due_writes = self.due_writes
         self.connections.add(subscriber)
         METRICS.connections.labels(subscriber.transport).inc()
 

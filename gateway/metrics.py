@@ -46,6 +46,11 @@ class Metrics:
         self.drained: dict[str, int] = {"ws": 0, "sse": 0}
         """Event frames that waited in a connection's queue and went out through ASGI."""
         r.register(_DeliveredCollector({"direct": self.delivered, "queued": self.drained}))
+        self.socket_writes: dict[str, int] = {"ws": 0, "sse": 0}
+        """Writes to client sockets on the direct path, by transport: each carries every frame
+        due for its connection in one loop iteration (`gateway.outbound.DueWrites`), so
+        direct frames / writes is how many frames a write coalesces."""
+        r.register(_SocketWritesCollector(self.socket_writes))
         self.connections_refused = Counter(
             "gateway_connections_refused",
             "TCP connections closed on arrival (per_address: GATEWAY_MAX_CONNECTIONS_PER_CLIENT, "
@@ -151,6 +156,22 @@ class _DeliveredCollector(Collector):
         for path, counts in self._counts.items():
             for transport, count in counts.items():
                 family.add_metric([transport, path], count)
+        yield family
+
+
+class _SocketWritesCollector(Collector):
+    def __init__(self, counts: dict[str, int]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "gateway_socket_writes",
+            "Writes to client sockets on the fan-out's direct path, by transport; each carries "
+            "all the frames due for its connection in one event-loop iteration",
+            labels=["transport"],
+        )
+        for transport, count in self._counts.items():
+            family.add_metric([transport], count)
         yield family
 
 

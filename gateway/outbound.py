@@ -1,7 +1,8 @@
 """The outbound side of a connection, shared by WebSocket and SSE.
 
 `Subscriber` is what the hub delivers to: a synchronous write straight to the socket when it
-can take the bytes now, else a bounded queue. `Outbound` is the rest of a connection's write
+can take the bytes, else a bounded queue. Frames due for one connection in the same event-loop
+iteration are coalesced into one write (`DueWrites`). `Outbound` is the rest of a connection's write
 path, written once for both transports: the drain task that exists only while there is a
 backlog (`kick`), finishing after what is queued (`finish`), and the slow consumer's eviction
 (`evict`). Transports supply the bytes (`write_batch`) and what ending means for them.
@@ -11,6 +12,7 @@ The delivery of one event to many subscribers never goes through here beyond `Su
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -21,6 +23,7 @@ Transport = Literal["ws", "sse"]
 Item = Frame
 """A queued item: an event (its frame is taken at write time) or an encoded control frame."""
 DRAINED = METRICS.drained
+log = logging.getLogger("gateway.outbound")
 
 
 class ChannelState:
@@ -50,11 +53,18 @@ class Subscriber:
     """The outbound side of one connection: a direct write when possible, else a bounded queue.
 
     When the connection has a `sink` (a synchronous write straight to its socket, see
-    `gateway.transports.wire`) and nothing is queued or being written, an item is handed to the
-    sink at once: no task wakes up per subscriber per event. Otherwise it is queued and
+    `gateway.transports.wire`) and nothing is queued or being written, an item is due: it is
+    kept in `due` and handed to the sink, with every other item due for this connection, at
+    the end of the current event-loop iteration (`DueWrites`, one `call_soon` per iteration
+    for all connections, no timer): several events for one connection in one iteration (a
+    client on many busy channels, a burst read from the bus in one go, a history page) go out
+    in one socket write, and no task wakes up per subscriber per event. Without `due_writes`
+    (a subscriber no hub connected) the sink is called at once. Otherwise it is queued and
     `on_pending` asks the connection to drain the queue (through ASGI, which waits for a slow
     socket). A subscriber that lets `limit` items pile up is a slow consumer: it is marked
     `overflowed`, stops receiving, and is disconnected so it can resume from its last id.
+    Items due do not count against `limit` (they are as good as written, like the direct
+    writes they stand for), but at most `limit` of them wait: the limit-th is written at once.
     """
 
     __slots__ = (
@@ -63,6 +73,8 @@ class Subscriber:
         "_writing",
         "channels",
         "closed",
+        "due",
+        "due_writes",
         "limit",
         "named",
         "on_overflow",
@@ -83,8 +95,13 @@ class Subscriber:
         self.overflowed = False
         self.closed = False
         self._writing = False
-        self.sink: Callable[[Item], bool] | None = None
-        """Writes an item now if the socket takes it (True), else refuses (False)."""
+        self.sink: Callable[[list[Item]], bool] | None = None
+        """Writes items now, in order and in one socket write, if the socket takes them (True),
+        else refuses them all (False)."""
+        self.due: list[Item] | None = None
+        """Items for the sink, written at the end of this loop iteration (`flush`)."""
+        self.due_writes: DueWrites | None = None
+        """Where this subscriber asks for its `flush` (the hub's, set by `Hub.connect`)."""
         self.on_pending: Callable[[], None] | None = None
         """Called when items were queued or the subscriber closed: someone must drain."""
         self.on_overflow: Callable[[], None] | None = None
@@ -156,8 +173,22 @@ class Subscriber:
         if self.overflowed or self.closed:
             return
         sink = self.sink
-        if direct and sink is not None and not self.queue and not self._writing and sink(item):
-            return
+        if direct and sink is not None and not self.queue and not self._writing:
+            due = self.due
+            if due is not None:
+                due.append(item)
+                if len(due) >= self.limit:
+                    self.flush()
+                return
+            writes = self.due_writes
+            if writes is not None:
+                self.due = [item]
+                writes.add(self)
+                return
+            if sink([item]):
+                return
+        elif self.due:
+            self.flush()  # what is due goes ahead of a queued item
         if bounded and len(self.queue) >= self.limit:
             self._overflow()
             return
@@ -167,6 +198,7 @@ class Subscriber:
     def _overflow(self) -> None:
         self.overflowed = True
         self.queue = []
+        self.due = None
         METRICS.slow_consumers.labels(self.transport).inc()
         if self.on_overflow is not None:
             self.on_overflow()
@@ -182,7 +214,7 @@ class Subscriber:
         or closed. A replay reads its next page only then, so what a connection holds is
         bounded by a page however slowly it reads."""
         while not (self.overflowed or self.closed):
-            if not self.queue and not self._writing:
+            if not self.queue and not self.due and not self._writing:
                 return True
             if self._room is None:
                 self._room = asyncio.Event()
@@ -211,9 +243,26 @@ class Subscriber:
             return False
         return True
 
+    def flush(self) -> None:
+        """Write what is due in one go through the sink; if the socket refuses it now (paused
+        by flow control, closing), it goes to the front of the queue for the drain task."""
+        items, self.due = self.due, None
+        if not items or self.overflowed:
+            return
+        sink = self.sink
+        if sink is not None and not self.queue and not self._writing and sink(items):
+            if self._room is not None:
+                self._room.set()
+            return
+        self.queue[:0] = items
+        self._wake()
+
     def take(self) -> list[Item]:
-        """Everything queued so far, to be written in one go."""
+        """Everything due or queued so far, in order, to be written in one go."""
         items, self.queue = self.queue, []
+        due, self.due = self.due, None
+        if due:
+            items[:0] = due
         if self._room is not None:
             self._room.set()
         return items
@@ -221,6 +270,34 @@ class Subscriber:
     def control(self, op: str, **fields: Any) -> None:
         """Queue a control frame (`gap`, `shutdown`, ...) in this transport's framing."""
         self.put(control_frame(self.transport, op, fields, named=self.named), bounded=False)
+
+
+class DueWrites:
+    """The subscribers with items due in this loop iteration, flushed by one `call_soon`.
+
+    The callback is scheduled when the first subscriber of an iteration has something due, so
+    it runs after everything else that iteration had ready (the bus reader's whole read, every
+    event in it delivered): each connection then gets one write for all of them. No timer:
+    nothing waits longer than the iteration it arrived in.
+    """
+
+    __slots__ = ("subscribers",)
+
+    def __init__(self) -> None:
+        self.subscribers: list[Subscriber] = []
+
+    def add(self, subscriber: Subscriber) -> None:
+        if not self.subscribers:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.subscribers.append(subscriber)
+
+    def flush(self) -> None:
+        subscribers, self.subscribers = self.subscribers, []
+        for subscriber in subscribers:
+            try:
+                subscriber.flush()
+            except Exception:  # one broken connection must not keep the others' frames
+                log.exception("writing to a connection failed")
 
 
 class Outbound:
@@ -242,7 +319,7 @@ class Outbound:
         self.drainer: asyncio.Task[None] | None = None
         self.finishing = False
 
-    def attach(self, sink: Callable[[Item], bool] | None) -> None:
+    def attach(self, sink: Callable[[list[Item]], bool] | None) -> None:
         """Hook into the subscriber: `sink` writes directly when the socket allows it."""
         subscriber = self.subscriber
         if sink is not None:

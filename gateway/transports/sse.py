@@ -54,6 +54,7 @@ HEARTBEAT_RANGE = (1.0, 3600.0)
 TOKEN_EXPIRED_RETRY_MS = 3_600_000
 """The `retry:` after a token expired: an hour, so a client without a new token stays quiet."""
 DELIVERED = METRICS.delivered
+WRITES = METRICS.socket_writes
 HEADERS = [
     # No charset parameter: SSE is always UTF-8, and clients compare the type exactly
     # (fetch-event-source's README checks `content-type === 'text/event-stream'`).
@@ -326,36 +327,53 @@ class _Stream(Outbound):
             cursor = ",".join(f"{ch}@{pos}" for ch, pos in self.cursor.items() if pos)
         return self._with_retry(sse_event_frame(item, named=self.named, cursor=cursor)), ends
 
-    def _write_now(self, item: Item) -> bool:
-        """The subscriber's sink: one chunk straight to the socket, if it can take it now."""
+    def _write_now(self, items: list[Item]) -> bool:
+        """The subscriber's sink: the items' frames in one chunk straight to the socket, if it
+        can take them now. Items after the job's terminal event are dropped (the stream ends
+        after it, as `write_batch` does)."""
         assert self.wire is not None
         if self.ended or self.finishing:
             return False
-        if (
-            isinstance(item, Event)
-            and self.cursor is None
-            and not self.named
-            and self.retry_line is None
-        ):
+        if len(items) == 1 and self._plain(items[0]):
             # The common case: the event's shared chunk, encoded once for every subscriber.
-            if not self.wire.write(item.sse_chunk):
+            event = items[0]
+            assert isinstance(event, Event)
+            if not self.wire.write(event.sse_chunk):
                 return False
             DELIVERED["sse"] += 1
-            if self.response.end_after_terminal and item.terminal:
+            WRITES["sse"] += 1
+            if self.response.end_after_terminal and event.terminal:
                 self._end()
             return True
         saved = dict(self.cursor) if self.cursor is not None else None
         retry_line = self.retry_line
-        frame, ends = self._frame(item)
-        if not self.wire.write(http_chunk(frame)):
+        frames: list[bytes] = []
+        events = 0
+        ends = False
+        for item in items:
+            frame, ends = self._frame(item)
+            frames.append(frame)
+            events += isinstance(item, Event)
+            if ends:
+                break
+        if not self.wire.write(http_chunk(b"".join(frames))):
             self.cursor = saved
             self.retry_line = retry_line
             return False
-        if isinstance(item, Event):
-            DELIVERED["sse"] += 1
+        DELIVERED["sse"] += events
+        WRITES["sse"] += 1
         if ends:
             self._end()
         return True
+
+    def _plain(self, item: Item) -> bool:
+        """An event written as its shared frame: one channel, unnamed, `retry:` already sent."""
+        return (
+            isinstance(item, Event)
+            and self.cursor is None
+            and not self.named
+            and self.retry_line is None
+        )
 
     def writable(self) -> bool:
         return not self.ended
