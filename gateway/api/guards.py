@@ -77,14 +77,24 @@ def _refuse(exc: Forbidden) -> Response:
     return problem_for(exc).to_response()
 
 
-def _too_many(detail: str, wait: float) -> Response:
-    return problem_response(
+def too_many(detail: str, wait: float) -> Problem:
+    """429 with `Retry-After`: a rate limit or a connection count refused the request."""
+    return Problem(
         429,
         "Too Many Requests",
         detail,
         code="rate-limited",
         headers={"Retry-After": retry_after_header(wait)},
     )
+
+
+def _too_many(detail: str, wait: float) -> Response:
+    return too_many(detail, wait).to_response()
+
+
+def submission_key(scope: Scope, caller: Caller) -> str:
+    """Whose submission rate a request counts against: its API key, else its address."""
+    return "submit:" + (caller.api_key or client_address(scope))
 
 
 MAX_HEADER_BYTES: Final = 32 * 1024
@@ -434,8 +444,7 @@ class AccessGuard:
             needed = "this call needs an API key: Authorization: Bearer <key>"
             return _refuse(Forbidden(needed, "api_key_required"))
         if access.submission:
-            who = caller.api_key or client_address(scope)
-            wait = self.services.limits.submit.take("submit:" + who)
+            wait = self.services.limits.submit.take(submission_key(scope, caller))
             if wait > 0:
                 return _too_many("too many job submissions; slow down", wait)
         return None

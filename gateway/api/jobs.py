@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -14,9 +14,10 @@ from starlette.responses import Response
 
 from gateway.api.access import PUBLIC, SERVER, SERVER_ONLY, SUBMISSION, GuardedRoute, job_read
 from gateway.api.bodies import JobRequest
-from gateway.api.guards import caller_of
-from gateway.api.idempotency import idempotent
+from gateway.api.guards import caller_of, submission_key, too_many
+from gateway.api.idempotency import BatchClaims, idempotent
 from gateway.api.requests import (
+    batch_items,
     event_id_param,
     float_param,
     int_param,
@@ -26,11 +27,18 @@ from gateway.api.requests import (
 from gateway.api.responses import json_response
 from gateway.errors import InvalidJobData, UnsafeCallbackUrl
 from gateway.events import parse_event_id
-from gateway.jobs.model import JobRecord, create_job, job_channel, load_job, transition
+from gateway.jobs.model import (
+    JobRecord,
+    create_jobs,
+    job_channel,
+    load_job,
+    new_job,
+    transition,
+)
 from gateway.jobs.registry import field_errors
 from gateway.jobs.services import JobServices, job_services_of
 from gateway.outbound import Subscriber
-from gateway.problems import bad_request, conflict, not_found, unprocessable
+from gateway.problems import Problem, bad_request, conflict, not_found, unprocessable
 from gateway.transports.sse import EventStream, parse_positions
 from gateway.vocabulary import EventType, JobStatus
 from gateway.webhooks import check_callback_url, parse_callback_events
@@ -42,6 +50,16 @@ JobBody = TypeVar("JobBody", bound=BaseModel)
 async def submit(services: JobServices, request: JobRequest) -> JobRecord:
     """Check `data` against its type's input and create the job; shared by `POST /jobs` and
     the seed-compatible aliases (the body's own fields were checked by its model)."""
+    record, unwatched = await checked_job(services, request)
+    await create_jobs(services.backend, [record])
+    if unwatched is not None:
+        await services.occupancy.watch(record.id, unwatched)
+    return record
+
+
+async def checked_job(services: JobServices, request: JobRequest) -> tuple[JobRecord, float | None]:
+    """The new job `request` asks for (not stored yet) and its `cancel_when_unwatched`; a
+    `Problem` (422) when its type, data or callback cannot be used."""
     type_ = request.type
     spec = services.registry.get(type_)
     if spec is None:
@@ -66,16 +84,15 @@ async def submit(services: JobServices, request: JobRequest) -> JobRecord:
         raise unprocessable(  # a validator function's message names its fields itself
             f"invalid data for {type_!r}: {exc}", errors=[{"loc": "data", "msg": str(exc)}]
         ) from None
-    record = await create_job(
-        services.backend,
-        type_,
-        checked,
-        callback_url=callback_url or None,
-        callback_events=events,
-    )
-    if request.cancel_when_unwatched is not None:
-        await services.occupancy.watch(record.id, request.cancel_when_unwatched)
-    return record
+    record = new_job(type_, checked, callback_url=callback_url or None, callback_events=events)
+    return record, request.cancel_when_unwatched
+
+
+def accepted(services: JobServices, record: JobRecord) -> dict[str, Any]:
+    """The answer to a submission: the job resource and the job's own token."""
+    resource = record.resource()
+    resource["token"] = services.policy.job_token(record.id, services.settings.token_ttl)
+    return resource
 
 
 def job_body(
@@ -107,11 +124,61 @@ async def post_job(request: Request) -> Response:
 
     async def produce() -> Response:
         record = await submit(services, job_body(services, JobRequest, body))
-        resource = record.resource()
-        resource["token"] = services.policy.job_token(record.id, services.settings.token_ttl)
-        return json_response(resource, 202, headers={"Location": f"/jobs/{record.id}"})
+        return json_response(
+            accepted(services, record), 202, headers={"Location": f"/jobs/{record.id}"}
+        )
 
     return await idempotent(request, produce)
+
+
+MAX_BATCH_JOBS: Final = 1000
+"""Jobs one `POST /jobs/batch` may carry (413 beyond); the body limit applies too."""
+
+
+async def post_jobs_batch(request: Request) -> Response:
+    """`{"jobs": [<POST /jobs body>, ...]}`: each job checked, rate-limited and made idempotent
+    (`idempotency_key` in the item) as `POST /jobs` would; all accepted ones stored, announced
+    and queued in one round trip. The answer lists, in order, each job's `POST /jobs` answer or
+    the problem that refused it."""
+    services = job_services_of(request)
+    items = batch_items(await read_json_object(request), "jobs", MAX_BATCH_JOBS)
+    caller = caller_of(request.scope)
+    limiter, who = services.limits.submit, submission_key(request.scope, caller)
+    answers: list[dict[str, Any] | None] = [None] * len(items)
+    claims = BatchClaims(services.backend, services.settings.idempotency_ttl, caller.api_key)
+    chosen: list[tuple[int, JobRecord, float | None]] = []
+    for index, item in enumerate(items):
+        try:
+            if index:  # the guard took the first submission's token
+                wait = limiter.take(who)
+                if wait > 0:
+                    raise too_many("too many job submissions; slow down", wait)
+            if not isinstance(item, dict):
+                raise unprocessable(
+                    "each job is an object, as POST /jobs takes",
+                    errors=[{"loc": f"jobs.{index}", "msg": "must be an object"}],
+                )
+            replay = await claims.claim(index, item)
+            if replay is not None:
+                answers[index] = replay
+                continue
+            record, unwatched = await checked_job(services, job_body(services, JobRequest, item))
+        except Problem as problem:
+            await claims.abandon(index)
+            answers[index] = problem.body()
+            continue
+        chosen.append((index, record, unwatched))
+    try:
+        await create_jobs(services.backend, [record for _index, record, _unwatched in chosen])
+    except BaseException:
+        await claims.abandon_all()
+        raise
+    for index, record, unwatched in chosen:
+        if unwatched is not None:
+            await services.occupancy.watch(record.id, unwatched)
+        answers[index] = accepted(services, record)
+    await claims.finish(answers)
+    return json_response({"jobs": answers}, 202)
 
 
 async def get_job(request: Request) -> Response:
@@ -312,6 +379,7 @@ async def job_types(request: Request) -> Response:
 
 routes = [
     GuardedRoute("/jobs", post_job, methods=["POST"], access=SUBMISSION),
+    GuardedRoute("/jobs/batch", post_jobs_batch, methods=["POST"], access=SUBMISSION),
     GuardedRoute("/jobs", list_jobs, methods=["GET"], access=SERVER_ONLY),
     GuardedRoute("/job-types", job_types, methods=["GET"], access=PUBLIC),
     GuardedRoute("/jobs/{job_id}", get_job, methods=["GET"], access=job_read()),

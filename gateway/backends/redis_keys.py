@@ -8,10 +8,11 @@ Cluster keeps each channel's keys on one shard.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from gateway.backends.bus import JobUpdate, check_event_size
+from gateway.backends.bus import JobUpdate, NewJob, check_event_size
 from gateway.events import Event, envelope_tail, namespace_of, splice_envelope
 from gateway.metrics import METRICS
 from gateway.settings import Settings
@@ -121,6 +122,55 @@ def publish_call(
         for name, value in job.fields.items():
             args.extend((name, value))
     return keys, args, tail
+
+
+PUBLISH_LUA_SOURCE = PUBLISH_LUA.encode()
+"""publish.lua as sent with `EVAL` in pipelines (bytes: encoded once, not per call)."""
+
+
+def queue_submissions(pipe: Any, settings: Settings, jobs: Sequence[NewJob]) -> list[bytes]:
+    """Queue the submission of `jobs` on `pipe`, a non-transactional pipeline (the blocking
+    client's or the async one's: queuing is the same call on both), and return each job's
+    event tail (for `published`). The async bus and `gateway.submit` both use this, so a job
+    is stored the same way whichever way it came in.
+
+    Order: every record (`HSET`), the index entries (one `ZADD`), then for each job its first
+    event (publish.lua on the job's channel and record: one slot, atomic) and right after it
+    `XADD job <id>` on the job's queue partition, so a worker never sees a job before its
+    `job.queued`. The script goes by `EVAL` with its source: a bare `EVALSHA` could meet a
+    server that lost its scripts while the `XADD` after it still ran (Redis caches the
+    compiled script by its hash, so this costs only the bytes). The event replies are at
+    `submission_replies(len(jobs))`. Raises `EventTooLarge` before queuing anything.
+    """
+    calls = [
+        publish_call(
+            settings,
+            job.event.channel,
+            job.event.type,
+            job.event.data,
+            job.event.source,
+            job.update,
+        )
+        for job in jobs
+    ]
+    partitions = settings.queue_partitions
+    for job in jobs:
+        mapping: Any = job.fields
+        pipe.hset(job_key(job.job_id), mapping=mapping)
+    index: Any = {job.job_id: job.created_ms for job in jobs}
+    pipe.zadd(JOB_INDEX, index)
+    for job, (keys, args, _tail) in zip(jobs, calls, strict=True):
+        pipe.execute_command("EVAL", PUBLISH_LUA_SOURCE, len(keys), *keys, *args)
+        pipe.execute_command(
+            "XADD", queue_keys(queue_partition(job.job_id, partitions))[0], "*", "job", job.job_id
+        )
+    return [tail for _keys, _args, tail in calls]
+
+
+def submission_replies(replies: Sequence[Any], count: int) -> list[Any]:
+    """The event ids among the replies of a pipeline `queue_submissions` filled for `count`
+    jobs (nothing else queued before it)."""
+    return [replies[count + 1 + 2 * i] for i in range(count)]
 
 
 def event_from_entry(channel: str, entry_id: bytes, tail: bytes) -> Event:
