@@ -119,6 +119,28 @@ BATCH_KEY_FIELD = "idempotency_key"
 """An item of `POST /jobs/batch` names its key here (the header names one for the request)."""
 
 
+def item_fingerprint(item: Mapping[str, Any]) -> str:
+    """A batch item's fingerprint: its job body under `POST /jobs`, keys sorted, without its
+    `idempotency_key` (so the same job in another batch, or from `gateway.submit`, matches)."""
+    job = {name: value for name, value in item.items() if name != BATCH_KEY_FIELD}
+    return hashlib.sha256(
+        b"POST /jobs\n" + orjson.dumps(job, option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+
+
+def stored_answer(fingerprint: str, answer: Mapping[str, Any]) -> bytes:
+    """What a key keeps for a job accepted in a batch: the response `POST /jobs` would have
+    given (so a retry through either route replays it)."""
+    record = {
+        "fingerprint": fingerprint,
+        "state": "done",
+        "status": 202,
+        "headers": {"location": f"/jobs/{answer['id']}", "content-type": "application/json"},
+        "body": base64.b64encode(orjson.dumps(answer)).decode(),
+    }
+    return orjson.dumps(record)
+
+
 class BatchClaims:
     """The idempotency keys of a batch's items, in the same store and key space as the
     `Idempotency-Key` header of `POST /jobs`: claimed as each item is read, stored with the
@@ -144,10 +166,7 @@ class BatchClaims:
         if not isinstance(raw, str):
             raise bad_request(f"{BATCH_KEY_FIELD} must be a string")
         key = scoped_key(checked_key(raw, BATCH_KEY_FIELD), self.api_key)
-        job = {name: value for name, value in item.items() if name != BATCH_KEY_FIELD}
-        fingerprint = hashlib.sha256(
-            b"POST /jobs\n" + orjson.dumps(job, option=orjson.OPT_SORT_KEYS)
-        ).hexdigest()
+        fingerprint = item_fingerprint(item)
         claim = orjson.dumps({"fingerprint": fingerprint, "state": "processing"})
         stored = await self.backend.idempotency.begin(key, claim, min(IN_FLIGHT_TTL, self.ttl))
         if stored is not None:
@@ -174,16 +193,8 @@ class BatchClaims:
             if answer is None or "id" not in answer:
                 waits.append(self.backend.idempotency.abandon(key))
                 continue
-            record = {
-                "fingerprint": fingerprint,
-                "state": "done",
-                "status": 202,
-                "headers": {
-                    "location": f"/jobs/{answer['id']}",
-                    "content-type": "application/json",
-                },
-                "body": base64.b64encode(orjson.dumps(answer)).decode(),
-            }
-            waits.append(self.backend.idempotency.finish(key, orjson.dumps(record), self.ttl))
+            waits.append(
+                self.backend.idempotency.finish(key, stored_answer(fingerprint, answer), self.ttl)
+            )
         self._claimed.clear()
         await asyncio.gather(*waits)

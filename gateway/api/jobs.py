@@ -35,10 +35,11 @@ from gateway.jobs.model import (
     new_job,
     transition,
 )
-from gateway.jobs.registry import field_errors
+from gateway.jobs.registry import HandlerRegistry, field_errors
 from gateway.jobs.services import JobServices, job_services_of
 from gateway.outbound import Subscriber
 from gateway.problems import Problem, bad_request, conflict, not_found, unprocessable
+from gateway.settings import Settings
 from gateway.transports.sse import EventStream, parse_positions
 from gateway.vocabulary import EventType, JobStatus
 from gateway.webhooks import check_callback_url, parse_callback_events
@@ -60,22 +61,24 @@ async def submit(services: JobServices, request: JobRequest) -> JobRecord:
 async def checked_job(services: JobServices, request: JobRequest) -> tuple[JobRecord, float | None]:
     """The new job `request` asks for (not stored yet) and its `cancel_when_unwatched`; a
     `Problem` (422) when its type, data or callback cannot be used."""
+    record = job_from_request(services.registry, request)
+    if record.callback_url:
+        await checked_callback(record.callback_url, services.settings)
+    return record, request.cancel_when_unwatched
+
+
+def job_from_request(registry: HandlerRegistry, request: JobRequest) -> JobRecord:
+    """The job `request` asks for, its type and data checked (not its callback URL's address:
+    `checked_callback`); a `Problem` (422) when they cannot be used. `gateway.submit` checks
+    jobs with this too."""
     type_ = request.type
-    spec = services.registry.get(type_)
+    spec = registry.get(type_)
     if spec is None:
-        raise unprocessable(f"unknown job type {type_!r}", job_types=services.registry.names())
-    callback_url = request.callback_url
+        raise unprocessable(f"unknown job type {type_!r}", job_types=registry.names())
     try:
         events = parse_callback_events(request.callback_events)
     except ValueError as exc:
         raise unprocessable(str(exc)) from None
-    if callback_url:
-        try:
-            await check_callback_url(
-                callback_url, allow_private=services.settings.webhook_allow_private
-            )
-        except UnsafeCallbackUrl as exc:
-            raise unprocessable(f"callback_url refused: {exc}") from None
     try:
         checked = spec.check(request.data)
     except InvalidJobData as exc:
@@ -84,8 +87,17 @@ async def checked_job(services: JobServices, request: JobRequest) -> tuple[JobRe
         raise unprocessable(  # a validator function's message names its fields itself
             f"invalid data for {type_!r}: {exc}", errors=[{"loc": "data", "msg": str(exc)}]
         ) from None
-    record = new_job(type_, checked, callback_url=callback_url or None, callback_events=events)
-    return record, request.cancel_when_unwatched
+    return new_job(
+        type_, checked, callback_url=request.callback_url or None, callback_events=events
+    )
+
+
+async def checked_callback(callback_url: str, settings: Settings) -> None:
+    """422 for a callback URL that is not http(s) or names a private address."""
+    try:
+        await check_callback_url(callback_url, allow_private=settings.webhook_allow_private)
+    except UnsafeCallbackUrl as exc:
+        raise unprocessable(f"callback_url refused: {exc}") from None
 
 
 def accepted(services: JobServices, record: JobRecord) -> dict[str, Any]:
@@ -100,12 +112,19 @@ def job_body(
 ) -> JobBody:
     """`body` as `model`; a missing or empty job type is answered with the known job types
     (`job_types`), as an unknown one is."""
+    return parsed_job_body(services.registry, model, body, type_field)
+
+
+def parsed_job_body(
+    registry: HandlerRegistry, model: type[JobBody], body: Any, type_field: str = "type"
+) -> JobBody:
+    """`job_body` for a registry (`gateway.submit` has no services)."""
     try:
         return model.model_validate(body)
     except ValidationError as exc:
         errors = field_errors(exc)
         if any(loc == type_field for loc, _ in errors):
-            raise invalid_fields(errors, job_types=services.registry.names()) from None
+            raise invalid_fields(errors, job_types=registry.names()) from None
         raise invalid_fields(errors) from None
 
 
