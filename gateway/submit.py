@@ -49,7 +49,12 @@ from gateway.api.idempotency import (
 from gateway.api.jobs import checked_callback, job_from_request, parsed_job_body
 from gateway.auth import ChannelPolicy
 from gateway.backends.redis import open_redis
-from gateway.backends.redis_keys import idempotency_key, queue_submissions, submission_replies
+from gateway.backends.redis_keys import (
+    idempotency_key,
+    loads_script_once,
+    queue_submissions,
+    submission_replies,
+)
 from gateway.backends.redis_sync import sync_redis
 from gateway.errors import BackendUnavailable, EventTooLarge, SubmitError
 from gateway.events import now_ms
@@ -193,11 +198,12 @@ def _submit_direct(redis_url: str, bodies: list[Any], api_key: str | None) -> li
         if plain:
             created = now_ms()
             jobs = [submission(record, created) for _index, record, _unwatched in plain]
+            load = loads_script_once(redis_url, len(jobs))
             pipe = client.pipeline(transaction=False)
-            queue_submissions(pipe, settings, jobs)
+            queue_submissions(pipe, settings, jobs, load_script=load)
             replies = pipe.execute()
             for (_index, record, _unwatched), entry_id in zip(
-                plain, submission_replies(replies, len(jobs)), strict=True
+                plain, submission_replies(replies, len(jobs), load_script=load), strict=True
             ):
                 record.last_event_id = entry_id.decode()
         if extras:

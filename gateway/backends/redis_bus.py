@@ -21,6 +21,7 @@ from gateway.backends.redis_keys import (
     PUBLISH_LUA,
     bus_channel,
     event_from_entry,
+    loads_script_once,
     publish_call,
     published,
     queue_keys,
@@ -169,15 +170,16 @@ class RedisBus(Bus):
         `queue_submissions` for what it holds and why in that order."""
         if not jobs:
             return []
+        load = loads_script_once(self._connection.url, len(jobs))
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                tails = queue_submissions(pipe, self.settings, jobs)
+                tails = queue_submissions(pipe, self.settings, jobs, load_script=load)
                 replies = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"submit {len(jobs)} jobs: {exc}") from exc
         events = []
         for job, tail, entry_id in zip(
-            jobs, tails, submission_replies(replies, len(jobs)), strict=True
+            jobs, tails, submission_replies(replies, len(jobs), load_script=load), strict=True
         ):
             event = published(job.event.channel, job.event.type, tail, entry_id)
             if event is None:  # a record stored a moment ago cannot be terminal
