@@ -55,18 +55,27 @@ def scoped_key(key: str, api_key: str | None) -> str:
     return key
 
 
-async def idempotent(request: Request, produce: Callable[[], Awaitable[Response]]) -> Response:
-    """Run `produce` once per key and body; answer retries from the stored response."""
+async def idempotent(
+    request: Request,
+    produce: Callable[[], Awaitable[Response]],
+    fingerprint: str | None = None,
+) -> Response:
+    """Run `produce` once per key and body; answer retries from the stored response.
+
+    `fingerprint` stands for the request when given (`POST /jobs`: its job, as
+    `item_fingerprint` sees it, so the same key in a batch item matches); else the method,
+    path and body bytes do."""
     key = idempotency_key_of(request)
     if key is None:
         return await produce()
     services = services_of(request)
     backend = services.backend
     key = scoped_key(key, caller_of(request.scope).api_key)
-    body = await request.body()
-    fingerprint = hashlib.sha256(
-        request.method.encode() + b" " + request.url.path.encode() + b"\n" + body
-    ).hexdigest()
+    if fingerprint is None:
+        body = await request.body()
+        fingerprint = hashlib.sha256(
+            request.method.encode() + b" " + request.url.path.encode() + b"\n" + body
+        ).hexdigest()
     claim = orjson.dumps({"fingerprint": fingerprint, "state": "processing"})
     ttl = services.settings.idempotency_ttl
     stored = await backend.idempotency.begin(key, claim, min(IN_FLIGHT_TTL, ttl))

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from gateway.api.access import PUBLIC, SERVER, SERVER_ONLY, SUBMISSION, GuardedRoute, job_read
 from gateway.api.bodies import JobRequest
 from gateway.api.guards import caller_of, submission_key, too_many
-from gateway.api.idempotency import BatchClaims, idempotent
+from gateway.api.idempotency import BatchClaims, idempotent, item_fingerprint
 from gateway.api.requests import (
     batch_items,
     event_id_param,
@@ -147,7 +147,7 @@ async def post_job(request: Request) -> Response:
             accepted(services, record), 202, headers={"Location": f"/jobs/{record.id}"}
         )
 
-    return await idempotent(request, produce)
+    return await idempotent(request, produce, item_fingerprint(body))
 
 
 MAX_BATCH_JOBS: Final = 1000
