@@ -12,7 +12,7 @@ import redis
 import gateway
 from gateway.backends.redis_keys import queue_keys, queue_partition
 from gateway.errors import EventTooLargeError, InvalidChannel, SubmitError
-from tests.support import GatewayProcess, WorkerProcess, wait_until
+from tests.support import GatewayProcess, RedisServer, WorkerProcess, wait_until
 
 SLEEP = {"type": "sleep", "data": {"seconds": 0, "steps": 1}}
 
@@ -154,3 +154,29 @@ def test_without_redis_they_post_to_the_gateway(embedded_gateway: GatewayProcess
     events = httpx.get(url + "/channels/room:h/events").json()["events"]
     assert [e["id"] for e in events] == ids
     wait_until(lambda: job_status(url, job["id"]) == "completed", 20, "job completed")
+
+
+def test_publish_survives_lost_scripts_a_restart_and_a_fork(redis_server: RedisServer) -> None:
+    """`gateway.publish` keeps one connection per thread: it must reload a script Redis lost,
+    reconnect to a restarted Redis, and not share its socket with a forked child."""
+    import multiprocessing
+
+    url = redis_server.url
+    redis_server.flush()
+    client = redis.Redis.from_url(url)
+    first = gateway.publish("room:p", "message", 1, redis_url=url)
+    client.script_flush()
+    second = gateway.publish("room:p", "message", 2, redis_url=url)
+    child = multiprocessing.get_context("fork").Process(
+        target=gateway.publish, args=("room:p", "message", 3), kwargs={"redis_url": url}
+    )
+    child.start()
+    child.join(20)
+    assert child.exitcode == 0
+    third = gateway.publish("room:p", "message", 4, redis_url=url)
+    entries = [entry_id.decode() for entry_id, _f in client.xrange("gw:{room:p}:log")]
+    assert len(entries) == 4 and [first, second] == entries[:2] and entries[3] == third
+    redis_server.restart()
+    after = gateway.publish("room:p", "message", 5, redis_url=url)
+    fresh = redis.Redis.from_url(url)
+    assert [e.decode() for e, _f in fresh.xrange("gw:{room:p}:log")] == [after]
