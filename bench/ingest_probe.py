@@ -15,6 +15,7 @@ Scenarios (each item is one job or one event):
   py-submit-many   gateway.submit_many(...) --batch at a time
   py-publish       gateway.publish(...) in a loop, straight to Redis
   py-publish-many  gateway.publish_many(...) --batch at a time
+  bullmq-add, bullmq-addbulk  BullMQ's Queue.add / addBulk (--bullmq names benchpeers' script)
 
 The gateway (`python -m gateway serve`, access log off with --quiet, rate limits off, no
 embedded worker) runs from the tree under test (PYTHONPATH); its CPU per item is read from
@@ -284,6 +285,33 @@ def run_python(
     }
 
 
+def run_bullmq(a: argparse.Namespace, scenario: str, redis_url: str) -> dict[str, Any]:
+    """BullMQ's `add` / `addBulk` (benchpeers' bench.js) on the same Redis, for the ratio."""
+    api = "addBulk" if scenario == "bullmq-addbulk" else "add"
+    cmd = [
+        "node",
+        a.bullmq,
+        "enqueue",
+        "--redis",
+        redis_url,
+        "--api",
+        api,
+        "--seconds",
+        str(a.seconds),
+        "--batch",
+        str(a.batch),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.seconds + 60)
+    if out.returncode != 0:
+        return {"rate": float("nan"), "cpu_us": float("nan"), "errors": out.stderr[-300:]}
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return {
+        "rate": result["count"] / result["seconds"],
+        "cpu_us": result["cpu_s"] / max(result["count"], 1) * 1e6,
+        "errors": 0,
+    }
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in {"_load", "_python"}:
         p = argparse.ArgumentParser()
@@ -314,6 +342,12 @@ def main() -> None:
         help="gateway log level warning (no access log); --no-quiet: info",
     )
     p.add_argument("--profile", default="", help="directory for cProfile output of the gateway")
+    p.add_argument(
+        "--bullmq",
+        default="",
+        help="benchpeers' bench/node/bullmq/bench.js, for "
+        "the bullmq-add and bullmq-addbulk scenarios (node and its modules installed)",
+    )
     a = p.parse_args()
     trees = [t for t in a.trees.split(",") if t]
     scenarios = [s for s in a.scenarios.split(",") if s]
@@ -344,14 +378,19 @@ def main() -> None:
             for r in range(a.rounds):
                 for scenario in scenarios:
                     order = trees if r % 2 == 0 else list(reversed(trees))
+                    if scenario.startswith("bullmq"):
+                        order = ["bullmq"]
                     for tree in order:
                         subprocess.run(
                             ["redis-cli", "-p", str(rport), "flushall"],
                             capture_output=True,
                             check=True,
                         )
-                        run = run_http if scenario.startswith("http") else run_python
-                        result = run(a, tree, scenario, url, f"{Path(tree).name}-{r}")
+                        if scenario.startswith("bullmq"):
+                            result = run_bullmq(a, scenario, url)
+                        else:
+                            run = run_http if scenario.startswith("http") else run_python
+                            result = run(a, tree, scenario, url, f"{Path(tree).name}-{r}")
                         table.setdefault((scenario, tree), []).append(result)
                         print(
                             f"round {r} {scenario:20} {tree:24} {result['rate']:>10.0f}/s "
