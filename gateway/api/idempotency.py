@@ -58,11 +58,11 @@ def scoped_key(key: str, api_key: str | None) -> str:
 async def idempotent(
     request: Request,
     produce: Callable[[], Awaitable[Response]],
-    fingerprint: str | None = None,
+    fingerprint_of: Callable[[], str] | None = None,
 ) -> Response:
     """Run `produce` once per key and body; answer retries from the stored response.
 
-    `fingerprint` stands for the request when given (`POST /jobs`: its job, as
+    `fingerprint_of()` stands for the request when given (`POST /jobs`: its job, as
     `item_fingerprint` sees it, so the same key in a batch item matches); else the method,
     path and body bytes do."""
     key = idempotency_key_of(request)
@@ -71,7 +71,9 @@ async def idempotent(
     services = services_of(request)
     backend = services.backend
     key = scoped_key(key, caller_of(request.scope).api_key)
-    if fingerprint is None:
+    if fingerprint_of is not None:
+        fingerprint = fingerprint_of()
+    else:
         body = await request.body()
         fingerprint = hashlib.sha256(
             request.method.encode() + b" " + request.url.path.encode() + b"\n" + body

@@ -147,7 +147,7 @@ async def post_job(request: Request) -> Response:
             accepted(services, record), 202, headers={"Location": f"/jobs/{record.id}"}
         )
 
-    return await idempotent(request, produce, item_fingerprint(body))
+    return await idempotent(request, produce, lambda: item_fingerprint(body))
 
 
 MAX_BATCH_JOBS: Final = 1000
