@@ -24,6 +24,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import quote
 
+import hiredis
 import httpx
 import redis
 
@@ -161,6 +162,59 @@ def _links(redis_url: str) -> _Links:
     return _Links()
 
 
+def _connection(redis_url: str) -> Any:
+    """This thread's own connection to `redis_url` (a new one in a forked child)."""
+    link = _links(redis_url)
+    if link.connection is None or link.pid != os.getpid():
+        link.connection = sync_redis(redis_url).connection_pool.make_connection()
+        link.pid = os.getpid()
+    return link.connection
+
+
+class CommandList:
+    """Commands recorded with the pipeline calls `queue_submissions` makes (`hset`, `zadd`,
+    `execute_command`), for `run_commands`."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def hset(self, name: str, *, mapping: Mapping[str, Any]) -> None:
+        self.commands.append(("HSET", name, *(x for pair in mapping.items() for x in pair)))
+
+    def zadd(self, name: str, mapping: Mapping[str, int]) -> None:
+        scored = (x for member, score in mapping.items() for x in (score, member))
+        self.commands.append(("ZADD", name, *scored))
+
+    def execute_command(self, *args: Any) -> None:
+        self.commands.append(args)
+
+
+def run_commands(redis_url: str, commands: list[tuple[Any, ...]]) -> list[Any] | None:
+    """Send `commands` as one pipeline (packed by hiredis, one write) on this thread's
+    connection and read every reply (an error reply comes back as its exception). None when
+    the client is a Cluster client: use its pipeline instead. A connection found closed before
+    any reply came (a restarted Redis) is reopened and the commands sent again once."""
+    if not isinstance(sync_redis(redis_url), redis.Redis):
+        return None
+    packed = b"".join(hiredis.pack_command(command) for command in commands)
+    connection = _connection(redis_url)
+    for attempt in range(2):
+        replies: list[Any] = []
+        try:
+            connection.send_packed_command([packed])
+            for _command in commands:
+                try:
+                    replies.append(connection.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except (redis.ConnectionError, redis.TimeoutError):
+            connection.disconnect()
+            if attempt or replies:
+                raise
+    raise redis.RedisError("unreachable")
+
+
 def _run_publish_script(redis_url: str, keys: list[str], args: list[Any]) -> Any:
     """The publish script by hash on this thread's connection (its source when Redis lost it);
     one reconnect and resend when the connection was found closed, as redis-py's own retry
@@ -169,11 +223,7 @@ def _run_publish_script(redis_url: str, keys: list[str], args: list[Any]) -> Any
     script = _redis_script(redis_url)
     if not isinstance(client, redis.Redis):
         return script(keys=keys, args=args)
-    link = _links(redis_url)
-    if link.connection is None or link.pid != os.getpid():
-        link.connection = client.connection_pool.make_connection()
-        link.pid = os.getpid()
-    connection = link.connection
+    connection = _connection(redis_url)
     command: tuple[Any, ...] = ("EVALSHA", script.sha, len(keys), *keys, *args)
     for attempt in range(3):
         try:
@@ -265,11 +315,16 @@ def _publish_many_direct(
     pending = list(range(len(calls)))
     try:
         for _attempt in range(2):
-            pipe = client.pipeline(transaction=False)
+            commands = []
             for index in pending:
                 keys, args = calls[index]
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            replies = pipe.execute(raise_on_error=False)
+                commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
+            replies = run_commands(redis_url, commands)
+            if replies is None:
+                pipe = client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies = pipe.execute(raise_on_error=False)
             missing = []
             for index, reply in zip(pending, replies, strict=True):
                 if isinstance(reply, redis.exceptions.NoScriptError):

@@ -61,7 +61,14 @@ from gateway.events import now_ms
 from gateway.jobs.model import JobRecord, create_jobs, submission
 from gateway.jobs.registry import REGISTRY, HandlerRegistry
 from gateway.problems import Problem, problem_for, unprocessable
-from gateway.publish import BATCH_LIMIT, gateway_of, redis_url_of, settings_for
+from gateway.publish import (
+    BATCH_LIMIT,
+    CommandList,
+    gateway_of,
+    redis_url_of,
+    run_commands,
+    settings_for,
+)
 from gateway.settings import Settings
 
 T = TypeVar("T")
@@ -199,9 +206,16 @@ def _submit_direct(redis_url: str, bodies: list[Any], api_key: str | None) -> li
             created = now_ms()
             jobs = [submission(record, created) for _index, record, _unwatched in plain]
             load = loads_script_once(redis_url, len(jobs))
-            pipe = client.pipeline(transaction=False)
-            queue_submissions(pipe, settings, jobs, load_script=load)
-            replies = pipe.execute()
+            recorded = CommandList()
+            queue_submissions(recorded, settings, jobs, load_script=load)
+            replies = run_commands(redis_url, recorded.commands)
+            if replies is None:  # a Cluster client: its pipeline routes each command
+                pipe = client.pipeline(transaction=False)
+                queue_submissions(pipe, settings, jobs, load_script=load)
+                replies = pipe.execute()
+            failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
+            if failed is not None:
+                raise failed
             for (_index, record, _unwatched), entry_id in zip(
                 plain, submission_replies(replies, len(jobs), load_script=load), strict=True
             ):
