@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from starlette._utils import get_route_path
 from starlette.datastructures import Headers, QueryParams
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
@@ -375,11 +376,15 @@ class AccessGuard:
         routes = getattr(scope.get("app"), "routes", None)
         if not isinstance(routes, list):
             return None, {}
-        for route in self._candidates(routes, scope["path"]):
-            match, child = route.matches(scope)
-            if match == Match.FULL:
-                scope[MATCHED_ROUTE] = (route, child)
-                return route, child.get("path_params", {})
+        candidates = self._candidates(routes, get_route_path(scope))
+        # The index only narrows the search: when it finds nothing, every route is asked, so
+        # no request can reach a route the guard did not match (and check) first.
+        for group in (candidates, routes):
+            for route in group:
+                match, child = route.matches(scope)
+                if match == Match.FULL:
+                    scope[MATCHED_ROUTE] = (route, child)
+                    return route, child.get("path_params", {})
         return None
 
     def _candidates(self, routes: list[BaseRoute], path: str) -> list[BaseRoute]:
