@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -31,7 +31,7 @@ from gateway.api.access import (
     GuardedRoute,
     GuardedWebSocketRoute,
 )
-from gateway.api.guards import AccessGuard, BodyLimit
+from gateway.api.guards import MATCHED_ROUTE, AccessGuard, BodyLimit
 from gateway.auth import ApiKeys, ChannelPolicy
 from gateway.backends.url import open_backend
 from gateway.errors import GatewayError
@@ -76,6 +76,22 @@ class GatewayApp(Starlette):
             await self.websocket_app(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+class MatchedRouter(Router):
+    """Starlette's router, told by the access guard which route a request is for: the guard
+    matched it already (`MATCHED_ROUTE`), so the router does not walk the routes again."""
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        matched = scope.pop(MATCHED_ROUTE, None)
+        if matched is None or scope["type"] not in {"http", "websocket"}:
+            await super().app(scope, receive, send)
+            return
+        route, child_scope = matched
+        if "router" not in scope:
+            scope["router"] = self
+        scope.update(child_scope)
+        await route.handle(scope, receive, send)
 
 
 def create_app(
@@ -159,6 +175,7 @@ def create_app(
             Exception: handle_server_error,
         },
     )
+    app.router = MatchedRouter(routes=routes, lifespan=lifespan)
     app.state.services = services
     # The same guards as the middleware stack applies, in the same order (CORS is HTTP-only).
     app.websocket_app = BodyLimit(

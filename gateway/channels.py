@@ -13,11 +13,13 @@ WebSocket into `error` frames (`gateway.protocol.v1`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.auth import ChannelPolicy
 from gateway.backends.bundle import Backend
-from gateway.backends.bus import History
-from gateway.errors import Forbidden, RateLimited
-from gateway.events import Event, validate_event_type
+from gateway.backends.bus import History, Publication
+from gateway.errors import EventTooLarge, Forbidden, RateLimited
+from gateway.events import Event, validate_channel, validate_event_type
 from gateway.limits import Limits, TokenBucket
 from gateway.tokens import ChannelToken
 
@@ -124,6 +126,21 @@ class ChannelService:
         event_type = validate_event_type(type_)
         self.policy.check_namespace(channel)
         return await self.backend.bus.publish(channel, event_type, data)
+
+    def publication(self, channel: object, type_: object, data: object) -> Publication:
+        """An event as `publish` would take it, checked: `InvalidChannel`, `InvalidEventType`
+        or `Forbidden` (unknown namespace). For the server API's batches (`publish_many`)."""
+        name = validate_channel(channel)  # type: ignore[arg-type]
+        event_type = validate_event_type(type_)
+        self.policy.check_namespace(name)
+        return Publication(name, event_type, data)
+
+    async def publish_many(
+        self, publications: Sequence[Publication]
+    ) -> list[Event | EventTooLarge]:
+        """Publish checked events (`publication`) in one round trip: per event, its `Event` or
+        the `EventTooLarge` that kept it out; `BackendUnavailable` for the whole batch."""
+        return await self.backend.bus.publish_many(publications)
 
     async def history(
         self,

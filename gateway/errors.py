@@ -25,6 +25,7 @@ The tree (indentation is inheritance)::
         HandlerError: a job handler fails its attempt on purpose
         PublishError (also RuntimeError): `gateway.publish()` could not publish
             EventTooLargeError
+        SubmitError (also RuntimeError): `gateway.submit()` refused a job or could not submit
         ClientError (also RuntimeError): a `gateway.client` request failed; `status`, `code`
             RequestInvalid (also ValueError): 400/413/422 or an `invalid_*` error frame
             RequestForbidden: 401/403 or a `forbidden`/`token_*` error frame
@@ -248,6 +249,19 @@ class EventTooLargeError(PublishError):
     def __init__(self, message: str, limit: int | None) -> None:
         super().__init__(message)
         self.limit = limit
+
+
+class SubmitError(GatewayError, RuntimeError):
+    """`gateway.submit()` refused a job or could not submit it. `problem` is the problem object
+    `POST /jobs` would have answered with (its `status`: 422 for a job that cannot be used, 409
+    or 422 for an idempotency key in flight or reused, 503 when Redis or the gateway could not
+    be reached)."""
+
+    code = "submit_failed"
+
+    def __init__(self, message: str, problem: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem or {}
 
 
 class ClientError(GatewayError, RuntimeError):

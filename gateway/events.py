@@ -80,10 +80,21 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_last_second: tuple[int, str] = (-(1 << 62), "")
+"""The last whole second `iso_time` formatted, and its text up to the milliseconds: events
+come many to a second, and `strftime` is most of the cost of a timestamp. One tuple, replaced
+whole, so a thread never reads one second's number with another's text."""
+
+
 def iso_time(ms: int) -> str:
     """RFC 3339 UTC timestamp with milliseconds, as CloudEvents `time` wants it."""
-    stamp = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    global _last_second
+    second = ms // 1000
+    cached = _last_second
+    if cached[0] != second:
+        stamp = datetime.fromtimestamp(second, tz=UTC)
+        cached = _last_second = (second, stamp.strftime("%Y-%m-%dT%H:%M:%S."))
+    return f"{cached[1]}{ms % 1000:03d}Z"
 
 
 def envelope_tail(channel: str, type_: str, data: Any, source: str | None = None) -> bytes:

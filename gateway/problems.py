@@ -164,6 +164,12 @@ PROBLEM_TYPES: Final[dict[str, ProblemType]] = {
         "`max_event_size` in the problem says how many bytes). Publish less and link to large "
         "data instead: every subscriber and the channel's history would carry the event.",
     ),
+    "batch-too-large": ProblemType(
+        413,
+        "Content Too Large",
+        "A batch request (`POST /jobs/batch`, `POST /events/batch`) carries more items than one "
+        "batch may (`max_items` in the problem says how many). Split it into several requests.",
+    ),
     "unsupported-media-type": ProblemType(
         415,
         "Unsupported Media Type",
@@ -266,6 +272,22 @@ class Problem(GatewayError):
             self.status, self.title, self.detail, code=self.code, headers=self.headers, **self.extra
         )
 
+    def body(self) -> dict[str, Any]:
+        """The problem object itself: what a batch answer holds in place of a refused item."""
+        return problem_body(self.status, self.title, self.detail, self.code, **self.extra)
+
+
+def problem_body(
+    status: int, title: str, detail: str = "", code: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "type": problem_type_uri(code or code_for_status(status)),
+        "title": title,
+        "status": status,
+        "detail": detail or title,
+        **extra,
+    }
+
 
 def problem_response(
     status: int,
@@ -276,15 +298,8 @@ def problem_response(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> Response:
-    body = {
-        "type": problem_type_uri(code or code_for_status(status)),
-        "title": title,
-        "status": status,
-        "detail": detail or title,
-        **extra,
-    }
     return Response(
-        orjson.dumps(body),
+        orjson.dumps(problem_body(status, title, detail, code, **extra)),
         status_code=status,
         media_type="application/problem+json",
         headers=headers,

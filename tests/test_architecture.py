@@ -62,6 +62,7 @@ LAYER_OF: Final[dict[str, str]] = {
     "gateway.app": "entry points",
     "gateway.cli": "entry points",
     "gateway.publish": "entry points",
+    "gateway.submit": "entry points",
     # Job-queue integrations: the queues' hooks, in the users' own processes, as job state
     # changes (jobs layer) on the backend; nothing in the server imports them.
     "gateway.integrations": "entry points",

@@ -95,6 +95,38 @@ class JobRequest(RequestBody):
     )
 
 
+class JobBatchItem(JobRequest):
+    """One job of `POST /jobs/batch`: a `POST /jobs` body, and its own idempotency key."""
+
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="as `POST /jobs`'s `Idempotency-Key` header (the same keys): a retry of "
+        "this job with this key gets the first answer again",
+    )
+
+
+class JobBatchRequest(RequestBody):
+    """`POST /jobs/batch`: up to 1000 jobs in one request."""
+
+    jobs: list[JobBatchItem] = Field(min_length=1, max_length=1000)
+
+
+class EventBatchItem(RequestBody):
+    """One event of `POST /events/batch`."""
+
+    channel: str = Field(pattern=CHANNEL_PATTERN)
+    type: EventTypeName = "message"
+    data: Any = Field(None, description="any JSON; the envelope's `data`")
+
+
+class EventBatchRequest(RequestBody):
+    """`POST /events/batch`: up to 1000 events, on any channels, in one request."""
+
+    events: list[EventBatchItem] = Field(min_length=1, max_length=1000)
+
+
 class SubmitJobRequest(RequestBody):
     """`POST /submit-job`, the seed documents' name for `POST /jobs`."""
 
@@ -381,6 +413,20 @@ class Problem(ResponseBody):
     status: int
     detail: str
     errors: list[FieldError] | None = Field(None, description="422: each field that was refused")
+
+
+class JobBatchAccepted(ResponseBody):
+    """`POST /jobs/batch`: per job, in order, its `POST /jobs` answer (it has an `id`) or the
+    problem that refused it."""
+
+    jobs: list[Job | Problem]
+
+
+class EventBatchAccepted(ResponseBody):
+    """`POST /events/batch`: per event, in order, where it was published or the problem that
+    refused it."""
+
+    events: list[PublishAccepted | Problem]
 
 
 class Health(ResponseBody):

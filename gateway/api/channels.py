@@ -12,19 +12,29 @@ from contextlib import contextmanager
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api.access import GuardedRoute, channel_publish, channel_read
+from gateway.api.access import SERVER, GuardedRoute, channel_publish, channel_read
 from gateway.api.bodies import PublishRequest
 from gateway.api.guards import caller_of
-from gateway.api.requests import channel_param, event_id_param, int_param, read_body
+from gateway.api.requests import (
+    batch_items,
+    channel_param,
+    event_id_param,
+    int_param,
+    read_body,
+    read_json_object,
+)
 from gateway.api.responses import json_response
 from gateway.auth import token_of
-from gateway.errors import AccessDenied, InvalidInput, RateLimited
+from gateway.backends.bus import Publication
+from gateway.errors import AccessDenied, EventTooLarge, InvalidInput, RateLimited
 from gateway.presence import new_client_id, valid_client_id
-from gateway.problems import bad_request, problem_for
+from gateway.problems import bad_request, problem_for, unprocessable
 from gateway.services import services_of
 from gateway.transports.sse import EventStream, parse_positions
 
 MAX_CHANNELS_PER_STREAM = 32
+MAX_BATCH_EVENTS = 1000
+"""Events one `POST /events/batch` may carry (413 beyond); the body limit applies too."""
 
 
 @contextmanager
@@ -44,6 +54,42 @@ async def publish_event(request: Request) -> Response:
         event = await services.channels.publish(channel, body.type, body.data)
     assert event is not None
     return json_response({"id": event.id, "channel": channel}, 202)
+
+
+async def publish_events(request: Request) -> Response:
+    """`{"events": [{"channel", "type", "data"}, ...]}`: server API (an API key when keys are
+    configured; tokens publish one event at a time), any channels, one round trip. Each item is
+    checked as `POST /channels/{channel}/events` checks its event; the answer lists, in order,
+    `{"id", "channel"}` for each published event or the problem that refused it."""
+    service = services_of(request).channels
+    items = batch_items(await read_json_object(request), "events", MAX_BATCH_EVENTS)
+    answers: list[dict[str, object] | None] = [None] * len(items)
+    chosen: list[tuple[int, Publication]] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            answers[index] = unprocessable(
+                "each event is an object: {channel, type, data}",
+                errors=[{"loc": f"events.{index}", "msg": "must be an object"}],
+            ).body()
+            continue
+        try:
+            chosen.append(
+                (
+                    index,
+                    service.publication(
+                        item.get("channel"), item.get("type", "message"), item.get("data")
+                    ),
+                )
+            )
+        except (AccessDenied, InvalidInput) as exc:
+            answers[index] = problem_for(exc).body()
+    published = await service.publish_many([publication for _index, publication in chosen])
+    for (index, publication), outcome in zip(chosen, published, strict=True):
+        if isinstance(outcome, EventTooLarge):
+            answers[index] = problem_for(outcome).body()
+        else:
+            answers[index] = {"id": outcome.id, "channel": publication.channel}
+    return json_response({"events": answers})
 
 
 async def channel_history(request: Request) -> Response:
@@ -118,4 +164,5 @@ routes = [
         "/channels/{channel}/events", channel_history, methods=["GET"], access=channel_read()
     ),
     GuardedRoute("/events", channel_stream, methods=["GET"], access=channel_read(stream=True)),
+    GuardedRoute("/events/batch", publish_events, methods=["POST"], access=SERVER),
 ]

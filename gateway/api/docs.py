@@ -163,6 +163,14 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
             **_problem_responses(409),
         },
     },
+    ("POST", "/jobs/batch"): {
+        "summary": "Submit up to 1000 jobs in one request, each checked and answered alone",
+        "requestBody": _body(bodies.JobBatchRequest),
+        "responses": {
+            "202": _json(bodies.JobBatchAccepted, "each job's answer or problem, in order"),
+            **WRITE_RESPONSES,
+        },
+    },
     ("GET", "/jobs"): {
         "summary": "Recent jobs, newest first",
         "parameters": [
@@ -224,6 +232,14 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         "requestBody": _body(bodies.PublishRequest),
         "responses": {
             "202": _json(bodies.PublishAccepted, "accepted"),
+            **WRITE_RESPONSES,
+        },
+    },
+    ("POST", "/events/batch"): {
+        "summary": "Publish up to 1000 events on any channels in one request (server API)",
+        "requestBody": _body(bodies.EventBatchRequest),
+        "responses": {
+            "200": _json(bodies.EventBatchAccepted, "each event's id or problem, in order"),
             **WRITE_RESPONSES,
         },
     },

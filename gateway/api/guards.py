@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from starlette._utils import get_route_path
 from starlette.datastructures import Headers, QueryParams
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
@@ -48,6 +49,9 @@ UNSAFE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 HOST_RE: Final = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?$")
 MAX_JOB_ID: Final = 64
+HOSTS_REMEMBERED: Final = 1024
+MATCHED_ROUTE: Final = "gateway.matched_route"
+"""Where the guard leaves the route it found (and its child scope) for `MatchedRouter`."""
 
 
 @dataclass(slots=True)
@@ -77,14 +81,24 @@ def _refuse(exc: Forbidden) -> Response:
     return problem_for(exc).to_response()
 
 
-def _too_many(detail: str, wait: float) -> Response:
-    return problem_response(
+def too_many(detail: str, wait: float) -> Problem:
+    """429 with `Retry-After`: a rate limit or a connection count refused the request."""
+    return Problem(
         429,
         "Too Many Requests",
         detail,
         code="rate-limited",
         headers={"Retry-After": retry_after_header(wait)},
     )
+
+
+def _too_many(detail: str, wait: float) -> Response:
+    return too_many(detail, wait).to_response()
+
+
+def submission_key(scope: Scope, caller: Caller) -> str:
+    """Whose submission rate a request counts against: its API key, else its address."""
+    return "submit:" + (caller.api_key or client_address(scope))
 
 
 MAX_HEADER_BYTES: Final = 32 * 1024
@@ -238,10 +252,22 @@ class HostPolicy:
         else:
             self.patterns = None
         self.loopback = not settings.allowed_hosts
+        self._decided: dict[str, bool] = {}
+        """Decisions by `Host` value: a client sends the same one on every request."""
 
     def allows(self, host: str | None) -> bool:
         if self.patterns is None or "*" in self.patterns or host is None:
             return True  # no Host at all (HTTP/1.0) is no browser, so no rebinding page
+        known = self._decided.get(host)
+        if known is None:
+            known = self._allows(host)
+            if len(self._decided) >= HOSTS_REMEMBERED:
+                self._decided.clear()
+            self._decided[host] = known
+        return known
+
+    def _allows(self, host: str) -> bool:
+        assert self.patterns is not None
         parsed = parse_host(host)
         if parsed is None:
             return False
@@ -289,6 +315,9 @@ class AccessGuard:
         self.services = services
         self.origins = OriginPolicy(services.settings.allowed_origins)
         self.hosts = HostPolicy(services.settings)
+        self._indexed: list[BaseRoute] | None = None
+        self._indexed_count = 0
+        self._index: dict[str, list[BaseRoute]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -347,11 +376,27 @@ class AccessGuard:
         routes = getattr(scope.get("app"), "routes", None)
         if not isinstance(routes, list):
             return None, {}
-        for route in routes:
-            match, child = route.matches(scope)
-            if match == Match.FULL:
-                return route, child.get("path_params", {})
+        candidates = self._candidates(routes, get_route_path(scope))
+        # The index only narrows the search: when it finds nothing, every route is asked, so
+        # no request can reach a route the guard did not match (and check) first.
+        for group in (candidates, routes):
+            for route in group:
+                match, child = route.matches(scope)
+                if match == Match.FULL:
+                    scope[MATCHED_ROUTE] = (route, child)
+                    return route, child.get("path_params", {})
         return None
+
+    def _candidates(self, routes: list[BaseRoute], path: str) -> list[BaseRoute]:
+        """The routes that could match `path`, in the router's order: those whose path starts
+        with the same literal segment (`/jobs/...`), and those that start with a parameter.
+        Rebuilt when the routes list changes; a request is matched against a few, not all."""
+        if self._indexed is not routes or self._indexed_count != len(routes):
+            self._index = _index_routes(routes)
+            self._indexed, self._indexed_count = routes, len(routes)
+        first = path[1:].partition("/")[0]
+        found = self._index.get(first)
+        return found if found is not None else self._index[""]
 
     def _check_request_shape(
         self, scope: Scope, headers: Headers, origin: str | None, host: str | None
@@ -434,8 +479,7 @@ class AccessGuard:
             needed = "this call needs an API key: Authorization: Bearer <key>"
             return _refuse(Forbidden(needed, "api_key_required"))
         if access.submission:
-            who = caller.api_key or client_address(scope)
-            wait = self.services.limits.submit.take("submit:" + who)
+            wait = self.services.limits.submit.take(submission_key(scope, caller))
             if wait > 0:
                 return _too_many("too many job submissions; slow down", wait)
         return None
@@ -528,6 +572,27 @@ class AccessGuard:
             await self.app(scope, receive, send)
         finally:
             counter.release(address)
+
+
+def _index_routes(routes: list[BaseRoute]) -> dict[str, list[BaseRoute]]:
+    """First literal path segment -> the routes a path starting with it may match, in order;
+    `""` -> those for any other path (routes whose path starts with a parameter, or that have
+    no plain path: those go in every list)."""
+    firsts: list[str | None] = []
+    for route in routes:
+        path = getattr(route, "path", None)
+        first = path[1:].partition("/")[0] if isinstance(path, str) else None
+        if first is not None and ("{" in first or (first == "" and path != "/")):
+            first = None  # a parameter first, or a mount at the root: any path may match
+        firsts.append(first)
+    index: dict[str, list[BaseRoute]] = {}
+    for key in {first for first in firsts if first is not None} | {""}:
+        index[key] = [
+            route
+            for route, first in zip(routes, firsts, strict=True)
+            if first is None or first == key
+        ]
+    return index
 
 
 def _undeclared() -> Response:

@@ -9,10 +9,11 @@ still being processed gets `409`. A claim whose request died is released after
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.guards import caller_of
+from gateway.backends.bundle import Backend
 from gateway.errors import BackendUnavailable
 from gateway.problems import Problem, bad_request
 from gateway.services import services_of
@@ -37,25 +39,45 @@ def idempotency_key_of(request: Request) -> str | None:
     key = key.strip()
     if key.startswith('"') and key.endswith('"') and len(key) >= 2:
         key = key[1:-1]  # the draft defines the header as a Structured Field string
+    return checked_key(key, "Idempotency-Key")
+
+
+def checked_key(key: str, what: str) -> str:
     if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
-        raise bad_request("Idempotency-Key must be 1-255 printable ASCII characters")
+        raise bad_request(f"{what} must be 1-255 printable ASCII characters")
     return key
 
 
-async def idempotent(request: Request, produce: Callable[[], Awaitable[Response]]) -> Response:
-    """Run `produce` once per key and body; answer retries from the stored response."""
+def scoped_key(key: str, api_key: str | None) -> str:
+    """One client's key never answers with another client's response."""
+    if api_key:
+        return hashlib.sha256(api_key.encode()).hexdigest()[:16] + ":" + key
+    return key
+
+
+async def idempotent(
+    request: Request,
+    produce: Callable[[], Awaitable[Response]],
+    fingerprint_of: Callable[[], str] | None = None,
+) -> Response:
+    """Run `produce` once per key and body; answer retries from the stored response.
+
+    `fingerprint_of()` stands for the request when given (`POST /jobs`: its job, as
+    `item_fingerprint` sees it, so the same key in a batch item matches); else the method,
+    path and body bytes do."""
     key = idempotency_key_of(request)
     if key is None:
         return await produce()
     services = services_of(request)
     backend = services.backend
-    api_key = caller_of(request.scope).api_key
-    if api_key:  # one client's key never answers with another client's response
-        key = hashlib.sha256(api_key.encode()).hexdigest()[:16] + ":" + key
-    body = await request.body()
-    fingerprint = hashlib.sha256(
-        request.method.encode() + b" " + request.url.path.encode() + b"\n" + body
-    ).hexdigest()
+    key = scoped_key(key, caller_of(request.scope).api_key)
+    if fingerprint_of is not None:
+        fingerprint = fingerprint_of()
+    else:
+        body = await request.body()
+        fingerprint = hashlib.sha256(
+            request.method.encode() + b" " + request.url.path.encode() + b"\n" + body
+        ).hexdigest()
     claim = orjson.dumps({"fingerprint": fingerprint, "state": "processing"})
     ttl = services.settings.idempotency_ttl
     stored = await backend.idempotency.begin(key, claim, min(IN_FLIGHT_TTL, ttl))
@@ -102,3 +124,88 @@ def replay(stored: dict[str, Any], fingerprint: str) -> Response:
         status_code=int(stored["status"]),
         headers={**stored["headers"], "Idempotent-Replayed": "true"},
     )
+
+
+BATCH_KEY_FIELD = "idempotency_key"
+"""An item of `POST /jobs/batch` names its key here (the header names one for the request)."""
+
+
+def item_fingerprint(item: Mapping[str, Any]) -> str:
+    """A batch item's fingerprint: its job body under `POST /jobs`, keys sorted, without its
+    `idempotency_key` (so the same job in another batch, or from `gateway.submit`, matches)."""
+    job = {name: value for name, value in item.items() if name != BATCH_KEY_FIELD}
+    return hashlib.sha256(
+        b"POST /jobs\n" + orjson.dumps(job, option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+
+
+def stored_answer(fingerprint: str, answer: Mapping[str, Any]) -> bytes:
+    """What a key keeps for a job accepted in a batch: the response `POST /jobs` would have
+    given (so a retry through either route replays it)."""
+    record = {
+        "fingerprint": fingerprint,
+        "state": "done",
+        "status": 202,
+        "headers": {"location": f"/jobs/{answer['id']}", "content-type": "application/json"},
+        "body": base64.b64encode(orjson.dumps(answer)).decode(),
+    }
+    return orjson.dumps(record)
+
+
+class BatchClaims:
+    """The idempotency keys of a batch's items, in the same store and key space as the
+    `Idempotency-Key` header of `POST /jobs`: claimed as each item is read, stored with the
+    item's answer once the batch is done, released for an item that was refused.
+
+    An item's fingerprint is its job body (keys sorted, `idempotency_key` left out) under
+    `POST /jobs`: a retry of the same job in another batch replays its answer; the same key
+    with another job is refused (422), as is one whose first job is still being submitted (409).
+    """
+
+    def __init__(self, backend: Backend, ttl: int, api_key: str | None) -> None:
+        self.backend = backend
+        self.ttl = ttl
+        self.api_key = api_key
+        self._claimed: dict[int, tuple[str, str]] = {}
+
+    async def claim(self, index: int, item: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Claim the item's key, if it names one; the stored answer when it was used before
+        for this job (a `Problem` when for another, or still in flight)."""
+        raw = item.get(BATCH_KEY_FIELD)
+        if raw is None:
+            return None
+        if not isinstance(raw, str):
+            raise bad_request(f"{BATCH_KEY_FIELD} must be a string")
+        key = scoped_key(checked_key(raw, BATCH_KEY_FIELD), self.api_key)
+        fingerprint = item_fingerprint(item)
+        claim = orjson.dumps({"fingerprint": fingerprint, "state": "processing"})
+        stored = await self.backend.idempotency.begin(key, claim, min(IN_FLIGHT_TTL, self.ttl))
+        if stored is not None:
+            response = replay(orjson.loads(stored), fingerprint)
+            answer: dict[str, Any] = orjson.loads(response.body)
+            return answer
+        self._claimed[index] = (key, fingerprint)
+        return None
+
+    async def abandon(self, index: int) -> None:
+        claimed = self._claimed.pop(index, None)
+        if claimed is not None:
+            with contextlib.suppress(BackendUnavailable):
+                await self.backend.idempotency.abandon(claimed[0])
+
+    async def abandon_all(self) -> None:
+        await asyncio.gather(*(self.abandon(index) for index in list(self._claimed)))
+
+    async def finish(self, answers: list[dict[str, Any] | None]) -> None:
+        """Store each claimed item's answer (as `POST /jobs` would have answered it)."""
+        waits = []
+        for index, (key, fingerprint) in self._claimed.items():
+            answer = answers[index]
+            if answer is None or "id" not in answer:
+                waits.append(self.backend.idempotency.abandon(key))
+                continue
+            waits.append(
+                self.backend.idempotency.finish(key, stored_answer(fingerprint, answer), self.ttl)
+            )
+        self._claimed.clear()
+        await asyncio.gather(*waits)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -14,9 +14,10 @@ from starlette.responses import Response
 
 from gateway.api.access import PUBLIC, SERVER, SERVER_ONLY, SUBMISSION, GuardedRoute, job_read
 from gateway.api.bodies import JobRequest
-from gateway.api.guards import caller_of
-from gateway.api.idempotency import idempotent
+from gateway.api.guards import caller_of, submission_key, too_many
+from gateway.api.idempotency import BatchClaims, idempotent, item_fingerprint
 from gateway.api.requests import (
+    batch_items,
     event_id_param,
     float_param,
     int_param,
@@ -26,11 +27,19 @@ from gateway.api.requests import (
 from gateway.api.responses import json_response
 from gateway.errors import InvalidJobData, UnsafeCallbackUrl
 from gateway.events import parse_event_id
-from gateway.jobs.model import JobRecord, create_job, job_channel, load_job, transition
-from gateway.jobs.registry import field_errors
+from gateway.jobs.model import (
+    JobRecord,
+    create_jobs,
+    job_channel,
+    load_job,
+    new_job,
+    transition,
+)
+from gateway.jobs.registry import HandlerRegistry, field_errors
 from gateway.jobs.services import JobServices, job_services_of
 from gateway.outbound import Subscriber
-from gateway.problems import bad_request, conflict, not_found, unprocessable
+from gateway.problems import Problem, bad_request, conflict, not_found, unprocessable
+from gateway.settings import Settings
 from gateway.transports.sse import EventStream, parse_positions
 from gateway.vocabulary import EventType, JobStatus
 from gateway.webhooks import check_callback_url, parse_callback_events
@@ -42,22 +51,34 @@ JobBody = TypeVar("JobBody", bound=BaseModel)
 async def submit(services: JobServices, request: JobRequest) -> JobRecord:
     """Check `data` against its type's input and create the job; shared by `POST /jobs` and
     the seed-compatible aliases (the body's own fields were checked by its model)."""
+    record, unwatched = await checked_job(services, request)
+    await create_jobs(services.backend, [record])
+    if unwatched is not None:
+        await services.occupancy.watch(record.id, unwatched)
+    return record
+
+
+async def checked_job(services: JobServices, request: JobRequest) -> tuple[JobRecord, float | None]:
+    """The new job `request` asks for (not stored yet) and its `cancel_when_unwatched`; a
+    `Problem` (422) when its type, data or callback cannot be used."""
+    record = job_from_request(services.registry, request)
+    if record.callback_url:
+        await checked_callback(record.callback_url, services.settings)
+    return record, request.cancel_when_unwatched
+
+
+def job_from_request(registry: HandlerRegistry, request: JobRequest) -> JobRecord:
+    """The job `request` asks for, its type and data checked (not its callback URL's address:
+    `checked_callback`); a `Problem` (422) when they cannot be used. `gateway.submit` checks
+    jobs with this too."""
     type_ = request.type
-    spec = services.registry.get(type_)
+    spec = registry.get(type_)
     if spec is None:
-        raise unprocessable(f"unknown job type {type_!r}", job_types=services.registry.names())
-    callback_url = request.callback_url
+        raise unprocessable(f"unknown job type {type_!r}", job_types=registry.names())
     try:
         events = parse_callback_events(request.callback_events)
     except ValueError as exc:
         raise unprocessable(str(exc)) from None
-    if callback_url:
-        try:
-            await check_callback_url(
-                callback_url, allow_private=services.settings.webhook_allow_private
-            )
-        except UnsafeCallbackUrl as exc:
-            raise unprocessable(f"callback_url refused: {exc}") from None
     try:
         checked = spec.check(request.data)
     except InvalidJobData as exc:
@@ -66,16 +87,24 @@ async def submit(services: JobServices, request: JobRequest) -> JobRecord:
         raise unprocessable(  # a validator function's message names its fields itself
             f"invalid data for {type_!r}: {exc}", errors=[{"loc": "data", "msg": str(exc)}]
         ) from None
-    record = await create_job(
-        services.backend,
-        type_,
-        checked,
-        callback_url=callback_url or None,
-        callback_events=events,
+    return new_job(
+        type_, checked, callback_url=request.callback_url or None, callback_events=events
     )
-    if request.cancel_when_unwatched is not None:
-        await services.occupancy.watch(record.id, request.cancel_when_unwatched)
-    return record
+
+
+async def checked_callback(callback_url: str, settings: Settings) -> None:
+    """422 for a callback URL that is not http(s) or names a private address."""
+    try:
+        await check_callback_url(callback_url, allow_private=settings.webhook_allow_private)
+    except UnsafeCallbackUrl as exc:
+        raise unprocessable(f"callback_url refused: {exc}") from None
+
+
+def accepted(services: JobServices, record: JobRecord) -> dict[str, Any]:
+    """The answer to a submission: the job resource and the job's own token."""
+    resource = record.resource()
+    resource["token"] = services.policy.job_token(record.id, services.settings.token_ttl)
+    return resource
 
 
 def job_body(
@@ -83,12 +112,19 @@ def job_body(
 ) -> JobBody:
     """`body` as `model`; a missing or empty job type is answered with the known job types
     (`job_types`), as an unknown one is."""
+    return parsed_job_body(services.registry, model, body, type_field)
+
+
+def parsed_job_body(
+    registry: HandlerRegistry, model: type[JobBody], body: Any, type_field: str = "type"
+) -> JobBody:
+    """`job_body` for a registry (`gateway.submit` has no services)."""
     try:
         return model.model_validate(body)
     except ValidationError as exc:
         errors = field_errors(exc)
         if any(loc == type_field for loc, _ in errors):
-            raise invalid_fields(errors, job_types=services.registry.names()) from None
+            raise invalid_fields(errors, job_types=registry.names()) from None
         raise invalid_fields(errors) from None
 
 
@@ -107,11 +143,61 @@ async def post_job(request: Request) -> Response:
 
     async def produce() -> Response:
         record = await submit(services, job_body(services, JobRequest, body))
-        resource = record.resource()
-        resource["token"] = services.policy.job_token(record.id, services.settings.token_ttl)
-        return json_response(resource, 202, headers={"Location": f"/jobs/{record.id}"})
+        return json_response(
+            accepted(services, record), 202, headers={"Location": f"/jobs/{record.id}"}
+        )
 
-    return await idempotent(request, produce)
+    return await idempotent(request, produce, lambda: item_fingerprint(body))
+
+
+MAX_BATCH_JOBS: Final = 1000
+"""Jobs one `POST /jobs/batch` may carry (413 beyond); the body limit applies too."""
+
+
+async def post_jobs_batch(request: Request) -> Response:
+    """`{"jobs": [<POST /jobs body>, ...]}`: each job checked, rate-limited and made idempotent
+    (`idempotency_key` in the item) as `POST /jobs` would; all accepted ones stored, announced
+    and queued in one round trip. The answer lists, in order, each job's `POST /jobs` answer or
+    the problem that refused it."""
+    services = job_services_of(request)
+    items = batch_items(await read_json_object(request), "jobs", MAX_BATCH_JOBS)
+    caller = caller_of(request.scope)
+    limiter, who = services.limits.submit, submission_key(request.scope, caller)
+    answers: list[dict[str, Any] | None] = [None] * len(items)
+    claims = BatchClaims(services.backend, services.settings.idempotency_ttl, caller.api_key)
+    chosen: list[tuple[int, JobRecord, float | None]] = []
+    for index, item in enumerate(items):
+        try:
+            if index:  # the guard took the first submission's token
+                wait = limiter.take(who)
+                if wait > 0:
+                    raise too_many("too many job submissions; slow down", wait)
+            if not isinstance(item, dict):
+                raise unprocessable(
+                    "each job is an object, as POST /jobs takes",
+                    errors=[{"loc": f"jobs.{index}", "msg": "must be an object"}],
+                )
+            replay = await claims.claim(index, item)
+            if replay is not None:
+                answers[index] = replay
+                continue
+            record, unwatched = await checked_job(services, job_body(services, JobRequest, item))
+        except Problem as problem:
+            await claims.abandon(index)
+            answers[index] = problem.body()
+            continue
+        chosen.append((index, record, unwatched))
+    try:
+        await create_jobs(services.backend, [record for _index, record, _unwatched in chosen])
+    except BaseException:
+        await claims.abandon_all()
+        raise
+    for index, record, unwatched in chosen:
+        if unwatched is not None:
+            await services.occupancy.watch(record.id, unwatched)
+        answers[index] = accepted(services, record)
+    await claims.finish(answers)
+    return json_response({"jobs": answers}, 202)
 
 
 async def get_job(request: Request) -> Response:
@@ -312,6 +398,7 @@ async def job_types(request: Request) -> Response:
 
 routes = [
     GuardedRoute("/jobs", post_job, methods=["POST"], access=SUBMISSION),
+    GuardedRoute("/jobs/batch", post_jobs_batch, methods=["POST"], access=SUBMISSION),
     GuardedRoute("/jobs", list_jobs, methods=["GET"], access=SERVER_ONLY),
     GuardedRoute("/job-types", job_types, methods=["GET"], access=PUBLIC),
     GuardedRoute("/jobs/{job_id}", get_job, methods=["GET"], access=job_read()),

@@ -84,6 +84,26 @@ def invalid_fields(
     return unprocessable(lead + shown, errors=listed, **extra)
 
 
+def batch_items(body: dict[str, Any], field: str, cap: int) -> list[Any]:
+    """The non-empty list `body[field]` of a batch request: 422 when it is not one, 413
+    (`batch-too-large`, with `max_items`) when it holds more than `cap` items."""
+    items = body.get(field)
+    if not isinstance(items, list) or not items:
+        raise unprocessable(
+            f"'{field}' must be a non-empty list",
+            errors=[{"loc": field, "msg": "must be a non-empty list"}],
+        )
+    if len(items) > cap:
+        raise Problem(
+            413,
+            "Content Too Large",
+            f"at most {cap} items per batch; this one has {len(items)}",
+            code="batch-too-large",
+            max_items=cap,
+        )
+    return items
+
+
 def channel_param(name: str) -> str:
     try:
         return validate_channel(name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,31 @@ class JobUpdate:
     fields: Mapping[str, str]
     expire: int = 0
     """Seconds to keep the record from now (set on terminal events); 0 keeps it as it is."""
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One event to publish: an item of `Bus.publish_many`, or a new job's first event."""
+
+    channel: str
+    type: str
+    data: Any
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to store, index, announce and queue in one step (`Bus.submit_jobs`)."""
+
+    job_id: str
+    fields: Mapping[str, str]
+    """The job record as stored."""
+    created_ms: int
+    """The job index's sort key."""
+    event: Publication
+    """The job's first event (`job.queued`)."""
+    update: JobUpdate
+    """What that event changes on the record."""
 
 
 class Bus(abc.ABC):
@@ -139,6 +164,25 @@ class Bus(abc.ABC):
         """A new job's first event, then the job on the backend's queue, in that order (so
         whatever a worker publishes comes after it), in one round trip: submission latency is
         a target. Only for a job just stored, which publish never refuses."""
+
+    @abc.abstractmethod
+    async def publish_many(
+        self, publications: Sequence[Publication]
+    ) -> list[Event | EventTooLarge]:
+        """Publish each event as `publish` does (no job updates), in one round trip.
+
+        The answer has one entry per publication, in order: its event, or the `EventTooLarge`
+        that kept it out (the others are still published). Events of one channel are stored in
+        the order given. Raises `BackendUnavailable` when the backend cannot be reached: then
+        any of them may or may not have been published.
+        """
+
+    @abc.abstractmethod
+    async def submit_jobs(self, jobs: Sequence[NewJob]) -> list[Event]:
+        """Store each job's record and index entry, publish its first event (updating the
+        record in the same atomic step) and put it on the job queue's partition, after the
+        event, for all `jobs` in one round trip: what `publish_and_enqueue` does for one job
+        whose record is already stored. Raises `EventTooLarge` before writing anything."""
 
     @abc.abstractmethod
     async def publish_live(self, channel: str, type_: str, data: Any) -> Event:

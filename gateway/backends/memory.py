@@ -14,12 +14,19 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.backends.bundle import Backend
-from gateway.backends.bus import Bus, History, JobUpdate, check_event_size
+from gateway.backends.bus import (
+    Bus,
+    History,
+    JobUpdate,
+    NewJob,
+    Publication,
+    check_event_size,
+)
 from gateway.backends.control import MemoryControl
 from gateway.backends.stores import (
     Attempt,
@@ -29,6 +36,7 @@ from gateway.backends.stores import (
     JobStore,
     WebhookSchedule,
 )
+from gateway.errors import EventTooLarge
 from gateway.events import (
     Event,
     EventKey,
@@ -277,6 +285,41 @@ class MemoryBus(Bus):
         if event is not None:
             await self._queue.enqueue(job.job_id)
         return event
+
+    async def publish_many(
+        self, publications: Sequence[Publication]
+    ) -> list[Event | EventTooLarge]:
+        answers: list[Event | EventTooLarge] = []
+        for item in publications:
+            try:
+                event = await self.publish(item.channel, item.type, item.data, source=item.source)
+            except EventTooLarge as exc:
+                answers.append(exc)
+                continue
+            assert event is not None  # no job update: never refused
+            answers.append(event)
+        return answers
+
+    async def submit_jobs(self, jobs: Sequence[NewJob]) -> list[Event]:
+        """Nothing here awaits anything outside this process: the whole batch is one step."""
+        for job in jobs:  # the size check first, as Redis does, before anything is stored
+            item = job.event
+            check_event_size(
+                self.settings,
+                item.channel,
+                envelope_tail(item.channel, item.type, item.data, item.source),
+            )
+        for job in jobs:
+            await self._jobs.create(job.job_id, job.fields, job.created_ms)
+        events = []
+        for job in jobs:
+            item = job.event
+            event = await self.publish_and_enqueue(
+                item.channel, item.type, item.data, source=item.source, job=job.update
+            )
+            assert event is not None  # a record stored a moment ago is not terminal
+            events.append(event)
+        return events
 
     async def publish_live(self, channel: str, type_: str, data: Any) -> Event:
         event = Event.live_only(channel, type_, data)

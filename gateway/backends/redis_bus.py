@@ -6,27 +6,31 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
-from gateway.backends.bus import Bus, History, JobUpdate
+from gateway.backends.bus import Bus, History, JobUpdate, NewJob, Publication
 from gateway.backends.redis_connection import RedisConnection
 from gateway.backends.redis_keys import (
     PUBLISH_LUA,
     bus_channel,
     event_from_entry,
+    loads_script_once,
     publish_call,
     published,
     queue_keys,
     queue_partition,
+    queue_submissions,
     stream_key,
+    submission_replies,
 )
-from gateway.errors import BackendUnavailable
+from gateway.errors import BackendUnavailable, EventTooLarge
 from gateway.events import Event, parse_event_id
 from gateway.metrics import METRICS
 from gateway.settings import Settings
@@ -112,6 +116,76 @@ class RedisBus(Bus):
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"publish to {channel} and enqueue: {exc}") from exc
         return published(channel, type_, tail, entry_id)
+
+    async def publish_many(
+        self, publications: Sequence[Publication]
+    ) -> list[Event | EventTooLarge]:
+        """`EVALSHA` per event in one pipeline; when Redis lost the script (restarted), the
+        refused ones (nothing of them was written) go again once it is loaded."""
+        answers: list[Event | EventTooLarge | None] = [None] * len(publications)
+        calls: list[tuple[int, list[str], list[Any], bytes]] = []
+        for index, item in enumerate(publications):
+            try:
+                keys, args, tail = publish_call(
+                    self.settings, item.channel, item.type, item.data, item.source, None
+                )
+            except EventTooLarge as exc:
+                answers[index] = exc
+                continue
+            calls.append((index, keys, args, tail))
+        sha = self._connection.publish.sha
+        pending = calls
+        if not pending:
+            return [answer for answer in answers if answer is not None]
+        try:
+            for _attempt in range(2):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for _index, keys, args, _tail in pending:
+                        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+                    replies = await pipe.execute(raise_on_error=False)
+                missing = []
+                for call, reply in zip(pending, replies, strict=True):
+                    if isinstance(reply, NoScriptError):
+                        missing.append(call)
+                    elif isinstance(reply, Exception):
+                        raise reply
+                    else:
+                        index, _keys, _args, tail = call
+                        item = publications[index]
+                        event = published(item.channel, item.type, tail, reply)
+                        assert event is not None  # no job update: never refused
+                        answers[index] = event
+                if not missing:
+                    break
+                await self._redis.script_load(PUBLISH_LUA)
+                pending = missing
+            else:
+                raise BackendUnavailable("publish: Redis keeps losing the publish script")
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"publish {len(publications)} events: {exc}") from exc
+        return [answer for answer in answers if answer is not None]
+
+    async def submit_jobs(self, jobs: Sequence[NewJob]) -> list[Event]:
+        """One pipeline (ordered, not atomic: its keys are in several Cluster slots); see
+        `queue_submissions` for what it holds and why in that order."""
+        if not jobs:
+            return []
+        load = loads_script_once(self._connection.url, len(jobs))
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                tails = queue_submissions(pipe, self.settings, jobs, load_script=load)
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"submit {len(jobs)} jobs: {exc}") from exc
+        events = []
+        for job, tail, entry_id in zip(
+            jobs, tails, submission_replies(replies, len(jobs), load_script=load), strict=True
+        ):
+            event = published(job.event.channel, job.event.type, tail, entry_id)
+            if event is None:  # a record stored a moment ago cannot be terminal
+                raise BackendUnavailable(f"submit job {job.job_id}: its record vanished")
+            events.append(event)
+        return events
 
     async def publish_live(self, channel: str, type_: str, data: Any) -> Event:
         event = Event.live_only(channel, type_, data)

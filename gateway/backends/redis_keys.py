@@ -7,11 +7,13 @@ Cluster keeps each channel's keys on one shard.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from gateway.backends.bus import JobUpdate, check_event_size
+from gateway.backends.bus import JobUpdate, NewJob, check_event_size
 from gateway.events import Event, envelope_tail, namespace_of, splice_envelope
 from gateway.metrics import METRICS
 from gateway.settings import Settings
@@ -123,6 +125,74 @@ def publish_call(
     return keys, args, tail
 
 
+PUBLISH_LUA_SOURCE = PUBLISH_LUA.encode()
+"""publish.lua as sent with `EVAL` in pipelines (bytes: encoded once, not per call)."""
+PUBLISH_SHA = hashlib.sha1(PUBLISH_LUA_SOURCE, usedforsecurity=False).hexdigest()
+
+
+def queue_submissions(
+    pipe: Any, settings: Settings, jobs: Sequence[NewJob], *, load_script: bool = False
+) -> list[bytes]:
+    """Queue the submission of `jobs` on `pipe`, a non-transactional pipeline (the blocking
+    client's or the async one's: queuing is the same call on both), and return each job's
+    event tail (for `published`). The async bus and `gateway.submit` both use this, so a job
+    is stored the same way whichever way it came in.
+
+    Order: every record (`HSET`), the index entries (one `ZADD`), then for each job its first
+    event (publish.lua on the job's channel and record: one slot, atomic) and right after it
+    `XADD job <id>` on the job's queue partition, so a worker never sees a job before its
+    `job.queued`. A bare `EVALSHA` could meet a server that lost its scripts while the `XADD`
+    after it still ran, so the script goes with its source: by `EVAL` for each job, or with
+    `load_script` (a batch on one Redis server) by one `SCRIPT LOAD` in front and `EVALSHA`
+    after it (Redis hashes a script's source on every `EVAL`: ~40 % of a publish's Redis
+    time). The event replies are at `submission_replies`. Raises `EventTooLarge` before
+    queuing anything.
+    """
+    calls = [
+        publish_call(
+            settings,
+            job.event.channel,
+            job.event.type,
+            job.event.data,
+            job.event.source,
+            job.update,
+        )
+        for job in jobs
+    ]
+    partitions = settings.queue_partitions
+    if load_script:
+        pipe.execute_command("SCRIPT", "LOAD", PUBLISH_LUA_SOURCE)
+        script: tuple[Any, ...] = ("EVALSHA", PUBLISH_SHA)
+    else:
+        script = ("EVAL", PUBLISH_LUA_SOURCE)
+    for job in jobs:
+        mapping: Any = job.fields
+        pipe.hset(job_key(job.job_id), mapping=mapping)
+    index: Any = {job.job_id: job.created_ms for job in jobs}
+    pipe.zadd(JOB_INDEX, index)
+    for job, (keys, args, _tail) in zip(jobs, calls, strict=True):
+        pipe.execute_command(*script, len(keys), *keys, *args)
+        pipe.execute_command(
+            "XADD", queue_keys(queue_partition(job.job_id, partitions))[0], "*", "job", job.job_id
+        )
+    return [tail for _keys, _args, tail in calls]
+
+
+def loads_script_once(redis_url: str, count: int) -> bool:
+    """Whether `queue_submissions` may send the script once for `count` jobs: a batch, on a
+    single Redis server (in a Cluster, a `SCRIPT LOAD` in a pipeline reaches one node)."""
+    return count > 1 and "+cluster" not in redis_url.partition("://")[0].lower()
+
+
+def submission_replies(
+    replies: Sequence[Any], count: int, *, load_script: bool = False
+) -> list[Any]:
+    """The event ids among the replies of a pipeline `queue_submissions` filled for `count`
+    jobs (nothing else queued before it)."""
+    first = count + 1 + (1 if load_script else 0)
+    return [replies[first + 2 * i] for i in range(count)]
+
+
 def event_from_entry(channel: str, entry_id: bytes, tail: bytes) -> Event:
     event_id = entry_id.decode()
     type_ = _type_from_tail(tail)
@@ -135,12 +205,20 @@ def _type_from_tail(tail: bytes) -> str:
     return tail[start : tail.index(b'"', start)].decode()
 
 
+_published_counters: dict[str, Any] = {}
+"""`events_published` by namespace: a label lookup takes longer than the count."""
+
+
 def published(channel: str, type_: str, tail: bytes, entry_id: bytes | None) -> Event | None:
     """The event the publish script's answer stands for (None: refused, the job had ended)."""
     if entry_id is None:
         return None
     event_id = entry_id.decode()
-    METRICS.events_published.labels(namespace_of(channel)).inc()
+    namespace = namespace_of(channel)
+    counter = _published_counters.get(namespace)
+    if counter is None:
+        counter = _published_counters[namespace] = METRICS.events_published.labels(namespace)
+    counter.inc()
     return Event(splice_envelope(event_id, tail), id=event_id, channel=channel, type=type_)
 
 

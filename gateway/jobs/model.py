@@ -8,13 +8,14 @@ the event history never disagree and nothing follows a terminal event.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from gateway.backends.bundle import Backend
-from gateway.backends.bus import JobUpdate
+from gateway.backends.bus import JobUpdate, NewJob, Publication
 from gateway.events import Event, iso_time, now_ms
 from gateway.vocabulary import JOB_TERMINAL_STATUSES, EventType, JobStatus
 from gateway.webhooks.schedule import (
@@ -170,15 +171,63 @@ async def create_job(
     callback_events: tuple[str, ...] = DEFAULT_CALLBACK_EVENTS,
 ) -> JobRecord:
     """Store a new job, publish `job.queued`, and put it on the queue for a worker."""
-    return await record_job(
-        backend,
-        new_job_id(),
-        type_,
-        data,
+    record = new_job(type_, data, callback_url=callback_url, callback_events=callback_events)
+    return (await create_jobs(backend, [record]))[0]
+
+
+def new_job(
+    type_: str,
+    data: Any,
+    *,
+    callback_url: str | None = None,
+    callback_events: tuple[str, ...] = DEFAULT_CALLBACK_EVENTS,
+    job_id: str | None = None,
+) -> JobRecord:
+    """A new job's record (queued, created now), not stored yet: `create_jobs` stores it."""
+    now = timestamp()
+    return JobRecord(
+        id=job_id or new_job_id(),
+        type=type_,
+        created_at=now,
+        updated_at=now,
+        data=data,
         callback_url=callback_url,
         callback_events=callback_events,
-        enqueue=True,
     )
+
+
+def submission(record: JobRecord, created_ms: int) -> NewJob:
+    """What the backend stores for a new job (`Bus.submit_jobs`): its record, its index entry,
+    its `job.queued` event and the record change that event makes (as `transition` would)."""
+    queued = EventType.QUEUED
+    return NewJob(
+        job_id=record.id,
+        fields=record.to_fields(),
+        created_ms=created_ms,
+        event=Publication(
+            job_channel(record.id),
+            queued.value,
+            {"job_id": record.id, "type": record.type},
+            source=f"/jobs/{record.id}",
+        ),
+        update=JobUpdate(
+            record.id, {"status": queued.status.value, "updated_at": record.updated_at}
+        ),
+    )
+
+
+async def create_jobs(backend: Backend, records: Sequence[JobRecord]) -> list[JobRecord]:
+    """Store new jobs (`new_job`), publish each one's `job.queued` and queue them, in one
+    round trip (`Bus.submit_jobs`); then schedule the webhooks of those with a callback that
+    wants `job.queued`. Each record gets its `last_event_id`."""
+    created = now_ms()
+    events = await backend.bus.submit_jobs([submission(record, created) for record in records])
+    for record, event in zip(records, events, strict=True):
+        record.last_event_id = event.id
+        callback = record.callback
+        if callback is not None:
+            await schedule_event(backend, record.id, callback, event)
+    return list(records)
 
 
 async def record_job(

@@ -168,3 +168,25 @@ def test_unknown_paths_and_methods_run_no_endpoint(secure: GatewayProcess) -> No
     assert httpx.post(secure.url + "/jobs/abc/retry", json={}).status_code == 404
     assert httpx.delete(secure.url + "/jobs/abc").status_code == 405
     assert httpx.put(secure.url + "/tokens", json={}).status_code == 405
+
+
+def test_the_guard_matches_routes_under_a_root_path() -> None:
+    """Routes are looked up by their first path segment; behind a proxy's `root_path` that is
+    the segment after it, and a route the index misses is still found, never let through."""
+    from starlette.routing import Route
+
+    from gateway.api.guards import MATCHED_ROUTE, AccessGuard
+    from gateway.app import create_app
+    from gateway.settings import Settings
+
+    app = create_app(Settings())
+    guard = AccessGuard(app, services=app.state.services)
+    for path, root in (
+        ("/jobs/abc", ""),
+        ("/gw/jobs/abc", "/gw"),
+        ("/gw/channels/room:a/events", "/gw"),
+    ):
+        scope = {"type": "http", "method": "GET", "path": path, "root_path": root, "app": app}
+        found = guard._route(scope)
+        assert found is not None and isinstance(found[0], Route), path
+        assert scope[MATCHED_ROUTE][0] is found[0]
