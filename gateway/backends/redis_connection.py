@@ -16,6 +16,7 @@ from gateway.backends.redis_keys import (
     CLAIM_WEBHOOKS_LUA,
     PROMOTE_LUA,
     PUBLISH_LUA,
+    START_JOB_LUA,
 )
 from gateway.errors import BackendUnavailable
 
@@ -53,6 +54,7 @@ class RedisConnection:
         self.promote = self.redis.register_script(PROMOTE_LUA)
         self.begin_attempt = self.redis.register_script(BEGIN_ATTEMPT_LUA)
         self.claim_webhooks = self.redis.register_script(CLAIM_WEBHOOKS_LUA)
+        self.start_job = self.redis.register_script(START_JOB_LUA)
 
     async def call(self, what: str, command: Any) -> Any:
         """Await one command; Redis failing becomes `BackendUnavailable` (answered 503)."""

@@ -7,28 +7,39 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from gateway.backends.bus import JobUpdate
 from gateway.backends.redis_connection import RedisConnection
 from gateway.backends.redis_keys import (
-    DELAYED_JOBS,
     JOB_INDEX,
-    JOB_STREAM,
     WEBHOOK_PAYLOADS,
     WEBHOOK_SCHEDULE,
     WORKER_GROUP,
     idempotency_key,
     job_key,
+    publish_call,
+    published,
+    queue_keys,
+    queue_partition,
 )
 from gateway.backends.stores import (
     Attempt,
     Delivery,
     IdempotencyStore,
+    JobFlow,
     JobQueue,
+    JobStart,
+    JobStep,
     JobStore,
+    Started,
     WebhookSchedule,
 )
 from gateway.errors import BackendUnavailable
+from gateway.events import Event
+from gateway.settings import Settings
+from gateway.vocabulary import EventType
 
 
 class RedisJobStore(JobStore):
@@ -58,6 +69,22 @@ class RedisJobStore(JobStore):
         if not raw:
             return None
         return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[dict[str, str] | None]:
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(job_key(job_id))
+        replies: Any = await self._connection.call("get jobs", pipe.execute())
+        return [
+            {k.decode(): v.decode() for k, v in raw.items()} if raw else None for raw in replies
+        ]
+
+    async def statuses(self, job_ids: Sequence[str]) -> list[str | None]:
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(job_key(job_id), "status")
+        replies: Any = await self._connection.call("job statuses", pipe.execute())
+        return [None if raw is None else raw.decode() for raw in replies]
 
     async def update(self, job_id: str, fields: Mapping[str, str]) -> None:
         await self._connection.call("update job", self._update_existing(job_key(job_id), fields))
@@ -108,98 +135,236 @@ class RedisJobStore(JobStore):
 
 
 class RedisJobQueue(JobQueue):
-    """A Stream read by one consumer group; delayed jobs wait in a sorted set until due."""
+    """One Stream per partition, each read by the consumer group `workers`; a partition's
+    delayed jobs wait in its sorted set until due. Each command or script touches one
+    partition's keys only (one hash slot); work over several partitions is a pipeline."""
 
-    def __init__(self, connection: RedisConnection) -> None:
+    def __init__(self, connection: RedisConnection, partitions: int = 1) -> None:
         self._connection = connection
         self._redis = connection.redis
-        self._group_ready = False
+        self.partitions = partitions
+        self._keys = [queue_keys(partition) for partition in range(partitions)]
+        self._groups_ready: set[int] = set()
 
-    async def _ensure_group(self) -> None:
-        if self._group_ready:
+    async def _ensure_group(self, partition: int) -> None:
+        if partition in self._groups_ready:
             return
+        stream = self._keys[partition][0]
         try:
-            await self._redis.xgroup_create(JOB_STREAM, WORKER_GROUP, id="0", mkstream=True)
+            await self._redis.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._group_ready = True
+        self._groups_ready.add(partition)
 
     async def enqueue(self, job_id: str, delay: float = 0.0) -> None:
+        stream, delayed = self._keys[queue_partition(job_id, self.partitions)]
         if delay > 0:
             due = int((time.time() + delay) * 1000)
-            await self._connection.call("enqueue", self._redis.zadd(DELAYED_JOBS, {job_id: due}))
+            await self._connection.call("enqueue", self._redis.zadd(delayed, {job_id: due}))
         else:
-            await self._connection.call("enqueue", self._redis.xadd(JOB_STREAM, {"job": job_id}))
+            await self._connection.call("enqueue", self._redis.xadd(stream, {"job": job_id}))
 
-    async def claim(self, consumer: str, block: float) -> Delivery | None:
+    async def claim_many(
+        self, consumer: str, partition: int, count: int, block: float
+    ) -> list[Delivery]:
+        """Promote the partition's due delayed jobs, then read its new entries; PROMOTE's
+        answer (when the next delayed job is due) bounds how long the read blocks."""
+        stream, delayed = self._keys[partition]
         deadline = time.monotonic() + block
         while True:
             try:
-                await self._ensure_group()
+                await self._ensure_group(partition)
+                now_ms = int(time.time() * 1000)
                 next_due = await self._connection.promote(
-                    keys=[DELAYED_JOBS, JOB_STREAM], args=[int(time.time() * 1000), 100]
+                    keys=[delayed, stream], args=[now_ms, 100]
                 )
-                wait = max(deadline - time.monotonic(), 0.001)
+                wait = deadline - time.monotonic()
                 if next_due >= 0:
                     wait = min(wait, next_due / 1000 + 0.001)
+                block_ms = int(wait * 1000) if wait > 0 else None
                 reply: Any = await self._redis.xreadgroup(
-                    WORKER_GROUP, consumer, {JOB_STREAM: ">"}, count=1, block=int(wait * 1000) or 1
+                    WORKER_GROUP, consumer, {stream: ">"}, count=count, block=block_ms or None
                 )
             except ResponseError as exc:
-                self._group_ready = False
+                self._groups_ready.discard(partition)
                 if "NOGROUP" in str(exc):
-                    return None
+                    return []
                 raise BackendUnavailable(f"claim: {exc}") from exc
             except (RedisError, OSError) as exc:
-                self._group_ready = False
+                self._groups_ready.discard(partition)
                 raise BackendUnavailable(f"claim: {exc}") from exc
-            for _stream, entries in reply or []:
-                for entry_id, fields in entries:
-                    return Delivery(fields[b"job"].decode(), entry_id.decode())
-            if time.monotonic() >= deadline:
-                return None
+            taken = [
+                Delivery(fields[b"job"].decode(), entry_id.decode(), partition)
+                for _stream, entries in reply or []
+                for entry_id, fields in entries
+            ]
+            if taken or time.monotonic() >= deadline:
+                return taken
 
     async def reclaim(self, consumer: str, min_idle: float, count: int = 50) -> list[Delivery]:
-        try:
-            await self._ensure_group()
-            reply: Any = await self._redis.xautoclaim(
-                JOB_STREAM, WORKER_GROUP, consumer, int(min_idle * 1000), "0-0", count=count
+        taken: list[Delivery] = []
+        for partition in range(self.partitions):
+            if len(taken) >= count:
+                break
+            stream = self._keys[partition][0]
+            try:
+                await self._ensure_group(partition)
+                reply: Any = await self._redis.xautoclaim(
+                    stream,
+                    WORKER_GROUP,
+                    consumer,
+                    int(min_idle * 1000),
+                    "0-0",
+                    count=count - len(taken),
+                )
+            except (RedisError, OSError) as exc:
+                self._groups_ready.discard(partition)
+                raise BackendUnavailable(f"reclaim: {exc}") from exc
+            entries: Sequence[Any] = reply[1]
+            taken.extend(
+                Delivery(fields[b"job"].decode(), entry_id.decode(), partition)
+                for entry_id, fields in entries
+                if fields
             )
-        except (RedisError, OSError) as exc:
-            self._group_ready = False
-            raise BackendUnavailable(f"reclaim: {exc}") from exc
-        entries: Sequence[Any] = reply[1]
-        return [
-            Delivery(fields[b"job"].decode(), entry_id.decode())
-            for entry_id, fields in entries
-            if fields
-        ]
+        return taken
 
-    async def touch(self, consumer: str, delivery: Delivery) -> None:
-        await self._connection.call(
-            "touch",
-            self._redis.xclaim(
-                JOB_STREAM, WORKER_GROUP, consumer, 0, [delivery.token], justid=True
-            ),
-        )
+    def _by_partition(self, deliveries: Sequence[Delivery]) -> dict[int, list[Any]]:
+        tokens: dict[int, list[Any]] = {}
+        for delivery in deliveries:
+            tokens.setdefault(delivery.partition, []).append(delivery.token)
+        return tokens
 
-    async def ack(self, delivery: Delivery) -> None:
+    async def touch_many(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        """One XCLAIM per partition for all its deliveries, all in one pipeline."""
+        if not deliveries:
+            return
         pipe = self._redis.pipeline(transaction=False)
-        pipe.xack(JOB_STREAM, WORKER_GROUP, delivery.token)
-        pipe.xdel(JOB_STREAM, delivery.token)
+        for partition, tokens in self._by_partition(deliveries).items():
+            stream = self._keys[partition][0]
+            pipe.xclaim(stream, WORKER_GROUP, consumer, 0, tokens, justid=True)
+        await self._connection.call("touch", pipe.execute())
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for partition, tokens in self._by_partition(deliveries).items():
+            stream = self._keys[partition][0]
+            pipe.xack(stream, WORKER_GROUP, *tokens)
+            pipe.xdel(stream, *tokens)
         await self._connection.call("ack", pipe.execute())
 
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
-        # MULTI/EXEC: the stream and the delayed set share the `{jobs}` slot.
+        # MULTI/EXEC on the delivery's partition: its stream and delayed set share one slot.
+        stream, delayed = self._keys[delivery.partition]
         pipe = self._redis.pipeline(transaction=True)
         if delay > 0:
-            pipe.zadd(DELAYED_JOBS, {delivery.job_id: int((time.time() + delay) * 1000)})
+            pipe.zadd(delayed, {delivery.job_id: int((time.time() + delay) * 1000)})
         else:
-            pipe.xadd(JOB_STREAM, {"job": delivery.job_id})
-        pipe.xack(JOB_STREAM, WORKER_GROUP, delivery.token)
-        pipe.xdel(JOB_STREAM, delivery.token)
+            pipe.xadd(stream, {"job": delivery.job_id})
+        pipe.xack(stream, WORKER_GROUP, delivery.token)
+        pipe.xdel(stream, delivery.token)
         await self._connection.call("requeue", pipe.execute())
+
+
+class RedisJobFlow(JobFlow):
+    """Batches of job transitions as pipelines of scripts, each on one job's slot: start_job.lua
+    (attempt count + `job.started`) and publish.lua (any other state change)."""
+
+    def __init__(self, settings: Settings, connection: RedisConnection) -> None:
+        self._settings = settings
+        self._connection = connection
+        self._redis = connection.redis
+
+    async def _scripts(
+        self, script: AsyncScript, calls: Sequence[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """Run `script` once per (keys, args) in one pipeline of EVALSHA; the calls that met a
+        server without the script (restarted, flushed) run again after loading it: none of
+        them ran, and the others must not run twice."""
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for round_ in range(2):
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for index in todo:
+                    keys, args = calls[index]
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                answers = await pipe.execute(raise_on_error=False)
+                missing = []
+                for index, answer in zip(todo, answers, strict=True):
+                    if isinstance(answer, NoScriptError):
+                        missing.append(index)
+                    elif isinstance(answer, Exception):
+                        raise BackendUnavailable(f"job transition: {answer}")
+                    else:
+                        replies[index] = answer
+                if not missing:
+                    return replies
+                if round_ == 0:
+                    await self._redis.script_load(script.script)
+                todo = missing
+            except (RedisError, OSError) as exc:
+                raise BackendUnavailable(f"job transition: {exc}") from exc
+        raise BackendUnavailable("job transition: the script could not be loaded")
+
+    def _call(
+        self, step: JobStep, source_data: Mapping[str, Any]
+    ) -> tuple[list[str], list[Any], bytes]:
+        channel = f"job:{step.job_id}"
+        keys, args, tail = publish_call(
+            self._settings,
+            channel,
+            step.event_type,
+            source_data,
+            f"/jobs/{step.job_id}",
+            JobUpdate(step.job_id, step.fields, expire=step.expire),
+        )
+        if step.expire:
+            # publish.lua sets the history's TTL to ARGV[4]: at most the job's own lifetime,
+            # which is what `expire_history` after the publish would leave.
+            args[3] = min(int(args[3]), step.expire)
+        return keys, args, tail
+
+    async def start_many(self, starts: Sequence[JobStart]) -> list[Started]:
+        calls = []
+        tails = []
+        for start in starts:
+            step = JobStep(start.job_id, EventType.STARTED, {}, start.fields)
+            keys, args, tail = self._call(
+                step, {"job_id": start.job_id, "attempt": start.expected_attempt}
+            )
+            calls.append((keys, [start.max_attempts, start.expected_attempt, *args]))
+            tails.append(tail)
+        replies = await self._scripts(self._connection.start_job, calls)
+        results: list[Started] = []
+        for start, tail, reply in zip(starts, tails, replies, strict=True):
+            if not reply:
+                results.append(Started(None))
+                continue
+            code, number = int(reply[0]), int(reply[1])
+            if code == 2:
+                results.append(Started(None, conflict=True))
+            elif code == 0:
+                results.append(Started(Attempt(number, granted=False)))
+            else:
+                event = published(f"job:{start.job_id}", EventType.STARTED, tail, reply[2])
+                results.append(Started(Attempt(number, granted=True), event))
+        return results
+
+    async def finish_many(self, steps: Sequence[JobStep]) -> list[Event | None]:
+        calls = []
+        tails = []
+        for step in steps:
+            keys, args, tail = self._call(step, {"job_id": step.job_id, **step.data})
+            calls.append((keys, args))
+            tails.append(tail)
+        replies = await self._scripts(self._connection.publish, calls)
+        return [
+            published(f"job:{step.job_id}", step.event_type, tail, reply)
+            for step, tail, reply in zip(steps, tails, replies, strict=True)
+        ]
 
 
 class RedisIdempotencyStore(IdempotencyStore):
