@@ -32,6 +32,10 @@ import psutil
 import redis
 
 
+PROFILE: list[str] = []
+"""Set by --profile: the worker runs under cProfile, writing this file when it stops."""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -82,7 +86,7 @@ def run_once(tree: Path, jobs: int, workers: int, concurrency: int, partitions: 
         for _ in range(workers):
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "gateway", "worker"], env=env, cwd=tree,
+                    [sys.executable, *PROFILE, "-m", "gateway", "worker"], env=env, cwd=tree,
                     stdout=subprocess.DEVNULL, stderr=(tmp / f"worker{len(procs)}.log").open("wb"),
                 )
             )
@@ -180,7 +184,10 @@ def main() -> None:
     parser.add_argument(
         "--tree", action="append", default=[], help="name=path of a source tree (repeatable)"
     )
+    parser.add_argument("--profile", help="run the worker under cProfile, stats to this file")
     args = parser.parse_args()
+    if args.profile:
+        PROFILE.extend(["-m", "cProfile", "-o", str(Path(args.profile).resolve())])
     trees = [tuple(t.split("=", 1)) for t in args.tree] or [("here", ".")]
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
     for round_ in range(args.rounds):

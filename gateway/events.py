@@ -80,10 +80,19 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_formatted_second: tuple[int, str] = (-1, "")
+"""The last whole second `iso_time` formatted (formatting is most of its cost; a busy
+process stamps thousands of events in the same second)."""
+
+
 def iso_time(ms: int) -> str:
     """RFC 3339 UTC timestamp with milliseconds, as CloudEvents `time` wants it."""
-    stamp = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    global _formatted_second
+    second, milli = divmod(ms, 1000)
+    if _formatted_second[0] != second:
+        stamp = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _formatted_second = (second, stamp)
+    return f"{_formatted_second[1]}{milli:03d}Z"
 
 
 def envelope_tail(channel: str, type_: str, data: Any, source: str | None = None) -> bytes:
