@@ -18,6 +18,7 @@ import os
 import random
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any
 
@@ -80,7 +81,8 @@ class Worker:
         """Deliveries this worker holds, each in a slot: being started, running or finishing."""
         self._reserved = 0
         """Slots promised to reads still in flight."""
-        self._slot_freed = asyncio.Event()
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        """Readers waiting for a free slot, in turn."""
         self._running: dict[Delivery, asyncio.Task[None]] = {}
         """Jobs run in a task of their own (handlers that await, retries, failures)."""
         self._batches: set[asyncio.Task[None]] = set()
@@ -111,6 +113,8 @@ class Worker:
             # Readers stop after their current read (giving back what it brought); batches
             # and running jobs get the grace period.
             deadline = time.monotonic() + grace
+            for turn in self._waiting:
+                turn.cancel()  # readers waiting for a slot: nothing more to read
             await asyncio.wait(readers, timeout=CLAIM_BLOCK + 5)
             busy = [*self._batches, *self._running.values()]
             while busy and time.monotonic() < deadline:
@@ -133,15 +137,33 @@ class Worker:
         return self.settings.concurrency - len(self._held) - self._reserved
 
     async def _reserve(self, most: int) -> int:
-        """Promise up to `most` free slots (at least one: waits for it) to a read."""
-        while True:
-            free = self._free()
-            if free > 0:
-                count = min(free, most)
-                self._reserved += count
-                return count
-            self._slot_freed.clear()
-            await self._slot_freed.wait()
+        """Promise up to `most` free slots (at least one) to a read. Readers waiting for a
+        slot are served in turn, so one partition's reader cannot keep the slots from the
+        others'."""
+        if self._waiting or self._free() <= 0:
+            turn = asyncio.get_running_loop().create_future()
+            self._waiting.append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._reserved -= 1  # the slot handed over with the turn
+                    self._slots_freed()
+                raise
+            extra = max(min(self._free(), most - 1), 0)
+            self._reserved += extra
+            return 1 + extra
+        count = min(self._free(), most)
+        self._reserved += count
+        return count
+
+    def _slots_freed(self) -> None:
+        """Hand free slots to the readers waiting, one each, first come first served."""
+        while self._waiting and self._free() > 0:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                self._reserved += 1
+                turn.set_result(None)
 
     def _hold(self, deliveries: list[Delivery]) -> list[Delivery]:
         """Take slots for deliveries; one this worker already holds is not taken twice."""
@@ -152,7 +174,7 @@ class Worker:
 
     def _release(self, delivery: Delivery) -> None:
         if self._held.pop(delivery, 0) is None:
-            self._slot_freed.set()
+            self._slots_freed()
 
     # Reading the queue ---------------------------------------------------------------------
 
@@ -171,17 +193,17 @@ class Worker:
                 if not taken:
                     self._reserved -= reserved - 1
                     reserved = 1
-                    self._slot_freed.set()
+                    self._slots_freed()
                     taken = await queue.claim_many(self.name, partition, 1, block=CLAIM_BLOCK)
             except BackendUnavailable as exc:
                 log.warning("cannot claim jobs (%s); retrying", exc)
                 self._reserved -= reserved
-                self._slot_freed.set()
+                self._slots_freed()
                 await asyncio.sleep(0.5 + random.random())
                 continue
             self._reserved -= reserved
             if len(taken) < reserved:
-                self._slot_freed.set()
+                self._slots_freed()
             if not taken:
                 continue
             fresh = self._hold(taken)
@@ -233,7 +255,7 @@ class Worker:
                 continue
             finally:
                 self._reserved -= free
-                self._slot_freed.set()
+                self._slots_freed()
             fresh = self._hold(reclaimed)
             for delivery in fresh:
                 log.info("re-claimed job %s from a silent worker", delivery.job_id)
