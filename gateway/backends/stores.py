@@ -14,8 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.events import Event
-
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
@@ -58,8 +56,9 @@ class Started:
 
     attempt: Attempt | None
     """None: the job is missing or has ended (nothing may run); else as `begin_attempt`."""
-    event: Event | None = None
-    """`job.started`, published when the attempt was granted; None if the job ended first."""
+    event_id: str | None = None
+    """`job.started`'s id, published when the attempt was granted; None if the job ended
+    first."""
     conflict: bool = False
     """The record's attempt count changed after the worker read it: start it one at a time."""
 
@@ -217,9 +216,10 @@ class JobFlow(abc.ABC):
         atomic step per job."""
 
     @abc.abstractmethod
-    async def finish_many(self, steps: Sequence[JobStep]) -> list[Event | None]:
-        """Publish each step's event with its record change (None: the job had ended); a
-        step with `expire` also bounds the job's history to it (`Bus.expire_history`)."""
+    async def finish_many(self, steps: Sequence[JobStep]) -> list[str | None]:
+        """Publish each step's event with its record change: the event ids (None: the job
+        had ended); a step with `expire` also bounds the job's history to it
+        (`Bus.expire_history`)."""
 
 
 class IdempotencyStore(abc.ABC):

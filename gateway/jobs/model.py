@@ -284,11 +284,11 @@ class BusJobFlow(JobFlow):
                 source=f"/jobs/{start.job_id}",
                 job=JobUpdate(start.job_id, start.fields),
             )
-            results.append(Started(attempt, event))
+            results.append(Started(attempt, None if event is None else event.id))
         return results
 
-    async def finish_many(self, steps: Sequence[JobStep]) -> list[Event | None]:
-        events: list[Event | None] = []
+    async def finish_many(self, steps: Sequence[JobStep]) -> list[str | None]:
+        events: list[str | None] = []
         for step in steps:
             channel = job_channel(step.job_id)
             event = await self.backend.bus.publish(
@@ -300,7 +300,7 @@ class BusJobFlow(JobFlow):
             )
             if event is not None and step.expire:
                 await self.backend.bus.expire_history(channel, step.expire)
-            events.append(event)
+            events.append(None if event is None else event.id)
         return events
 
 

@@ -354,7 +354,7 @@ class Worker:
             if started.conflict:
                 alone.add(delivery)
                 self._run_alone(delivery, self._run_job(delivery, record))
-            elif attempt is None or (attempt.granted and started.event is None):
+            elif attempt is None or (attempt.granted and started.event_id is None):
                 done.append(delivery)
             elif not attempt.granted:
                 alone.add(delivery)
