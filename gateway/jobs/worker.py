@@ -426,6 +426,11 @@ class Worker:
                 job_changes(EventType.COMPLETED, fields),
                 expire=self.settings.job_ttl,
             )
+        except BackendUnavailable as exc:
+            # As from any handler: the job is left to be re-claimed (logged by `_guarded`).
+            self._observe(record.type, began)
+            self._run_alone(delivery, _raise(exc))
+            return None
         except BaseException as exc:
             self._observe(record.type, began)
             outcome = self._failure(spec, record, exc)
@@ -751,6 +756,10 @@ class _Resumed:
 
 async def _resume(coroutine: Coroutine[Any, Any, Any], first: Any) -> Any:
     return await _Resumed(coroutine, first)
+
+
+async def _raise(exc: BaseException) -> None:
+    raise exc
 
 
 def _iso_in(seconds: float) -> str:
