@@ -3,6 +3,7 @@ consumer group for the queue, plain keys for idempotency, a sorted set for webho
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from redis.client import NEVER_DECODE
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.backends.bus import JobUpdate
 from gateway.backends.redis_connection import RedisConnection
@@ -78,12 +80,23 @@ async def send_pipeline(redis: Any, commands: Sequence[Sequence[Any]]) -> list[A
     try:
         await connection.send_packed_command(pack_commands(commands), check_health=False)
         replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await connection.read_response(disconnect_on_error=True))
-            except ResponseError as exc:
-                replies.append(exc)
+        # The connection's reply parser, read under one timeout for the whole pipeline (its
+        # `read_response` sets one per reply); error replies come back as exception objects.
+        parser = getattr(connection, "_parser", None)
+        if parser is None:
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response(disconnect_on_error=True))
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        async with asyncio.timeout(connection.socket_timeout):
+            for _ in commands:
+                replies.append(await parser.read_response())
         return replies
+    except TimeoutError as exc:
+        await connection.disconnect()
+        raise RedisTimeoutError(f"pipeline of {len(commands)} commands: {exc}") from exc
     except BaseException:
         await connection.disconnect()
         raise

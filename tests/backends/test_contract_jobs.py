@@ -170,3 +170,28 @@ async def test_job_flow_finishes_jobs_once_and_cuts_their_history(backend: Backe
             assert 0 < ttl <= 30
         finally:
             await client.aclose()
+
+
+async def test_job_flow_loads_its_scripts_again_after_a_script_flush(backend: Backend) -> None:
+    """A Redis that lost its scripts (restarted, SCRIPT FLUSH) answers NOSCRIPT to every call of
+    the batch: none ran, so each runs once after the script is loaded again."""
+    if backend.flow is None:
+        pytest.skip("scripts are a Redis matter")
+    import redis.asyncio as aioredis
+
+    records = [await create_job(backend, "sleep", {}) for _ in range(3)]
+    client = aioredis.Redis.from_url(backend.bus.settings.redis_url)
+    try:
+        await client.script_flush()
+        fields = job_changes("job.started", {"progress": "0.0"})
+        started = await backend.flow.start_many([JobStart(r.id, 1, 3, fields) for r in records])
+        assert [s.attempt for s in started] == [Attempt(1, granted=True)] * 3
+        await client.script_flush()
+        done = job_changes("job.completed", {"result": "null"})
+        steps = [JobStep(r.id, "job.completed", {"result": None}, done) for r in records]
+        assert all(await backend.flow.finish_many(steps))
+    finally:
+        await client.aclose()
+    for record in records:
+        history = await backend.bus.history(job_channel(record.id), None)
+        assert [e.type for e in history.events] == ["job.queued", "job.started", "job.completed"]
