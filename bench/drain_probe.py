@@ -15,6 +15,7 @@ Every run checks a sample of jobs afterwards: status `completed`, and `job.start
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import shutil
@@ -30,7 +31,6 @@ from typing import Any
 import orjson
 import psutil
 import redis
-
 
 PROFILE: list[str] = []
 """Set by --profile: the worker runs under cProfile, writing this file when it stops."""
@@ -62,12 +62,23 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
     raise TimeoutError(what)
 
 
-def run_once(tree: Path, jobs: int, workers: int, concurrency: int, partitions: int) -> dict[str, Any]:
+def run_once(
+    tree: Path, jobs: int, workers: int, concurrency: int, partitions: int
+) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="drain-probe-"))
     port = free_port()
     server = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--dir", str(tmp)],
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
         stdout=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
@@ -86,18 +97,19 @@ def run_once(tree: Path, jobs: int, workers: int, concurrency: int, partitions: 
         for _ in range(workers):
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, *PROFILE, "-m", "gateway", "worker"], env=env, cwd=tree,
-                    stdout=subprocess.DEVNULL, stderr=(tmp / f"worker{len(procs)}.log").open("wb"),
+                    [sys.executable, *PROFILE, "-m", "gateway", "worker"],
+                    env=env,
+                    cwd=tree,
+                    stdout=subprocess.DEVNULL,
+                    stderr=(tmp / f"worker{len(procs)}.log").open("wb"),
                 )
             )
 
         def groups() -> int:
             count = 0
             for p in range(partitions):
-                try:
+                with contextlib.suppress(redis.ResponseError):
                     count += len(client.xinfo_groups(queue_stream(p)))
-                except redis.ResponseError:
-                    pass
             return count
 
         # The group exists once the first worker reads; give the others a moment to start.
@@ -109,9 +121,17 @@ def run_once(tree: Path, jobs: int, workers: int, concurrency: int, partitions: 
         for i, job_id in enumerate(ids):
             pipe.hset(
                 f"gw:{{job:{job_id}}}:job",
-                mapping={"id": job_id, "type": "noop", "status": "queued", "progress": "0.0",
-                         "message": "", "attempts": "0", "created_at": now, "updated_at": now,
-                         "data": "{}"},
+                mapping={
+                    "id": job_id,
+                    "type": "noop",
+                    "status": "queued",
+                    "progress": "0.0",
+                    "message": "",
+                    "attempts": "0",
+                    "created_at": now,
+                    "updated_at": now,
+                    "data": "{}",
+                },
             )
             if i % 2000 == 1999:
                 pipe.execute()
@@ -140,7 +160,7 @@ def run_once(tree: Path, jobs: int, workers: int, concurrency: int, partitions: 
         for job_id in ids[:: max(jobs // 50, 1)]:
             status = client.hget(f"gw:{{job:{job_id}}}:job", "status")
             assert status == b"completed", (job_id, status)
-            history = client.xrange(f"gw:{{job:{job_id}}}:log")
+            history: Any = client.xrange(f"gw:{{job:{job_id}}}:log")
             types = [orjson.loads(b'{"a":1,' + f[b"e"])["type"] for _, f in history]
             assert types == ["job.started", "job.completed"], types
         return {
@@ -182,7 +202,10 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--tree", action="append", default=[], help="name=path of a source tree (repeatable)"
+        "--tree",
+        action="append",
+        default=[],
+        help="name=path[@concurrency] of a source tree (repeatable)",
     )
     parser.add_argument("--profile", help="run the worker under cProfile, stats to this file")
     args = parser.parse_args()
@@ -191,20 +214,31 @@ def main() -> None:
     trees = [tuple(t.split("=", 1)) for t in args.tree] or [("here", ".")]
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
     for round_ in range(args.rounds):
-        for name, path in trees:
+        for name, where in trees:
+            # `path@concurrency` runs that tree with its own GATEWAY_CONCURRENCY.
+            path, _, concurrency = where.partition("@")
             result = run_once(
-                Path(path).resolve(), args.jobs, args.workers, args.concurrency, args.partitions
+                Path(path).resolve(),
+                args.jobs,
+                args.workers,
+                int(concurrency or args.concurrency),
+                args.partitions,
             )
             results[name].append(result)
-            print(f"round {round_ + 1} {name}: {result['rate']:.0f} jobs/s, worker "
-                  f"{result['worker_ms_per_job']:.3f} ms/job, redis "
-                  f"{result['redis_ms_per_job']:.3f} ms/job", flush=True)
+            print(
+                f"round {round_ + 1} {name}: {result['rate']:.0f} jobs/s, worker "
+                f"{result['worker_ms_per_job']:.3f} ms/job, redis "
+                f"{result['redis_ms_per_job']:.3f} ms/job",
+                flush=True,
+            )
     medians = {name: statistics.median(r["rate"] for r in runs) for name, runs in results.items()}
     for name, runs in results.items():
         rates = sorted(r["rate"] for r in runs)
-        print(f"{name}: median {medians[name]:.0f} jobs/s (range {rates[0]:.0f}-{rates[-1]:.0f}),"
-              f" worker {statistics.median(r['worker_ms_per_job'] for r in runs):.3f} ms/job,"
-              f" redis {statistics.median(r['redis_ms_per_job'] for r in runs):.3f} ms/job")
+        print(
+            f"{name}: median {medians[name]:.0f} jobs/s (range {rates[0]:.0f}-{rates[-1]:.0f}),"
+            f" worker {statistics.median(r['worker_ms_per_job'] for r in runs):.3f} ms/job,"
+            f" redis {statistics.median(r['redis_ms_per_job'] for r in runs):.3f} ms/job"
+        )
     first = trees[0][0]
     for name in medians:
         if name != first:
