@@ -325,6 +325,7 @@ class Worker:
         """Deliveries to ack at the end of the batch."""
         found = await self.backend.jobs.get_many([d.job_id for d in deliveries])
         starts: list[tuple[Delivery, JobRecord, HandlerSpec, JobStart]] = []
+        started_fields = job_changes(EventType.STARTED, {"progress": "0.0"})
         for delivery, fields in zip(deliveries, found, strict=True):
             if fields is None or "id" not in fields:
                 done.append(delivery)
@@ -339,12 +340,7 @@ class Worker:
                 self._run_alone(delivery, self._run_job(delivery, record))
             else:
                 max_attempts = self._max_attempts(spec)
-                start = JobStart(
-                    record.id,
-                    record.attempts + 1,
-                    max_attempts,
-                    job_changes(EventType.STARTED, {"progress": "0.0"}),
-                )
+                start = JobStart(record.id, record.attempts + 1, max_attempts, started_fields)
                 starts.append((delivery, record, spec, start))
         results = await self.flow.start_many([start for *_, start in starts]) if starts else []
         steps: list[JobStep] = []
