@@ -198,6 +198,16 @@ class MemoryJobQueue(JobQueue):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout=wait)
 
+    async def wait_for_jobs(self, partition: int, timeout: float) -> None:
+        next_due = self._promote_due(partition)
+        if self._ready[partition]:
+            return
+        wakeup = self._wakeup[partition]
+        wakeup.clear()
+        wait = timeout if next_due is None else min(timeout, next_due)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wakeup.wait(), timeout=wait)
+
     async def reclaim(self, consumer: str, min_idle: float, count: int = 50) -> list[Delivery]:
         now = time.monotonic()
         taken: list[Delivery] = []

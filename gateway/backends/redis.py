@@ -22,7 +22,7 @@ from gateway.settings import Settings
 
 
 def open_redis(settings: Settings) -> Backend:
-    connection = RedisConnection(settings.redis_url)
+    connection = RedisConnection(settings.redis_url, blocking_readers=settings.queue_partitions)
     return Backend(
         bus=RedisBus(settings, connection),
         jobs=RedisJobStore(connection),

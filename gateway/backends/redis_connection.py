@@ -27,7 +27,10 @@ REDIS_POOL_SIZE = 64
 class RedisConnection:
     """One command client (a bounded pool) and the Lua scripts registered on it."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, blocking_readers: int = 0) -> None:
+        """`blocking_readers`: connections a worker's queue readers may each hold in a
+        blocking read (one per queue partition), on top of `REDIS_POOL_SIZE`, so they never
+        leave the rest of the process waiting for a connection."""
         self.url = url
         # After a Redis restart every pooled connection is stale; retry so that costs a
         # reconnect, not a failed request per connection.
@@ -37,7 +40,7 @@ class RedisConnection:
         # (which times out and answers them `unavailable`).
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
-            max_connections=REDIS_POOL_SIZE,
+            max_connections=REDIS_POOL_SIZE + blocking_readers,
             timeout=20,
             health_check_interval=0,
             socket_timeout=10,

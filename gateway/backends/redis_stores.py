@@ -220,6 +220,8 @@ class RedisJobQueue(JobQueue):
         self.partitions = partitions
         self._keys = [queue_keys(partition) for partition in range(partitions)]
         self._groups_ready: set[int] = set()
+        self._next_due: dict[int, float] = {}
+        """Per partition, when (monotonic) its next delayed job falls due, as PROMOTE said."""
 
     async def _ensure_group(self, partition: int) -> None:
         if partition in self._groups_ready:
@@ -257,6 +259,9 @@ class RedisJobQueue(JobQueue):
                 wait = deadline - time.monotonic()
                 if next_due >= 0:
                     wait = min(wait, next_due / 1000 + 0.001)
+                    self._next_due[partition] = time.monotonic() + next_due / 1000
+                else:
+                    self._next_due.pop(partition, None)
                 block_ms = int(wait * 1000) if wait > 0 else None
                 reply: Any = await self._redis.xreadgroup(
                     WORKER_GROUP, consumer, {stream: ">"}, count=count, block=block_ms or None
@@ -276,6 +281,20 @@ class RedisJobQueue(JobQueue):
             ]
             if taken or time.monotonic() >= deadline:
                 return taken
+
+    async def wait_for_jobs(self, partition: int, timeout: float) -> None:
+        """`XREAD BLOCK` from `$`: wakes on the next entry added, takes nothing. An entry
+        added just before the wait began is found by the next read (within `timeout`)."""
+        due = self._next_due.get(partition)
+        if due is not None:
+            timeout = min(timeout, due - time.monotonic() + 0.001)
+        if timeout <= 0:
+            return
+        stream = self._keys[partition][0]
+        await self._connection.call(
+            "wait for jobs",
+            self._redis.xread({stream: "$"}, count=1, block=max(int(timeout * 1000), 1)),
+        )
 
     async def reclaim(self, consumer: str, min_idle: float, count: int = 50) -> list[Delivery]:
         taken: list[Delivery] = []

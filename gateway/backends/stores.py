@@ -174,6 +174,12 @@ class JobQueue(abc.ABC):
         first), waiting up to `block` seconds for the first when there is none (0: no wait)."""
 
     @abc.abstractmethod
+    async def wait_for_jobs(self, partition: int, timeout: float) -> None:
+        """Wait until a job may be new on the partition (taking none), at most `timeout`
+        seconds and no longer than until its next delayed job falls due (as last seen by
+        `claim_many`). Lets a worker wait without holding a slot for a job it cannot run."""
+
+    @abc.abstractmethod
     async def reclaim(self, consumer: str, min_idle: float, count: int = 50) -> list[Delivery]:
         """Take over up to `count` jobs (of all partitions) delivered to workers silent for
         `min_idle` seconds."""

@@ -181,30 +181,33 @@ class Worker:
     async def _read_forever(self, partition: int) -> None:
         """Take jobs of one partition while slots are free; a batch each read.
 
-        With free slots it first reads without waiting, as many as are free; only an empty
-        partition makes it wait (holding one slot's promise), so other partitions' readers
-        keep the rest of the slots.
+        A read takes at most as many jobs as slots are free and never waits; on an empty
+        partition the reader then waits for new entries holding no slot (`wait_for_jobs`), so
+        any number of partitions share the slots.
         """
         queue = self.backend.queue
         while not self._stopping.is_set():
             reserved = await self._reserve(self.settings.concurrency)
+            failure: BackendUnavailable | None = None
+            taken: list[Delivery] = []
             try:
                 taken = await queue.claim_many(self.name, partition, reserved, block=0)
-                if not taken:
-                    self._reserved -= reserved - 1
-                    reserved = 1
-                    self._slots_freed()
-                    taken = await queue.claim_many(self.name, partition, 1, block=CLAIM_BLOCK)
             except BackendUnavailable as exc:
-                log.warning("cannot claim jobs (%s); retrying", exc)
+                failure = exc
+            finally:
                 self._reserved -= reserved
-                self._slots_freed()
-                await asyncio.sleep(0.5 + random.random())
-                continue
-            self._reserved -= reserved
             if len(taken) < reserved:
                 self._slots_freed()
+            if failure is not None:
+                log.warning("cannot claim jobs (%s); retrying", failure)
+                await asyncio.sleep(0.5 + random.random())
+                continue
             if not taken:
+                try:
+                    await queue.wait_for_jobs(partition, CLAIM_BLOCK)
+                except BackendUnavailable as exc:
+                    log.warning("cannot wait for jobs (%s); retrying", exc)
+                    await asyncio.sleep(0.5 + random.random())
                 continue
             fresh = self._hold(taken)
             if self._stopping.is_set():

@@ -205,3 +205,26 @@ async def test_redis_partitions_use_their_own_keys(backend: Backend, redis_url: 
             assert delayed.startswith(stream)
     finally:
         await client.aclose()
+
+
+async def test_wait_for_jobs_wakes_on_a_new_job_and_takes_none(queue: JobQueue) -> None:
+    job_ids = [j for j in ids_over_partitions("wake", queue.partitions, each=5)]
+    partition = queue_partition(job_ids[0], queue.partitions)
+    mine = [j for j in job_ids if queue_partition(j, queue.partitions) == partition]
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await queue.wait_for_jobs(partition, 0.2)
+    assert loop.time() - began >= 0.15, "nothing came: it waited its timeout"
+    waiter = asyncio.create_task(queue.wait_for_jobs(partition, 10))
+    began = loop.time()
+    queued: list[str] = []
+    for job_id in mine:  # until the waiter is surely waiting and wakes
+        queued.append(job_id)
+        await queue.enqueue(job_id)
+        done, _ = await asyncio.wait({waiter}, timeout=0.3)
+        if done:
+            break
+    assert waiter.done() and loop.time() - began < 5
+    taken = await queue.claim_many("w", partition, 10, block=0)
+    assert [d.job_id for d in taken] == queued, "waiting took none of them"
+    await queue.ack_many(taken)

@@ -191,3 +191,29 @@ async def test_the_cancel_poll_stops_running_handlers(backend: Backend) -> None:
     for job_id in job_ids:
         assert (await event_types(backend, job_id))[-1] == "job.cancelled"
     assert await backend.queue.reclaim("after", min_idle=0) == [], "every delivery was acked"
+
+
+async def test_a_worker_on_many_partitions_keeps_connections_for_its_jobs(
+    redis_url: str,
+) -> None:
+    """More partitions than the process's command pool has connections: each reader may hold
+    one in a blocking read, and the jobs' own commands still get theirs at once."""
+    many = settings(redis_url, queue_partitions=100, concurrency=4)
+    backend = open_backend(many)
+    await backend.start()
+    registry = HandlerRegistry()
+
+    @handler("quick", registry=registry)
+    async def quick(ctx: JobContext) -> None:
+        return None
+
+    try:
+        job_ids = [(await create_job(backend, "quick", {})).id for _ in range(10)]
+        worker = Worker(backend, registry, many, name="many")
+        began = time.monotonic()
+        await run_until(worker, lambda: all_ended(backend, job_ids), "every job to end")
+        # Readers blocked 0.5 s each on 100 partitions, a pool of 64 would delay the jobs'
+        # commands by whole seconds.
+        assert time.monotonic() - began < 3
+    finally:
+        await backend.close()
