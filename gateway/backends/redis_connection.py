@@ -21,7 +21,8 @@ from gateway.backends.redis_keys import (
 from gateway.errors import BackendUnavailable
 
 REDIS_POOL_SIZE = 64
-"""Connections one process opens for commands; blocking job reads hold one each."""
+"""Connections one process opens for commands, plus one per queue partition for a worker's
+readers waiting for new jobs (`blocking_readers`)."""
 
 
 class RedisConnection:

@@ -48,8 +48,8 @@ CANCEL_POLL_INTERVAL = 0.25
 read of their statuses per interval, whatever the number of jobs)."""
 
 CLAIM_BLOCK = 0.5
-"""Seconds a partition's reader waits for new jobs in one read (and so, at most, for a job
-delayed by another process to be moved onto the queue)."""
+"""Seconds an empty partition's reader waits for new jobs at a time (and so, at most, for a
+job delayed by another process to be moved onto the queue)."""
 
 
 class Worker:
