@@ -196,6 +196,8 @@ class Worker:
                 failure = exc
             finally:
                 self._reserved -= reserved
+            # Taken jobs hold their slots before any freed slot is handed on.
+            fresh = self._hold(taken)
             if len(taken) < reserved:
                 self._slots_freed()
             if failure is not None:
@@ -209,7 +211,6 @@ class Worker:
                     log.warning("cannot wait for jobs (%s); retrying", exc)
                     await asyncio.sleep(0.5 + random.random())
                 continue
-            fresh = self._hold(taken)
             if self._stopping.is_set():
                 for delivery in fresh:
                     await self._give_back(delivery)
@@ -249,17 +250,18 @@ class Worker:
             if free <= 0:
                 continue
             self._reserved += free
+            reclaimed: list[Delivery] = []
             try:
                 reclaimed = await self.backend.queue.reclaim(
                     self.name, self.settings.visibility_timeout, count=free
                 )
             except BackendUnavailable as exc:
                 log.warning("cannot reclaim stalled jobs (%s)", exc)
-                continue
             finally:
                 self._reserved -= free
-                self._slots_freed()
+            # Taken jobs hold their slots before any freed slot is handed on.
             fresh = self._hold(reclaimed)
+            self._slots_freed()
             for delivery in fresh:
                 log.info("re-claimed job %s from a silent worker", delivery.job_id)
             self._start_batch(fresh)
