@@ -9,7 +9,13 @@ from gateway.backends.bus import Bus
 from gateway.backends.control import ControlBus
 from gateway.backends.memory_presence import MemoryPresenceStore
 from gateway.backends.presence import PresenceStore
-from gateway.backends.stores import IdempotencyStore, JobQueue, JobStore, WebhookSchedule
+from gateway.backends.stores import (
+    IdempotencyStore,
+    JobFlow,
+    JobQueue,
+    JobStore,
+    WebhookSchedule,
+)
 
 
 async def _nothing() -> None:
@@ -35,6 +41,9 @@ class Backend:
     release: Callable[[], Awaitable[None]] = _nothing
     presence: PresenceStore = field(default_factory=MemoryPresenceStore)
     """Who is subscribed where (`gateway.presence`); the Redis backend passes its own."""
+    flow: JobFlow | None = None
+    """Batched job transitions for workers, when the backend has a faster way than one job
+    at a time (`gateway.jobs.model.BusJobFlow`, which works on any backend)."""
 
     @property
     def kind(self) -> str:

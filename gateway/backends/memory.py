@@ -28,6 +28,7 @@ from gateway.backends.bus import (
     check_event_size,
 )
 from gateway.backends.control import MemoryControl
+from gateway.backends.redis_keys import queue_partition
 from gateway.backends.stores import (
     Attempt,
     Delivery,
@@ -54,7 +55,7 @@ from gateway.vocabulary import JOB_TERMINAL_STATUSES
 
 def open_memory(settings: Settings) -> Backend:
     jobs = MemoryJobStore()
-    queue = MemoryJobQueue()
+    queue = MemoryJobQueue(settings.queue_partitions)
     bus = MemoryBus(settings, jobs, queue)
     return Backend(
         bus,
@@ -151,68 +152,97 @@ class MemoryJobStore(JobStore):
 
 
 class MemoryJobQueue(JobQueue):
-    def __init__(self) -> None:
-        self._ready: deque[str] = deque()
-        self._delayed: list[tuple[float, int, str]] = []
-        self._pending: dict[str, _Pending] = {}
+    """One ready deque and one delayed heap per partition, like the Redis streams."""
+
+    def __init__(self, partitions: int = 1) -> None:
+        self.partitions = partitions
+        self._ready: list[deque[str]] = [deque() for _ in range(partitions)]
+        self._delayed: list[list[tuple[float, int, str]]] = [[] for _ in range(partitions)]
+        self._pending: dict[tuple[int, str], _Pending] = {}
         self._tokens = itertools.count(1)
-        self._wakeup = asyncio.Event()
+        self._wakeup = [asyncio.Event() for _ in range(partitions)]
 
     async def enqueue(self, job_id: str, delay: float = 0.0) -> None:
-        if delay > 0:
-            heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._tokens), job_id))
-        else:
-            self._ready.append(job_id)
-        self._wakeup.set()
+        self._enqueue(queue_partition(job_id, self.partitions), job_id, delay)
 
-    def _promote_due(self) -> float | None:
+    def _enqueue(self, partition: int, job_id: str, delay: float) -> None:
+        if delay > 0:
+            entry = (time.monotonic() + delay, next(self._tokens), job_id)
+            heapq.heappush(self._delayed[partition], entry)
+        else:
+            self._ready[partition].append(job_id)
+        self._wakeup[partition].set()
+
+    def _promote_due(self, partition: int) -> float | None:
         """Move due delayed jobs to the ready queue; return seconds until the next one is due."""
         now = time.monotonic()
-        while self._delayed and self._delayed[0][0] <= now:
-            self._ready.append(heapq.heappop(self._delayed)[2])
-        return self._delayed[0][0] - now if self._delayed else None
+        delayed = self._delayed[partition]
+        while delayed and delayed[0][0] <= now:
+            self._ready[partition].append(heapq.heappop(delayed)[2])
+        return delayed[0][0] - now if delayed else None
 
-    async def claim(self, consumer: str, block: float) -> Delivery | None:
+    async def claim_many(
+        self, consumer: str, partition: int, count: int, block: float
+    ) -> list[Delivery]:
         deadline = time.monotonic() + block
+        ready = self._ready[partition]
         while True:
-            next_due = self._promote_due()
-            if self._ready:
-                job_id = self._ready.popleft()
-                token = str(next(self._tokens))
-                self._pending[token] = _Pending(job_id, consumer, time.monotonic())
-                return Delivery(job_id, token)
+            next_due = self._promote_due(partition)
+            if ready:
+                taken: list[Delivery] = []
+                now = time.monotonic()
+                while ready and len(taken) < count:
+                    job_id = ready.popleft()
+                    token = str(next(self._tokens))
+                    self._pending[partition, token] = _Pending(job_id, consumer, now)
+                    taken.append(Delivery(job_id, token, partition))
+                return taken
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None
+                return []
             wait = remaining if next_due is None else min(remaining, next_due)
-            self._wakeup.clear()
+            wakeup = self._wakeup[partition]
+            wakeup.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+                await asyncio.wait_for(wakeup.wait(), timeout=wait)
+
+    async def wait_for_jobs(self, partition: int, timeout: float) -> None:
+        next_due = self._promote_due(partition)
+        if self._ready[partition]:
+            return
+        wakeup = self._wakeup[partition]
+        wakeup.clear()
+        wait = timeout if next_due is None else min(timeout, next_due)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wakeup.wait(), timeout=wait)
 
     async def reclaim(self, consumer: str, min_idle: float, count: int = 50) -> list[Delivery]:
         now = time.monotonic()
         taken: list[Delivery] = []
-        for token, pending in self._pending.items():
+        for (partition, token), pending in self._pending.items():
             if len(taken) >= count:
                 break
             if now - pending.touched >= min_idle:
                 pending.consumer = consumer
                 pending.touched = now
-                taken.append(Delivery(pending.job_id, token))
+                taken.append(Delivery(pending.job_id, token, partition))
         return taken
 
-    async def touch(self, consumer: str, delivery: Delivery) -> None:
-        pending = self._pending.get(delivery.token)
-        if pending is not None:
-            pending.touched = time.monotonic()
+    async def touch_many(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        now = time.monotonic()
+        for delivery in deliveries:
+            pending = self._pending.get((delivery.partition, delivery.token))
+            if pending is not None:
+                pending.touched = now
 
-    async def ack(self, delivery: Delivery) -> None:
-        self._pending.pop(delivery.token, None)
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            self._pending.pop((delivery.partition, delivery.token), None)
 
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
-        # No await between the two: nothing else runs in between.
-        self._pending.pop(delivery.token, None)
-        await self.enqueue(delivery.job_id, delay)
+        # Nothing awaits between the two: nothing else runs in between.
+        self._pending.pop((delivery.partition, delivery.token), None)
+        self._enqueue(delivery.partition, delivery.job_id, delay)
 
 
 class MemoryBus(Bus):

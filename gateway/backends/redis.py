@@ -13,6 +13,7 @@ from gateway.backends.redis_control import RedisControl
 from gateway.backends.redis_presence import RedisPresenceStore
 from gateway.backends.redis_stores import (
     RedisIdempotencyStore,
+    RedisJobFlow,
     RedisJobQueue,
     RedisJobStore,
     RedisWebhookSchedule,
@@ -21,14 +22,15 @@ from gateway.settings import Settings
 
 
 def open_redis(settings: Settings) -> Backend:
-    connection = RedisConnection(settings.redis_url)
+    connection = RedisConnection(settings.redis_url, blocking_readers=settings.queue_partitions)
     return Backend(
         bus=RedisBus(settings, connection),
         jobs=RedisJobStore(connection),
-        queue=RedisJobQueue(connection),
+        queue=RedisJobQueue(connection, settings.queue_partitions),
         idempotency=RedisIdempotencyStore(connection),
         webhooks=RedisWebhookSchedule(connection),
         control=RedisControl(settings, connection),
         release=connection.close,
         presence=RedisPresenceStore(connection),
+        flow=RedisJobFlow(settings, connection),
     )

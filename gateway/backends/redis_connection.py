@@ -17,11 +17,13 @@ from gateway.backends.redis_keys import (
     CLAIM_WEBHOOKS_LUA,
     PROMOTE_LUA,
     PUBLISH_LUA,
+    START_JOB_LUA,
 )
 from gateway.errors import BackendUnavailable
 
 REDIS_POOL_SIZE = 64
-"""Connections one process opens for commands; blocking job reads hold one each."""
+"""Connections one process opens for commands, plus one per queue partition for a worker's
+readers waiting for new jobs (`blocking_readers`)."""
 
 
 class HiredisPacking:
@@ -57,7 +59,10 @@ def with_hiredis_packing(pool: Any) -> None:
 class RedisConnection:
     """One command client (a bounded pool) and the Lua scripts registered on it."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, blocking_readers: int = 0) -> None:
+        """`blocking_readers`: connections a worker's queue readers may each hold in a
+        blocking read (one per queue partition), on top of `REDIS_POOL_SIZE`, so they never
+        leave the rest of the process waiting for a connection."""
         self.url = url
         # After a Redis restart every pooled connection is stale; retry so that costs a
         # reconnect, not a failed request per connection.
@@ -67,7 +72,7 @@ class RedisConnection:
         # (which times out and answers them `unavailable`).
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
-            max_connections=REDIS_POOL_SIZE,
+            max_connections=REDIS_POOL_SIZE + blocking_readers,
             timeout=20,
             health_check_interval=0,
             socket_timeout=10,
@@ -85,6 +90,7 @@ class RedisConnection:
         self.promote = self.redis.register_script(PROMOTE_LUA)
         self.begin_attempt = self.redis.register_script(BEGIN_ATTEMPT_LUA)
         self.claim_webhooks = self.redis.register_script(CLAIM_WEBHOOKS_LUA)
+        self.start_job = self.redis.register_script(START_JOB_LUA)
 
     async def call(self, what: str, command: Any) -> Any:
         """Await one command; Redis failing becomes `BackendUnavailable` (answered 503)."""

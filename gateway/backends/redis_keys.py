@@ -94,6 +94,16 @@ def _bridge_publish_script() -> str:
 BRIDGE_PUBLISH_LUA = _bridge_publish_script()
 
 
+def _start_job_script() -> str:
+    """start_job.lua with publish.lua in front of it as a local function (as the bridge's)."""
+    body = resources.files("gateway.backends").joinpath("publish.lua").read_text()
+    tail = resources.files("gateway.backends").joinpath("start_job.lua").read_text()
+    return f"{LUA_PRELUDE}local function publish(KEYS, ARGV)\n{body}\nend\n{tail}"
+
+
+START_JOB_LUA = _start_job_script()
+
+
 def publish_call(
     settings: Settings,
     channel: str,

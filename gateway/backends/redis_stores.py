@@ -3,32 +3,105 @@ consumer group for the queue, plain keys for idempotency, a sorted set for webho
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.client import NEVER_DECODE
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.backends.bus import JobUpdate
 from gateway.backends.redis_connection import RedisConnection
 from gateway.backends.redis_keys import (
-    DELAYED_JOBS,
     JOB_INDEX,
-    JOB_STREAM,
     WEBHOOK_PAYLOADS,
     WEBHOOK_SCHEDULE,
     WORKER_GROUP,
     idempotency_key,
     job_key,
+    publish_call,
+    queue_keys,
+    queue_partition,
 )
 from gateway.backends.stores import (
     Attempt,
     Delivery,
     IdempotencyStore,
+    JobFlow,
     JobQueue,
+    JobStart,
+    JobStep,
     JobStore,
+    Started,
     WebhookSchedule,
 )
 from gateway.errors import BackendUnavailable
+from gateway.events import namespace_of
+from gateway.metrics import METRICS
+from gateway.settings import Settings
+from gateway.vocabulary import EventType
+
+
+def pack_commands(commands: Sequence[Sequence[Any]]) -> bytes:
+    """Commands in Redis's wire format (RESP), all in one buffer: the job flow's pipelines
+    send thousands of arguments a second, and redis-py encodes them one call at a time."""
+    out: list[bytes] = []
+    for command in commands:
+        parts = [
+            arg.encode()
+            if type(arg) is str
+            else arg
+            if type(arg) is bytes
+            else b"%d" % arg
+            if type(arg) is int
+            else str(arg).encode()
+            for arg in command
+        ]
+        out.append(b"*%d\r\n" % len(parts))
+        out.extend([b"$%d\r\n%s\r\n" % (len(part), part) for part in parts])
+    return b"".join(out)
+
+
+async def send_pipeline(redis: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Commands sent in one write, replies read in order (a non-transactional pipeline, one
+    round trip); an error reply comes back as its exception in its place, not raised. The
+    replies are raw (`HGETALL` gives a flat list). A client without a connection pool of its
+    own (Redis Cluster) runs them as its ordinary pipeline, split per node."""
+    pool = getattr(redis, "connection_pool", None)
+    if pool is None:
+        pipe = redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command, **{NEVER_DECODE: True})
+        return list(await pipe.execute(raise_on_error=False))
+    connection = await pool.get_connection()
+    try:
+        await connection.send_packed_command(pack_commands(commands), check_health=False)
+        replies: list[Any] = []
+        # The connection's reply parser, read under one timeout for the whole pipeline (its
+        # `read_response` sets one per reply); error replies come back as exception objects.
+        parser = getattr(connection, "_parser", None)
+        if parser is None:
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response(disconnect_on_error=True))
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        async with asyncio.timeout(connection.socket_timeout):
+            for _ in commands:
+                replies.append(await parser.read_response())
+        return replies
+    except TimeoutError as exc:
+        await connection.disconnect()
+        raise RedisTimeoutError(f"pipeline of {len(commands)} commands: {exc}") from exc
+    except BaseException:
+        await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
 
 
 class RedisJobStore(JobStore):
@@ -58,6 +131,35 @@ class RedisJobStore(JobStore):
         if not raw:
             return None
         return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[dict[str, str] | None]:
+        commands = [("HGETALL", job_key(job_id)) for job_id in job_ids]
+        replies = await self._replies("get jobs", commands)
+        found: list[dict[str, str] | None] = []
+        for raw in replies:
+            if isinstance(raw, dict):  # a pipeline that parsed it (Cluster)
+                raw = [item for pair in raw.items() for item in pair]
+            if not raw:
+                found.append(None)
+                continue
+            items = iter(raw)
+            found.append({k.decode(): v.decode() for k, v in zip(items, items, strict=True)})
+        return found
+
+    async def statuses(self, job_ids: Sequence[str]) -> list[str | None]:
+        commands = [("HGET", job_key(job_id), "status") for job_id in job_ids]
+        replies = await self._replies("job statuses", commands)
+        return [None if raw is None else raw.decode() for raw in replies]
+
+    async def _replies(self, what: str, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        try:
+            replies = await send_pipeline(self._redis, commands)
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"{what}: {exc}") from exc
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise BackendUnavailable(f"{what}: {reply}")
+        return replies
 
     async def update(self, job_id: str, fields: Mapping[str, str]) -> None:
         await self._connection.call("update job", self._update_existing(job_key(job_id), fields))
@@ -108,98 +210,260 @@ class RedisJobStore(JobStore):
 
 
 class RedisJobQueue(JobQueue):
-    """A Stream read by one consumer group; delayed jobs wait in a sorted set until due."""
+    """One Stream per partition, each read by the consumer group `workers`; a partition's
+    delayed jobs wait in its sorted set until due. Each command or script touches one
+    partition's keys only (one hash slot); work over several partitions is a pipeline."""
 
-    def __init__(self, connection: RedisConnection) -> None:
+    def __init__(self, connection: RedisConnection, partitions: int = 1) -> None:
         self._connection = connection
         self._redis = connection.redis
-        self._group_ready = False
+        self.partitions = partitions
+        self._keys = [queue_keys(partition) for partition in range(partitions)]
+        self._groups_ready: set[int] = set()
+        self._next_due: dict[int, float] = {}
+        """Per partition, when (monotonic) its next delayed job falls due, as PROMOTE said."""
 
-    async def _ensure_group(self) -> None:
-        if self._group_ready:
+    async def _ensure_group(self, partition: int) -> None:
+        if partition in self._groups_ready:
             return
+        stream = self._keys[partition][0]
         try:
-            await self._redis.xgroup_create(JOB_STREAM, WORKER_GROUP, id="0", mkstream=True)
+            await self._redis.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._group_ready = True
+        self._groups_ready.add(partition)
 
     async def enqueue(self, job_id: str, delay: float = 0.0) -> None:
+        stream, delayed = self._keys[queue_partition(job_id, self.partitions)]
         if delay > 0:
             due = int((time.time() + delay) * 1000)
-            await self._connection.call("enqueue", self._redis.zadd(DELAYED_JOBS, {job_id: due}))
+            await self._connection.call("enqueue", self._redis.zadd(delayed, {job_id: due}))
         else:
-            await self._connection.call("enqueue", self._redis.xadd(JOB_STREAM, {"job": job_id}))
+            await self._connection.call("enqueue", self._redis.xadd(stream, {"job": job_id}))
 
-    async def claim(self, consumer: str, block: float) -> Delivery | None:
+    async def claim_many(
+        self, consumer: str, partition: int, count: int, block: float
+    ) -> list[Delivery]:
+        """Promote the partition's due delayed jobs, then read its new entries; PROMOTE's
+        answer (when the next delayed job is due) bounds how long the read blocks."""
+        stream, delayed = self._keys[partition]
         deadline = time.monotonic() + block
         while True:
             try:
-                await self._ensure_group()
+                await self._ensure_group(partition)
+                now_ms = int(time.time() * 1000)
                 next_due = await self._connection.promote(
-                    keys=[DELAYED_JOBS, JOB_STREAM], args=[int(time.time() * 1000), 100]
+                    keys=[delayed, stream], args=[now_ms, 100]
                 )
-                wait = max(deadline - time.monotonic(), 0.001)
+                wait = deadline - time.monotonic()
                 if next_due >= 0:
                     wait = min(wait, next_due / 1000 + 0.001)
+                    self._next_due[partition] = time.monotonic() + next_due / 1000
+                else:
+                    self._next_due.pop(partition, None)
+                block_ms = int(wait * 1000) if wait > 0 else None
                 reply: Any = await self._redis.xreadgroup(
-                    WORKER_GROUP, consumer, {JOB_STREAM: ">"}, count=1, block=int(wait * 1000) or 1
+                    WORKER_GROUP, consumer, {stream: ">"}, count=count, block=block_ms or None
                 )
             except ResponseError as exc:
-                self._group_ready = False
+                self._groups_ready.discard(partition)
                 if "NOGROUP" in str(exc):
-                    return None
+                    return []
                 raise BackendUnavailable(f"claim: {exc}") from exc
             except (RedisError, OSError) as exc:
-                self._group_ready = False
+                self._groups_ready.discard(partition)
                 raise BackendUnavailable(f"claim: {exc}") from exc
-            for _stream, entries in reply or []:
-                for entry_id, fields in entries:
-                    return Delivery(fields[b"job"].decode(), entry_id.decode())
-            if time.monotonic() >= deadline:
-                return None
+            taken = [
+                Delivery(fields[b"job"].decode(), entry_id.decode(), partition)
+                for _stream, entries in reply or []
+                for entry_id, fields in entries
+            ]
+            if taken or time.monotonic() >= deadline:
+                return taken
 
-    async def reclaim(self, consumer: str, min_idle: float, count: int = 50) -> list[Delivery]:
-        try:
-            await self._ensure_group()
-            reply: Any = await self._redis.xautoclaim(
-                JOB_STREAM, WORKER_GROUP, consumer, int(min_idle * 1000), "0-0", count=count
-            )
-        except (RedisError, OSError) as exc:
-            self._group_ready = False
-            raise BackendUnavailable(f"reclaim: {exc}") from exc
-        entries: Sequence[Any] = reply[1]
-        return [
-            Delivery(fields[b"job"].decode(), entry_id.decode())
-            for entry_id, fields in entries
-            if fields
-        ]
-
-    async def touch(self, consumer: str, delivery: Delivery) -> None:
+    async def wait_for_jobs(self, partition: int, timeout: float) -> None:
+        """`XREAD BLOCK` from `$`: wakes on the next entry added, takes nothing. An entry
+        added just before the wait began is found by the next read (within `timeout`)."""
+        due = self._next_due.get(partition)
+        if due is not None:
+            timeout = min(timeout, due - time.monotonic() + 0.001)
+        if timeout <= 0:
+            return
+        stream = self._keys[partition][0]
         await self._connection.call(
-            "touch",
-            self._redis.xclaim(
-                JOB_STREAM, WORKER_GROUP, consumer, 0, [delivery.token], justid=True
-            ),
+            "wait for jobs",
+            self._redis.xread({stream: "$"}, count=1, block=max(int(timeout * 1000), 1)),
         )
 
-    async def ack(self, delivery: Delivery) -> None:
+    async def reclaim(self, consumer: str, min_idle: float, count: int = 50) -> list[Delivery]:
+        taken: list[Delivery] = []
+        for partition in range(self.partitions):
+            if len(taken) >= count:
+                break
+            stream = self._keys[partition][0]
+            try:
+                await self._ensure_group(partition)
+                reply: Any = await self._redis.xautoclaim(
+                    stream,
+                    WORKER_GROUP,
+                    consumer,
+                    int(min_idle * 1000),
+                    "0-0",
+                    count=count - len(taken),
+                )
+            except (RedisError, OSError) as exc:
+                self._groups_ready.discard(partition)
+                raise BackendUnavailable(f"reclaim: {exc}") from exc
+            entries: Sequence[Any] = reply[1]
+            taken.extend(
+                Delivery(fields[b"job"].decode(), entry_id.decode(), partition)
+                for entry_id, fields in entries
+                if fields
+            )
+        return taken
+
+    def _by_partition(self, deliveries: Sequence[Delivery]) -> dict[int, list[Any]]:
+        tokens: dict[int, list[Any]] = {}
+        for delivery in deliveries:
+            tokens.setdefault(delivery.partition, []).append(delivery.token)
+        return tokens
+
+    async def touch_many(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        """One XCLAIM per partition for all its deliveries, all in one pipeline."""
+        if not deliveries:
+            return
         pipe = self._redis.pipeline(transaction=False)
-        pipe.xack(JOB_STREAM, WORKER_GROUP, delivery.token)
-        pipe.xdel(JOB_STREAM, delivery.token)
-        await self._connection.call("ack", pipe.execute())
+        for partition, tokens in self._by_partition(deliveries).items():
+            stream = self._keys[partition][0]
+            pipe.xclaim(stream, WORKER_GROUP, consumer, 0, tokens, justid=True)
+        await self._connection.call("touch", pipe.execute())
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        commands: list[tuple[Any, ...]] = []
+        for partition, tokens in self._by_partition(deliveries).items():
+            stream = self._keys[partition][0]
+            commands.append(("XACK", stream, WORKER_GROUP, *tokens))
+            commands.append(("XDEL", stream, *tokens))
+        try:
+            replies = await send_pipeline(self._redis, commands)
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"ack: {exc}") from exc
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise BackendUnavailable(f"ack: {reply}")
 
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
-        # MULTI/EXEC: the stream and the delayed set share the `{jobs}` slot.
+        # MULTI/EXEC on the delivery's partition: its stream and delayed set share one slot.
+        stream, delayed = self._keys[delivery.partition]
         pipe = self._redis.pipeline(transaction=True)
         if delay > 0:
-            pipe.zadd(DELAYED_JOBS, {delivery.job_id: int((time.time() + delay) * 1000)})
+            pipe.zadd(delayed, {delivery.job_id: int((time.time() + delay) * 1000)})
         else:
-            pipe.xadd(JOB_STREAM, {"job": delivery.job_id})
-        pipe.xack(JOB_STREAM, WORKER_GROUP, delivery.token)
-        pipe.xdel(JOB_STREAM, delivery.token)
+            pipe.xadd(stream, {"job": delivery.job_id})
+        pipe.xack(stream, WORKER_GROUP, delivery.token)
+        pipe.xdel(stream, delivery.token)
         await self._connection.call("requeue", pipe.execute())
+
+
+class RedisJobFlow(JobFlow):
+    """Batches of job transitions as pipelines of scripts, each on one job's slot: start_job.lua
+    (attempt count + `job.started`) and publish.lua (any other state change)."""
+
+    def __init__(self, settings: Settings, connection: RedisConnection) -> None:
+        self._settings = settings
+        self._connection = connection
+        self._redis = connection.redis
+        self._published = METRICS.events_published.labels(namespace_of("job:"))
+
+    def _event_id(self, entry_id: bytes | None) -> str | None:
+        """The id of an event the script published (None: refused, the job had ended);
+        counted in `gateway_events_published` (the `job` namespace's child looked up once)."""
+        if entry_id is None:
+            return None
+        self._published.inc()
+        return entry_id.decode()
+
+    async def _scripts(
+        self, script: AsyncScript, calls: Sequence[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """Run `script` once per (keys, args) in one pipeline of EVALSHA; the calls that met a
+        server without the script (restarted, flushed) run again after loading it: none of
+        them ran, and the others must not run twice."""
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for round_ in range(2):
+            commands = []
+            for index in todo:
+                keys, args = calls[index]
+                commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
+            try:
+                answers = await send_pipeline(self._redis, commands)
+            except (RedisError, OSError) as exc:
+                raise BackendUnavailable(f"job transition: {exc}") from exc
+            missing = []
+            for index, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, NoScriptError) or (
+                    isinstance(answer, ResponseError) and str(answer).startswith("NOSCRIPT")
+                ):
+                    missing.append(index)
+                elif isinstance(answer, Exception):
+                    raise BackendUnavailable(f"job transition: {answer}")
+                else:
+                    replies[index] = answer
+            if not missing:
+                return replies
+            if round_ == 0:
+                await self._connection.call("load script", self._redis.script_load(script.script))
+            todo = missing
+        raise BackendUnavailable("job transition: the script could not be loaded")
+
+    def _call(self, step: JobStep, source_data: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+        channel = f"job:{step.job_id}"
+        keys, args, _tail = publish_call(
+            self._settings,
+            channel,
+            step.event_type,
+            source_data,
+            f"/jobs/{step.job_id}",
+            JobUpdate(step.job_id, step.fields, expire=step.expire),
+        )
+        if step.expire:
+            # publish.lua sets the history's TTL to ARGV[4]: at most the job's own lifetime,
+            # which is what `expire_history` after the publish would leave.
+            args[3] = min(int(args[3]), step.expire)
+        return keys, args
+
+    async def start_many(self, starts: Sequence[JobStart]) -> list[Started]:
+        calls = []
+        for start in starts:
+            step = JobStep(start.job_id, EventType.STARTED, {}, start.fields)
+            keys, args = self._call(
+                step, {"job_id": start.job_id, "attempt": start.expected_attempt}
+            )
+            calls.append((keys, [start.max_attempts, start.expected_attempt, *args]))
+        replies = await self._scripts(self._connection.start_job, calls)
+        results: list[Started] = []
+        for reply in replies:
+            if not reply:
+                results.append(Started(None))
+                continue
+            code, number = int(reply[0]), int(reply[1])
+            if code == 2:
+                results.append(Started(None, conflict=True))
+            elif code == 0:
+                results.append(Started(Attempt(number, granted=False)))
+            else:
+                event_id = self._event_id(reply[2])
+                results.append(Started(Attempt(number, granted=True), event_id))
+        return results
+
+    async def finish_many(self, steps: Sequence[JobStep]) -> list[str | None]:
+        calls = [self._call(step, {"job_id": step.job_id, **step.data}) for step in steps]
+        replies = await self._scripts(self._connection.publish, calls)
+        return [self._event_id(reply) for reply in replies]
 
 
 class RedisIdempotencyStore(IdempotencyStore):

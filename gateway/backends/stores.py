@@ -9,8 +9,10 @@ the job store of one backend share their state (`MemoryState`, one Redis connect
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +29,50 @@ class Attempt:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One job handed to a worker; `token` identifies the delivery to ack, touch or release."""
+    """One job handed to a worker; `token` identifies the delivery to ack, touch or release
+    within its queue `partition` (tokens of two partitions may be equal: compare deliveries)."""
 
     job_id: str
     token: str
+    partition: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JobStart:
+    """A job a worker wants to start: count the attempt and publish `job.started` together."""
+
+    job_id: str
+    expected_attempt: int
+    """The attempt number the worker read from the record (attempts + 1); a backend may use it
+    to build the event before counting, and answers `conflict` when the count moved since."""
+    max_attempts: int
+    fields: Mapping[str, str]
+    """The record's fields `job.started` sets (status, updated_at, progress)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """What starting a job came to (`JobFlow.start_many`)."""
+
+    attempt: Attempt | None
+    """None: the job is missing or has ended (nothing may run); else as `begin_attempt`."""
+    event_id: str | None = None
+    """`job.started`'s id, published when the attempt was granted; None if the job ended
+    first."""
+    conflict: bool = False
+    """The record's attempt count changed after the worker read it: start it one at a time."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobStep:
+    """One job state change for a batch: its event's data and the record fields it sets."""
+
+    job_id: str
+    event_type: str
+    data: Mapping[str, Any]
+    fields: Mapping[str, str]
+    expire: int = 0
+    """Seconds the record and its history are kept from now (terminal events); 0 keeps them."""
 
 
 class JobStore(abc.ABC):
@@ -46,6 +88,17 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def get(self, job_id: str) -> dict[str, str] | None:
         """The job record's fields, or None when unknown or expired."""
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[dict[str, str] | None]:
+        """`get` of several jobs, in order (one round trip where the backend can)."""
+        return [await self.get(job_id) for job_id in job_ids]
+
+    async def statuses(self, job_ids: Sequence[str]) -> list[str | None]:
+        """The `status` field of several jobs, in order; None for unknown or expired jobs."""
+        return [
+            None if fields is None else fields.get("status")
+            for fields in await self.get_many(job_ids)
+        ]
 
     @abc.abstractmethod
     async def update(self, job_id: str, fields: Mapping[str, str]) -> None:
@@ -75,27 +128,77 @@ class JobStore(abc.ABC):
 
 
 class JobQueue(abc.ABC):
-    """Jobs waiting for a worker, with visibility timeouts: a dead worker's jobs come back."""
+    """Jobs waiting for a worker, with visibility timeouts: a dead worker's jobs come back.
+
+    The queue is split in `partitions` (`GATEWAY_QUEUE_PARTITIONS`): a job always goes to the
+    partition its id hashes to (`queue_partition`), each partition keeps its own order, and a
+    worker reads every partition. Order across partitions is not kept.
+    """
+
+    partitions: int = 1
 
     @abc.abstractmethod
     async def enqueue(self, job_id: str, delay: float = 0.0) -> None:
-        """Queue a job for a worker, now or after `delay` seconds."""
+        """Queue a job for a worker on its partition, now or after `delay` seconds."""
+
+    async def claim(self, consumer: str, block: float) -> Delivery | None:
+        """Take the next due job of any partition, waiting up to `block` seconds; None when
+        there is none."""
+        deadline = time.monotonic() + block
+        start = self._next_claim % self.partitions
+        self._next_claim = start + 1
+        while True:
+            for offset in range(self.partitions):
+                partition = (start + offset) % self.partitions
+                taken = await self.claim_many(consumer, partition, 1, block=0)
+                if taken:
+                    return taken[0]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            # Wait on one partition for a short while, then look at all of them again.
+            wait = remaining if self.partitions == 1 else min(remaining, 0.05)
+            taken = await self.claim_many(consumer, start, 1, block=wait)
+            if taken:
+                return taken[0]
+            if time.monotonic() >= deadline:
+                return None
+
+    _next_claim: int = 0
 
     @abc.abstractmethod
-    async def claim(self, consumer: str, block: float) -> Delivery | None:
-        """Take the next due job, waiting up to `block` seconds; None when there is none."""
+    async def claim_many(
+        self, consumer: str, partition: int, count: int, block: float
+    ) -> list[Delivery]:
+        """Take up to `count` due jobs of one partition (moving its due delayed jobs onto it
+        first), waiting up to `block` seconds for the first when there is none (0: no wait)."""
+
+    @abc.abstractmethod
+    async def wait_for_jobs(self, partition: int, timeout: float) -> None:
+        """Wait until a job may be new on the partition (taking none), at most `timeout`
+        seconds and no longer than until its next delayed job falls due (as last seen by
+        `claim_many`). Lets a worker wait without holding a slot for a job it cannot run."""
 
     @abc.abstractmethod
     async def reclaim(self, consumer: str, min_idle: float, count: int = 50) -> list[Delivery]:
-        """Take over up to `count` jobs delivered to workers silent for `min_idle` seconds."""
+        """Take over up to `count` jobs (of all partitions) delivered to workers silent for
+        `min_idle` seconds."""
 
-    @abc.abstractmethod
     async def touch(self, consumer: str, delivery: Delivery) -> None:
         """Tell the queue the delivery is still being worked on (resets its idle time)."""
+        await self.touch_many(consumer, [delivery])
 
     @abc.abstractmethod
+    async def touch_many(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        """`touch` every delivery given (one round trip where the backend can)."""
+
     async def ack(self, delivery: Delivery) -> None:
         """The delivery is finished (done, or failed for good)."""
+        await self.ack_many([delivery])
+
+    @abc.abstractmethod
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """`ack` every delivery given (one round trip where the backend can)."""
 
     @abc.abstractmethod
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
@@ -104,6 +207,25 @@ class JobQueue(abc.ABC):
         One step, not `enqueue` then `ack`: a worker stopped between the two would leave the
         old delivery pending beside the new one, and the job would later run twice at once.
         """
+
+
+class JobFlow(abc.ABC):
+    """A worker's job state changes in batches: many jobs' events and record changes in one
+    round trip, each job's own change still atomic with its event (as `Bus.publish` with a
+    `JobUpdate`). `gateway.jobs.model.BusJobFlow` does the same one job at a time on any
+    backend; a backend may offer a faster one (`Backend.flow`)."""
+
+    @abc.abstractmethod
+    async def start_many(self, starts: Sequence[JobStart]) -> list[Started]:
+        """For each job: count the attempt against its limit (`JobStore.begin_attempt`) and,
+        when granted, publish `job.started` with `{"attempt": n}` and set `fields`, in one
+        atomic step per job."""
+
+    @abc.abstractmethod
+    async def finish_many(self, steps: Sequence[JobStep]) -> list[str | None]:
+        """Publish each step's event with its record change: the event ids (None: the job
+        had ended); a step with `expire` also bounds the job's history to it
+        (`Bus.expire_history`)."""
 
 
 class IdempotencyStore(abc.ABC):

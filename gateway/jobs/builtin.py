@@ -1,5 +1,6 @@
-"""The built-in job types: `sleep` and `fail` (demos, and the tests' workhorses) and
-`data_analysis` (streamed CSV statistics), each with the input model its `data` must fit.
+"""The built-in job types: `sleep` and `fail` (demos, and the tests' workhorses), `noop` (does
+nothing: the benchmarks' job) and `data_analysis` (streamed CSV statistics), each with the input
+model its `data` must fit.
 
 Loaded into `REGISTRY` before any user module (`HandlerRegistry.load_modules`).
 """
@@ -46,6 +47,20 @@ async def sleep_handler(ctx: JobContext) -> dict[str, Any]:
         await asyncio.sleep(seconds / steps)
         await ctx.progress(step / steps, f"step {step} of {steps}")
     return {"slept": seconds, "steps": steps}
+
+
+class NoopInput(JobInput):
+    """Takes nothing; any keys given are dropped."""
+
+
+@handler(
+    "noop",
+    input=NoopInput,
+    description="Does nothing and returns null at once (what the benchmarks run).",
+    example={},
+)
+async def noop_handler(ctx: JobContext) -> None:
+    return None
 
 
 class FailInput(JobInput):

@@ -8,7 +8,7 @@ the event history never disagree and nothing follows a terminal event.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,7 @@ import orjson
 
 from gateway.backends.bundle import Backend
 from gateway.backends.bus import JobUpdate, NewJob, Publication
+from gateway.backends.stores import JobFlow, JobStart, JobStep, Started
 from gateway.events import Event, iso_time, now_ms
 from gateway.vocabulary import JOB_TERMINAL_STATUSES, EventType, JobStatus
 from gateway.webhooks.schedule import (
@@ -285,9 +286,7 @@ async def transition(
     and an event the job's `callback` subscribed to is scheduled for webhook delivery.
     `enqueue` (a new job's `job.queued`) puts the job on the queue right after the event.
     """
-    changes = {"status": EventType(event_type).status.value, "updated_at": timestamp()}
-    if fields:
-        changes.update(fields)
+    changes = job_changes(event_type, fields)
     publish = backend.bus.publish_and_enqueue if enqueue else backend.bus.publish
     event = await publish(
         job_channel(job_id),
@@ -303,6 +302,54 @@ async def transition(
     if callback is not None:
         await schedule_event(backend, job_id, callback, event)
     return event
+
+
+def job_changes(event_type: str, fields: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The record fields a job event sets: its status, `updated_at`, and `fields`."""
+    changes = {"status": EventType(event_type).status.value, "updated_at": timestamp()}
+    if fields:
+        changes.update(fields)
+    return changes
+
+
+class BusJobFlow(JobFlow):
+    """`JobFlow` on any backend, one job at a time: `begin_attempt` then `transition`."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    async def start_many(self, starts: Sequence[JobStart]) -> list[Started]:
+        results: list[Started] = []
+        for start in starts:
+            attempt = await self.backend.jobs.begin_attempt(start.job_id, start.max_attempts)
+            if attempt is None or not attempt.granted:
+                results.append(Started(attempt))
+                continue
+            event = await self.backend.bus.publish(
+                job_channel(start.job_id),
+                EventType.STARTED,
+                {"job_id": start.job_id, "attempt": attempt.number},
+                source=f"/jobs/{start.job_id}",
+                job=JobUpdate(start.job_id, start.fields),
+            )
+            results.append(Started(attempt, None if event is None else event.id))
+        return results
+
+    async def finish_many(self, steps: Sequence[JobStep]) -> list[str | None]:
+        events: list[str | None] = []
+        for step in steps:
+            channel = job_channel(step.job_id)
+            event = await self.backend.bus.publish(
+                channel,
+                step.event_type,
+                {"job_id": step.job_id, **step.data},
+                source=f"/jobs/{step.job_id}",
+                job=JobUpdate(step.job_id, step.fields, expire=step.expire),
+            )
+            if event is not None and step.expire:
+                await self.backend.bus.expire_history(channel, step.expire)
+            events.append(None if event is None else event.id)
+        return events
 
 
 async def load_job(backend: Backend, job_id: str) -> JobRecord | None:

@@ -18,13 +18,22 @@ import os
 import random
 import socket
 import time
+from collections import deque
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any
 
 from gateway.backends.bundle import Backend
-from gateway.backends.stores import Delivery
+from gateway.backends.stores import Delivery, JobFlow, JobStart, JobStep
 from gateway.errors import BackendUnavailable, HandlerError
 from gateway.events import Event, iso_time
-from gateway.jobs.model import JobRecord, encode_field, load_job, transition
+from gateway.jobs.model import (
+    BusJobFlow,
+    JobRecord,
+    encode_field,
+    job_changes,
+    load_job,
+    transition,
+)
 from gateway.jobs.registry import HandlerRegistry, HandlerSpec, JobContext
 from gateway.metrics import METRICS
 from gateway.settings import Settings
@@ -35,10 +44,25 @@ from gateway.webhooks.schedule import Callback
 log = logging.getLogger("gateway.worker")
 
 CANCEL_POLL_INTERVAL = 0.25
-"""How often a running job's record is checked for a cancel request (one HGET per job)."""
+"""How often the records of the jobs running are checked for a cancel request (one batched
+read of their statuses per interval, whatever the number of jobs)."""
+
+CLAIM_BLOCK = 0.5
+"""Seconds an empty partition's reader waits for new jobs at a time (and so, at most, for a
+job delayed by another process to be moved onto the queue)."""
 
 
 class Worker:
+    """Runs jobs from every queue partition with `settings.concurrency` slots.
+
+    One reader per partition takes as many jobs as there are free slots (never more: a job
+    taken is a slot held) and hands them over as a batch: their records are read, their
+    attempts counted and `job.started` published, one pipeline for the batch
+    (`JobFlow.start_many`). A handler that finishes without waiting (`noop`) is completed with
+    the rest of its batch (`finish_many`, then one ack); one that awaits gets a task of its
+    own with its timeout and cancel handling, as do retries and failures.
+    """
+
     def __init__(
         self,
         backend: Backend,
@@ -51,12 +75,22 @@ class Worker:
         self.registry = registry
         self.settings = settings
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{random.getrandbits(24):06x}"
+        self.flow: JobFlow = backend.flow or BusJobFlow(backend)
         self._stopping = asyncio.Event()
-        self._reclaimed: asyncio.Queue[Delivery] = asyncio.Queue()
-        self._held: dict[str, Delivery] = {}
-        """Deliveries this worker holds by token: running, or re-claimed and waiting for a slot."""
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._held: dict[Delivery, None] = {}
+        """Deliveries this worker holds, each in a slot: being started, running or finishing."""
+        self._reserved = 0
+        """Slots promised to reads still in flight."""
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        """Readers waiting for a free slot, in turn."""
+        self._running: dict[Delivery, asyncio.Task[None]] = {}
+        """Jobs run in a task of their own (handlers that await, retries, failures)."""
+        self._batches: set[asyncio.Task[None]] = set()
+        self._watched: dict[Delivery, tuple[str, JobContext, asyncio.Future[Any]]] = {}
+        """Handlers running now: their job ids are polled for cancel requests together."""
+        self._stoppers: set[asyncio.Task[None]] = set()
         self._callbacks: dict[str, Callback | None] = {}
+        self._counters: dict[tuple[str, str], Any] = {}
         self.webhooks = WebhookDispatcher(backend, settings)
 
     def stop(self) -> None:
@@ -64,106 +98,395 @@ class Worker:
 
     async def run(self, grace: float = 10.0) -> None:
         """Work until `stop()`; then give running jobs `grace` seconds before re-queueing them."""
-        slots = [
-            asyncio.create_task(self._slot(), name=f"worker-slot-{i}")
-            for i in range(self.settings.concurrency)
+        readers = [
+            asyncio.create_task(self._read_forever(partition), name=f"worker-reader-{partition}")
+            for partition in range(self.backend.queue.partitions)
         ]
         reclaimer = asyncio.create_task(self._reclaim_forever(), name="worker-reclaimer")
         heartbeat = asyncio.create_task(self._heartbeat_forever(), name="worker-heartbeat")
+        watcher = asyncio.create_task(self._watch_cancels_forever(), name="worker-cancels")
         webhooks = asyncio.create_task(self.webhooks.run(self._stopping), name="worker-webhooks")
         try:
             await self._stopping.wait()
         finally:
             reclaimer.cancel()
-            running = list(self._running.values())
-            if running:
-                _done, pending = await asyncio.wait(running, timeout=grace)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-            heartbeat.cancel()
-            for task in slots:
+            # Readers stop after their current read (giving back what it brought); batches
+            # and running jobs get the grace period.
+            deadline = time.monotonic() + grace
+            for turn in self._waiting:
+                turn.cancel()  # readers waiting for a slot: nothing more to read
+            await asyncio.wait(readers, timeout=CLAIM_BLOCK + 5)
+            busy = [*self._batches, *self._running.values()]
+            while busy and time.monotonic() < deadline:
+                await asyncio.wait(busy, timeout=max(deadline - time.monotonic(), 0))
+                busy = [t for t in [*self._batches, *self._running.values()] if not t.done()]
+            for task in busy:
                 task.cancel()
-            await asyncio.gather(*slots, reclaimer, heartbeat, webhooks, return_exceptions=True)
+            await asyncio.gather(*busy, return_exceptions=True)
+            heartbeat.cancel()
+            watcher.cancel()
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(
+                *readers, reclaimer, heartbeat, watcher, webhooks, return_exceptions=True
+            )
 
-    async def _slot(self) -> None:
-        while not self._stopping.is_set():
-            delivery: Delivery | None
+    # Slots -------------------------------------------------------------------------------
+
+    def _free(self) -> int:
+        return self.settings.concurrency - len(self._held) - self._reserved
+
+    async def _reserve(self, most: int) -> int:
+        """Promise up to `most` free slots (at least one) to a read. Readers waiting for a
+        slot are served in turn, so one partition's reader cannot keep the slots from the
+        others'."""
+        if self._waiting or self._free() <= 0:
+            turn = asyncio.get_running_loop().create_future()
+            self._waiting.append(turn)
             try:
-                delivery = self._reclaimed.get_nowait()
-            except asyncio.QueueEmpty:
-                try:
-                    delivery = await self.backend.queue.claim(self.name, block=1.0)
-                except BackendUnavailable as exc:
-                    log.warning("cannot claim jobs (%s); retrying", exc)
-                    await asyncio.sleep(0.5 + random.random())
-                    continue
-            if delivery is None:
-                continue
-            self._held[delivery.token] = delivery
-            if self._stopping.is_set():
-                await self._give_back(delivery)
-                self._held.pop(delivery.token, None)
-                return
-            task = asyncio.create_task(self._process(delivery))
-            self._running[delivery.token] = task
-            try:
-                await asyncio.shield(task)
+                await turn
             except asyncio.CancelledError:
-                if not task.done():
-                    raise
+                if turn.done() and not turn.cancelled():
+                    self._reserved -= 1  # the slot handed over with the turn
+                    self._slots_freed()
+                raise
+            extra = max(min(self._free(), most - 1), 0)
+            self._reserved += extra
+            return 1 + extra
+        count = min(self._free(), most)
+        self._reserved += count
+        return count
+
+    def _slots_freed(self) -> None:
+        """Hand free slots to the readers waiting, one each, first come first served."""
+        while self._waiting and self._free() > 0:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                self._reserved += 1
+                turn.set_result(None)
+
+    def _hold(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Take slots for deliveries; one this worker already holds is not taken twice."""
+        fresh = [d for d in deliveries if d not in self._held]
+        for delivery in fresh:
+            self._held[delivery] = None
+        return fresh
+
+    def _release(self, delivery: Delivery) -> None:
+        if self._held.pop(delivery, 0) is None:
+            self._slots_freed()
+
+    # Reading the queue ---------------------------------------------------------------------
+
+    async def _read_forever(self, partition: int) -> None:
+        """Take jobs of one partition while slots are free; a batch each read.
+
+        A read takes at most as many jobs as slots are free and never waits; on an empty
+        partition the reader then waits for new entries holding no slot (`wait_for_jobs`), so
+        any number of partitions share the slots.
+        """
+        queue = self.backend.queue
+        while not self._stopping.is_set():
+            reserved = await self._reserve(self.settings.concurrency)
+            failure: BackendUnavailable | None = None
+            taken: list[Delivery] = []
+            try:
+                taken = await queue.claim_many(self.name, partition, reserved, block=0)
+            except BackendUnavailable as exc:
+                failure = exc
             finally:
-                self._running.pop(delivery.token, None)
-                self._held.pop(delivery.token, None)
+                self._reserved -= reserved
+            # Taken jobs hold their slots before any freed slot is handed on.
+            fresh = self._hold(taken)
+            if len(taken) < reserved:
+                self._slots_freed()
+            if failure is not None:
+                log.warning("cannot claim jobs (%s); retrying", failure)
+                await asyncio.sleep(0.5 + random.random())
+                continue
+            if not taken:
+                try:
+                    await queue.wait_for_jobs(partition, CLAIM_BLOCK)
+                except BackendUnavailable as exc:
+                    log.warning("cannot wait for jobs (%s); retrying", exc)
+                    await asyncio.sleep(0.5 + random.random())
+                continue
+            if self._stopping.is_set():
+                for delivery in fresh:
+                    await self._give_back(delivery)
+                    self._release(delivery)
+                return
+            self._start_batch(fresh)
+
+    def _start_batch(self, deliveries: list[Delivery]) -> None:
+        if not deliveries:
+            return
+        task = asyncio.create_task(self._run_batch(deliveries))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    def _run_alone(self, delivery: Delivery, job: Awaitable[None]) -> None:
+        """Run one job's remaining work in a task of its own; its slot frees when it ends."""
+        task = asyncio.create_task(self._alone(delivery, job))
+        self._running[delivery] = task
+
+    async def _alone(self, delivery: Delivery, job: Awaitable[None]) -> None:
+        try:
+            await self._guarded(delivery, job)
+        finally:
+            self._running.pop(delivery, None)
+            self._release(delivery)
 
     async def _reclaim_forever(self) -> None:
         """Take over deliveries of silent workers, no more than there are free slots for.
 
-        A delivery this worker already holds is skipped: it waits for a slot (kept alive by
-        the heartbeat) and must not be queued twice, or two slots would run one job at once.
+        A delivery this worker already holds is skipped: it is in a slot (kept alive by the
+        heartbeat) and must not run twice at once.
         """
         interval = max(self.settings.visibility_timeout / 2, 0.05)
         while True:
             await asyncio.sleep(interval)
-            free = self.settings.concurrency - len(self._held)
+            free = self._free()
             if free <= 0:
                 continue
+            self._reserved += free
+            reclaimed: list[Delivery] = []
             try:
                 reclaimed = await self.backend.queue.reclaim(
                     self.name, self.settings.visibility_timeout, count=free
                 )
             except BackendUnavailable as exc:
                 log.warning("cannot reclaim stalled jobs (%s)", exc)
-                continue
-            for delivery in reclaimed:
-                if delivery.token not in self._held:
-                    log.info("re-claimed job %s from a silent worker", delivery.job_id)
-                    self._held[delivery.token] = delivery
-                    self._reclaimed.put_nowait(delivery)
+            finally:
+                self._reserved -= free
+            # Taken jobs hold their slots before any freed slot is handed on.
+            fresh = self._hold(reclaimed)
+            self._slots_freed()
+            for delivery in fresh:
+                log.info("re-claimed job %s from a silent worker", delivery.job_id)
+            self._start_batch(fresh)
 
     async def _heartbeat_forever(self) -> None:
         """Reset the idle time of every delivery held, so no live worker's job is re-claimed."""
         interval = max(self.settings.visibility_timeout / 3, 0.05)
         while True:
             await asyncio.sleep(interval)
-            held = list(self._held.values())
-            results = await asyncio.gather(
-                *(self.backend.queue.touch(self.name, delivery) for delivery in held),
-                return_exceptions=True,
-            )
-            failed = [result for result in results if isinstance(result, Exception)]
-            if failed:
-                log.warning(
-                    "heartbeat failed for %d of %d jobs (%s)", len(failed), len(held), failed[0]
+            held = list(self._held)
+            try:
+                await self.backend.queue.touch_many(self.name, held)
+            except BackendUnavailable as exc:
+                log.warning("heartbeat failed for %d jobs (%s)", len(held), exc)
+
+    async def _watch_cancels_forever(self) -> None:
+        """Tell running handlers their job was cancelled: one read of every running job's
+        status per interval (not one per job)."""
+        while True:
+            await asyncio.sleep(CANCEL_POLL_INTERVAL)
+            watched = list(self._watched.items())
+            if not watched:
+                continue
+            try:
+                statuses = await self.backend.jobs.statuses(
+                    [job_id for _, (job_id, _, _) in watched]
                 )
+            except BackendUnavailable:
+                continue
+            for (delivery, (_job_id, ctx, task)), status in zip(watched, statuses, strict=True):
+                if status == JobStatus.CANCELLED and not ctx.cancelled.is_set():
+                    ctx.cancelled.set()
+                    stopper = asyncio.create_task(self._stop_cancelled(task))
+                    self._stoppers.add(stopper)
+                    stopper.add_done_callback(self._stoppers.discard)
+                    self._watched.pop(delivery, None)
+
+    async def _stop_cancelled(self, task: asyncio.Future[Any]) -> None:
+        """A handler told of its job's cancel gets `cancel_grace` seconds to stop by itself."""
+        await asyncio.wait({task}, timeout=self.settings.cancel_grace)
+        task.cancel()
+
+    # Running batches ------------------------------------------------------------------------
+
+    async def _run_batch(self, deliveries: list[Delivery]) -> None:
+        """Start a batch of jobs together, run them, and complete together those whose
+        handler returned without waiting; the others go on in tasks of their own."""
+        alone: set[Delivery] = set()
+        try:
+            await self._batch(deliveries, alone)
+        except BackendUnavailable as exc:
+            log.warning("a batch of %d jobs: backend unavailable (%s)", len(deliveries), exc)
+            for delivery in deliveries:
+                if delivery not in alone:
+                    alone.add(delivery)
+                    self._run_alone(delivery, self._run_job(delivery))
+        except Exception:
+            log.exception("a batch of %d jobs: worker error", len(deliveries))
+        finally:
+            for delivery in deliveries:
+                if delivery not in alone:
+                    self._release(delivery)
+
+    async def _batch(self, deliveries: list[Delivery], alone: set[Delivery]) -> None:
+        done: list[Delivery] = []
+        """Deliveries to ack at the end of the batch."""
+        found = await self.backend.jobs.get_many([d.job_id for d in deliveries])
+        starts: list[tuple[Delivery, JobRecord, HandlerSpec, JobStart]] = []
+        started_fields = job_changes(EventType.STARTED, {"progress": "0.0"})
+        for delivery, fields in zip(deliveries, found, strict=True):
+            if fields is None or "id" not in fields:
+                done.append(delivery)
+                continue
+            record = JobRecord.from_fields(fields)
+            spec = self.registry.get(record.type)
+            if record.terminal:
+                done.append(delivery)
+            elif spec is None or record.callback_url:
+                # Rare: no handler (failed) or a webhook to schedule: one at a time.
+                alone.add(delivery)
+                self._run_alone(delivery, self._run_job(delivery, record))
+            else:
+                max_attempts = self._max_attempts(spec)
+                start = JobStart(record.id, record.attempts + 1, max_attempts, started_fields)
+                starts.append((delivery, record, spec, start))
+        results = await self.flow.start_many([start for *_, start in starts]) if starts else []
+        steps: list[JobStep] = []
+        finishing: list[tuple[Delivery, JobRecord, HandlerSpec, int, int]] = []
+        for (delivery, record, spec, start), started in zip(starts, results, strict=True):
+            attempt = started.attempt
+            if started.conflict:
+                alone.add(delivery)
+                self._run_alone(delivery, self._run_job(delivery, record))
+            elif attempt is None or (attempt.granted and started.event_id is None):
+                done.append(delivery)
+            elif not attempt.granted:
+                alone.add(delivery)
+                self._run_alone(delivery, self._refuse(delivery, record, attempt.number))
+            else:
+                self._count(record.type, JobStatus.RUNNING)
+                step = self._run_now(delivery, record, spec, attempt.number, start.max_attempts)
+                if step is None:
+                    alone.add(delivery)
+                else:
+                    steps.append(step)
+                    finishing.append((delivery, record, spec, attempt.number, start.max_attempts))
+        if steps:
+            try:
+                await self.flow.finish_many(steps)
+            except BackendUnavailable as exc:
+                # Ride out the outage one job at a time, as `_transition` does; the handlers
+                # ran: never run them again for it.
+                log.warning("completing %d jobs: backend unavailable (%s)", len(steps), exc)
+                for (delivery, record, spec, attempts, most), step in zip(
+                    finishing, steps, strict=True
+                ):
+                    alone.add(delivery)
+                    result = step.data["result"]
+                    job = self._conclude(delivery, record, spec, attempts, most, result)
+                    self._run_alone(delivery, job)
+            else:
+                for delivery, record, *_ in finishing:
+                    self._count(record.type, JobStatus.COMPLETED)
+                    done.append(delivery)
+        await self.backend.queue.ack_many(done)
+
+    def _run_now(
+        self,
+        delivery: Delivery,
+        record: JobRecord,
+        spec: HandlerSpec,
+        attempts: int,
+        max_attempts: int,
+    ) -> JobStep | None:
+        """Run the handler up to its first wait, here in the batch (no task for a handler
+        that never waits). Returns the completion to publish with the batch when it returned
+        a result; otherwise the rest goes on in a task of its own (None)."""
+        ctx = self._context(record, attempts)
+        began = time.monotonic()
+        coroutine = spec.fn(ctx)
+        if not isinstance(coroutine, Coroutine):  # an awaitable of another kind: await it
+            job = self._finish_running(
+                delivery, record, spec, attempts, max_attempts, ctx, coroutine, began
+            )
+            self._run_alone(delivery, job)
+            return None
+        try:
+            first = coroutine.send(None)
+        except StopIteration as stop:
+            self._observe(record.type, began)
+            result = stop.value
+            try:
+                fields = {"progress": "1.0", "result": encode_field(result), "error": ""}
+            except Exception:
+                # Not JSON: the one-at-a-time path reports it as it always did.
+                job = self._conclude(delivery, record, spec, attempts, max_attempts, result)
+                self._run_alone(delivery, job)
+                return None
+            return JobStep(
+                record.id,
+                EventType.COMPLETED,
+                {"result": result, "result_url": f"/jobs/{record.id}/result"},
+                job_changes(EventType.COMPLETED, fields),
+                expire=self.settings.job_ttl,
+            )
+        except BackendUnavailable as exc:
+            # As from any handler: the job is left to be re-claimed (logged by `_guarded`).
+            self._observe(record.type, began)
+            self._run_alone(delivery, _raise(exc))
+            return None
+        except BaseException as exc:
+            self._observe(record.type, began)
+            outcome = self._failure(spec, record, exc)
+            job = self._conclude(delivery, record, spec, attempts, max_attempts, outcome)
+            self._run_alone(delivery, job)
+            return None
+        resumed = _resume(coroutine, first)
+        self._run_alone(
+            delivery,
+            self._finish_running(
+                delivery, record, spec, attempts, max_attempts, ctx, resumed, began
+            ),
+        )
+        return None
+
+    async def _finish_running(
+        self,
+        delivery: Delivery,
+        record: JobRecord,
+        spec: HandlerSpec,
+        attempts: int,
+        max_attempts: int,
+        ctx: JobContext,
+        handler: Awaitable[Any],
+        began: float,
+    ) -> None:
+        try:
+            outcome = await self._await_handler(delivery, spec, record, ctx, handler, began)
+        finally:
+            self._observe(record.type, began)
+        await self._conclude(delivery, record, spec, attempts, max_attempts, outcome)
+
+    def _count(self, job_type: str, status: str) -> None:
+        """`gateway_jobs` +1, its labelled child looked up once per type and status."""
+        counter = self._counters.get((job_type, status))
+        if counter is None:
+            counter = self._counters[job_type, status] = METRICS.jobs.labels(job_type, status)
+        counter.inc()
+
+    def _observe(self, job_type: str, began: float) -> None:
+        key = (job_type, "")
+        histogram = self._counters.get(key)
+        if histogram is None:
+            histogram = self._counters[key] = METRICS.job_duration.labels(job_type)
+        histogram.observe(time.monotonic() - began)
+
+    # One job at a time ---------------------------------------------------------------------
 
     async def _give_back(self, delivery: Delivery) -> None:
         with contextlib.suppress(BackendUnavailable):
             await self.backend.queue.requeue(delivery)
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _guarded(self, delivery: Delivery, job: Awaitable[None]) -> None:
         try:
-            await self._run_job(delivery)
+            await job
         except asyncio.CancelledError:
             log.warning("job %s interrupted by shutdown; giving it back", delivery.job_id)
             await asyncio.shield(self._requeue_interrupted(delivery))
@@ -186,8 +509,10 @@ class Worker:
             )
         await self._give_back(delivery)
 
-    async def _run_job(self, delivery: Delivery) -> None:
-        record = await load_job(self.backend, delivery.job_id)
+    async def _run_job(self, delivery: Delivery, record: JobRecord | None = None) -> None:
+        """The whole of one job, one step at a time (records read by the batch are reused)."""
+        if record is None:
+            record = await load_job(self.backend, delivery.job_id)
         if record is None or record.terminal:
             await self.backend.queue.ack(delivery)
             return
@@ -209,12 +534,7 @@ class Worker:
             return
         attempts = attempt.number
         if not attempt.granted:
-            error = {
-                "type": "too_many_deliveries",
-                "message": f"gave up after {attempts} deliveries",
-            }
-            await self._fail(record, error, attempts)
-            await self.backend.queue.ack(delivery)
+            await self._refuse(delivery, record, attempts)
             return
         # `attempts` on the record is the backend's count alone: writing this run's number
         # back could lower it under a concurrent delivery and let one run too many through.
@@ -224,15 +544,32 @@ class Worker:
         if started is None:
             await self.backend.queue.ack(delivery)
             return
-        METRICS.jobs.labels(record.type, JobStatus.RUNNING).inc()
+        self._count(record.type, JobStatus.RUNNING)
+        ctx = self._context(record, attempts)
         began = time.monotonic()
-        try:
-            outcome = await self._call_handler(spec, record, attempts)
-        finally:
-            METRICS.job_duration.labels(record.type).observe(time.monotonic() - began)
+        await self._finish_running(
+            delivery, record, spec, attempts, max_attempts, ctx, spec.fn(ctx), began
+        )
+
+    async def _refuse(self, delivery: Delivery, record: JobRecord, attempts: int) -> None:
+        """The delivery after the last allowed attempt: the job fails without running."""
+        error = {"type": "too_many_deliveries", "message": f"gave up after {attempts} deliveries"}
+        await self._fail(record, error, attempts)
+        await self.backend.queue.ack(delivery)
+
+    async def _conclude(
+        self,
+        delivery: Delivery,
+        record: JobRecord,
+        spec: HandlerSpec,
+        attempts: int,
+        max_attempts: int,
+        outcome: Any,
+    ) -> None:
+        """Publish how the run ended (retry, failure or completion) and finish the delivery."""
         if outcome is CANCELLED:
             log.info("job %s: handler stopped after a cancel request", record.id)
-            METRICS.jobs.labels(record.type, JobStatus.CANCELLED).inc()
+            self._count(record.type, JobStatus.CANCELLED)
         elif isinstance(outcome, _Failure):
             if attempts < max_attempts:
                 delay = spec.retry.delay(attempts, random.random())
@@ -247,11 +584,10 @@ class Worker:
                     },
                     {"error": encode_field(outcome.error)},
                 )
-                METRICS.jobs.labels(record.type, JobStatus.RETRYING).inc()
+                self._count(record.type, JobStatus.RETRYING)
                 await self.backend.queue.requeue(delivery, delay=delay)
                 return
-            else:
-                await self._fail(record, outcome.error, attempts)
+            await self._fail(record, outcome.error, attempts)
         else:
             await self._transition(
                 record.id,
@@ -260,7 +596,7 @@ class Worker:
                 {"progress": "1.0", "result": encode_field(outcome), "error": ""},
                 expire=self.settings.job_ttl,
             )
-            METRICS.jobs.labels(record.type, JobStatus.COMPLETED).inc()
+            self._count(record.type, JobStatus.COMPLETED)
         await self.backend.queue.ack(delivery)
 
     async def _transition(
@@ -300,7 +636,7 @@ class Worker:
             return spec.retry.max_attempts
         return self.settings.max_attempts
 
-    async def _call_handler(self, spec: HandlerSpec, record: JobRecord, attempt: int) -> Any:
+    def _context(self, record: JobRecord, attempt: int) -> JobContext:
         async def report(fraction: float, message: str, extra: dict[str, Any]) -> None:
             await self._transition(
                 record.id,
@@ -309,7 +645,7 @@ class Worker:
                 {"progress": repr(fraction), "message": message},
             )
 
-        ctx = JobContext(
+        return JobContext(
             job_id=record.id,
             type=record.type,
             data=record.data,
@@ -317,13 +653,26 @@ class Worker:
             report=report,
             data_dir=self.settings.data_dir,
         )
+
+    async def _await_handler(
+        self,
+        delivery: Delivery,
+        spec: HandlerSpec,
+        record: JobRecord,
+        ctx: JobContext,
+        handler: Awaitable[Any],
+        began: float,
+    ) -> Any:
+        """Wait for a running handler within its timeout (counted from `began`), telling it
+        of a cancel request (`_watch_cancels_forever`); its result or `_Failure`/CANCELLED."""
         timeout = self.timeout_for(spec)
-        task: asyncio.Future[Any] = asyncio.ensure_future(spec.fn(ctx))
-        watcher = asyncio.create_task(self._watch_cancel(record.id, ctx, task))
+        task: asyncio.Future[Any] = asyncio.ensure_future(handler)
+        self._watched[delivery] = (record.id, ctx, task)
         try:
-            done, _pending = await asyncio.wait({task}, timeout=timeout)
+            left = None if timeout is None else max(timeout - (time.monotonic() - began), 0)
+            done, _pending = await asyncio.wait({task}, timeout=left)
         finally:
-            watcher.cancel()
+            self._watched.pop(delivery, None)
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -333,38 +682,24 @@ class Worker:
             return _Failure({"type": "timeout", "message": f"handler ran past {timeout:g}s"})
         try:
             return task.result()
-        except asyncio.CancelledError:
+        except BaseException as exc:
+            return self._failure(spec, record, exc)
+
+    def _failure(self, spec: HandlerSpec, record: JobRecord, exc: BaseException) -> _Failure:
+        """What a handler's exception makes of its run (BackendUnavailable propagates)."""
+        if isinstance(exc, asyncio.CancelledError):
             return _Failure({"type": "cancelled", "message": "the handler was cancelled"})
-        except HandlerError as exc:
+        if isinstance(exc, HandlerError):
             return _Failure({"type": "handler_error", "message": str(exc)})
-        except BackendUnavailable:
-            raise
-        except Exception as exc:
-            log.exception("handler %s raised on job %s", spec.name, record.id)
-            return _Failure({"type": type(exc).__name__, "message": str(exc)[:2000]})
+        if isinstance(exc, BackendUnavailable) or not isinstance(exc, Exception):
+            raise exc
+        log.error("handler %s raised on job %s", spec.name, record.id, exc_info=exc)
+        return _Failure({"type": type(exc).__name__, "message": str(exc)[:2000]})
 
     def timeout_for(self, spec: HandlerSpec) -> float | None:
         """Per-type setting, else the handler's own, else the default; None runs unbounded."""
         timeout = self.settings.job_timeouts.get(spec.name) or spec.timeout
         return timeout or self.settings.job_timeout or None
-
-    async def _watch_cancel(self, job_id: str, ctx: JobContext, task: asyncio.Future[Any]) -> None:
-        """Tell the handler when its job was cancelled; stop it if it ignores that for long.
-
-        Polls the job record, which works the same in a worker process and the embedded
-        worker and costs one HGET per running job per interval.
-        """
-        while not task.done():
-            await asyncio.sleep(CANCEL_POLL_INTERVAL)
-            try:
-                fields = await self.backend.jobs.get(job_id)
-            except BackendUnavailable:
-                continue
-            if fields is not None and fields.get("status") == JobStatus.CANCELLED:
-                ctx.cancelled.set()
-                await asyncio.wait({task}, timeout=self.settings.cancel_grace)
-                task.cancel()
-                return
 
     async def _fail(self, record: JobRecord, error: dict[str, Any], attempts: int) -> None:
         await self._transition(
@@ -388,6 +723,44 @@ class _Failure:
 
     def __init__(self, error: dict[str, Any]) -> None:
         self.error = error
+
+
+class _Resumed:
+    """A coroutine already run up to its first wait, to be awaited (in a task) from there.
+
+    `first` is what it yielded (the future it waits for); the task waiting on this gets it,
+    and from then on every value, result and exception is passed through unchanged.
+    """
+
+    __slots__ = ("coroutine", "first")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coroutine = coroutine
+        self.first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        pending = self.first
+        while True:
+            try:
+                sent = yield pending
+            except BaseException as exc:
+                try:
+                    pending = self.coroutine.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    pending = self.coroutine.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+async def _resume(coroutine: Coroutine[Any, Any, Any], first: Any) -> Any:
+    return await _Resumed(coroutine, first)
+
+
+async def _raise(exc: BaseException) -> None:
+    raise exc
 
 
 def _iso_in(seconds: float) -> str:

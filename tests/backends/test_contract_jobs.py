@@ -7,9 +7,19 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from gateway.backends.bundle import Backend
-from gateway.backends.stores import JobStore
-from gateway.jobs.model import create_job, load_job, transition
+from gateway.backends.redis_keys import stream_key
+from gateway.backends.stores import Attempt, JobFlow, JobStart, JobStep, JobStore
+from gateway.jobs.model import (
+    BusJobFlow,
+    create_job,
+    job_changes,
+    job_channel,
+    load_job,
+    transition,
+)
 
 
 async def test_job_index_is_newest_first_and_pages_by_position(jobs: JobStore) -> None:
@@ -74,3 +84,114 @@ async def test_terminal_job_takes_its_history_with_it(backend: Backend) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError("the job record and its history should expire after the job TTL")
+
+
+def job_flow(backend: Backend) -> JobFlow:
+    """The backend's batched flow (Redis), else the one-at-a-time one (memory)."""
+    return backend.flow or BusJobFlow(backend)
+
+
+async def test_job_flow_starts_jobs_with_their_attempt_and_event(backend: Backend) -> None:
+    records = [await create_job(backend, "sleep", {}) for _ in range(3)]
+    flow = job_flow(backend)
+    fields = job_changes("job.started", {"progress": "0.0"})
+    await transition(backend, records[2].id, "job.cancelled", {})
+    started = await flow.start_many(
+        [JobStart(record.id, 1, 3, fields) for record in records]
+        + [JobStart("no-such-job", 1, 3, fields)]
+    )
+    assert [s.attempt for s in started] == [Attempt(1, True), Attempt(1, True), None, None]
+    for record, result in zip(records[:2], started, strict=False):
+        stored = await load_job(backend, record.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts, stored.last_event_id) == (
+            "running",
+            1,
+            result.event_id,
+        )
+        history = await backend.bus.history(job_channel(record.id), None)
+        last = history.events[-1].to_dict()
+        assert (last["type"], last["id"], last["data"]) == (
+            "job.started",
+            result.event_id,
+            {"job_id": record.id, "attempt": 1},
+        )
+    # Out of attempts: refused, the count stays.
+    [refused] = await flow.start_many([JobStart(records[0].id, 2, 1, fields)])
+    assert refused.attempt == Attempt(1, granted=False) and refused.event_id is None
+
+
+async def test_job_flow_start_refuses_a_stale_count_on_redis(backend: Backend) -> None:
+    """The Redis flow builds `job.started` for the attempt the worker read; if the count moved
+    (another delivery of the job started it meanwhile) it does nothing and says so."""
+    if backend.flow is None:
+        pytest.skip("the one-at-a-time flow counts and publishes with the count it finds")
+    record = await create_job(backend, "sleep", {})
+    assert await backend.jobs.begin_attempt(record.id, 3) == Attempt(1, granted=True)
+    fields = job_changes("job.started", {"progress": "0.0"})
+    [stale] = await backend.flow.start_many([JobStart(record.id, 1, 3, fields)])
+    assert stale.conflict and stale.attempt is None
+    stored = await load_job(backend, record.id)
+    assert stored is not None and (stored.attempts, stored.status) == (1, "queued")
+
+
+async def test_job_flow_finishes_jobs_once_and_cuts_their_history(backend: Backend) -> None:
+    records = [await create_job(backend, "sleep", {}) for _ in range(2)]
+    flow = job_flow(backend)
+    steps = [
+        JobStep(
+            record.id,
+            "job.completed",
+            {"result": {"n": n}},
+            job_changes("job.completed", {"result": f'{{"n":{n}}}'}),
+            expire=30,
+        )
+        for n, record in enumerate(records)
+    ]
+    first = await flow.finish_many(steps)
+    assert all(first)
+    assert await flow.finish_many(steps) == [None, None], "nothing follows a terminal event"
+    for n, record in enumerate(records):
+        stored = await load_job(backend, record.id)
+        assert stored is not None
+        assert (stored.status, stored.result, stored.last_event_id) == (
+            "completed",
+            {"n": n},
+            first[n],
+        )
+        history = await backend.bus.history(job_channel(record.id), None)
+        assert [e.type for e in history.events] == ["job.queued", "job.completed"]
+    if backend.kind == "redis":
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(backend.bus.settings.redis_url)
+        try:
+            ttl = await client.ttl(stream_key(job_channel(records[0].id)))
+            assert 0 < ttl <= 30
+        finally:
+            await client.aclose()
+
+
+async def test_job_flow_loads_its_scripts_again_after_a_script_flush(backend: Backend) -> None:
+    """A Redis that lost its scripts (restarted, SCRIPT FLUSH) answers NOSCRIPT to every call of
+    the batch: none ran, so each runs once after the script is loaded again."""
+    if backend.flow is None:
+        pytest.skip("scripts are a Redis matter")
+    import redis.asyncio as aioredis
+
+    records = [await create_job(backend, "sleep", {}) for _ in range(3)]
+    client = aioredis.Redis.from_url(backend.bus.settings.redis_url)
+    try:
+        await client.script_flush()
+        fields = job_changes("job.started", {"progress": "0.0"})
+        started = await backend.flow.start_many([JobStart(r.id, 1, 3, fields) for r in records])
+        assert [s.attempt for s in started] == [Attempt(1, granted=True)] * 3
+        await client.script_flush()
+        done = job_changes("job.completed", {"result": "null"})
+        steps = [JobStep(r.id, "job.completed", {"result": None}, done) for r in records]
+        assert all(await backend.flow.finish_many(steps))
+    finally:
+        await client.aclose()
+    for record in records:
+        history = await backend.bus.history(job_channel(record.id), None)
+        assert [e.type for e in history.events] == ["job.queued", "job.started", "job.completed"]

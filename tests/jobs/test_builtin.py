@@ -3,12 +3,14 @@ validators had (a string is not a number, `true` is not an integer, `1.0` is not
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.errors import InvalidJobData
-from gateway.jobs.registry import REGISTRY, HandlerSpec
+from gateway.jobs.registry import REGISTRY, HandlerSpec, JobContext
 
 
 def spec(name: str) -> HandlerSpec:
@@ -74,3 +76,16 @@ def test_data_analysis_takes_exactly_one_source() -> None:
     assert "path" in refused("data_analysis", {"path": ""})
     assert "csv" in refused("data_analysis", {"csv": 5})
     assert "chunk_rows" in refused("data_analysis", {"csv": "x", "chunk_rows": 0})
+
+
+def test_noop_takes_nothing_and_returns_none() -> None:
+    noop = spec("noop")
+    assert noop.check(None) == {} and noop.check({"ignored": 1}) == {}
+
+    async def no_progress(fraction: float, message: str, extra: dict[str, Any]) -> None:
+        raise AssertionError("noop reports no progress")
+
+    ctx = JobContext(
+        job_id="j", type="noop", data={}, attempt=1, report=no_progress, data_dir=Path(".")
+    )
+    assert asyncio.run(noop.fn(ctx)) is None
