@@ -223,6 +223,10 @@ class ShardedSubscriptions:
         """Every reader holding channels is connected."""
         return all(reader.live.is_set() for reader in self.readers.values())
 
+    def readers_live(self) -> dict[str, bool]:
+        """Each shard this process holds channels on, and whether its reader is connected."""
+        return {reader.label: reader.live.is_set() for reader in self.readers.values()}
+
     def subscriptions_by_shard(self) -> dict[str, int]:
         return {reader.label: len(reader.names) for reader in self.readers.values()}
 
