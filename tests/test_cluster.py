@@ -56,6 +56,11 @@ async def test_two_gateways_a_worker_and_the_publishers_on_a_cluster(
     assert [e.event for e in on_first] == STORY
     assert [e.id for e in on_first] == [e.id for e in on_second]
     assert job_status(second.url, job_id)["status"] == "completed"
+    # Long polling on the other gateway: answered by the job's next event, not the timeout.
+    job_id = submit_job(first.url, "sleep", {"seconds": 1, "steps": 2})
+    polled = httpx.get(f"{second.url}/jobs/{job_id}?wait=20", timeout=30)
+    assert polled.status_code == 200 and polled.elapsed.total_seconds() < 15
+    assert polled.json()["status"] in {"running", "completed"}
 
     async with ws_client(second.ws_url) as listener, ws_client(first.ws_url) as talker:
         await ws_send(listener, {"op": "subscribe", "channel": "room:lobby", "ref": 1})
