@@ -229,6 +229,17 @@ async def test_replica_wait_refuses_a_publish_whose_replica_is_cut_off(
         await backend.close()
 
 
+def test_replica_wait_holds_for_gateway_publish_too(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway
+
+    monkeypatch.setenv("GATEWAY_REPLICA_WAIT", "room=1/2000 news=2/100")
+    assert gateway.publish("room:sync-durable", "m", 1, redis_url=redis_cluster_url)
+    with pytest.raises(gateway.PublishError, match="acknowledged by 1 of 2 replicas"):
+        gateway.publish("news:sync-durable", "m", 1, redis_url=redis_cluster_url)
+
+
 def test_sharded_publish_reaches_ssubscribe_only(redis_cluster_url: str) -> None:
     """The sync publisher (`gateway.publish`) uses SPUBLISH on a cluster: a plain SUBSCRIBE
     hears nothing, an SSUBSCRIBE on the slot's master does."""
