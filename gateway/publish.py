@@ -75,7 +75,8 @@ def publish(
                         f"{rule.replicas} replicas within {rule.timeout_ms} ms "
                         "(GATEWAY_REPLICA_WAIT); stored on the master, not durable"
                     )
-        except redis.RedisError as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            # RedisClusterException: a Redis Cluster none of whose nodes answer.
             raise PublishError(f"publish to {channel} via {redis_url}: {exc}") from exc
         return str(event_id.decode())
     base = url or os.environ.get("GATEWAY_URL") or DEFAULT_URL

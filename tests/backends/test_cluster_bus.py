@@ -21,7 +21,7 @@ from gateway.events import Event
 from gateway.settings import ReplicaWait
 from tests.conftest import make_settings
 from tests.redis_cluster import LocalRedisCluster, slot_of
-from tests.support import async_wait_until
+from tests.support import async_wait_until, free_port
 
 
 async def open_cluster(url: str, **changes: Any) -> Backend:
@@ -261,3 +261,26 @@ def test_sharded_publish_reaches_ssubscribe_only(redis_cluster_url: str) -> None
     assert message is not None and event_id.encode() in message["data"]
     assert broadcast.get_message(timeout=0.5) is None
     plain.close()
+
+
+async def test_an_unreachable_cluster_is_unavailable_not_an_error() -> None:
+    """No node answers (the gateway is cut off from the cluster): every part says
+    `BackendUnavailable` (503, retried), as with one Redis down, and readiness fails."""
+    seed = f"127.0.0.1:{free_port()}"
+    backend = open_backend(make_settings(f"redis+cluster://{seed}"))
+    await backend.start()
+    try:
+        with pytest.raises(BackendUnavailable):
+            await backend.bus.publish("room:nowhere", "m", 1)
+        with pytest.raises(BackendUnavailable):
+            await backend.bus.subscribe("room:nowhere")
+        with pytest.raises(BackendUnavailable):
+            await backend.bus.history("room:nowhere", None)
+        with pytest.raises(BackendUnavailable):
+            await backend.jobs.get("0123456789abcdef")
+        with pytest.raises(BackendUnavailable):
+            await backend.queue.enqueue("0123456789abcdef")
+        assert not await backend.bus.ping()
+        assert await backend.bus.shard_status() == {seed: False}
+    finally:
+        await backend.close()
