@@ -28,9 +28,9 @@ import hiredis
 import httpx
 import redis
 
-from gateway.backends.redis_keys import PUBLISH_LUA, publish_call
-from gateway.backends.redis_sync import sync_redis
-from gateway.backends.url import REDIS, backend_kind
+from gateway.backends.redis_keys import publish_call
+from gateway.backends.redis_sync import publish_acknowledged, publish_script_text, sync_redis
+from gateway.backends.url import REDIS, backend_kind, is_cluster_url
 from gateway.errors import EventTooLarge
 from gateway.errors import EventTooLargeError as EventTooLargeError
 from gateway.errors import PublishError as PublishError
@@ -89,7 +89,7 @@ def gateway_of(url: str | None, api_key: str | None) -> tuple[str, dict[str, str
 
 @cache
 def _redis_script(redis_url: str) -> Any:
-    return sync_redis(redis_url).register_script(PUBLISH_LUA)
+    return sync_redis(redis_url).register_script(publish_script_text(redis_url))
 
 
 def publish(
@@ -116,9 +116,22 @@ def publish(
             keys, args, _tail = publish_call(settings, channel, type, data, source, None)
         except EventTooLarge as exc:
             raise EventTooLargeError(f"publish to {channel}: {exc}", exc.limit) from None
+        rule = settings.replica_wait_for(channel) if is_cluster_url(direct) else None
         try:
-            event_id = _run_publish_script(direct, keys, args)
-        except redis.RedisError as exc:
+            if rule is None:
+                event_id = _run_publish_script(direct, keys, args)
+            else:
+                event_id, acknowledged = publish_acknowledged(
+                    direct, keys, args, rule.replicas, rule.timeout_ms
+                )
+                if acknowledged < rule.replicas:
+                    raise PublishError(
+                        f"publish to {channel}: acknowledged by {acknowledged} of "
+                        f"{rule.replicas} replicas within {rule.timeout_ms} ms "
+                        "(GATEWAY_REPLICA_WAIT); stored on the master, not durable"
+                    )
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            # RedisClusterException: a Redis Cluster none of whose nodes answer.
             raise PublishError(f"publish to {channel} via {direct}: {exc}") from exc
         return str(event_id.decode())
     base, headers = gateway_of(url, api_key)
@@ -230,7 +243,7 @@ def _run_publish_script(redis_url: str, keys: list[str], args: list[Any]) -> Any
             connection.send_command(*command)
             return connection.read_response()
         except redis.exceptions.NoScriptError:
-            command = ("EVAL", PUBLISH_LUA, len(keys), *keys, *args)
+            command = ("EVAL", publish_script_text(redis_url), len(keys), *keys, *args)
         except (redis.ConnectionError, redis.TimeoutError):
             connection.disconnect()
             if attempt:
@@ -335,7 +348,7 @@ def _publish_many_direct(
                     ids[index] = reply.decode()
             if not missing:
                 return [str(event_id) for event_id in ids]
-            client.script_load(PUBLISH_LUA)
+            client.script_load(publish_script_text(redis_url))
             pending = missing
     except redis.RedisError as exc:
         raise PublishError(f"publish {len(items)} events via {redis_url}: {exc}") from exc

@@ -48,14 +48,14 @@ from gateway.api.idempotency import (
 )
 from gateway.api.jobs import checked_callback, job_from_request, parsed_job_body
 from gateway.auth import ChannelPolicy
-from gateway.backends.redis import open_redis
 from gateway.backends.redis_keys import (
     idempotency_key,
     loads_script_once,
     queue_submissions,
     submission_replies,
 )
-from gateway.backends.redis_sync import sync_redis
+from gateway.backends.redis_sync import publish_script_text, sync_redis
+from gateway.backends.url import open_backend
 from gateway.errors import BackendUnavailable, EventTooLarge, SubmitError
 from gateway.events import now_ms
 from gateway.jobs.model import JobRecord, create_jobs, submission
@@ -206,12 +206,13 @@ def _submit_direct(redis_url: str, bodies: list[Any], api_key: str | None) -> li
             created = now_ms()
             jobs = [submission(record, created) for _index, record, _unwatched in plain]
             load = loads_script_once(redis_url, len(jobs))
+            script = publish_script_text(redis_url)
             recorded = CommandList()
-            queue_submissions(recorded, settings, jobs, load_script=load)
+            queue_submissions(recorded, settings, jobs, publish_lua=script, load_script=load)
             replies = run_commands(redis_url, recorded.commands)
             if replies is None:  # a Cluster client: its pipeline routes each command
                 pipe = client.pipeline(transaction=False)
-                queue_submissions(pipe, settings, jobs, load_script=load)
+                queue_submissions(pipe, settings, jobs, publish_lua=script, load_script=load)
                 replies = pipe.execute()
             failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
             if failed is not None:
@@ -240,7 +241,7 @@ async def _create_with_extras(
 ) -> None:
     """Jobs with a callback (its webhook schedule) or `cancel_when_unwatched` (the presence
     store's watch list): through the gateway's own async stores, as `POST /jobs` does."""
-    backend = open_redis(settings)
+    backend = open_backend(settings)
     try:
         await create_jobs(backend, [record for _index, record, _unwatched in chosen])
         for _index, record, unwatched in chosen:

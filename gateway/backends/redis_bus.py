@@ -18,7 +18,6 @@ from redis.exceptions import NoScriptError, RedisError
 from gateway.backends.bus import Bus, History, JobUpdate, NewJob, Publication
 from gateway.backends.redis_connection import RedisConnection
 from gateway.backends.redis_keys import (
-    PUBLISH_LUA,
     bus_channel,
     event_from_entry,
     loads_script_once,
@@ -107,7 +106,7 @@ class RedisBus(Bus):
             # that lost its scripts (restarted) while the XADD after it still ran. Redis
             # caches the compiled script by its hash, so EVAL costs only the bytes.
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.eval(PUBLISH_LUA, len(keys), *keys, *args)
+                pipe.eval(self._connection.publish_lua, len(keys), *keys, *args)
                 stream, _delayed = queue_keys(
                     queue_partition(job.job_id, self.settings.queue_partitions)
                 )
@@ -157,7 +156,7 @@ class RedisBus(Bus):
                         answers[index] = event
                 if not missing:
                     break
-                await self._redis.script_load(PUBLISH_LUA)
+                await self._redis.script_load(self._connection.publish_lua)
                 pending = missing
             else:
                 raise BackendUnavailable("publish: Redis keeps losing the publish script")
@@ -173,7 +172,13 @@ class RedisBus(Bus):
         load = loads_script_once(self._connection.url, len(jobs))
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                tails = queue_submissions(pipe, self.settings, jobs, load_script=load)
+                tails = queue_submissions(
+                    pipe,
+                    self.settings,
+                    jobs,
+                    publish_lua=self._connection.publish_lua,
+                    load_script=load,
+                )
                 replies = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"submit {len(jobs)} jobs: {exc}") from exc

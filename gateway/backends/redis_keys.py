@@ -67,16 +67,31 @@ def bridged_key(channel: str, source: str, message_id: str) -> str:
 _TERMINAL_TABLE = ", ".join(
     f"[{status.value!r}] = true" for status in sorted(JOB_TERMINAL_STATUSES)
 )
-LUA_PRELUDE = f"local JOB_TERMINAL_STATUSES = {{{_TERMINAL_TABLE}}}\n"
-"""What the scripts share with Python, defined in front of each (sorted: one script text, one
-SHA, in every process)."""
 
 
-def load_script(name: str) -> str:
-    return LUA_PRELUDE + resources.files("gateway.backends").joinpath(name).read_text()
+def lua_prelude(publish_command: str = "PUBLISH") -> str:
+    """What the scripts share with Python, defined in front of each (sorted: one script text,
+    one SHA, in every process). `PUBLISH_COMMAND` is how publish.lua delivers live: `PUBLISH`
+    on one Redis, `SPUBLISH` (sharded pub/sub, on the channel's own slot) on a Cluster."""
+    return (
+        f"local JOB_TERMINAL_STATUSES = {{{_TERMINAL_TABLE}}}\n"
+        f"local PUBLISH_COMMAND = {publish_command!r}\n"
+    )
+
+
+LUA_PRELUDE = lua_prelude()
+
+
+def load_script(name: str, publish_command: str = "PUBLISH") -> str:
+    return (
+        lua_prelude(publish_command)
+        + resources.files("gateway.backends").joinpath(name).read_text()
+    )
 
 
 PUBLISH_LUA = load_script("publish.lua")
+SHARDED_PUBLISH_LUA = load_script("publish.lua", "SPUBLISH")
+"""publish.lua for a Redis Cluster: the same file, live delivery by `SPUBLISH`."""
 PROMOTE_LUA = load_script("promote.lua")
 BEGIN_ATTEMPT_LUA = load_script("begin_attempt.lua")
 CLAIM_WEBHOOKS_LUA = load_script("claim_webhooks.lua")
@@ -94,14 +109,17 @@ def _bridge_publish_script() -> str:
 BRIDGE_PUBLISH_LUA = _bridge_publish_script()
 
 
-def _start_job_script() -> str:
+def _start_job_script(publish_command: str = "PUBLISH") -> str:
     """start_job.lua with publish.lua in front of it as a local function (as the bridge's)."""
     body = resources.files("gateway.backends").joinpath("publish.lua").read_text()
     tail = resources.files("gateway.backends").joinpath("start_job.lua").read_text()
-    return f"{LUA_PRELUDE}local function publish(KEYS, ARGV)\n{body}\nend\n{tail}"
+    prelude = lua_prelude(publish_command)
+    return f"{prelude}local function publish(KEYS, ARGV)\n{body}\nend\n{tail}"
 
 
 START_JOB_LUA = _start_job_script()
+SHARDED_START_JOB_LUA = _start_job_script("SPUBLISH")
+"""start_job.lua for a Redis Cluster: `job.started` delivered live by `SPUBLISH`."""
 
 
 def publish_call(
@@ -135,13 +153,21 @@ def publish_call(
     return keys, args, tail
 
 
-PUBLISH_LUA_SOURCE = PUBLISH_LUA.encode()
-"""publish.lua as sent with `EVAL` in pipelines (bytes: encoded once, not per call)."""
-PUBLISH_SHA = hashlib.sha1(PUBLISH_LUA_SOURCE, usedforsecurity=False).hexdigest()
+_SCRIPT_SOURCES = {
+    text: (text.encode(), hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest())
+    for text in (PUBLISH_LUA, SHARDED_PUBLISH_LUA)
+}
+"""publish.lua's texts as sent with `EVAL` in pipelines, and their SHAs (encoded and hashed
+once, not per call)."""
 
 
 def queue_submissions(
-    pipe: Any, settings: Settings, jobs: Sequence[NewJob], *, load_script: bool = False
+    pipe: Any,
+    settings: Settings,
+    jobs: Sequence[NewJob],
+    *,
+    publish_lua: str = PUBLISH_LUA,
+    load_script: bool = False,
 ) -> list[bytes]:
     """Queue the submission of `jobs` on `pipe`, a non-transactional pipeline (the blocking
     client's or the async one's: queuing is the same call on both), and return each job's
@@ -155,7 +181,8 @@ def queue_submissions(
     after it still ran, so the script goes with its source: by `EVAL` for each job, or with
     `load_script` (a batch on one Redis server) by one `SCRIPT LOAD` in front and `EVALSHA`
     after it (Redis hashes a script's source on every `EVAL`: ~40 % of a publish's Redis
-    time). The event replies are at `submission_replies`. Raises `EventTooLarge` before
+    time). `publish_lua`: the publish script's text as the backend runs it (`SPUBLISH` on a
+    Cluster). The event replies are at `submission_replies`. Raises `EventTooLarge` before
     queuing anything.
     """
     calls = [
@@ -170,11 +197,12 @@ def queue_submissions(
         for job in jobs
     ]
     partitions = settings.queue_partitions
+    source, sha = _SCRIPT_SOURCES[publish_lua]
     if load_script:
-        pipe.execute_command("SCRIPT", "LOAD", PUBLISH_LUA_SOURCE)
-        script: tuple[Any, ...] = ("EVALSHA", PUBLISH_SHA)
+        pipe.execute_command("SCRIPT", "LOAD", source)
+        script: tuple[Any, ...] = ("EVALSHA", sha)
     else:
-        script = ("EVAL", PUBLISH_LUA_SOURCE)
+        script = ("EVAL", source)
     for job in jobs:
         mapping: Any = job.fields
         pipe.hset(job_key(job.job_id), mapping=mapping)
