@@ -159,6 +159,7 @@ _SCRIPT_SOURCES = {
 }
 """publish.lua's texts as sent with `EVAL` in pipelines, and their SHAs (encoded and hashed
 once, not per call)."""
+PUBLISH_SHA = _SCRIPT_SOURCES[PUBLISH_LUA][1]
 
 
 def queue_submissions(
