@@ -36,12 +36,11 @@ from pathlib import Path
 
 import httpx
 
+from tests.redis_cluster import REDIS_CLI, REDIS_SERVER, ClusterNode, LocalRedisCluster
 from tests.support import ServiceProcess, wait_until
 
 IP = shutil.which("ip")
 TC = shutil.which("tc")
-REDIS_CLI = shutil.which("redis-cli")
-REDIS_SERVER = shutil.which("redis-server")
 ALLOCATION_LOCK = Path(tempfile.gettempdir()) / "gwt-netns.lock"
 _NAME = re.compile(r"^gwt(\d+)[a-z]")
 _numbers = itertools.count()
@@ -205,11 +204,11 @@ class Network:
         host = Host(self, name, f"{self.cluster_net}.{index}", None, f"{self.prefix}c{index}")
         self.hosts.append(host)
         _ip("link", "set", "lo", "up", namespace=name)
-        nets = [("c", self.cluster_net, host.address, "eth0")]
+        nets = [("c", host.address, "eth0")]
         if front:
             host.front = f"{self.front_net}.{index}"
-            nets.append(("f", self.front_net, host.front, "eth1"))
-        for kind, net, address, inside in nets:
+            nets.append(("f", host.front, "eth1"))
+        for kind, address, inside in nets:
             outside, peer = f"{self.prefix}{kind}{index}", f"{self.prefix}{kind}{index}p"
             _ip("link", "add", outside, "type", "veth", "peer", "name", peer)
             self.links.append(outside)
@@ -253,183 +252,74 @@ def network() -> Iterator[Network]:
 # --- Redis Cluster across hosts ---------------------------------------------------------------
 
 
-def redis_command(address: str, *args: str, timeout: float = 5.0) -> str:
-    assert REDIS_CLI is not None
-    host, port = address.split(":")
-    done = subprocess.run(
-        [REDIS_CLI, "-h", host, "-p", port, *args], capture_output=True, text=True, timeout=timeout
-    )
-    return done.stdout
-
-
-class RedisNode:
-    """One `redis-server --cluster-enabled yes` on a host, AOF on, announcing its host address."""
-
-    PORT = 6379
+class HostedClusterNode(ClusterNode):
+    """A `tests.redis_cluster.ClusterNode` run inside its own host, announcing its address."""
 
     def __init__(self, host: Host, directory: Path) -> None:
-        self.host = host
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{self.host.address}:{self.PORT}"
+        super().__init__(directory)
+        self.netns_host = host
+        self.host = host.address
 
     def start(self) -> None:
         assert REDIS_SERVER is not None
         args = [
             REDIS_SERVER,
-            "--port", str(self.PORT),
-            "--bind", self.host.address, "127.0.0.1",
-            "--dir", str(self.directory),
+            "--port", str(self.port),
+            "--bind", self.host,
             "--cluster-enabled", "yes",
-            "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", "1000",
-            "--cluster-announce-ip", self.host.address,
+            "--cluster-port", str(self.bus_port),
+            "--cluster-announce-ip", self.host,
+            "--cluster-config-file", str(self.directory / "nodes.conf"),
+            "--cluster-node-timeout", str(self.node_timeout_ms),
             "--cluster-replica-validity-factor", "0",
+            "--protected-mode", "no",
+            "--dir", str(self.directory),
             "--appendonly", "yes",
             "--save", "",
-            "--protected-mode", "no",
             "--daemonize", "no",
-            "--loglevel", "notice",
+            "--logfile", str(self.directory / "redis.log"),
         ]  # fmt: skip
-        self.process = self.host.popen(args, os.environ, self.directory / "redis.log")
-        wait_until(
-            lambda: redis_command(self.address, "PING", timeout=2).strip() == "PONG",
-            15,
-            f"redis node {self.address}",
-        )
+        self.process = self.netns_host.popen(args, os.environ, self.directory / "stdout.log")
+        wait_until(self._answers, 15, f"cluster node {self.address}")
 
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-            self.process = None
+    def _answers(self) -> bool:
+        try:
+            return bool(self.command("PING"))
+        except Exception:
+            return False
 
     def node_id(self) -> str:
-        return redis_command(self.address, "CLUSTER", "MYID").strip()
-
-    def log(self) -> str:
-        path = self.directory / "redis.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        value = self.command("CLUSTER", "MYID")
+        return value.decode() if isinstance(value, bytes) else str(value)
 
 
-@dataclass
-class ClusterNodeView:
-    node_id: str
-    address: str
-    flags: set[str]
-    master_id: str
-    slots: list[tuple[int, int]]
+class NetnsCluster(LocalRedisCluster):
+    """`LocalRedisCluster` (3 masters + 3 replicas, AOF) with each node on a host of its own."""
 
+    def __init__(self, network: Network, directory: Path) -> None:
+        super().__init__(directory)
+        self.nodes = [HostedClusterNode(network.add_host(), directory) for _ in self.nodes]
 
-class NetnsCluster:
-    """3 masters + 3 replicas, one per host, made with `redis-cli --cluster create`."""
-
-    def __init__(self, network: Network, directory: Path, masters: int = 3) -> None:
-        self.network = network
-        self.nodes = [
-            RedisNode(network.add_host(), directory / f"node{index}")
-            for index in range(masters * 2)
-        ]
-        self.masters = masters
-
-    @property
-    def url(self) -> str:
-        return "redis+cluster://" + ",".join(node.address for node in self.nodes[:3])
-
-    def live_nodes(self) -> list[RedisNode]:
-        return [node for node in self.nodes if node.process is not None]
-
-    def start(self) -> None:
-        for node in self.nodes:
-            node.start()
-        assert REDIS_CLI is not None
-        done = subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *(n.address for n in self.nodes)]
-            + ["--cluster-replicas", "1", "--cluster-yes"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}")
-        wait_until(self.healthy, 30, "the cluster to be ok with every replica in sync")
-
-    def view(self, via: RedisNode | None = None) -> list[ClusterNodeView]:
-        source = via or self.live_nodes()[0]
-        views = []
-        for line in redis_command(source.address, "CLUSTER", "NODES").splitlines():
-            parts = line.split()
-            if len(parts) < 8:
-                continue
-            slots = []
-            for part in parts[8:]:
-                if part.startswith("["):
-                    continue
-                low, _, high = part.partition("-")
-                slots.append((int(low), int(high or low)))
-            address = parts[1].split("@")[0]
-            views.append(ClusterNodeView(parts[0], address, set(parts[2].split(",")), parts[3], slots))
-        return views
-
-    def healthy(self) -> bool:
-        live = self.live_nodes()
-        for node in live:
-            if "cluster_state:ok" not in redis_command(node.address, "CLUSTER", "INFO"):
-                return False
-        views = self.view()
-        masters = [v for v in views if "master" in v.flags and "fail" not in v.flags and v.slots]
-        if len(masters) != self.masters:
-            return False
-        for view in views:
-            if "slave" in view.flags and view.address in {n.address for n in live}:
-                info = redis_command(view.address, "INFO", "replication")
-                if "master_link_status:up" not in info:
-                    return False
-        return True
-
-    def node_at(self, address: str) -> RedisNode:
-        return next(node for node in self.nodes if node.address == address)
-
-    def owner_of(self, slot: int) -> RedisNode:
-        for view in self.view():
-            if "master" in view.flags and "fail" not in view.flags:
-                if any(low <= slot <= high for low, high in view.slots):
-                    return self.node_at(view.address)
-        raise LookupError(f"no master serves slot {slot}")
-
-    def replicas_of(self, master: RedisNode) -> list[RedisNode]:
-        master_id = master.node_id()
-        return [self.node_at(v.address) for v in self.view() if v.master_id == master_id]
-
-    def move_slot(self, slot: int, target: RedisNode) -> int:
-        """Migrate one slot by hand (SETSLOT IMPORTING/MIGRATING, MIGRATE in batches, SETSLOT
-        NODE everywhere), as `redis-cli --cluster reshard` does; returns the keys moved."""
-        source = self.owner_of(slot)
+    def move_slot(self, slot: int, target: ClusterNode) -> int:
+        """Migrate one slot by hand, as `redis-cli --cluster reshard` does: SETSLOT IMPORTING
+        and MIGRATING, MIGRATE its keys in batches, SETSLOT NODE on every master. Returns the
+        number of keys moved."""
+        source = self.master_of_slot(slot)
+        assert isinstance(source, HostedClusterNode) and isinstance(target, HostedClusterNode)
         source_id, target_id = source.node_id(), target.node_id()
-        assert source_id != target_id
-        redis_command(target.address, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
-        redis_command(source.address, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+        assert source_id != target_id, "the slot is already there"
+        target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
         moved = 0
-        while True:
-            keys = redis_command(source.address, "CLUSTER", "GETKEYSINSLOT", str(slot), "10")
-            batch = keys.split()
-            if not batch:
-                break
-            host, port = target.address.split(":")
-            answer = redis_command(
-                source.address, "MIGRATE", host, port, "", "0", "5000", "REPLACE", "KEYS", *batch
+        while keys := source.command("CLUSTER", "GETKEYSINSLOT", slot, 20):
+            source.command(
+                "MIGRATE", target.host, target.port, "", 0, 5000, "REPLACE", "KEYS", *keys
             )
-            if "OK" not in answer and "NOKEY" not in answer:
-                raise RuntimeError(f"MIGRATE failed: {answer}")
-            moved += len(batch)
-        for node in self.live_nodes():
-            view = next(v for v in self.view() if v.address == node.address)
-            if "master" in view.flags:
-                redis_command(node.address, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+            moved += len(keys)
+        # The target first (it owns the slot from now on), then the source, then the rest.
+        others = [node for node in self.masters() if node not in (source, target)]
+        for node in (target, source, *others):
+            node.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
         return moved
 
 
@@ -439,9 +329,7 @@ class NetnsCluster:
 class HostedProcess(ServiceProcess):
     """`python -m gateway <args>` run inside a host's namespace."""
 
-    def __init__(
-        self, host: Host, args: list[str], env: Mapping[str, str], log_path: Path
-    ) -> None:
+    def __init__(self, host: Host, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
         super().__init__(args, env, log_path)
         self.host = host
 
@@ -489,4 +377,3 @@ def hosted_worker(host: Host, env: Mapping[str, str], log_path: Path) -> HostedP
     worker = HostedProcess(host, ["worker"], env, log_path)
     worker.start()
     return worker
-
