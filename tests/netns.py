@@ -280,9 +280,9 @@ class HostedClusterNode(ClusterNode):
             "--logfile", str(self.directory / "redis.log"),
         ]  # fmt: skip
         self.process = self.netns_host.popen(args, os.environ, self.directory / "stdout.log")
-        wait_until(self._answers, 15, f"cluster node {self.address}")
+        wait_until(self.answers, 15, f"cluster node {self.address}")
 
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
         try:
             return bool(self.command("PING"))
         except Exception:
@@ -362,15 +362,15 @@ class HostedGateway(HostedProcess):
         except httpx.HTTPError:
             return 0
 
-    def start(self) -> None:
-        super().start()
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait for `/readyz` 200 (raising with its log if the process exits first)."""
 
         def ready() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"gateway exited early:\n{self.output()}")
             return self.ready_status() == 200
 
-        wait_until(ready, 30, f"gateway on {self.url}")
+        wait_until(ready, timeout, f"gateway on {self.url}")
 
 
 def hosted_worker(host: Host, env: Mapping[str, str], log_path: Path) -> HostedProcess:
