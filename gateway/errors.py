@@ -18,6 +18,7 @@ The tree (indentation is inheritance)::
             InvalidToken
         Unavailable (also ConnectionError): the bus or a store cannot be reached; retry
             BackendUnavailable
+                ReplicasBehind: a publish not acknowledged by the replicas it must wait for
         RateLimited: the caller publishes faster than its limit; retry after `retry_after`
         OpError: a WebSocket op that cannot be done; the connection stays open
         SettingsError (also ValueError): a configuration value that cannot be used
@@ -193,6 +194,11 @@ class Unavailable(GatewayError, ConnectionError):
 
 class BackendUnavailable(Unavailable):
     """The bus or a store cannot be reached right now; the request may be retried."""
+
+
+class ReplicasBehind(BackendUnavailable):
+    """A publish that `GATEWAY_REPLICA_WAIT` asks to be acknowledged by replicas was not, in
+    time: it is stored on the master (and may be delivered) but would not survive its loss."""
 
 
 class RateLimited(GatewayError):

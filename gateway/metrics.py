@@ -88,6 +88,24 @@ class Metrics:
         self.redis_reconnects = Counter(
             "gateway_redis_reconnects", "Reconnections of the Redis pub/sub reader", registry=r
         )
+        self.shard_reconnects = Counter(
+            "gateway_redis_shard_reconnects",
+            "Reconnections of a Redis Cluster shard's sharded pub/sub reader",
+            ["shard"],
+            registry=r,
+        )
+        self.shard_subscriptions = Gauge(
+            "gateway_redis_shard_subscriptions",
+            "Channels this process holds subscribed (SSUBSCRIBE) on a Redis Cluster shard",
+            ["shard"],
+            registry=r,
+        )
+        self.shard_publish_seconds = Histogram(
+            "gateway_redis_shard_publish_seconds",
+            "Time of one publish script on a Redis Cluster shard (with its WAIT, if any)",
+            ["shard"],
+            registry=r,
+        )
         self.webhook_deliveries = Counter(
             "gateway_webhook_deliveries",
             "Webhook delivery attempts by outcome",

@@ -20,8 +20,8 @@ from urllib.parse import quote
 import httpx
 import redis
 
-from gateway.backends.redis_keys import PUBLISH_LUA, publish_call
-from gateway.backends.redis_sync import sync_redis
+from gateway.backends.redis_keys import publish_call
+from gateway.backends.redis_sync import publish_script_text, sync_redis
 from gateway.backends.url import REDIS, backend_kind
 from gateway.errors import EventTooLarge
 from gateway.errors import EventTooLargeError as EventTooLargeError
@@ -34,7 +34,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 @cache
 def _redis_script(redis_url: str) -> Any:
-    return sync_redis(redis_url).register_script(PUBLISH_LUA)
+    return sync_redis(redis_url).register_script(publish_script_text(redis_url))
 
 
 def publish(

@@ -14,6 +14,7 @@ from gateway.backends.bus import Bus
 from gateway.backends.stores import IdempotencyStore, JobQueue, JobStore, WebhookSchedule
 from gateway.backends.url import open_backend
 from gateway.settings import Settings
+from tests.redis_cluster import redis_cluster, redis_cluster_url
 from tests.support import (
     MISSING_REDIS,
     REDIS_BINARY,
@@ -48,6 +49,9 @@ def _serial_tests_run_alone(
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+__all__ = ["redis_cluster", "redis_cluster_url"]  # fixtures every test module may ask for
+
+
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     if REDIS_BINARY is None:
@@ -68,10 +72,16 @@ def make_settings(redis_url: str = "", **changes: object) -> Settings:
     return Settings(redis_url=redis_url).replace(**changes)
 
 
-@pytest.fixture(params=["memory", "redis"])
+BACKEND_URL_FIXTURES = {"memory": None, "redis": "redis_url", "cluster": "redis_cluster_url"}
+"""Each implementation the contract suites hold, and the fixture giving its `REDIS_URL`."""
+
+
+@pytest.fixture(params=list(BACKEND_URL_FIXTURES))
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    """The same contract, held against both implementations (opened as the gateway does)."""
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    """The same contract, held against every implementation (opened as the gateway does): the
+    memory backend, one Redis, and a Redis Cluster of 3 masters and 3 replicas."""
+    fixture = BACKEND_URL_FIXTURES[request.param]
+    url = request.getfixturevalue(fixture) if fixture else ""
     instance = open_backend(make_settings(url))
     await instance.start()
     yield instance

@@ -18,12 +18,16 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     services = services_of(request)
-    ready = await services.backend.bus.ping() and not services.hub.draining
-    body = {
+    bus = services.backend.bus
+    ready = await bus.ping() and not services.hub.draining
+    body: dict[str, object] = {
         "status": "ready" if ready else "not ready",
         "backend": services.backend.kind,
         "draining": services.hub.draining,
     }
+    shards = await bus.shard_status()
+    if shards is not None:
+        body["shards"] = {name: "ok" if up else "unreachable" for name, up in shards.items()}
     return json_response(body, 200 if ready else 503)
 
 

@@ -113,6 +113,11 @@ class Bus(abc.ABC):
     async def ping(self) -> bool:
         """True when the store answers and live delivery works (readiness)."""
 
+    async def shard_status(self) -> dict[str, bool] | None:
+        """For a store made of shards (a Redis Cluster): each shard and whether it answers;
+        None for a store of one piece."""
+        return None
+
     @abc.abstractmethod
     async def publish(
         self,

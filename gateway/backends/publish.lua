@@ -4,7 +4,8 @@
 -- ARGV[1] pub/sub channel, ARGV[2] envelope tail (JSON after the id), ARGV[3] max length,
 -- ARGV[4] stream TTL seconds, ARGV[5] byte budget, ARGV[6] job record TTL (0 = keep),
 -- ARGV[7..] job field/value pairs.
--- JOB_TERMINAL_STATUSES is defined in front of this script when it is loaded (`load_script`).
+-- JOB_TERMINAL_STATUSES and PUBLISH_COMMAND ('PUBLISH', or 'SPUBLISH' on a Redis Cluster) are
+-- defined in front of this script when it is loaded (`load_script`).
 -- Each entry stores the previous entry's id ("p"), so a reader can tell whether the history it
 -- gets continues exactly from its position or whether something between was trimmed or lost.
 -- Each entry also stores the running total of event bytes appended through itself ("c"): the
@@ -72,7 +73,7 @@ if held > budget then
 end
 
 redis.call('EXPIRE', stream, ARGV[4])
-redis.call('PUBLISH', ARGV[1], '{"specversion":"1.0","id":"' .. id .. '",' .. ARGV[2])
+redis.call(PUBLISH_COMMAND, ARGV[1], '{"specversion":"1.0","id":"' .. id .. '",' .. ARGV[2])
 if job then
   redis.call('HSET', job, 'last_event_id', id, unpack(ARGV, 7))
   if tonumber(ARGV[6]) > 0 then redis.call('EXPIRE', job, ARGV[6]) end

@@ -17,7 +17,6 @@ from redis.exceptions import RedisError
 from gateway.backends.bus import Bus, History, JobUpdate
 from gateway.backends.redis_connection import RedisConnection
 from gateway.backends.redis_keys import (
-    PUBLISH_LUA,
     bus_channel,
     event_from_entry,
     publish_call,
@@ -103,7 +102,7 @@ class RedisBus(Bus):
             # that lost its scripts (restarted) while the XADD after it still ran. Redis
             # caches the compiled script by its hash, so EVAL costs only the bytes.
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.eval(PUBLISH_LUA, len(keys), *keys, *args)
+                pipe.eval(self._connection.publish_lua, len(keys), *keys, *args)
                 stream, _delayed = queue_keys(
                     queue_partition(job.job_id, self.settings.queue_partitions)
                 )

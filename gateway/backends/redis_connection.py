@@ -49,6 +49,8 @@ class RedisConnection:
             retry=retry,
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
+        self.publish_lua = PUBLISH_LUA
+        """publish.lua's text as this Redis runs it (pipelines send it with EVAL)."""
         self.publish = self.redis.register_script(PUBLISH_LUA)
         self.promote = self.redis.register_script(PROMOTE_LUA)
         self.begin_attempt = self.redis.register_script(BEGIN_ATTEMPT_LUA)

@@ -65,16 +65,31 @@ def bridged_key(channel: str, source: str, message_id: str) -> str:
 _TERMINAL_TABLE = ", ".join(
     f"[{status.value!r}] = true" for status in sorted(JOB_TERMINAL_STATUSES)
 )
-LUA_PRELUDE = f"local JOB_TERMINAL_STATUSES = {{{_TERMINAL_TABLE}}}\n"
-"""What the scripts share with Python, defined in front of each (sorted: one script text, one
-SHA, in every process)."""
 
 
-def load_script(name: str) -> str:
-    return LUA_PRELUDE + resources.files("gateway.backends").joinpath(name).read_text()
+def lua_prelude(publish_command: str = "PUBLISH") -> str:
+    """What the scripts share with Python, defined in front of each (sorted: one script text,
+    one SHA, in every process). `PUBLISH_COMMAND` is how publish.lua delivers live: `PUBLISH`
+    on one Redis, `SPUBLISH` (sharded pub/sub, on the channel's own slot) on a Cluster."""
+    return (
+        f"local JOB_TERMINAL_STATUSES = {{{_TERMINAL_TABLE}}}\n"
+        f"local PUBLISH_COMMAND = {publish_command!r}\n"
+    )
+
+
+LUA_PRELUDE = lua_prelude()
+
+
+def load_script(name: str, publish_command: str = "PUBLISH") -> str:
+    return (
+        lua_prelude(publish_command)
+        + resources.files("gateway.backends").joinpath(name).read_text()
+    )
 
 
 PUBLISH_LUA = load_script("publish.lua")
+SHARDED_PUBLISH_LUA = load_script("publish.lua", "SPUBLISH")
+"""publish.lua for a Redis Cluster: the same file, live delivery by `SPUBLISH`."""
 PROMOTE_LUA = load_script("promote.lua")
 BEGIN_ATTEMPT_LUA = load_script("begin_attempt.lua")
 CLAIM_WEBHOOKS_LUA = load_script("claim_webhooks.lua")

@@ -34,6 +34,8 @@ from gateway.settings.values import (
     Namespaces,
     Networks,
     RedisUrl,
+    ReplicaWait,
+    ReplicaWaitRules,
     Retention,
     RetentionRules,
     WebhookSecrets,
@@ -46,6 +48,7 @@ __all__ = [
     "DEFAULT_MAX_EVENT_SIZES",
     "PROJECT_STATIC",
     "Declaration",
+    "ReplicaWait",
     "Retention",
     "Settings",
     "bundled_static_dir",
@@ -180,6 +183,13 @@ class Settings(BaseSettings):
         help="largest event per namespace, in bytes of its JSON envelope (`0`: no limit; `*`: "
         "namespaces not named; names override only themselves); at most the namespace's "
         "history bytes. Over it: `413` / `event_too_large`",
+    )
+    replica_wait: ReplicaWaitRules = setting(
+        env="GATEWAY_REPLICA_WAIT",
+        default_factory=dict,
+        help="per-namespace durability on a Redis Cluster: `namespace=replicas/timeout_ms`; a "
+        "publish counts once that many replicas acknowledged it (`WAIT`), else it is answered "
+        "`503` (the event may still be delivered); namespaces not named do not wait",
     )
     visibility_timeout: float = setting(
         30.0,
@@ -621,6 +631,10 @@ class Settings(BaseSettings):
             or namespace in self.occupancy
             or namespace in self.occupancy_events
         )
+
+    def replica_wait_for(self, channel: str) -> ReplicaWait | None:
+        """How many replica acknowledgements a publish to `channel` waits for, if any."""
+        return self.replica_wait.get(namespace_of(channel))
 
     def max_event_size_for(self, channel: str) -> int:
         """The largest event `channel` accepts, in bytes; 0 means no limit."""

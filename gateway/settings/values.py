@@ -145,6 +145,30 @@ def parse_max_event_size(raw: str) -> dict[str, int]:
     return limits
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaWait:
+    """A publish counts once `replicas` replicas acknowledged it (Redis `WAIT`), waiting at
+    most `timeout_ms` milliseconds."""
+
+    replicas: int
+    timeout_ms: int
+
+
+def parse_replica_wait(raw: str) -> dict[str, ReplicaWait]:
+    """Parse `job=1/500 orders=2/1000` (namespace=replicas/timeout-ms)."""
+    rules: dict[str, ReplicaWait] = {}
+    for item in _items(raw):
+        namespace, eq, spec = item.partition("=")
+        replicas, slash, timeout = spec.partition("/")
+        if not eq or not namespace or not slash or not replicas.isdigit() or not timeout.isdigit():
+            raise ValueError(f"{item!r}: expected namespace=replicas/timeout_ms, like job=1/500")
+        rule = ReplicaWait(int(replicas), int(timeout))
+        if not 1 <= rule.replicas <= 16 or not 1 <= rule.timeout_ms <= 60_000:
+            raise ValueError(f"{item!r}: replicas 1..16, timeout 1..60000 ms")
+        rules[namespace] = rule
+    return rules
+
+
 def parse_webhook_secrets(raw: str) -> tuple[str, ...]:
     """`whsec_<base64>` secrets, space-separated (Standard Webhooks' format)."""
     secrets = tuple(raw.split())
@@ -203,6 +227,11 @@ RetentionRules = Annotated[
     Mapping[str, Retention],
     _text(parse_retention),
     _render(_pairs(lambda r: f"{r.size}/{r.ttl}/{r.max_bytes}")),
+]
+ReplicaWaitRules = Annotated[
+    Mapping[str, ReplicaWait],
+    _text(parse_replica_wait),
+    _render(_pairs(lambda rule: f"{rule.replicas}/{rule.timeout_ms}")),
 ]
 EventSizes = Annotated[Mapping[str, int], _text(parse_max_event_size), _render(_pairs(str))]
 JobTimeouts = Annotated[

@@ -14,7 +14,15 @@ import pytest
 
 from gateway.backends.memory import MemoryBus
 from gateway.backends.redis_bus import RedisBus
-from gateway.backends.url import MEMORY, REDIS, backend_kind, open_backend
+from gateway.backends.redis_cluster_bus import RedisClusterBus
+from gateway.backends.url import (
+    MEMORY,
+    REDIS,
+    backend_kind,
+    cluster_address,
+    is_cluster_url,
+    open_backend,
+)
 from gateway.cli import _settings
 from gateway.errors import SettingsError
 from gateway.events import Event
@@ -38,11 +46,28 @@ def test_scheme_picks_the_backend(url: str, kind: str) -> None:
     assert backend_kind(url) == kind
 
 
-def test_cluster_is_reserved_with_a_clear_error() -> None:
-    with pytest.raises(SettingsError, match=r"REDIS_URL=.*redis\+cluster:// is not supported yet"):
-        backend_kind("redis+cluster://10.0.0.1:7000")
-    with pytest.raises(SettingsError, match="not supported yet"):
-        open_backend(Settings(redis_url="redis+cluster://10.0.0.1:7000"))
+def test_cluster_urls_name_seeds_and_credentials() -> None:
+    assert backend_kind("redis+cluster://10.0.0.1:7000") == REDIS
+    assert is_cluster_url("REDIS+CLUSTER://10.0.0.1:7000")
+    assert not is_cluster_url("redis://10.0.0.1:7000/0")
+    address = cluster_address("redis+cluster://app:s%40cret@10.0.0.1:7000,[::1]:7001")
+    assert address.seeds == (("10.0.0.1", 7000), ("::1", 7001))
+    assert (address.username, address.password) == ("app", "s@cret")
+
+
+@pytest.mark.parametrize(
+    "url", ["redis+cluster://", "redis+cluster://10.0.0.1", "redis+cluster://h:1,h:x"]
+)
+def test_malformed_cluster_urls_are_refused_naming_the_seed(url: str) -> None:
+    with pytest.raises(SettingsError, match="host:port"):
+        backend_kind(url)
+
+
+async def test_cluster_urls_open_the_cluster_backend() -> None:
+    """Opening connects nothing yet, so an unreachable seed is fine here."""
+    backend = open_backend(Settings(redis_url="redis+cluster://127.0.0.1:1"))
+    assert isinstance(backend.bus, RedisClusterBus) and backend.kind == "redis-cluster"
+    await backend.close()
 
 
 @pytest.mark.parametrize(
@@ -81,8 +106,8 @@ def test_settings_read_memory_url_as_no_url() -> None:
 
 
 def test_cli_refuses_a_url_no_backend_opens(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REDIS_URL", "redis+cluster://10.0.0.1:7000")
-    with pytest.raises(SystemExit, match=r"configuration error: REDIS_URL=.*not supported yet"):
+    monkeypatch.setenv("REDIS_URL", "redis+cluster://10.0.0.1")
+    with pytest.raises(SystemExit, match=r"configuration error: REDIS_URL.*host:port"):
         _settings(argparse.Namespace(command="worker"))
 
 
