@@ -358,7 +358,7 @@ class HostedGateway(HostedProcess):
 
     def ready_status(self) -> int:
         try:
-            return httpx.get(self.url + "/readyz", timeout=2).status_code
+            return httpx.get(self.url + "/readyz", timeout=10).status_code
         except httpx.HTTPError:
             return 0
 

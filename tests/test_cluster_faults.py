@@ -425,7 +425,7 @@ async def test_gateway_partitioned_for_ten_seconds_tells_its_clients_and_loses_n
     )
     hosts.gateway_hosts[0].cut()
     cut_at = asyncio.get_running_loop().time()
-    await async_wait_until(lambda: cut_off.ready_status() == 503, 10, "/readyz 503 on the cut one")
+    await async_wait_until(lambda: cut_off.ready_status() == 503, 15, "/readyz 503 on the cut one")
     told_after = asyncio.get_running_loop().time() - cut_at
     move.set()  # the moving client acts on /readyz as a load balancer would
     await asyncio.sleep(max(0.0, 10 - told_after))  # the partition itself lasts 10 s
