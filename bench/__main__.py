@@ -6,6 +6,10 @@ if sys.argv[1:2] == ["bridge"]:
     from bench.bridge import main as bridge_main
 
     bridge_main(sys.argv[2:])
+elif sys.argv[1:2] == ["cluster"]:
+    from bench.cluster import main as cluster_main
+
+    cluster_main(sys.argv[2:])
 else:
     from bench.run import main
 
