@@ -128,6 +128,20 @@ class ClusterNode:
         self.kill()
         self.start()
 
+    def pause(self) -> None:
+        """SIGSTOP: the node keeps its connections and answers nothing (a replica paused so
+        falls behind its master)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def node_id(self) -> str:
+        raw = self.command("CLUSTER", "MYID")
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
     def client(self, **options: Any) -> Any:
         """A plain (non-cluster) client of this node alone."""
         import redis
@@ -309,6 +323,58 @@ class LocalRedisCluster:
 
         wait_until(moved, timeout, f"slot {slot} to leave {away_from}")
         return self.master_of_slot(slot)
+
+    def cut_replication(self, master: ClusterNode, replica: ClusterNode) -> None:
+        """Stop `replica` from receiving `master`'s writes while both keep serving: the replica
+        is given a wrong `masterauth` and its link is closed, so it cannot sync again. Writes
+        acknowledged by `master` from now on are lost if it dies (the replica is promoted
+        without them): the failover loss `GATEWAY_REPLICA_WAIT` guards against. Undo with
+        `mend_replication(replica)`."""
+        replica.command("CONFIG", "SET", "masterauth", "not-the-password")
+        master.command("CLIENT", "KILL", "TYPE", "replica")
+
+        def down() -> bool:
+            return replica.client().info("replication").get("master_link_status") == "down"
+
+        wait_until(down, 10, f"{replica}'s replication link to be down")
+
+    def mend_replication(self, replica: ClusterNode) -> None:
+        replica.command("CONFIG", "SET", "masterauth", "")
+
+    def move_slot(self, slot: int, target: ClusterNode, batch: int = 100) -> None:
+        """Migrate `slot` (and its keys) to the master `target`, live, as `redis-cli --cluster
+        reshard` does: IMPORTING / MIGRATING, `MIGRATE` the keys, then `SETSLOT NODE` on every
+        master."""
+        source = self.master_of_slot(slot)
+        if source is target:
+            return
+        source_id, target_id = source.node_id(), target.node_id()
+        target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while True:
+            keys = source.command("CLUSTER", "GETKEYSINSLOT", slot, batch)
+            if not keys:
+                break
+            source.command(
+                "MIGRATE", target.host, target.port, "", 0, 5000, "REPLACE", "KEYS", *keys
+            )
+        for master in (target, source, *self.masters()):
+            master.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+        def everyone_agrees() -> bool:
+            for node in self.nodes:
+                if not node.running:
+                    continue
+                try:
+                    ranges = node.command("CLUSTER", "SLOTS")
+                except Exception:
+                    return False
+                for start, end, master, *_replicas in ranges:
+                    if int(start) <= slot <= int(end) and int(master[1]) != target.port:
+                        return False
+            return True
+
+        wait_until(everyone_agrees, 10, f"every node to see slot {slot} on {target}")
 
     def flush(self) -> None:
         """Empty every master (replicas follow) and drop cached scripts."""

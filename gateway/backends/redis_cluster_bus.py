@@ -52,11 +52,16 @@ class RedisClusterBus(RedisBus):
         await self.subscriptions.close()
 
     async def ping(self) -> bool:
-        shards = await self._cluster.shard_health()
-        return bool(shards) and all(shards.values()) and self.subscriptions.live()
+        shards = await self.shard_status()
+        return bool(shards) and all(shards.values())
 
-    async def shard_status(self) -> dict[str, bool] | None:
-        return await self._cluster.shard_health()
+    async def shard_status(self) -> dict[str, bool]:
+        """Each master of the slot map and whether it answers a PING, and each shard this
+        process holds subscriptions on: unreachable while its reader is reconnecting."""
+        shards = await self._cluster.shard_health()
+        for label, live in self.subscriptions.readers_live().items():
+            shards[label] = shards.get(label, True) and live
+        return shards
 
     def _heard(self, name: bytes, payload: bytes) -> None:
         try:

@@ -76,13 +76,17 @@ class ShardReader:
         self.sent.append(name)
         try:
             await pubsub.execute_command("SSUBSCRIBE", name)
-        except (RedisError, OSError):
+        except (RedisError, OSError, AttributeError):
+            # AttributeError: redis-py's connection was closed under the write (the reader
+            # dropped it); the reader subscribes every name of its own again when it is back.
             log.warning("ssubscribe %r on %s failed; the reader will retry", name, self.label)
 
     async def send_unsubscribe(self, name: bytes) -> None:
         pubsub = self.pubsub
         if pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
+            # The reader may close the connection under this write once its last name is gone
+            # (AttributeError from redis-py's closed connection): nothing is left to undo then.
+            with contextlib.suppress(RedisError, OSError, AttributeError):
                 await pubsub.execute_command("SUNSUBSCRIBE", name)
 
     async def _run(self) -> None:
@@ -222,6 +226,10 @@ class ShardedSubscriptions:
     def live(self) -> bool:
         """Every reader holding channels is connected."""
         return all(reader.live.is_set() for reader in self.readers.values())
+
+    def readers_live(self) -> dict[str, bool]:
+        """Each shard this process holds channels on, and whether its reader is connected."""
+        return {reader.label: reader.live.is_set() for reader in self.readers.values()}
 
     def subscriptions_by_shard(self) -> dict[str, int]:
         return {reader.label: len(reader.names) for reader in self.readers.values()}
