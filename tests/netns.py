@@ -288,10 +288,6 @@ class HostedClusterNode(ClusterNode):
         except Exception:
             return False
 
-    def node_id(self) -> str:
-        value = self.command("CLUSTER", "MYID")
-        return value.decode() if isinstance(value, bytes) else str(value)
-
 
 class NetnsCluster(LocalRedisCluster):
     """`LocalRedisCluster` (3 masters + 3 replicas, AOF) with each node on a host of its own."""
@@ -299,28 +295,6 @@ class NetnsCluster(LocalRedisCluster):
     def __init__(self, network: Network, directory: Path) -> None:
         super().__init__(directory)
         self.nodes = [HostedClusterNode(network.add_host(), directory) for _ in self.nodes]
-
-    def move_slot(self, slot: int, target: ClusterNode) -> int:
-        """Migrate one slot by hand, as `redis-cli --cluster reshard` does: SETSLOT IMPORTING
-        and MIGRATING, MIGRATE its keys in batches, SETSLOT NODE on every master. Returns the
-        number of keys moved."""
-        source = self.master_of_slot(slot)
-        assert isinstance(source, HostedClusterNode) and isinstance(target, HostedClusterNode)
-        source_id, target_id = source.node_id(), target.node_id()
-        assert source_id != target_id, "the slot is already there"
-        target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-        source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-        moved = 0
-        while keys := source.command("CLUSTER", "GETKEYSINSLOT", slot, 20):
-            source.command(
-                "MIGRATE", target.host, target.port, "", 0, 5000, "REPLACE", "KEYS", *keys
-            )
-            moved += len(keys)
-        # The target first (it owns the slot from now on), then the source, then the rest.
-        others = [node for node in self.masters() if node not in (source, target)]
-        for node in (target, source, *others):
-            node.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-        return moved
 
 
 # --- gateways and workers on hosts -------------------------------------------------------------

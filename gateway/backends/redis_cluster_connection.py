@@ -94,10 +94,15 @@ class RedisClusterConnection(RedisConnection):
 
     async def refresh_slots(self) -> None:
         """Read the slot map again (after a failover or a `MOVED`); concurrent callers share one
-        refresh. Raises when no node answers."""
+        refresh. Raises `RedisConnectionError` when no node answers (redis-py raises
+        `RedisClusterException`, which is no `RedisError`: callers catching `RedisError`, such
+        as a shard reader reconnecting, would die of it while the gateway is partitioned)."""
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.ensure_future(self.redis.nodes_manager.initialize())
-        await asyncio.shield(self._refreshing)
+        try:
+            await asyncio.shield(self._refreshing)
+        except RedisClusterException as exc:
+            raise RedisConnectionError(f"no cluster node answers: {exc}") from exc
 
     def owner_of(self, key: str | bytes) -> tuple[str, int]:
         """The master serving `key`'s slot, as the slot map last read says."""
@@ -110,10 +115,9 @@ class RedisClusterConnection(RedisConnection):
 
     async def shard_health(self, timeout: float = 2.0) -> dict[str, bool]:
         """Each master (`host:port`) and whether it answers a PING within `timeout`."""
-        # A partitioned gateway reaches no node: the refresh then fails with
-        # RedisClusterException (not a RedisError) after a connect timeout per seed; bounded
-        # and caught, so /readyz answers 503 promptly instead of 500 after many seconds.
-        with contextlib.suppress(RedisError, RedisClusterException, OSError, TimeoutError):
+        # A partitioned gateway reaches no node: the refresh then fails after a connect timeout
+        # per seed; bounded, so /readyz answers 503 promptly rather than 500 many seconds later.
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self.refresh_slots(), timeout)
         shards = self.shards()
 
