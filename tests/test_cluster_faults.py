@@ -119,7 +119,13 @@ class Hosts:
             f"{c.connections} connections"
             for c in clients
         )
-        logs = "\n".join(f"--- {p.log_path.name}\n{p.output()[-3000:]}" for p in self.started)
+        logs = "\n".join(
+            f"--- {p.log_path.name}\n"
+            + "\n".join(
+                line for line in p.output().splitlines() if not line.startswith("INFO:     ")
+            )[-4000:]
+            for p in self.started
+        )
         return f"{seen}\n{logs}"
 
 

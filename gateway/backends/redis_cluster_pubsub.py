@@ -141,6 +141,11 @@ class ShardReader:
                 if name is not None:
                     self._settled(name, resubscribed=False)
                 await self.owner.rehome(self)
+                if name is not None and name in self.names:
+                    # The slot map read lags the migration (a replica or another master
+                    # answered): ask again shortly, until a refusal names the new owner.
+                    await asyncio.sleep(0.1)
+                    await self.send_subscribe(name)
                 continue
             if message is None:
                 if awaiting_pong:
@@ -163,6 +168,10 @@ class ShardReader:
             elif kind == b"sunsubscribe" and message[1] in self.names:
                 # Not asked for: the server dropped it (its slot left this node).
                 await self.owner.rehome(self)
+                if message[1] in self.names:
+                    # The slot map read still names this shard (it lags the migration): the
+                    # channel would stay deaf here. Subscribe again: a MOVED answer re-homes it.
+                    await self.send_subscribe(message[1])
 
     def _settled(self, name: bytes, *, resubscribed: bool) -> None:
         """A subscription of `name` was answered (confirmed, or refused and re-homed)."""
