@@ -275,6 +275,8 @@ def jobs_part(a: argparse.Namespace, redis: Redis, workdir: Path) -> dict[str, A
             stop(worker)
     if "to" not in marks:
         log(f"jobs on {redis.name}: only {done()} of {a.jobs} done in {a.jobs_timeout} s")
+        tail = (workdir / f"worker-{redis.name}-0.log").read_text(errors="replace")[-3000:]
+        log(f"worker-{redis.name}-0.log ends:\n{tail}")
         return {"part": "jobs", "redis": redis.name, "jobs_s": 0, "stalled": done()}
     (t0, n0, nodes0, workers0), (t1, n1, nodes1, workers1) = marks["from"], marks["to"]
     wall = t1 - t0
