@@ -73,8 +73,11 @@ class OneRedis:
         directory = workdir / "one-redis"
         directory.mkdir()
         self.proc = spawn(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory)]
-            + ["--save", "", "--appendonly", "yes", "--loglevel", "warning"],
+            [
+                *(binary, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--dir", str(directory), "--save", "", "--appendonly", "yes"),
+                *("--loglevel", "warning"),
+            ],
             workdir / "one-redis.log",
         )
         wait_for(lambda: port_open(self.port), 10, "redis-server")
@@ -94,6 +97,15 @@ class OneRedis:
         client = redis.Redis(port=self.port)
         client.flushall()
         client.close()
+
+    def calls(self) -> dict[str, int]:
+        import redis
+
+        client = redis.Redis(port=self.port)
+        try:
+            return command_calls([client.info("commandstats")])
+        finally:
+            client.close()
 
     def close(self) -> None:
         stop(self.proc)
@@ -120,6 +132,16 @@ class ClusterRedis:
     def flush(self) -> None:
         self.cluster.flush()
 
+    def calls(self) -> dict[str, int]:
+        stats = []
+        for node in self.cluster.nodes:
+            client = node.client()
+            try:
+                stats.append(client.info("commandstats"))
+            finally:
+                client.close()
+        return command_calls(stats)
+
     def close(self) -> None:
         self.cluster.stop()
 
@@ -130,6 +152,26 @@ class ClusterRedis:
 
 
 Redis = OneRedis | ClusterRedis
+
+
+def command_calls(stats: list[dict[str, Any]]) -> dict[str, int]:
+    """Commands executed, by name, summed over nodes (`INFO commandstats`)."""
+    total: dict[str, int] = {}
+    for node in stats:
+        for name, value in node.items():
+            command = name.removeprefix("cmdstat_")
+            total[command] = total.get(command, 0) + int(value["calls"])
+    return total
+
+
+def calls_per(before: dict[str, int], after: dict[str, int], count: int) -> dict[str, float]:
+    """Commands per event or job (those above 0.05), most frequent first."""
+    rates = {name: (after[name] - before.get(name, 0)) / max(count, 1) for name in after}
+    return {
+        name: round(rate, 2)
+        for name, rate in sorted(rates.items(), key=lambda item: -item[1])
+        if rate >= 0.05 and name not in ("info", "ping", "flushall", "script|flush")
+    }
 
 
 def processes(pids: list[int]) -> list[psutil.Process]:
@@ -155,6 +197,7 @@ def publish_part(a: argparse.Namespace, redis: Redis) -> dict[str, Any]:
     cmd = [PY, str(BENCH / "publisher.py"), "--target", "gateway", "--channel", channel]
     cmd += ["--channels", str(a.channels), "--rate", "0", "--duration", str(a.duration)]
     cmd += ["--redis-url", redis.url]
+    calls0 = redis.calls()
     before, t0 = cpu_each(nodes), time.monotonic()
     procs = [
         subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
@@ -168,6 +211,7 @@ def publish_part(a: argparse.Namespace, redis: Redis) -> dict[str, Any]:
         results.append(json.loads(stdout.strip().splitlines()[-1]))
     wall = time.monotonic() - t0
     events_s = round(sum(r["achieved_rate"] for r in results))
+    events = sum(r["count"] for r in results) + len(results)  # and one warm-up each
     result = {
         "part": "publish",
         "redis": redis.name,
@@ -178,6 +222,7 @@ def publish_part(a: argparse.Namespace, redis: Redis) -> dict[str, Any]:
             "redis_nodes": percent(before, cpu_each(nodes), wall),
             "publishers": [round(100 * r["cpu_s"] / a.duration) for r in results],
         },
+        "redis_commands_per_event": calls_per(calls0, redis.calls(), events),
     }
     log(f"publish on {redis.name}: {events_s:,} events/s {result['cpu_pct']}")
     return result
@@ -244,6 +289,7 @@ def jobs_done(url: str, partitions: int) -> Callable[[], int]:
 def jobs_part(a: argparse.Namespace, redis: Redis, workdir: Path) -> dict[str, Any]:
     redis.flush()
     type_, _data = job_type()
+    calls0 = redis.calls()
     enqueue_s = asyncio.run(enqueue(redis.url, a.partitions, a.jobs))
     done = jobs_done(redis.url, a.partitions)
     env = {
@@ -252,6 +298,7 @@ def jobs_part(a: argparse.Namespace, redis: Redis, workdir: Path) -> dict[str, A
         "GATEWAY_CONCURRENCY": str(a.concurrency),
         "GATEWAY_LOG_LEVEL": "warning",
     }
+    calls1 = redis.calls()
     nodes = processes(redis.pids())
     workers = [
         spawn([PY, "-m", "gateway", "worker"], workdir / f"worker-{redis.name}-{i}.log", env)
@@ -271,6 +318,7 @@ def jobs_part(a: argparse.Namespace, redis: Redis, workdir: Path) -> dict[str, A
                 break
             time.sleep(0.05)
     finally:
+        calls2, finished = redis.calls(), done()
         for worker in workers:
             stop(worker)
     if "to" not in marks:
@@ -293,6 +341,10 @@ def jobs_part(a: argparse.Namespace, redis: Redis, workdir: Path) -> dict[str, A
         "cpu_pct": {
             "redis_nodes": percent(nodes0, nodes1, wall),
             "workers": percent(workers0, workers1, wall),
+        },
+        "redis_commands_per_job": {
+            "enqueue": calls_per(calls0, calls1, a.jobs),
+            "run": calls_per(calls1, calls2, finished),
         },
     }
     log(f"jobs on {redis.name}: {result['jobs_s']:,} jobs/s {result['cpu_pct']}")
