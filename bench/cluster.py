@@ -405,7 +405,16 @@ def report(results: list[dict[str, Any]]) -> dict[str, Any]:
                 "ratio_to_1": round((r["sustainable_deliveries_s"] or 0) / base, 2)
                 if base
                 else None,
-                "gateway_cpu_pct": [s["cpu_pct"]["server"] for s in r["steps"]],
+                "connected": r["connected"],
+                "steps": [
+                    {
+                        "offered_deliveries_s": s["offered_deliveries_s"],
+                        "delivery_ratio": s["delivery_ratio"],
+                        "p99_ms": s["lat_ms"]["p99"],
+                        "cpu_pct": {k: s["cpu_pct"][k] for k in ("server", "clients", "publisher")},
+                    }
+                    for s in r["steps"]
+                ],
             }
             for r in fans
         }
