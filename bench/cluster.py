@@ -164,13 +164,17 @@ def command_calls(stats: list[dict[str, Any]]) -> dict[str, int]:
     return total
 
 
+BENCH_OWN_COMMANDS = frozenset({"info", "ping", "flushall", "script|flush", "xinfo|groups"})
+"""What this script sends itself (its progress polling among them), left out of the counts."""
+
+
 def calls_per(before: dict[str, int], after: dict[str, int], count: int) -> dict[str, float]:
     """Commands per event or job (those above 0.05), most frequent first."""
     rates = {name: (after[name] - before.get(name, 0)) / max(count, 1) for name in after}
     return {
         name: round(rate, 2)
         for name, rate in sorted(rates.items(), key=lambda item: -item[1])
-        if rate >= 0.05 and name not in ("info", "ping", "flushall", "script|flush")
+        if rate >= 0.05 and name not in BENCH_OWN_COMMANDS
     }
 
 
