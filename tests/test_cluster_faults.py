@@ -383,16 +383,25 @@ async def publish_every(
     published: dict[str, list[str]],
     stop: asyncio.Event,
     interval: float = 0.05,
+    refused: list[str] | None = None,
 ) -> None:
-    """POST numbered events round-robin over `channels` until `stop`; record the ids answered."""
+    """POST numbered events round-robin over `channels` until `stop`; record the ids answered.
+
+    A 503 (the backend could not take the event now) is retried, as a producer would; each is
+    noted in `refused`. Anything else but 202 fails the test."""
     async with httpx.AsyncClient(timeout=10) as client:
         for n in itertools.count():
             if stop.is_set():
                 return
             channel = channels[n % len(channels)]
-            response = await client.post(
-                f"{url()}/channels/{channel}/events", json={"type": "tick", "data": {"n": n}}
-            )
+            while True:
+                response = await client.post(
+                    f"{url()}/channels/{channel}/events", json={"type": "tick", "data": {"n": n}}
+                )
+                if response.status_code != 503 or refused is None:
+                    break
+                refused.append(response.json().get("detail", ""))
+                await asyncio.sleep(interval)
             assert response.status_code == 202, response.text
             published[channel].append(response.json()["id"])
             await asyncio.sleep(interval)
@@ -520,8 +529,9 @@ async def test_slot_resharded_under_live_channels_loses_and_repeats_nothing(
         ),
     )
     turn = itertools.cycle(gateways)
+    refused: list[str] = []
     publisher = asyncio.ensure_future(
-        publish_every(lambda: next(turn).url, channels, published, stop, interval=0.02)
+        publish_every(lambda: next(turn).url, channels, published, stop, 0.02, refused)
     )
     await async_wait_until(
         lambda: all(len(s[c].ids) >= 5 for s in seen for c in channels), 20, "events to flow"
@@ -533,7 +543,7 @@ async def test_slot_resharded_under_live_channels_loses_and_repeats_nothing(
     assert hosts.cluster.master_of_slot(slot) is target
     count_after_move = sum(len(ids) for ids in published.values())
     await async_wait_until(
-        lambda: sum(len(ids) for ids in published.values()) >= count_after_move + 30,
+        lambda: publisher.done() or sum(map(len, published.values())) >= count_after_move + 30,
         20,
         "events to flow after the move",
     )
@@ -555,7 +565,8 @@ async def test_slot_resharded_under_live_channels_loses_and_repeats_nothing(
     print(
         f"FAULTS reshard slot {slot} ({moved} keys) {source.address} -> {target.address}: "
         f"published {sum(len(v) for v in published.values())}, lost {lost}, duplicated "
-        f"{duplicated}, gaps {gaps} {gap_report(everyone)}"
+        f"{duplicated}, gaps {gaps} {gap_report(everyone)}, publishes refused (503, "
+        f"retried) {len(refused)} {sorted(set(refused))}"
     )
     for channel in channels:
         assert [e["id"] for e in history(gateways[1].url, channel)] == published[channel]
