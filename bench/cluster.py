@@ -15,6 +15,8 @@ median of each round's cluster/one ratio, so both sides of a ratio ran under the
 
 - `publish`: `--publishers` processes calling `gateway.publish` in a loop for `--duration`
   seconds, round-robin over `--channels` channels (bench/publisher.py): events/s summed;
+- `publish_many`: the same with `gateway.publish_many` batches of `--batch` events (one
+  pipeline per batch; the cluster client splits it per shard), where this tree has it;
 - `jobs`: `--jobs` no-op jobs (type `noop`, or `sleep` 0 s where this tree has no `noop`)
   stored and queued first (`create_job`, as `POST /jobs` does), then `--workers`
   `gateway worker` processes with `GATEWAY_QUEUE_PARTITIONS=--partitions` drain them: jobs/s
@@ -232,6 +234,75 @@ def publish_part(a: argparse.Namespace, redis: Redis) -> dict[str, Any]:
     return result
 
 
+def publish_loop(url: str, channels: int, duration: float, batch: int) -> None:
+    """One publisher process of `publish_many`: batches of `batch` events round-robin over
+    `channels` channels for `duration` seconds; prints a JSON summary like bench/publisher.py."""
+    os.environ["REDIS_URL"] = url
+    from gateway import publish_many  # type: ignore[attr-defined]
+
+    names = [f"room:bench-{i}" for i in range(channels)]
+    data = {"pad": "x" * 140}
+    sent = 0
+    publish_many([(names[0], "warm-up", data)])
+    cpu0, t0 = time.process_time(), time.monotonic()
+    while time.monotonic() - t0 < duration:
+        publish_many([(names[(sent + i) % channels], "notification", data) for i in range(batch)])
+        sent += batch
+    wall = time.monotonic() - t0
+    summary = {"count": sent, "achieved_rate": sent / wall, "cpu_s": time.process_time() - cpu0}
+    print(json.dumps(summary), flush=True)
+
+
+def has_publish_many() -> bool:
+    import gateway
+
+    return hasattr(gateway, "publish_many")
+
+
+def publish_many_part(a: argparse.Namespace, redis: Redis) -> dict[str, Any] | None:
+    """Like `publish_part`, each process sending `publish_many` batches of `--batch` events."""
+    if not has_publish_many():
+        log("publish_many: not in this tree (gateway.publish_many); skipped")
+        return None
+    redis.flush()
+    nodes = processes(redis.pids())
+    code = (
+        "from bench.cluster import publish_loop; "
+        f"publish_loop({redis.url!r}, {a.channels}, {a.duration}, {a.batch})"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    calls0 = redis.calls()
+    before, t0 = cpu_each(nodes), time.monotonic()
+    procs = [
+        subprocess.Popen([PY, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(a.publishers)
+    ]
+    results = []
+    for proc in procs:
+        stdout, _ = proc.communicate(timeout=a.duration + 60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"publish_many publisher failed on {redis.name}")
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    wall = time.monotonic() - t0
+    events_s = round(sum(r["achieved_rate"] for r in results))
+    events = sum(r["count"] for r in results) + len(results)
+    result = {
+        "part": "publish_many",
+        "redis": redis.name,
+        "publishers": a.publishers,
+        "batch": a.batch,
+        "channels": a.channels,
+        "events_s": events_s,
+        "cpu_pct": {
+            "redis_nodes": percent(before, cpu_each(nodes), wall),
+            "publishers": [round(100 * r["cpu_s"] / a.duration) for r in results],
+        },
+        "redis_commands_per_event": calls_per(calls0, redis.calls(), events),
+    }
+    log(f"publish_many on {redis.name}: {events_s:,} events/s {result['cpu_pct']}")
+    return result
+
+
 # --- jobs ------------------------------------------------------------------------------------
 
 
@@ -396,7 +467,7 @@ def ratios(results: list[dict[str, Any]], part: str, field: str) -> dict[str, An
 
 def report(results: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    for part, field in (("publish", "events_s"), ("jobs", "jobs_s")):
+    for part, field in (("publish", "events_s"), ("publish_many", "events_s"), ("jobs", "jobs_s")):
         compared = ratios(results, part, field)
         if compared:
             summary[part] = compared
@@ -431,7 +502,8 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--parts", default="publish,jobs,fanout")
+    p.add_argument("--parts", default="publish,publish_many,jobs,fanout")
+    p.add_argument("--batch", type=int, default=100, help="publish_many: events per call")
     p.add_argument("--rounds", type=int, default=1, help="one/cluster alternations")
     p.add_argument("--replicas", type=int, default=0, help="replicas per cluster master")
     p.add_argument("--publishers", type=int, default=4)
@@ -464,6 +536,8 @@ def main(argv: list[str] | None = None) -> None:
                 for redis in (one, cluster):
                     if "publish" in parts:
                         results.append(publish_part(a, redis))
+                    if "publish_many" in parts and (many := publish_many_part(a, redis)):
+                        results.append(many)
                     if "jobs" in parts:
                         results.append(jobs_part(a, redis, workdir))
             if "fanout" in parts:
