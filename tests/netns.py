@@ -255,10 +255,13 @@ def network() -> Iterator[Network]:
 class HostedClusterNode(ClusterNode):
     """A `tests.redis_cluster.ClusterNode` run inside its own host, announcing its address."""
 
-    def __init__(self, host: Host, directory: Path) -> None:
+    def __init__(self, host: Host, directory: Path, index: int) -> None:
         super().__init__(directory)
         self.netns_host = host
         self.host = host.address
+        # Alone in its namespace, so fixed ports: never its own bus port (two free_port() calls
+        # may return the same number), and distinct per node (nodes are found by port).
+        self.port, self.bus_port = 7000 + index, 17000 + index
 
     def start(self) -> None:
         assert REDIS_SERVER is not None
@@ -294,7 +297,10 @@ class NetnsCluster(LocalRedisCluster):
 
     def __init__(self, network: Network, directory: Path) -> None:
         super().__init__(directory)
-        self.nodes = [HostedClusterNode(network.add_host(), directory) for _ in self.nodes]
+        self.nodes = [
+            HostedClusterNode(network.add_host(), directory, index)
+            for index in range(len(self.nodes))
+        ]
 
 
 # --- gateways and workers on hosts -------------------------------------------------------------
