@@ -21,8 +21,8 @@ import httpx
 import redis
 
 from gateway.backends.redis_keys import publish_call
-from gateway.backends.redis_sync import publish_script_text, sync_redis
-from gateway.backends.url import REDIS, backend_kind
+from gateway.backends.redis_sync import publish_acknowledged, publish_script_text, sync_redis
+from gateway.backends.url import REDIS, backend_kind, is_cluster_url
 from gateway.errors import EventTooLarge
 from gateway.errors import EventTooLargeError as EventTooLargeError
 from gateway.errors import PublishError as PublishError
@@ -61,9 +61,22 @@ def publish(
             keys, args, _tail = publish_call(settings, channel, type, data, source, None)
         except EventTooLarge as exc:
             raise EventTooLargeError(f"publish to {channel}: {exc}", exc.limit) from None
+        rule = settings.replica_wait_for(channel) if is_cluster_url(redis_url) else None
         try:
-            event_id = _redis_script(redis_url)(keys=keys, args=args)
-        except redis.RedisError as exc:
+            if rule is None:
+                event_id = _redis_script(redis_url)(keys=keys, args=args)
+            else:
+                event_id, acknowledged = publish_acknowledged(
+                    redis_url, keys, args, rule.replicas, rule.timeout_ms
+                )
+                if acknowledged < rule.replicas:
+                    raise PublishError(
+                        f"publish to {channel}: acknowledged by {acknowledged} of "
+                        f"{rule.replicas} replicas within {rule.timeout_ms} ms "
+                        "(GATEWAY_REPLICA_WAIT); stored on the master, not durable"
+                    )
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            # RedisClusterException: a Redis Cluster none of whose nodes answer.
             raise PublishError(f"publish to {channel} via {redis_url}: {exc}") from exc
         return str(event_id.decode())
     base = url or os.environ.get("GATEWAY_URL") or DEFAULT_URL

@@ -35,6 +35,7 @@ STORY = ["job.queued", "job.started", "job.progress", "job.progress", "job.compl
 
 
 async def test_two_gateways_a_worker_and_the_publishers_on_a_cluster(
+    redis_cluster: LocalRedisCluster,
     redis_cluster_url: str,
     gateway_factory: Callable[..., GatewayProcess],
     worker_factory: Callable[..., WorkerProcess],
@@ -71,6 +72,11 @@ async def test_two_gateways_a_worker_and_the_publishers_on_a_cluster(
         acked = (await ws_until(talker, lambda f: f.get("ref") == 2))[-1]
         heard = (await ws_until(listener, lambda f: f["op"] == "event"))[-1]
         assert heard["id"] == acked["id"] and heard["data"] == 1
+        lobby = redis_cluster.master_of_key("gw:{room:lobby}").address
+        metrics = httpx.get(first.url + "/metrics").text
+        assert f'gateway_redis_shard_publish_seconds_count{{shard="{lobby}"}} 1.0' in metrics
+        metrics = httpx.get(second.url + "/metrics").text
+        assert f'gateway_redis_shard_subscriptions{{shard="{lobby}"}} 1.0' in metrics
         # The CLI and gateway.publish() write straight into the cluster.
         cli = subprocess.run(
             [sys.executable, "-m", "gateway", "publish", "room:lobby", "--data", "2"],
@@ -171,6 +177,8 @@ async def test_master_killed_mid_job_every_event_once_in_order_or_a_gap(
     print(f"failover: {len(final)} events kept, gaps sse={sse_gaps} ws={ws_gaps}")
     assert status_of(gateway, job_id) in TERMINAL
     down = victim.address
+    metrics = httpx.get(gateway.url + "/metrics").text
+    assert f'gateway_redis_shard_reconnects_total{{shard="{victim.address}"}}' in metrics
     assert any(
         r["http"] == 503 and r.get("shards", {}).get(down) == "unreachable" for r in readiness
     ), "readyz named the dead shard"

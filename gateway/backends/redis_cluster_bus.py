@@ -89,7 +89,7 @@ class RedisClusterBus(RedisBus):
         started = time.perf_counter()
         try:
             shard = self._cluster.owner_of(keys[0])
-        except (RedisError, KeyError, IndexError):
+        except RedisError:
             shard = ("?", 0)
         try:
             if rule is None:

@@ -14,7 +14,7 @@ import contextlib
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -34,6 +34,42 @@ CLUSTER_POOL_SIZE = 256
 """Connections per node the command client may open (it fails, not waits, past that)."""
 
 
+def unreachable(exc: RedisClusterException) -> RedisConnectionError:
+    """redis-py reports a cluster it cannot reach (no node answers, a slot nobody serves) with
+    `RedisClusterException`, which is not a `RedisError`: as a connection error, every
+    `except RedisError` written for one Redis covers it (503, retry, reconnect)."""
+    return RedisConnectionError(f"Redis Cluster unreachable: {exc}")
+
+
+class ReachableCluster(RedisCluster):
+    """`RedisCluster` whose failures to reach the cluster are `RedisError`s (`unreachable`)."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise unreachable(exc) from exc
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise unreachable(exc) from exc
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)
+        return ReachablePipeline(self, transaction)  # type: ignore[abstract]
+
+
+class ReachablePipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except RedisClusterException as exc:
+            raise unreachable(exc) from exc
+
+
 class RedisClusterConnection(RedisConnection):
     """A `RedisCluster` command client with the scripts registered on it (publish.lua with
     `SPUBLISH`), and one plain client per node, made on demand."""
@@ -43,7 +79,7 @@ class RedisClusterConnection(RedisConnection):
         self.url = url
         self.address: ClusterAddress = cluster_address(url)
         retry = Retry(ExponentialBackoff(cap=0.5, base=0.02), 3)
-        self.redis: Any = RedisCluster(
+        self.redis: Any = ReachableCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in self.address.seeds],
             username=self.address.username,
             password=self.address.password,
@@ -102,11 +138,17 @@ class RedisClusterConnection(RedisConnection):
         try:
             await asyncio.shield(self._refreshing)
         except RedisClusterException as exc:
-            raise RedisConnectionError(f"no cluster node answers: {exc}") from exc
+            raise unreachable(exc) from exc
 
     def owner_of(self, key: str | bytes) -> tuple[str, int]:
-        """The master serving `key`'s slot, as the slot map last read says."""
-        node = self.redis.get_node_from_key(key)
+        """The master serving `key`'s slot, as the slot map last read says; a connection
+        error when the map has no master for it (not read yet, or the slot is uncovered)."""
+        try:
+            node = self.redis.get_node_from_key(key)
+        except RedisClusterException as exc:
+            raise unreachable(exc) from exc
+        if node is None:
+            raise RedisConnectionError(f"no master serves the slot of {key!r}")
         return node.host, int(node.port)
 
     def shards(self) -> list[tuple[str, int]]:
@@ -116,10 +158,11 @@ class RedisClusterConnection(RedisConnection):
     async def shard_health(self, timeout: float = 2.0) -> dict[str, bool]:
         """Each master (`host:port`) and whether it answers a PING within `timeout`."""
         # A partitioned gateway reaches no node: the refresh then fails after a connect timeout
-        # per seed; bounded, so /readyz answers 503 promptly rather than 500 many seconds later.
+        # per seed; bounded, so /readyz answers 503 promptly rather than many seconds later.
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self.refresh_slots(), timeout)
-        shards = self.shards()
+        # Never read (no node answered yet): the seeds stand for the cluster.
+        shards = self.shards() or list(self.address.seeds)
 
         async def answers(host: str, port: int) -> bool:
             try:

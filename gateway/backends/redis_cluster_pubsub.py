@@ -32,6 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.backends.redis_cluster_connection import RedisClusterConnection
+from gateway.errors import BackendUnavailable
 from gateway.metrics import METRICS
 
 log = logging.getLogger("gateway.redis")
@@ -253,10 +254,13 @@ class ShardedSubscriptions:
         if name not in self.home:
             try:
                 shard = self.connection.owner_of(name)
-            except (RedisError, OSError, KeyError, IndexError):
-                with contextlib.suppress(RedisError, OSError):
+            except RedisError:
+                try:
                     await self.connection.refresh_slots()
-                shard = self.connection.owner_of(name)
+                    shard = self.connection.owner_of(name)
+                except (RedisError, OSError) as exc:
+                    self._confirmations.pop(name, None)
+                    raise BackendUnavailable(f"subscribe {name!r}: {exc}") from exc
             reader = self._reader(shard)
             reader.names.add(name)
             self.home[name] = reader
@@ -318,7 +322,7 @@ class ShardedSubscriptions:
         for name in list(reader.names):
             try:
                 shard = self.connection.owner_of(name)
-            except (RedisError, KeyError, IndexError):
+            except RedisError:
                 continue
             if shard == reader.shard:
                 continue

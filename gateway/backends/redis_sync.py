@@ -33,6 +33,30 @@ def sync_redis(redis_url: str) -> Any:
     return redis.Redis.from_url(redis_url)
 
 
+def publish_acknowledged(
+    redis_url: str, keys: list[str], args: list[Any], replicas: int, timeout_ms: int
+) -> tuple[Any, int]:
+    """Run publish.lua then `WAIT replicas timeout_ms` on one connection to the master of the
+    stream's slot (`WAIT` counts the writes of its own connection), for
+    `GATEWAY_REPLICA_WAIT`. Returns the script's answer and the replicas that acknowledged.
+    A stale slot map (`MOVED`) is read again once."""
+    cluster = sync_redis(redis_url)
+    for attempt in range(2):
+        node = cluster.get_node_from_key(keys[0])
+        pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
+        pipe.eval(publish_script_text(redis_url), len(keys), *keys, *args)
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        try:
+            entry_id, acknowledged = pipe.execute()
+        except redis.ResponseError as exc:
+            if attempt == 0 and str(exc).startswith(("MOVED", "ASK")):
+                cluster.nodes_manager.initialize()
+                continue
+            raise
+        return entry_id, int(acknowledged)
+    raise redis.exceptions.ClusterError("the cluster's slot map keeps changing")
+
+
 def publish_script_text(redis_url: str) -> str:
     """publish.lua as this URL's Redis runs it: `SPUBLISH` on a Cluster, `PUBLISH` otherwise."""
     return SHARDED_PUBLISH_LUA if is_cluster_url(redis_url) else PUBLISH_LUA

@@ -21,7 +21,7 @@ from gateway.events import Event
 from gateway.settings import ReplicaWait
 from tests.conftest import make_settings
 from tests.redis_cluster import LocalRedisCluster, slot_of
-from tests.support import async_wait_until
+from tests.support import async_wait_until, free_port
 
 
 async def open_cluster(url: str, **changes: Any) -> Backend:
@@ -229,6 +229,17 @@ async def test_replica_wait_refuses_a_publish_whose_replica_is_cut_off(
         await backend.close()
 
 
+def test_replica_wait_holds_for_gateway_publish_too(
+    redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway
+
+    monkeypatch.setenv("GATEWAY_REPLICA_WAIT", "room=1/2000 news=2/100")
+    assert gateway.publish("room:sync-durable", "m", 1, redis_url=redis_cluster_url)
+    with pytest.raises(gateway.PublishError, match="acknowledged by 1 of 2 replicas"):
+        gateway.publish("news:sync-durable", "m", 1, redis_url=redis_cluster_url)
+
+
 def test_sharded_publish_reaches_ssubscribe_only(redis_cluster_url: str) -> None:
     """The sync publisher (`gateway.publish`) uses SPUBLISH on a cluster: a plain SUBSCRIBE
     hears nothing, an SSUBSCRIBE on the slot's master does."""
@@ -250,3 +261,26 @@ def test_sharded_publish_reaches_ssubscribe_only(redis_cluster_url: str) -> None
     assert message is not None and event_id.encode() in message["data"]
     assert broadcast.get_message(timeout=0.5) is None
     plain.close()
+
+
+async def test_an_unreachable_cluster_is_unavailable_not_an_error() -> None:
+    """No node answers (the gateway is cut off from the cluster): every part says
+    `BackendUnavailable` (503, retried), as with one Redis down, and readiness fails."""
+    seed = f"127.0.0.1:{free_port()}"
+    backend = open_backend(make_settings(f"redis+cluster://{seed}"))
+    await backend.start()
+    try:
+        with pytest.raises(BackendUnavailable):
+            await backend.bus.publish("room:nowhere", "m", 1)
+        with pytest.raises(BackendUnavailable):
+            await backend.bus.subscribe("room:nowhere")
+        with pytest.raises(BackendUnavailable):
+            await backend.bus.history("room:nowhere", None)
+        with pytest.raises(BackendUnavailable):
+            await backend.jobs.get("0123456789abcdef")
+        with pytest.raises(BackendUnavailable):
+            await backend.queue.enqueue("0123456789abcdef")
+        assert not await backend.bus.ping()
+        assert await backend.bus.shard_status() == {seed: False}
+    finally:
+        await backend.close()
