@@ -132,7 +132,9 @@ class RedisClusterConnection(RedisConnection):
 
     async def refresh_slots(self) -> None:
         """Read the slot map again (after a failover or a `MOVED`); concurrent callers share one
-        refresh. Raises when no node answers."""
+        refresh. Raises `RedisConnectionError` when no node answers (redis-py raises
+        `RedisClusterException`, which is no `RedisError`: callers catching `RedisError`, such
+        as a shard reader reconnecting, would die of it while the gateway is partitioned)."""
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.ensure_future(self.redis.nodes_manager.initialize())
         try:
@@ -157,8 +159,10 @@ class RedisClusterConnection(RedisConnection):
 
     async def shard_health(self, timeout: float = 2.0) -> dict[str, bool]:
         """Each master (`host:port`) and whether it answers a PING within `timeout`."""
-        with contextlib.suppress(RedisError, OSError):
-            await self.refresh_slots()
+        # A partitioned gateway reaches no node: the refresh then fails after a connect timeout
+        # per seed; bounded, so /readyz answers 503 promptly rather than many seconds later.
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.refresh_slots(), timeout)
         # Never read (no node answered yet): the seeds stand for the cluster.
         shards = self.shards() or list(self.address.seeds)
 
