@@ -159,11 +159,18 @@ def route_exists(port: int, path: str, body: dict[str, Any]) -> bool:
     return r.status_code in (200, 202, 207)
 
 
+CONCURRENCY: list[int] = []
+"""`--concurrency`: jobs each worker process runs at once, where the system has the setting
+(gateway `GATEWAY_CONCURRENCY`, BullMQ `concurrency`, arq `max_jobs`); empty: their defaults."""
+
+
 def start_worker(system: str, redis_url: str, workdir: Path, index: int) -> subprocess.Popen[Any]:
     """One worker process of `system` (a gateway's from its own checkout)."""
     log_path = workdir / f"worker{index}.log"
     if is_gateway(system):
         env = {"REDIS_URL": redis_url, **GATEWAY_LIMITS}
+        if CONCURRENCY:
+            env["GATEWAY_CONCURRENCY"] = str(CONCURRENCY[0])
         return spawn([PY, "-m", "gateway", "worker"], log_path, env, TREES[system].source)
     cmd, env = worker_cmd(system, redis_url, index)
     return spawn(cmd, log_path, env)
@@ -171,6 +178,8 @@ def start_worker(system: str, redis_url: str, workdir: Path, index: int) -> subp
 
 def worker_cmd(system: str, redis_url: str, index: int) -> tuple[list[str], dict[str, str]]:
     env = {"BENCH_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)}
+    if CONCURRENCY:
+        env["BENCH_CONCURRENCY"] = str(CONCURRENCY[0])
     if system == "celery":
         cmd = [PY, "-m", "celery", "-A", "bench.peers.celery_app", "worker", "-P", "solo"]
         cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
@@ -179,7 +188,8 @@ def worker_cmd(system: str, redis_url: str, index: int) -> tuple[list[str], dict
         return [str(BIN / "rq"), "worker", "-u", redis_url, "-q", "-n", f"w{index}", "default"], env
     if system == "arq":
         return [str(BIN / "arq"), "bench.peers.arq_worker.WorkerSettings"], env
-    return ["node", str(BULLMQ_DIR / "bench.js"), "worker", "--redis", redis_url], env
+    concurrency = ["--concurrency", str(CONCURRENCY[0])] if CONCURRENCY else []
+    return ["node", str(BULLMQ_DIR / "bench.js"), "worker", "--redis", redis_url, *concurrency], env
 
 
 def remaining(system: str, r: Any) -> int:
@@ -804,6 +814,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=100, help="jobs/events per batch call")
     p.add_argument("--publishers", type=int, default=1, help="publish: producer processes")
     p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="drain: jobs per worker process at once (gateway, BullMQ, arq; default: theirs)",
+    )
+    p.add_argument(
         "--tree",
         action="append",
         default=[],
@@ -825,6 +841,8 @@ def main(argv: list[str] | None = None) -> None:
         report(json.loads(a.from_json.read_text()), a.from_json.parent, a.plot)
         return
     quick = a.quick
+    if a.concurrency:
+        CONCURRENCY[:] = [a.concurrency]
     a.rounds = a.rounds or (2 if quick else 3)
     a.seconds = a.seconds or (1.5 if quick else 3.0)
     a.drain_jobs = a.drain_jobs or (6000 if quick else 20_000)

@@ -25,5 +25,6 @@ class WorkerSettings:
         os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
     poll_delay = POLL_DELAY
+    max_jobs = int(os.environ.get("BENCH_CONCURRENCY", "10"))  # arq's default: 10
     log_results = False
     handle_signals = True

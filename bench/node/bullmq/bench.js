@@ -71,7 +71,10 @@ async function roundtrip(o) {
 }
 
 async function worker(o) {
-  const w = new Worker(QUEUE, async () => null, { connection: o.connection });
+  const w = new Worker(QUEUE, async () => null, {
+    connection: o.connection,
+    concurrency: Number(o.concurrency || 1), // BullMQ's default: 1
+  });
   await w.waitUntilReady();
   process.stdout.write("READY\n");
   const stop = async () => {
