@@ -156,7 +156,8 @@ async def test_master_killed_mid_job_every_event_once_in_order_or_a_gap(
 
     watcher = asyncio.create_task(watch_readiness())
     try:
-        redis_cluster.kill_master(victim)
+        # In a thread: the readiness watcher and the followers run while the failover does.
+        await asyncio.to_thread(redis_cluster.kill_master, victim)
         (sse_events, _connections), (ws_frames, _codes) = await asyncio.gather(sse, ws)
     finally:
         watcher.cancel()
@@ -181,7 +182,7 @@ async def test_master_killed_mid_job_every_event_once_in_order_or_a_gap(
     assert f'gateway_redis_shard_reconnects_total{{shard="{victim.address}"}}' in metrics
     assert any(
         r["http"] == 503 and r.get("shards", {}).get(down) == "unreachable" for r in readiness
-    ), "readyz named the dead shard"
+    ), f"readyz named the dead shard {down}: {[(r['http'], r.get('shards')) for r in readiness]}"
     redis_cluster.wait_healthy(60)
     await async_wait_until(
         lambda: httpx.get(gateway.url + "/readyz").status_code == 200, 20, "readyz to recover"

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import MovedError, RedisError, ResponseError
 
 from gateway.backends.redis_cluster_connection import RedisClusterConnection
 from gateway.errors import BackendUnavailable
@@ -43,6 +43,18 @@ MessageListener = Callable[[bytes, bytes], None]
 ResubscribedListener = Callable[[set[bytes]], None]
 """Hears the names subscribed again after a loss (failover, migration, reconnect), called
 before any live message that followed the re-subscription is delivered."""
+
+
+def moved_to(error: ResponseError) -> Shard | None:
+    """The master a `MOVED <slot> <host:port>` answer names, if it is one."""
+    if isinstance(error, MovedError):
+        return error.host, int(error.port)
+    words = str(error).split()
+    if len(words) == 3 and words[0] == "MOVED":
+        host, _, port = words[2].rpartition(":")
+        if port.isdigit():
+            return host, int(port)
+    return None
 
 
 class ShardReader:
@@ -136,17 +148,18 @@ class ShardReader:
             try:
                 message = await pubsub.parse_response(block=False, timeout=self.owner.probe)
             except ResponseError as exc:
-                # An SSUBSCRIBE refused (MOVED: its slot is served elsewhere now).
+                # An SSUBSCRIBE refused: MOVED names the master that serves its slot now.
                 name = self.sent.popleft() if self.sent else None
-                log.info("ssubscribe %r on %s refused (%s); re-homing", name, self.label, exc)
-                if name is not None:
-                    self._settled(name, resubscribed=False)
-                await self.owner.rehome(self)
-                if name is not None and name in self.names:
-                    # The slot map read lags the migration (a replica or another master
-                    # answered): ask again shortly, until a refusal names the new owner.
-                    await asyncio.sleep(0.1)
-                    await self.send_subscribe(name)
+                log.info("ssubscribe %r on %s refused (%s)", name, self.label, exc)
+                if name is None or name not in self.names:
+                    continue
+                moved = moved_to(exc)
+                if moved is not None and moved != self.shard:
+                    await self.owner.move(name, self, moved)
+                    self.release()
+                else:
+                    await asyncio.sleep(0.05)  # a slot map in flux: ask again shortly
+                    await self.owner.rehome(self, lost={name})
                 continue
             if message is None:
                 if awaiting_pong:
@@ -167,12 +180,9 @@ class ShardReader:
                     self.sent.popleft()
                 self._settled(name, resubscribed=name in self.resubscribing)
             elif kind == b"sunsubscribe" and message[1] in self.names:
-                # Not asked for: the server dropped it (its slot left this node).
-                await self.owner.rehome(self)
-                if message[1] in self.names:
-                    # The slot map read still names this shard (it lags the migration): the
-                    # channel would stay deaf here. Subscribe again: a MOVED answer re-homes it.
-                    await self.send_subscribe(message[1])
+                # Not asked for: the server dropped it (its slot left this node). Subscribed
+                # again where the slot map says, or here (answered MOVED if it is elsewhere).
+                await self.owner.rehome(self, lost={message[1]})
 
     def _settled(self, name: bytes, *, resubscribed: bool) -> None:
         """A subscription of `name` was answered (confirmed, or refused and re-homed)."""
@@ -311,33 +321,40 @@ class ShardedSubscriptions:
     def _count(self, reader: ShardReader) -> None:
         METRICS.shard_subscriptions.labels(reader.label).set(len(reader.names))
 
-    async def rehome(self, reader: ShardReader) -> None:
+    async def rehome(self, reader: ShardReader, lost: set[bytes] | None = None) -> None:
         """Read the slot map again and move each of `reader`'s channels whose slot another
-        master serves now to that master's reader."""
+        master serves now to that master's reader; subscribe the `lost` ones that stay (the
+        server dropped them) again on `reader`."""
         try:
             await self.connection.refresh_slots()
         except (RedisError, OSError) as exc:
             log.warning("cluster slot map unreadable (%s); keeping %s", exc, reader.label)
-            return
         for name in list(reader.names):
             try:
                 shard = self.connection.owner_of(name)
             except RedisError:
-                continue
-            if shard == reader.shard:
-                continue
-            reader.names.discard(name)
-            reader.resubscribing.discard(name)
-            target = self._reader(shard)
-            target.names.add(name)
-            self.home[name] = target
-            if name in self.established:
-                target.resubscribing.add(name)
-            await target.send_subscribe(name)
-            self._count(target)
+                shard = reader.shard
+            if shard != reader.shard:
+                await self.move(name, reader, shard)
+            elif lost and name in lost:
+                await reader.send_subscribe(name)
         self._count(reader)
         if reader.pubsub is not None:
             reader.release()
+
+    async def move(self, name: bytes, source: ShardReader, shard: Shard) -> None:
+        """Subscribe `name` on `shard`'s reader instead of `source` (a re-subscription when
+        it was live before)."""
+        source.names.discard(name)
+        source.resubscribing.discard(name)
+        target = self._reader(shard)
+        target.names.add(name)
+        self.home[name] = target
+        if name in self.established:
+            target.resubscribing.add(name)
+        self._count(source)
+        self._count(target)
+        await target.send_subscribe(name)
 
     async def close(self) -> None:
         self.closing = True

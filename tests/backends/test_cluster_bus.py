@@ -127,7 +127,7 @@ async def test_channels_follow_a_failover_and_the_bus_recovers(
     bus.add_recovery_listener(recovered)
     await bus.subscribe(doomed)
     await bus.subscribe(spared)
-    healed.kill_master(healed.node(victim_port))
+    await asyncio.to_thread(healed.kill_master, healed.node(victim_port))
     await async_wait_until(lambda: bool(recoveries), 20, "the bus to re-subscribe and recover")
     after = await publish_until_accepted(bus, doomed, 1)
     spared_id = await publish_until_accepted(bus, spared, 2)
@@ -156,7 +156,7 @@ async def test_a_migrated_slot_takes_its_subscribers_along(
     await bus.subscribe(channel)
     before = await bus.publish(channel, "m", 0)
     await async_wait_until(lambda: len(heard) == 1, 5, "the event before the move")
-    redis_cluster.move_slot(slot, target)
+    await asyncio.to_thread(redis_cluster.move_slot, slot, target)
     await async_wait_until(lambda: bool(recoveries), 10, "the re-subscription on the new owner")
     after = await publish_until_accepted(bus, channel, 1)
     await async_wait_until(lambda: len(heard) == 2, 5, "the event after the move")
@@ -183,7 +183,7 @@ async def test_writes_lost_in_a_failover_are_a_gap_never_silence(
     healed.cut_replication(master, replica)
     lost = [await bus.publish(channel, "m", n) for n in (2, 3)]
     assert all(lost)
-    healed.kill_master(master)
+    await asyncio.to_thread(healed.kill_master, master)
     healed.mend_replication(replica)
     after_lost = await publish_until_accepted(bus, channel, 4)
     for event in lost:
