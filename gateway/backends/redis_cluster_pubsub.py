@@ -38,6 +38,8 @@ from gateway.metrics import METRICS
 log = logging.getLogger("gateway.redis")
 
 Shard = tuple[str, int]
+REFRESH_TIMEOUT = 5.0
+"""Seconds a reader waits for the slot map to be read again before it retries anyway."""
 MessageListener = Callable[[bytes, bytes], None]
 """Hears (pub/sub name, payload) of every sharded message; must not block."""
 ResubscribedListener = Callable[[set[bytes]], None]
@@ -114,10 +116,15 @@ class ShardReader:
                 await self._connect()
                 delay = 0.05
                 await self._read()
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # any failure: reconnect, never die
+                # Not only RedisError/OSError: a reader that died of anything else would leave
+                # its channels deaf with no sign (no reconnect, no recovery, readiness green).
                 self.live.clear()
                 METRICS.shard_reconnects.labels(self.label).inc()
-                log.warning("shard %s pub/sub lost (%s)", self.label, exc)
+                if isinstance(exc, RedisError | OSError):
+                    log.warning("shard %s pub/sub lost (%s)", self.label, exc)
+                else:
+                    log.exception("shard %s reader failed; reconnecting", self.label)
                 await self._drop()
                 await self.owner.rehome(self)
                 if not self.names:
@@ -130,10 +137,17 @@ class ShardReader:
         self.client = self.owner.connection.subscriber_client(*self.shard)
         pubsub = self.client.pubsub()
         self.pubsub = pubsub
-        await pubsub.execute_command("PING")
+        # ROLE, not PING: a node that restarted after a failover answers, but as a replica. A
+        # replica accepts SSUBSCRIBE for its master's slots, and then hears the master's
+        # messages only once the master counts it as its replica: subscribed there, the
+        # channels go deaf with no sign. Only a master is subscribed on; otherwise the slot
+        # map is read again (the `rehome` after this error) until it names the new master.
+        await pubsub.execute_command("ROLE")
         answer = await pubsub.parse_response(block=False, timeout=max(self.owner.probe, 1.0))
         if answer is None:
-            raise RedisConnectionError(f"no answer to PING from shard {self.label}")
+            raise RedisConnectionError(f"no answer to ROLE from shard {self.label}")
+        if not answer or answer[0] != b"master":
+            raise RedisConnectionError(f"shard {self.label} is not a master now ({answer[0]!r})")
         self.sent.clear()
         for name in list(self.names):
             await self.send_subscribe(name)
@@ -326,9 +340,10 @@ class ShardedSubscriptions:
         master serves now to that master's reader; subscribe the `lost` ones that stay (the
         server dropped them) again on `reader`."""
         try:
-            await self.connection.refresh_slots()
-        except (RedisError, OSError) as exc:
-            log.warning("cluster slot map unreadable (%s); keeping %s", exc, reader.label)
+            # Bounded: a refresh that hangs must not hold the reader (and its channels) forever.
+            await asyncio.wait_for(self.connection.refresh_slots(), REFRESH_TIMEOUT)
+        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+            log.warning("cluster slot map unreadable (%r); keeping %s", exc, reader.label)
         for name in list(reader.names):
             try:
                 shard = self.connection.owner_of(name)

@@ -136,6 +136,44 @@ async def test_channels_follow_a_failover_and_the_bus_recovers(
     assert await bus.ping()
 
 
+async def test_a_reader_reaching_a_replica_subscribes_on_the_master_and_recovers(
+    redis_cluster: LocalRedisCluster, cluster_backend: Backend
+) -> None:
+    """A shard reader that reconnects to a node that is a replica now (an old master restarted
+    after its failover) must not subscribe there: a replica accepts SSUBSCRIBE for its master's
+    slots but hears nothing until the master counts it as a replica, which left a gateway's
+    clients deaf in the failover test. Here a live channel is put on a replica's reader, as
+    a reconnect after a failover does: it must end on its master, with a recovery."""
+    bus = cluster_backend.bus
+    assert isinstance(bus, RedisClusterBus)
+    channel = "room:on-a-replica"
+    master = redis_cluster.master_of_key(stream_key(channel))
+    replica = redis_cluster.replicas_of(master)[0]
+    heard: list[Event] = []
+    bus.add_listener(heard.append)
+    recoveries: list[int] = []
+
+    async def recovered() -> None:
+        recoveries.append(1)
+
+    bus.add_recovery_listener(recovered)
+    await bus.subscribe(channel)
+    subscriptions = bus.subscriptions
+    name = bus_channel(channel).encode()
+    assert subscriptions.home[name].shard == ("127.0.0.1", master.port)
+    await subscriptions.move(name, subscriptions.home[name], ("127.0.0.1", replica.port))
+    await async_wait_until(
+        lambda: subscriptions.home[name].shard == ("127.0.0.1", master.port) and bool(recoveries),
+        10,
+        "the channel to be subscribed on its master again, and recovered",
+    )
+    assert subscriptions.subscriptions_by_shard() == {f"127.0.0.1:{master.port}": 1}
+    assert replica.client().client_list(_type="pubsub") == []
+    event = await bus.publish(channel, "m", 1)
+    assert event is not None
+    await async_wait_until(lambda: [e.id for e in heard] == [event.id], 5, "the live event")
+
+
 async def test_a_migrated_slot_takes_its_subscribers_along(
     redis_cluster: LocalRedisCluster, cluster_backend: Backend
 ) -> None:
