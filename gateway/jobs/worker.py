@@ -98,6 +98,12 @@ class Worker:
                     log.warning("cannot claim jobs (%s); retrying", exc)
                     await asyncio.sleep(0.5 + random.random())
                     continue
+                except Exception:
+                    # Anything else (a client library caught mid-reset by a failover): a slot
+                    # that died of it would claim nothing ever again, silently.
+                    log.exception("claiming jobs failed unexpectedly; retrying")
+                    await asyncio.sleep(0.5 + random.random())
+                    continue
             if delivery is None:
                 continue
             self._held[delivery.token] = delivery
@@ -134,6 +140,10 @@ class Worker:
                 )
             except BackendUnavailable as exc:
                 log.warning("cannot reclaim stalled jobs (%s)", exc)
+                continue
+            except Exception:
+                # As in `_slot`: dead, it would leave every abandoned job unclaimed for good.
+                log.exception("reclaiming stalled jobs failed unexpectedly; retrying")
                 continue
             for delivery in reclaimed:
                 if delivery.token not in self._held:
