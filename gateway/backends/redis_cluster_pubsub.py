@@ -81,6 +81,24 @@ class ShardReader:
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"gateway-shard-reader-{self.label}")
+        self.task.add_done_callback(self._ended)
+
+    def connected(self) -> bool:
+        """Connected, its channels subscribed, and its task running."""
+        return self.live.is_set() and self.task is not None and not self.task.done()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A reader never dies silently: one that failed (past its own recovery) is logged and
+        started again while it still holds channels."""
+        if task.cancelled() or self.owner.closing:
+            return
+        failure = task.exception()
+        if failure is None:
+            return
+        self.live.clear()
+        log.error("shard %s reader failed; restarting it", self.label, exc_info=failure)
+        if self.names and self.owner.readers.get(self.shard) is self:
+            self.start()
 
     async def send_subscribe(self, name: bytes) -> None:
         pubsub = self.pubsub
@@ -259,11 +277,11 @@ class ShardedSubscriptions:
 
     def live(self) -> bool:
         """Every reader holding channels is connected."""
-        return all(reader.live.is_set() for reader in self.readers.values())
+        return all(reader.connected() for reader in self.readers.values())
 
     def readers_live(self) -> dict[str, bool]:
         """Each shard this process holds channels on, and whether its reader is connected."""
-        return {reader.label: reader.live.is_set() for reader in self.readers.values()}
+        return {reader.label: reader.connected() for reader in self.readers.values()}
 
     def subscriptions_by_shard(self) -> dict[str, int]:
         return {reader.label: len(reader.names) for reader in self.readers.values()}
