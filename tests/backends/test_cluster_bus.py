@@ -13,6 +13,8 @@ import redis
 
 from gateway.backends.bundle import Backend
 from gateway.backends.redis_cluster_bus import RedisClusterBus
+from gateway.backends.redis_cluster_connection import RedisClusterConnection
+from gateway.backends.redis_cluster_pubsub import ShardedSubscriptions
 from gateway.backends.redis_keys import bus_channel, stream_key
 from gateway.backends.redis_sync import sync_redis
 from gateway.backends.url import open_backend
@@ -322,3 +324,35 @@ async def test_an_unreachable_cluster_is_unavailable_not_an_error() -> None:
         assert await backend.bus.shard_status() == {seed: False}
     finally:
         await backend.close()
+
+
+async def test_a_shard_reader_that_fails_comes_back_and_reports_its_channels(
+    redis_cluster_url: str,
+) -> None:
+    """A reader must never die silently: whatever fails in it (here the message callback,
+    once), it reconnects, subscribes its channels again and reports them re-subscribed (the
+    bus then re-reads what was missed); before, a non-Redis error ended its task and its
+    channels stayed deaf while readiness stayed green."""
+    connection = RedisClusterConnection(redis_cluster_url)
+    heard: list[bytes] = []
+    resubscribed: list[set[bytes]] = []
+    failures = [RuntimeError("a callback failing once")]
+
+    def on_message(_name: bytes, payload: bytes) -> None:
+        if failures:
+            raise failures.pop()
+        heard.append(payload)
+
+    subscriptions = ShardedSubscriptions(connection, 0.5, on_message, resubscribed.append)
+    name = bus_channel("room:faulty-callback").encode()
+    publisher = sync_redis(redis_cluster_url)
+    try:
+        await subscriptions.add(name)
+        publisher.execute_command("SPUBLISH", name, b"first")
+        await async_wait_until(lambda: resubscribed == [{name}], 10, "the reader to come back")
+        assert subscriptions.live()
+        publisher.execute_command("SPUBLISH", name, b"second")
+        await async_wait_until(lambda: heard == [b"second"], 5, "the next message")
+    finally:
+        await subscriptions.close()
+        await connection.close()
