@@ -2,9 +2,12 @@
 subscribed channels, following the channels when their slots move.
 
 Each channel (`gw:{<channel>}`, the same slot as its stream) is subscribed on the master that
-serves its slot. A shard's reader owns one plain connection to that master: it subscribes the
-shard's channels there, hands their messages on, and pings after `pubsub_probe` seconds of
-silence. When the connection fails, when a subscribe answers `MOVED`, or when the server
+serves its slot. A shard's reader owns one plain connection to that master: it checks that the
+node is a master (`ROLE`; a restarted old master is a replica), subscribes the shard's channels
+there, hands their messages on, and pings after `pubsub_probe` seconds of silence. A reader
+that fails for any reason reconnects (and is started again if its task ends).
+
+When the connection fails, when a subscribe answers `MOVED`, or when the server
 unsubscribes a channel itself (its slot migrated away), the reader reads the slot map again and
 moves each channel whose slot has a new owner to that owner's reader (one per shard, made on
 demand). A channel subscribed again after such a loss is a re-subscription: the reader holds
