@@ -2,9 +2,12 @@
 subscribed channels, following the channels when their slots move.
 
 Each channel (`gw:{<channel>}`, the same slot as its stream) is subscribed on the master that
-serves its slot. A shard's reader owns one plain connection to that master: it subscribes the
-shard's channels there, hands their messages on, and pings after `pubsub_probe` seconds of
-silence. When the connection fails, when a subscribe answers `MOVED`, or when the server
+serves its slot. A shard's reader owns one plain connection to that master: it checks that the
+node is a master (`ROLE`; a restarted old master is a replica), subscribes the shard's channels
+there, hands their messages on, and pings after `pubsub_probe` seconds of silence. A reader
+that fails for any reason reconnects (and is started again if its task ends).
+
+When the connection fails, when a subscribe answers `MOVED`, or when the server
 unsubscribes a channel itself (its slot migrated away), the reader reads the slot map again and
 moves each channel whose slot has a new owner to that owner's reader (one per shard, made on
 demand). A channel subscribed again after such a loss is a re-subscription: the reader holds
@@ -38,6 +41,8 @@ from gateway.metrics import METRICS
 log = logging.getLogger("gateway.redis")
 
 Shard = tuple[str, int]
+REFRESH_TIMEOUT = 5.0
+"""Seconds a reader waits for the slot map to be read again before it retries anyway."""
 MessageListener = Callable[[bytes, bytes], None]
 """Hears (pub/sub name, payload) of every sharded message; must not block."""
 ResubscribedListener = Callable[[set[bytes]], None]
@@ -79,6 +84,24 @@ class ShardReader:
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"gateway-shard-reader-{self.label}")
+        self.task.add_done_callback(self._ended)
+
+    def connected(self) -> bool:
+        """Connected, its channels subscribed, and its task running."""
+        return self.live.is_set() and self.task is not None and not self.task.done()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A reader never dies silently: one that failed (past its own recovery) is logged and
+        started again while it still holds channels."""
+        if task.cancelled() or self.owner.closing:
+            return
+        failure = task.exception()
+        if failure is None:
+            return
+        self.live.clear()
+        log.error("shard %s reader failed; restarting it", self.label, exc_info=failure)
+        if self.names and self.owner.readers.get(self.shard) is self:
+            self.start()
 
     async def send_subscribe(self, name: bytes) -> None:
         pubsub = self.pubsub
@@ -114,10 +137,15 @@ class ShardReader:
                 await self._connect()
                 delay = 0.05
                 await self._read()
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # any failure: reconnect, never die
+                # Not only RedisError/OSError: a reader that died of anything else would leave
+                # its channels deaf with no sign (no reconnect, no recovery, readiness green).
                 self.live.clear()
                 METRICS.shard_reconnects.labels(self.label).inc()
-                log.warning("shard %s pub/sub lost (%s)", self.label, exc)
+                if isinstance(exc, RedisError | OSError):
+                    log.warning("shard %s pub/sub lost (%s)", self.label, exc)
+                else:
+                    log.exception("shard %s reader failed; reconnecting", self.label)
                 await self._drop()
                 await self.owner.rehome(self)
                 if not self.names:
@@ -130,10 +158,17 @@ class ShardReader:
         self.client = self.owner.connection.subscriber_client(*self.shard)
         pubsub = self.client.pubsub()
         self.pubsub = pubsub
-        await pubsub.execute_command("PING")
+        # ROLE, not PING: a node that restarted after a failover answers, but as a replica. A
+        # replica accepts SSUBSCRIBE for its master's slots, and then hears the master's
+        # messages only once the master counts it as its replica: subscribed there, the
+        # channels go deaf with no sign. Only a master is subscribed on; otherwise the slot
+        # map is read again (the `rehome` after this error) until it names the new master.
+        await pubsub.execute_command("ROLE")
         answer = await pubsub.parse_response(block=False, timeout=max(self.owner.probe, 1.0))
         if answer is None:
-            raise RedisConnectionError(f"no answer to PING from shard {self.label}")
+            raise RedisConnectionError(f"no answer to ROLE from shard {self.label}")
+        if not answer or answer[0] != b"master":
+            raise RedisConnectionError(f"shard {self.label} is not a master now ({answer[0]!r})")
         self.sent.clear()
         for name in list(self.names):
             await self.send_subscribe(name)
@@ -245,11 +280,11 @@ class ShardedSubscriptions:
 
     def live(self) -> bool:
         """Every reader holding channels is connected."""
-        return all(reader.live.is_set() for reader in self.readers.values())
+        return all(reader.connected() for reader in self.readers.values())
 
     def readers_live(self) -> dict[str, bool]:
         """Each shard this process holds channels on, and whether its reader is connected."""
-        return {reader.label: reader.live.is_set() for reader in self.readers.values()}
+        return {reader.label: reader.connected() for reader in self.readers.values()}
 
     def subscriptions_by_shard(self) -> dict[str, int]:
         return {reader.label: len(reader.names) for reader in self.readers.values()}
@@ -326,9 +361,10 @@ class ShardedSubscriptions:
         master serves now to that master's reader; subscribe the `lost` ones that stay (the
         server dropped them) again on `reader`."""
         try:
-            await self.connection.refresh_slots()
-        except (RedisError, OSError) as exc:
-            log.warning("cluster slot map unreadable (%s); keeping %s", exc, reader.label)
+            # Bounded: a refresh that hangs must not hold the reader (and its channels) forever.
+            await asyncio.wait_for(self.connection.refresh_slots(), REFRESH_TIMEOUT)
+        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+            log.warning("cluster slot map unreadable (%r); keeping %s", exc, reader.label)
         for name in list(reader.names):
             try:
                 shard = self.connection.owner_of(name)

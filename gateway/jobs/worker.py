@@ -188,11 +188,13 @@ class Worker:
         queue = self.backend.queue
         while not self._stopping.is_set():
             reserved = await self._reserve(self.settings.concurrency)
-            failure: BackendUnavailable | None = None
+            failure: Exception | None = None
             taken: list[Delivery] = []
             try:
                 taken = await queue.claim_many(self.name, partition, reserved, block=0)
-            except BackendUnavailable as exc:
+            except Exception as exc:
+                # BackendUnavailable, or anything else (a client library caught mid-reset by a
+                # failover): a reader that died of it would claim nothing ever again, silently.
                 failure = exc
             finally:
                 self._reserved -= reserved
@@ -201,14 +203,17 @@ class Worker:
             if len(taken) < reserved:
                 self._slots_freed()
             if failure is not None:
-                log.warning("cannot claim jobs (%s); retrying", failure)
+                if isinstance(failure, BackendUnavailable):
+                    log.warning("cannot claim jobs (%s); retrying", failure)
+                else:
+                    log.error("claiming jobs failed unexpectedly; retrying", exc_info=failure)
                 await asyncio.sleep(0.5 + random.random())
                 continue
             if not taken:
                 try:
                     await queue.wait_for_jobs(partition, CLAIM_BLOCK)
-                except BackendUnavailable as exc:
-                    log.warning("cannot wait for jobs (%s); retrying", exc)
+                except Exception as exc:  # as for claims: never let the reader die
+                    log.warning("cannot wait for jobs (%r); retrying", exc)
                     await asyncio.sleep(0.5 + random.random())
                 continue
             if self._stopping.is_set():
@@ -255,8 +260,8 @@ class Worker:
                 reclaimed = await self.backend.queue.reclaim(
                     self.name, self.settings.visibility_timeout, count=free
                 )
-            except BackendUnavailable as exc:
-                log.warning("cannot reclaim stalled jobs (%s)", exc)
+            except Exception as exc:  # as for claims: never let the reclaimer die
+                log.warning("cannot reclaim stalled jobs (%r)", exc)
             finally:
                 self._reserved -= free
             # Taken jobs hold their slots before any freed slot is handed on.

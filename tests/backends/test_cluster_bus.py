@@ -13,6 +13,8 @@ import redis
 
 from gateway.backends.bundle import Backend
 from gateway.backends.redis_cluster_bus import RedisClusterBus
+from gateway.backends.redis_cluster_connection import RedisClusterConnection
+from gateway.backends.redis_cluster_pubsub import ShardedSubscriptions
 from gateway.backends.redis_keys import bus_channel, stream_key
 from gateway.backends.redis_sync import sync_redis
 from gateway.backends.url import open_backend
@@ -134,6 +136,44 @@ async def test_channels_follow_a_failover_and_the_bus_recovers(
     await async_wait_until(lambda: len(heard) >= 2, 5, "live events after the failover")
     assert sorted(e.id for e in heard) == sorted([after, spared_id])
     assert await bus.ping()
+
+
+async def test_a_reader_reaching_a_replica_subscribes_on_the_master_and_recovers(
+    redis_cluster: LocalRedisCluster, cluster_backend: Backend
+) -> None:
+    """A shard reader that reconnects to a node that is a replica now (an old master restarted
+    after its failover) must not subscribe there: a replica accepts SSUBSCRIBE for its master's
+    slots but hears nothing until the master counts it as a replica, which left a gateway's
+    clients deaf in the failover test. Here a live channel is put on a replica's reader, as
+    a reconnect after a failover does: it must end on its master, with a recovery."""
+    bus = cluster_backend.bus
+    assert isinstance(bus, RedisClusterBus)
+    channel = "room:on-a-replica"
+    master = redis_cluster.master_of_key(stream_key(channel))
+    replica = redis_cluster.replicas_of(master)[0]
+    heard: list[Event] = []
+    bus.add_listener(heard.append)
+    recoveries: list[int] = []
+
+    async def recovered() -> None:
+        recoveries.append(1)
+
+    bus.add_recovery_listener(recovered)
+    await bus.subscribe(channel)
+    subscriptions = bus.subscriptions
+    name = bus_channel(channel).encode()
+    assert subscriptions.home[name].shard == ("127.0.0.1", master.port)
+    await subscriptions.move(name, subscriptions.home[name], ("127.0.0.1", replica.port))
+    await async_wait_until(
+        lambda: subscriptions.home[name].shard == ("127.0.0.1", master.port) and bool(recoveries),
+        10,
+        "the channel to be subscribed on its master again, and recovered",
+    )
+    assert subscriptions.subscriptions_by_shard() == {f"127.0.0.1:{master.port}": 1}
+    assert replica.client().client_list(_type="pubsub") == []
+    event = await bus.publish(channel, "m", 1)
+    assert event is not None
+    await async_wait_until(lambda: [e.id for e in heard] == [event.id], 5, "the live event")
 
 
 async def test_a_migrated_slot_takes_its_subscribers_along(
@@ -284,3 +324,35 @@ async def test_an_unreachable_cluster_is_unavailable_not_an_error() -> None:
         assert await backend.bus.shard_status() == {seed: False}
     finally:
         await backend.close()
+
+
+async def test_a_shard_reader_that_fails_comes_back_and_reports_its_channels(
+    redis_cluster_url: str,
+) -> None:
+    """A reader must never die silently: whatever fails in it (here the message callback,
+    once), it reconnects, subscribes its channels again and reports them re-subscribed (the
+    bus then re-reads what was missed); before, a non-Redis error ended its task and its
+    channels stayed deaf while readiness stayed green."""
+    connection = RedisClusterConnection(redis_cluster_url)
+    heard: list[bytes] = []
+    resubscribed: list[set[bytes]] = []
+    failures = [RuntimeError("a callback failing once")]
+
+    def on_message(_name: bytes, payload: bytes) -> None:
+        if failures:
+            raise failures.pop()
+        heard.append(payload)
+
+    subscriptions = ShardedSubscriptions(connection, 0.5, on_message, resubscribed.append)
+    name = bus_channel("room:faulty-callback").encode()
+    publisher = sync_redis(redis_cluster_url)
+    try:
+        await subscriptions.add(name)
+        publisher.execute_command("SPUBLISH", name, b"first")
+        await async_wait_until(lambda: resubscribed == [{name}], 10, "the reader to come back")
+        assert subscriptions.live()
+        publisher.execute_command("SPUBLISH", name, b"second")
+        await async_wait_until(lambda: heard == [b"second"], 5, "the next message")
+    finally:
+        await subscriptions.close()
+        await connection.close()
