@@ -138,6 +138,7 @@ async def test_two_workers_racing_for_a_stalled_delivery_run_it_once(
     assert (record.status, record.attempts, probe.runs) == ("completed", 2, [2])
 
 
+@pytest.mark.serial  # a heartbeat every 0.13 s against a 0.4 s visibility: alone under xdist
 async def test_delivery_held_by_a_live_worker_is_never_reclaimed_by_another(
     backend: Backend,
 ) -> None:
