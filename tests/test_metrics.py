@@ -77,10 +77,16 @@ async def test_metrics_after_traffic(
         assert "# TYPE gateway_slow_consumer_disconnects_total counter" in text
 
         # after the client left, the gauges go back down
+        # The connection gauge drops first; each channel's detach (an unsubscribe round trip
+        # for the last local subscriber) follows, so wait for both.
         text = (await http.get("/metrics")).text
-        for _ in range(50):
-            if sample(text, "gateway_connections", 'transport="ws"') == 0:
+        for _ in range(100):
+            if (
+                sample(text, "gateway_connections", 'transport="ws"') == 0
+                and sample(text, "gateway_subscriptions") == 0
+            ):
                 break
+            await asyncio.sleep(0.05)
             text = (await http.get("/metrics")).text
         assert sample(text, "gateway_connections", 'transport="ws"') == 0
         assert sample(text, "gateway_subscriptions") == 0
