@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 import websockets
 
@@ -27,6 +28,7 @@ from tests.support import (
     ws_send,
     ws_until,
 )
+from tests.test_metrics import sample
 
 API_KEY = "k" * 32
 SERVER = {"Authorization": f"Bearer {API_KEY}"}
@@ -404,6 +406,56 @@ async def test_a_revoked_token_is_refused_everywhere_and_its_connections_closed(
     # The same user's other token still works.
     ok = httpx.get(f"{two.url}/channels/room:lobby/events", params={"token": other})
     assert ok.status_code == 200
+
+
+def subscriptions_on(gateway: GatewayProcess) -> float:
+    return sample(httpx.get(f"{gateway.url}/metrics").text, "gateway_subscriptions")
+
+
+async def test_revoking_a_job_token_ends_its_job_stream_and_long_poll(
+    gateways: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    """The job's own token (from `POST /jobs`) follows the job over SSE on one gateway and
+    long-polls it on the other; the job never moves (no worker), so only the revocation can
+    end either."""
+    one, two = gateways
+    submitted = httpx.post(
+        f"{one.url}/jobs", json={"type": "sleep", "data": {"seconds": 1}}, headers=SERVER
+    )
+    assert submitted.status_code == 202, submitted.text
+    job_id, token = submitted.json()["id"], submitted.json()["token"]
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    await async_wait_until(lambda: subscriptions_on(one) == 0, what="gateway one idle")
+    async with (
+        httpx.AsyncClient(timeout=30) as http,
+        sse_stream(f"{two.url}/jobs/{job_id}/events?token={token}") as sse,
+    ):
+        poll = asyncio.ensure_future(
+            http.get(f"{one.url}/jobs/{job_id}", params={"wait": 60, "token": token})
+        )
+        await first_event(sse, "job.queued")
+        await async_wait_until(lambda: subscriptions_on(one) == 1, what="the long poll held")
+        answer = control(one.url, "/tokens/revoke", {"jti": jti})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["connections"] == 2, answer.text
+        refused = await asyncio.wait_for(poll, 10)
+        assert refused.status_code == 401, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["type"].endswith("/problems/token_revoked")
+        event = await first_event(sse, "disconnected")
+        assert event.json() == {
+            "type": "disconnected",
+            "code": 4001,
+            "reason": "token revoked",
+            "retry": 3_600_000,
+        }
+        await asyncio.wait_for(sse.ended.wait(), 10)
+    # A new long poll or stream with the token is refused before it is held.
+    for gateway in gateways:
+        again = httpx.get(f"{gateway.url}/jobs/{job_id}", params={"wait": 60, "token": token})
+        assert again.status_code == 401
+        stream = httpx.get(f"{gateway.url}/jobs/{job_id}/events", params={"token": token})
+        assert stream.status_code == 401
 
 
 # --- hostile input and callers -----------------------------------------------------------------
