@@ -140,6 +140,19 @@ async def first_event(stream: SSEStream, kind: str, timeout: float = 10.0) -> SS
     raise TimeoutError(f"no {kind!r} message on {stream.url}; got {stream.kinds()}")
 
 
+async def ended_for_good(stream: SSEStream, reason: str) -> None:
+    """The stream's last message says 4001 (do not come back, an hour's `retry`), then it ends."""
+    last = await first_event(stream, "disconnected")
+    assert last.json() == {
+        "type": "disconnected",
+        "code": 4001,
+        "reason": reason,
+        "retry": 3_600_000,
+    }
+    await asyncio.wait_for(stream.ended.wait(), 10)
+    assert stream.kinds()[-1] == "disconnected"
+
+
 # --- disconnect --------------------------------------------------------------------------------
 
 
@@ -169,15 +182,7 @@ async def test_disconnect_closes_that_users_connections_on_both_gateways_only(
         }
         assert await closed_with(alice_one) == (4001, "session ended")
         assert await closed_with(alice_two) == (4001, "session ended")
-        last = await first_event(alice_sse, "disconnected")
-        assert last.json() == {
-            "type": "disconnected",
-            "code": 4001,
-            "reason": "session ended",
-            "retry": 3_600_000,
-        }
-        await asyncio.wait_for(alice_sse.ended.wait(), 10)
-        assert alice_sse.kinds()[-1] == "disconnected"
+        await ended_for_good(alice_sse, "session ended")
         await still_open(bob_one)
 
 
@@ -442,14 +447,7 @@ async def test_revoking_a_job_token_ends_its_job_stream_and_long_poll(
         assert refused.status_code == 401, refused.text
         assert refused.headers["content-type"] == "application/problem+json"
         assert refused.json()["type"].endswith("/problems/token_revoked")
-        event = await first_event(sse, "disconnected")
-        assert event.json() == {
-            "type": "disconnected",
-            "code": 4001,
-            "reason": "token revoked",
-            "retry": 3_600_000,
-        }
-        await asyncio.wait_for(sse.ended.wait(), 10)
+        await ended_for_good(sse, "token revoked")
     # A new long poll or stream with the token is refused before it is held.
     for gateway in gateways:
         again = httpx.get(f"{gateway.url}/jobs/{job_id}", params={"wait": 60, "token": token})
