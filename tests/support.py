@@ -196,6 +196,11 @@ class ServiceProcess(ChildProcess):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+READY_TIMEOUT = 60.0
+"""Seconds a gateway may take to answer `/readyz`: a few on an idle machine, but 20 were
+exceeded on 2 cores shared by several test runs."""
+
+
 class GatewayProcess(ServiceProcess):
     def __init__(
         self,
@@ -227,7 +232,11 @@ class GatewayProcess(ServiceProcess):
             except httpx.HTTPError:
                 return False
 
-        wait_until(ready, 20, f"gateway on port {self.port}")
+        try:
+            wait_until(ready, READY_TIMEOUT, f"gateway on port {self.port}")
+        except BaseException:
+            self.kill()  # a fixture that fails here never stops it: no orphan on the port
+            raise
 
 
 class WorkerProcess(ServiceProcess):

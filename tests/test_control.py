@@ -417,6 +417,15 @@ def subscriptions_on(gateway: GatewayProcess) -> float:
     return sample(httpx.get(f"{gateway.url}/metrics").text, "gateway_subscriptions")
 
 
+def queued_job(url: str) -> tuple[str, str]:
+    """A job that stays queued (these gateways run no worker): its id and its own token."""
+    submitted = httpx.post(
+        f"{url}/jobs", json={"type": "sleep", "data": {"seconds": 1}}, headers=SERVER
+    )
+    assert submitted.status_code == 202, submitted.text
+    return submitted.json()["id"], submitted.json()["token"]
+
+
 async def test_revoking_a_job_token_ends_its_job_stream_and_long_poll(
     gateways: tuple[GatewayProcess, GatewayProcess],
 ) -> None:
@@ -424,11 +433,7 @@ async def test_revoking_a_job_token_ends_its_job_stream_and_long_poll(
     long-polls it on the other; the job never moves (no worker), so only the revocation can
     end either."""
     one, two = gateways
-    submitted = httpx.post(
-        f"{one.url}/jobs", json={"type": "sleep", "data": {"seconds": 1}}, headers=SERVER
-    )
-    assert submitted.status_code == 202, submitted.text
-    job_id, token = submitted.json()["id"], submitted.json()["token"]
+    job_id, token = queued_job(one.url)
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
     await async_wait_until(lambda: subscriptions_on(one) == 0, what="gateway one idle")
     async with (
@@ -454,6 +459,27 @@ async def test_revoking_a_job_token_ends_its_job_stream_and_long_poll(
         assert again.status_code == 401
         stream = httpx.get(f"{gateway.url}/jobs/{job_id}/events", params={"token": token})
         assert stream.status_code == 401
+
+
+async def test_disconnecting_a_user_answers_their_long_poll_at_once(
+    gateways: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    """A long poll is one of the user's connections: the disconnect answers it with the job
+    as it is (its token is not refused), long before its wait would run out."""
+    one, _ = gateways
+    job_id, _job_token = queued_job(one.url)
+    token = mint(one.url, "ivy", channels={"job:*": ["subscribe"]})["token"]
+    await async_wait_until(lambda: subscriptions_on(one) == 0, what="gateway one idle")
+    async with httpx.AsyncClient(timeout=30) as http:
+        poll = asyncio.ensure_future(
+            http.get(f"{one.url}/jobs/{job_id}", params={"wait": 60, "token": token})
+        )
+        await async_wait_until(lambda: subscriptions_on(one) == 1, what="the long poll held")
+        answer = control(one.url, "/users/ivy/disconnect", {"reason": "signed out"})
+        assert answer.json()["connections"] == 1, answer.text
+        answered = await asyncio.wait_for(poll, 10)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["status"] == "queued"
 
 
 # --- hostile input and callers -----------------------------------------------------------------
