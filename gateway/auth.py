@@ -135,7 +135,7 @@ class ChannelPolicy:
         except InvalidToken as exc:
             raise Forbidden(exc.message, exc.code) from None
         if token.jti is not None and self.revoked(token.jti):
-            raise Forbidden("the token was revoked; get a new one", "token_revoked")
+            raise token_revoked()
         return token
 
     def server_subscriptions(self, token: ChannelToken | None) -> tuple[str, ...]:
@@ -193,6 +193,11 @@ class ChannelPolicy:
 
 
 TOKEN_REVOKED: Final = "token_revoked"
+
+
+def token_revoked() -> Forbidden:
+    """The refusal of a revoked token (401 `token_revoked`), wherever it is found out."""
+    return Forbidden("the token was revoked; get a new one", TOKEN_REVOKED)
 
 
 def _none_revoked(jti: str | None) -> bool:

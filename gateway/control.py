@@ -11,7 +11,7 @@ process answers how many connections it acted on, and the route adds the answers
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from gateway.backends.control import ControlBus, Outcome
@@ -42,17 +42,25 @@ class Sessions:
     A WebSocket connection may use several tokens (one per op), so it is indexed under each
     token it used successfully; a connection without a token (an API key, dev mode) is not
     indexed and no command reaches it.
+
+    `revoked` is the control bus's revocation list: a token revoked after it was checked but
+    before its connection was tracked (the route awaited something in between) would miss the
+    command, so `track` looks again.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, revoked: Callable[[str | None], bool]) -> None:
+        self.revoked = revoked
         self._by_key: dict[tuple[str, str], set[Session]] = {}
         self._keys: dict[Session, tuple[tuple[str, str], ...]] = {}
         """A tuple each: a connection uses one or two tokens, rarely more."""
 
-    def track(self, session: Session, token: ChannelToken | None) -> None:
-        """Index `session` under the token's subject and id (cheap when already indexed)."""
+    def track(self, session: Session, token: ChannelToken | None) -> bool:
+        """Index `session` under the token's subject and id (cheap when already indexed).
+
+        False when the token was revoked meanwhile: the caller ends the session as the revoke
+        command would have (`session` is indexed all the same, and forgotten as usual)."""
         if token is None:
-            return
+            return True
         keys = self._keys.get(session, ())
         for key in (("sub", token.sub), ("jti", token.jti or "")):
             if key[1] and key not in keys:
@@ -60,6 +68,7 @@ class Sessions:
                 self._by_key.setdefault(key, set()).add(session)
         if keys:
             self._keys[session] = keys
+        return not self.revoked(token.jti)
 
     def forget(self, session: Session) -> None:
         for key in self._keys.pop(session, ()):
@@ -84,7 +93,7 @@ class ControlService:
 
     def __init__(self, bus: ControlBus) -> None:
         self.bus = bus
-        self.sessions = Sessions()
+        self.sessions = Sessions(bus.is_revoked)
         bus.add_listener(self.heard)
 
     async def disconnect_user(self, sub: str, reason: str, *, reconnect: bool) -> Outcome:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import _port_open, free_port, wait_until
+from tests.support import ChildProcess, free_port, wait_until
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
@@ -48,7 +48,7 @@ def slot_of(key: str | bytes) -> int:
     return int(key_slot(key.encode() if isinstance(key, str) else key))
 
 
-class ClusterNode:
+class ClusterNode(ChildProcess):
     """One `redis-server --cluster-enabled yes`, which tests may stop, kill and restart on the
     same ports (it keeps its node id and AOF in its own directory)."""
 
@@ -61,7 +61,6 @@ class ClusterNode:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.node_timeout_ms = node_timeout_ms
         self.host = "127.0.0.1"
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
@@ -69,10 +68,6 @@ class ClusterNode:
 
     def __repr__(self) -> str:
         return f"ClusterNode({self.address})"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def start(self) -> None:
         assert REDIS_SERVER is not None
@@ -105,28 +100,7 @@ class ClusterNode:
             "--loglevel",
             "warning",
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_until(lambda: _port_open(self.port), 10, f"cluster node on port {self.port}")
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye to the cluster, no final AOF write."""
-        if self.process is not None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-            self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-            self.process = None
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
+        self.spawn(args, self.port, "cluster node")
 
     def pause(self) -> None:
         """SIGSTOP: the node keeps its connections and answers nothing (a replica paused so

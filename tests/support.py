@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -68,7 +67,51 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-class RedisServer:
+class ChildProcess:
+    """A process a test starts and may stop, kill and restart (on the same ports): the one
+    lifecycle of every server and gateway process the tests run. Each kind says how it
+    `start`s; a redis-server is `spawn`ed and waited for on its port."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def spawn(self, args: list[str], port: int, what: str) -> None:
+        """Start `args` (output other than errors dropped); return once `port` accepts."""
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_until(lambda: _port_open(port), 10, f"{what} on port {port}")
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, nothing flushed."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, SIGKILL after `timeout` seconds; the exit code (None if not running)."""
+        if self.process is None:
+            return None
+        self.process.terminate()
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait(10)
+        self.process = None
+        return code
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+class RedisServer(ChildProcess):
     """A private redis-server that tests may kill and restart on the same port."""
 
     def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
@@ -77,7 +120,6 @@ class RedisServer:
         self.directory = directory
         self.appendonly = appendonly
         self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -104,27 +146,7 @@ class RedisServer:
         ]
         if self.appendonly:
             args += ["--appendfsync", "always"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_until(lambda: _port_open(self.port), 10, f"redis-server on port {self.port}")
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-            self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-            self.process = None
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
+        self.spawn(args, self.port, "redis-server")
 
     def flush(self) -> None:
         import redis
@@ -148,14 +170,13 @@ def gateway_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class ServiceProcess:
+class ServiceProcess(ChildProcess):
     """A gateway CLI process (`serve` or `worker`) with its output kept in a log file."""
 
     def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
         self.args = args
         self.env = dict(env)
         self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         log = self.log_path.open("ab")
@@ -171,26 +192,13 @@ class ServiceProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(sig)
 
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-            self.process = None
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        if self.process is None:
-            return None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait(10)
-        self.process = None
-        return code
-
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+READY_TIMEOUT = 60.0
+"""Seconds a gateway may take to answer `/readyz`: a few on an idle machine, but 20 were
+exceeded on 2 cores shared by several test runs."""
 
 
 class GatewayProcess(ServiceProcess):
@@ -224,7 +232,11 @@ class GatewayProcess(ServiceProcess):
             except httpx.HTTPError:
                 return False
 
-        wait_until(ready, 20, f"gateway on port {self.port}")
+        try:
+            wait_until(ready, READY_TIMEOUT, f"gateway on port {self.port}")
+        except BaseException:
+            self.kill()  # a fixture that fails here never stops it: no orphan on the port
+            raise
 
 
 class WorkerProcess(ServiceProcess):

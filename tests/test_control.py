@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 import websockets
 
@@ -27,6 +28,7 @@ from tests.support import (
     ws_send,
     ws_until,
 )
+from tests.test_metrics import sample
 
 API_KEY = "k" * 32
 SERVER = {"Authorization": f"Bearer {API_KEY}"}
@@ -138,6 +140,19 @@ async def first_event(stream: SSEStream, kind: str, timeout: float = 10.0) -> SS
     raise TimeoutError(f"no {kind!r} message on {stream.url}; got {stream.kinds()}")
 
 
+async def ended_for_good(stream: SSEStream, reason: str) -> None:
+    """The stream's last message says 4001 (do not come back, an hour's `retry`), then it ends."""
+    last = await first_event(stream, "disconnected")
+    assert last.json() == {
+        "type": "disconnected",
+        "code": 4001,
+        "reason": reason,
+        "retry": 3_600_000,
+    }
+    await asyncio.wait_for(stream.ended.wait(), 10)
+    assert stream.kinds()[-1] == "disconnected"
+
+
 # --- disconnect --------------------------------------------------------------------------------
 
 
@@ -167,15 +182,7 @@ async def test_disconnect_closes_that_users_connections_on_both_gateways_only(
         }
         assert await closed_with(alice_one) == (4001, "session ended")
         assert await closed_with(alice_two) == (4001, "session ended")
-        last = await first_event(alice_sse, "disconnected")
-        assert last.json() == {
-            "type": "disconnected",
-            "code": 4001,
-            "reason": "session ended",
-            "retry": 3_600_000,
-        }
-        await asyncio.wait_for(alice_sse.ended.wait(), 10)
-        assert alice_sse.kinds()[-1] == "disconnected"
+        await ended_for_good(alice_sse, "session ended")
         await still_open(bob_one)
 
 
@@ -404,6 +411,75 @@ async def test_a_revoked_token_is_refused_everywhere_and_its_connections_closed(
     # The same user's other token still works.
     ok = httpx.get(f"{two.url}/channels/room:lobby/events", params={"token": other})
     assert ok.status_code == 200
+
+
+def subscriptions_on(gateway: GatewayProcess) -> float:
+    return sample(httpx.get(f"{gateway.url}/metrics").text, "gateway_subscriptions")
+
+
+def queued_job(url: str) -> tuple[str, str]:
+    """A job that stays queued (these gateways run no worker): its id and its own token."""
+    submitted = httpx.post(
+        f"{url}/jobs", json={"type": "sleep", "data": {"seconds": 1}}, headers=SERVER
+    )
+    assert submitted.status_code == 202, submitted.text
+    return submitted.json()["id"], submitted.json()["token"]
+
+
+async def test_revoking_a_job_token_ends_its_job_stream_and_long_poll(
+    gateways: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    """The job's own token (from `POST /jobs`) follows the job over SSE on one gateway and
+    long-polls it on the other; the job never moves (no worker), so only the revocation can
+    end either."""
+    one, two = gateways
+    job_id, token = queued_job(one.url)
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    await async_wait_until(lambda: subscriptions_on(one) == 0, what="gateway one idle")
+    async with (
+        httpx.AsyncClient(timeout=30) as http,
+        sse_stream(f"{two.url}/jobs/{job_id}/events?token={token}") as sse,
+    ):
+        poll = asyncio.ensure_future(
+            http.get(f"{one.url}/jobs/{job_id}", params={"wait": 60, "token": token})
+        )
+        await first_event(sse, "job.queued")
+        await async_wait_until(lambda: subscriptions_on(one) == 1, what="the long poll held")
+        answer = control(one.url, "/tokens/revoke", {"jti": jti})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["connections"] == 2, answer.text
+        refused = await asyncio.wait_for(poll, 10)
+        assert refused.status_code == 401, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["type"].endswith("/problems/token_revoked")
+        await ended_for_good(sse, "token revoked")
+    # A new long poll or stream with the token is refused before it is held.
+    for gateway in gateways:
+        again = httpx.get(f"{gateway.url}/jobs/{job_id}", params={"wait": 60, "token": token})
+        assert again.status_code == 401
+        stream = httpx.get(f"{gateway.url}/jobs/{job_id}/events", params={"token": token})
+        assert stream.status_code == 401
+
+
+async def test_disconnecting_a_user_answers_their_long_poll_at_once(
+    gateways: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    """A long poll is one of the user's connections: the disconnect answers it with the job
+    as it is (its token is not refused), long before its wait would run out."""
+    one, _ = gateways
+    job_id, _job_token = queued_job(one.url)
+    token = mint(one.url, "ivy", channels={"job:*": ["subscribe"]})["token"]
+    await async_wait_until(lambda: subscriptions_on(one) == 0, what="gateway one idle")
+    async with httpx.AsyncClient(timeout=30) as http:
+        poll = asyncio.ensure_future(
+            http.get(f"{one.url}/jobs/{job_id}", params={"wait": 60, "token": token})
+        )
+        await async_wait_until(lambda: subscriptions_on(one) == 1, what="the long poll held")
+        answer = control(one.url, "/users/ivy/disconnect", {"reason": "signed out"})
+        assert answer.json()["connections"] == 1, answer.text
+        answered = await asyncio.wait_for(poll, 10)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["status"] == "queued"
 
 
 # --- hostile input and callers -----------------------------------------------------------------

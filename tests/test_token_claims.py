@@ -11,6 +11,7 @@ import jwt
 import pytest
 
 from gateway.auth import ChannelPolicy
+from gateway.control import Sessions
 from gateway.errors import Forbidden, InvalidToken, SettingsError
 from gateway.settings import Settings
 from gateway.tokens import MAX_SUBSCRIPTIONS, TokenSigner
@@ -85,3 +86,28 @@ def test_a_revoked_jti_is_refused_by_the_policy() -> None:
         policy.verify(signed(channels={}, jti="gone"))
     assert refused.value.code == "token_revoked" and refused.value.status == 401
     assert policy.verify(signed(channels={})) is not None  # no jti: nothing to revoke
+
+
+class _Connection:
+    """A `gateway.control.Session` (the transports' own are tested over real connections)."""
+
+    def disconnect(self, code: int, reason: str) -> None: ...
+
+    def server_unsubscribe(self, channel: str, reason: str) -> bool:
+        return False
+
+
+def test_a_connection_registered_after_its_token_was_revoked_is_told_so() -> None:
+    """A route checks the token, awaits (loads the job...), then registers the stream or long
+    poll: a revocation heard in between reached no connection, so `track` looks again."""
+    revoked = {"gone"}
+    sessions = Sessions(lambda jti: jti in revoked)
+    signer = TokenSigner([SECRET])
+    kept, gone = (signer.verify(signed(channels={}, jti=jti)) for jti in ("kept", "gone"))
+    assert sessions.track(_Connection(), kept) is True
+    assert sessions.track(_Connection(), None) is True  # an API key: nothing to revoke
+    late = _Connection()
+    assert sessions.track(late, gone) is False
+    assert sessions.holding("gone") == [late]  # indexed all the same, forgotten as usual
+    sessions.forget(late)
+    assert sessions.holding("gone") == []

@@ -97,28 +97,21 @@ BEGIN_ATTEMPT_LUA = load_script("begin_attempt.lua")
 CLAIM_WEBHOOKS_LUA = load_script("claim_webhooks.lua")
 
 
-def _bridge_publish_script() -> str:
-    """bridge_publish.lua with publish.lua in front of it as a local function: one text of
-    the publish logic, so bridged events are stored exactly like published ones (the normal
-    publish path keeps its own script, unchanged)."""
+def _after_publish(name: str, publish_command: str = "PUBLISH") -> str:
+    """The script `name` with publish.lua in front of it as a local function `publish`: one
+    text of the publish logic, so the events it publishes are stored exactly like published
+    ones (the normal publish path keeps its own script, unchanged)."""
     body = resources.files("gateway.backends").joinpath("publish.lua").read_text()
-    tail = resources.files("gateway.backends").joinpath("bridge_publish.lua").read_text()
-    return f"{LUA_PRELUDE}local function publish(KEYS, ARGV)\n{body}\nend\n{tail}"
-
-
-BRIDGE_PUBLISH_LUA = _bridge_publish_script()
-
-
-def _start_job_script(publish_command: str = "PUBLISH") -> str:
-    """start_job.lua with publish.lua in front of it as a local function (as the bridge's)."""
-    body = resources.files("gateway.backends").joinpath("publish.lua").read_text()
-    tail = resources.files("gateway.backends").joinpath("start_job.lua").read_text()
+    tail = resources.files("gateway.backends").joinpath(name).read_text()
     prelude = lua_prelude(publish_command)
     return f"{prelude}local function publish(KEYS, ARGV)\n{body}\nend\n{tail}"
 
 
-START_JOB_LUA = _start_job_script()
-SHARDED_START_JOB_LUA = _start_job_script("SPUBLISH")
+BRIDGE_PUBLISH_LUA = _after_publish("bridge_publish.lua")
+SHARDED_BRIDGE_PUBLISH_LUA = _after_publish("bridge_publish.lua", "SPUBLISH")
+"""bridge_publish.lua for a Redis Cluster: the event delivered live by `SPUBLISH`."""
+START_JOB_LUA = _after_publish("start_job.lua")
+SHARDED_START_JOB_LUA = _after_publish("start_job.lua", "SPUBLISH")
 """start_job.lua for a Redis Cluster: `job.started` delivered live by `SPUBLISH`."""
 
 

@@ -2,18 +2,22 @@
 
 The URL's scheme picks the implementation; `backend_kind` answers the same question without
 opening anything (the sync publisher and the CLI use it to choose their path and to refuse a
-bad URL before starting).
+bad URL before starting). `open_redis_connection` is the same choice for a process that needs
+Redis commands and scripts but no whole backend (the bridges).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote
 
 from gateway.backends.bundle import Backend
 from gateway.errors import SettingsError
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.backends.redis_connection import RedisConnection
 
 MEMORY: Final = "memory"
 REDIS: Final = "redis"
@@ -99,3 +103,17 @@ def open_backend(settings: Settings) -> Backend:
     from gateway.backends.memory import open_memory
 
     return open_memory(settings)
+
+
+def open_redis_connection(url: str) -> RedisConnection:
+    """The command client (and registered scripts) a Redis `url` names: one Redis's pool, or
+    a Cluster's client for `redis+cluster://`. `SettingsError` for a URL of no Redis."""
+    if backend_kind(url) != REDIS:
+        raise SettingsError(f"REDIS_URL={url!r}: this needs Redis or a Redis Cluster")
+    if is_cluster_url(url):
+        from gateway.backends.redis_cluster_connection import RedisClusterConnection
+
+        return RedisClusterConnection(url)
+    from gateway.backends.redis_connection import RedisConnection
+
+    return RedisConnection(url)

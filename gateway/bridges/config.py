@@ -11,8 +11,9 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gateway.backends.url import REDIS, backend_kind
 from gateway.bridges import routes as routing
 from gateway.errors import SettingsError
 
@@ -103,13 +104,30 @@ SYNTAX: dict[str, routing.Syntax] = {
 
 
 class BridgeConfig(Strict):
-    redis_url: str = Field(pattern=r"^(redis|rediss|unix)://")
+    redis_url: str = Field(
+        min_length=1, description="the gateways' REDIS_URL: Redis or a Redis Cluster"
+    )
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
     dedup_ttl: int = Field(
         7 * 86400, ge=60, description="seconds a message id is remembered against redelivery"
     )
     sources: list[AnySource] = Field(min_length=1)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _a_redis(cls, url: str) -> str:
+        """A URL `gateway serve` would read as Redis or a Redis Cluster (`backend_kind`)."""
+        try:
+            kind = backend_kind(url)
+        except SettingsError as exc:
+            raise ValueError(str(exc)) from None
+        if kind != REDIS:
+            raise ValueError(
+                "the bridges publish into Redis: redis://, rediss://, unix:// or "
+                "redis+cluster://host:port[,host:port...]"
+            )
+        return url
 
 
 def compile_routes(source: SourceConfig, kind: str, where: str) -> routing.Routes:

@@ -9,10 +9,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.backends.redis_keys import BRIDGE_PUBLISH_LUA, bridged_key, publish_call
+from gateway.backends.redis_keys import (
+    BRIDGE_PUBLISH_LUA,
+    SHARDED_BRIDGE_PUBLISH_LUA,
+    bridged_key,
+    publish_call,
+)
+from gateway.backends.url import is_cluster_url, open_redis_connection
 from gateway.bridges.routes import Mapped
 from gateway.errors import BackendUnavailable
 from gateway.settings import Settings
@@ -28,15 +33,19 @@ class Outcome:
 
 
 class RedisSink:
-    """One Redis client shared by every source of a bridge process."""
+    """One Redis client shared by every source of a bridge process: the one the gateways'
+    backend would make of the same URL (`open_redis_connection`), so a Redis Cluster
+    (`redis+cluster://`) works as for `gateway serve`; there the event goes live by `SPUBLISH`,
+    which the gateways' shard readers hear."""
 
     def __init__(self, settings: Settings, dedup_ttl: int) -> None:
         self.settings = settings
         self.dedup_ttl = dedup_ttl
-        self._redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=10
-        )
-        self._script = self._redis.register_script(BRIDGE_PUBLISH_LUA)
+        self._connection = open_redis_connection(settings.redis_url)
+        self._redis = self._connection.redis
+        sharded = is_cluster_url(settings.redis_url)
+        script = SHARDED_BRIDGE_PUBLISH_LUA if sharded else BRIDGE_PUBLISH_LUA
+        self._script = self._redis.register_script(script)
 
     async def publish(self, source: str, message_id: str, event: Mapped) -> Outcome:
         """Raises `EventTooLarge` (the message is malformed for this gateway) or
@@ -61,4 +70,4 @@ class RedisSink:
             raise BackendUnavailable(f"redis: {exc}") from exc
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._connection.close()

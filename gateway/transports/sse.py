@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.backends.presence import Member
-from gateway.control import Sessions
+from gateway.control import REVOKED_REASON, Sessions
 from gateway.errors import BackendUnavailable, InvalidEventId
 from gateway.events import (
     SSE_PING,
@@ -218,12 +218,14 @@ class _Stream(Outbound):
         self.attach(self._write_now if self.wire is not None else None)
         hub.connect(subscriber)
         sessions = response.sessions
-        if sessions is not None:
-            sessions.track(self, response.token)
+        tracked = sessions is None or sessions.track(self, response.token)
         try:
             subscriber.put(PREAMBLE, bounded=False)
             try:
                 for channel, position in response.positions.items():
+                    if not tracked:  # revoked since the route checked it: nothing is sent
+                        self.disconnect(CloseCode.DISCONNECTED, REVOKED_REASON)
+                        break
                     member = response.members.get(channel)
                     await hub.attach(subscriber, channel, position, member=member)
             except BackendUnavailable:

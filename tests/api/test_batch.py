@@ -25,6 +25,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]
         GATEWAY_SECRET=SECRET,
         GATEWAY_SUBMIT_RATE="0",
         GATEWAY_MAX_EVENT_SIZE="room=400",
+        GATEWAY_HANDLERS="tests.handlers_for_batches",
     )
     process = GatewayProcess(env, tmp_path_factory.mktemp("batch") / "gateway.log")
     process.start()
@@ -118,6 +119,17 @@ def test_jobs_batch_items_are_idempotent_by_their_keys(secure: GatewayProcess) -
     )
     assert single.status_code == 202 and single.json()["id"] == fresh["id"]
     assert single.headers["idempotent-replayed"] == "true"
+
+
+def test_a_jobs_batch_lets_other_clients_in_between_its_items(secure: GatewayProcess) -> None:
+    """A batch's items are checked in slices, each followed by a pass of the event loop: a
+    1000-job batch does not hold every other connection of the process while it is checked.
+    Each `loop_pass` job is refused naming the loop pass its check ran in."""
+    response = post(secure, "/jobs/batch", {"jobs": [{"type": "loop_pass"}] * 1000})
+    assert response.status_code == 202
+    details = [answer["detail"] for answer in response.json()["jobs"]]
+    passes = {detail.rpartition("loop pass ")[2] for detail in details}
+    assert len(passes) >= 1000 // 64, f"checked in {len(passes)} loop pass(es)"
 
 
 def test_jobs_batch_counts_every_job_against_the_submission_rate(

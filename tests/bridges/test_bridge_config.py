@@ -53,6 +53,11 @@ def test_a_good_file_loads(tmp_path: Path) -> None:
         (('topics = ["sensors/#"]', 'topics = ["sensors/#"]\nprefetch = 0'), "sources[0].prefetch"),
         (('match = "sensors/+/temperature"', 'match = "sensors/#/x"'), "sources[0].routes[0]"),
         (('redis_url = "redis://127.0.0.1:6379/0"', 'redis_url = "http://x"'), "redis_url"),
+        (('redis_url = "redis://127.0.0.1:6379/0"', 'redis_url = "memory://"'), "redis_url"),
+        (
+            ('redis_url = "redis://127.0.0.1:6379/0"', 'redis_url = "redis+cluster://a:1,b"'),
+            "redis_url: Value error, REDIS_URL: redis+cluster:// takes host:port",
+        ),
     ],
 )
 def test_a_bad_key_is_named(tmp_path: Path, change: tuple[str, str], named: str) -> None:
@@ -60,6 +65,12 @@ def test_a_bad_key_is_named(tmp_path: Path, change: tuple[str, str], named: str)
     with pytest.raises(SettingsError) as raised:
         load(write(tmp_path, GOOD.replace(old, new)))
     assert named in str(raised.value)
+
+
+def test_a_redis_cluster_url_is_taken_as_gateway_serve_takes_it(tmp_path: Path) -> None:
+    url = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001"
+    config = load(write(tmp_path, GOOD.replace("redis://127.0.0.1:6379/0", url)))
+    assert config.redis_url == url
 
 
 def test_not_toml_and_a_missing_file_are_refused(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +233,43 @@ async def test_a_malformed_message_is_reported_and_skipped(
             await asyncio.sleep(0.05)
             dead = await feed.dead_letters()
         assert dead == [b"{not json"]
+
+
+async def test_a_bridge_publishes_into_a_redis_cluster(
+    brokers: BrokerPool,
+    redis_cluster_url: str,
+    gateway_factory: Callable[..., GatewayProcess],
+    tmp_path: Path,
+) -> None:
+    """`redis_url = "redis+cluster://..."`: the bridge opens the client `gateway serve` opens
+    for that URL, and a gateway on the cluster delivers its events live (the subscription is
+    made before they are sent, on a channel with no history), each message once."""
+    feed = FEEDS["mqtt"](brokers.get("mqtt").url)  # type: ignore[attr-defined]
+    gateway = gateway_factory(REDIS_URL=redis_cluster_url, GATEWAY_CHANNEL_POLICY="order=open/none")
+    route = {"match": feed.pattern("orders", "*", "*"), "channel": "order:{1}", "type": "o.{2}"}
+    source = feed.source("src", [route["match"]]) | {"routes": [route]}
+    port = free_port()
+    config = write_config(tmp_path / "bridge.toml", redis_cluster_url, port, source)
+    bridge = Bridge(config, redis_cluster_url, tmp_path / "bridge.log", port)
+    channel = f"order:{feed.tag}"
+    try:
+        bridge.start_connected()
+        async with ws_client(gateway.ws_url) as ws:
+            await ws_send(ws, {"op": "subscribe", "channel": channel, "ref": 1})
+            await ws_until(ws, lambda f: f.get("ref") == 1)
+            paid = feed.topic("orders", feed.tag, "paid")
+            await feed.send(
+                [
+                    (paid, b'{"total": 42}', "m1"),
+                    (paid, b'{"total": 42}', "m1"),  # redelivered: dropped
+                    (feed.topic("orders", feed.tag, "shipped"), b'{"carrier": "x"}', "m2"),
+                ]
+            )
+            frames = await ws_until(ws, lambda f: f.get("type") == "o.shipped")
+        live = [(f["type"], f["data"]) for f in frames if f.get("op") == "event"]
+        assert live == [("o.paid", {"total": 42}), ("o.shipped", {"carrier": "x"})]
+        await async_wait_until(lambda: bridge.metric("duplicates") == 1, what="duplicates == 1")
+        history = httpx.get(f"{gateway.url}/channels/{channel}/events").json()
+        assert [event["type"] for event in history["events"]] == ["o.paid", "o.shipped"]
+    finally:
+        bridge.stop(5)
