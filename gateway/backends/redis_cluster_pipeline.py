@@ -282,7 +282,7 @@ def _send_blocking(node: Any, asking: bool, commands: list[Sequence[Any]]) -> An
         failed = NotSent(f"{node.name}: {exc}")
         return lambda: failed
     try:
-        connection.send_packed_command(packed(commands, asking), check_health=False)
+        connection.send_packed_command([packed(commands, asking)], check_health=False)
     except LOST as exc:
         connection.disconnect()
         pool.release(connection)
