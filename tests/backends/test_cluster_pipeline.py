@@ -127,3 +127,19 @@ def test_publish_many_through_a_resharding(
     history = target.client().xrange(moved)
     assert [entry_id.decode() for entry_id, _fields in history] == [first[0], second[0]]
     assert getkeys_calls(redis_cluster) == before
+
+
+def test_submit_many_on_a_cluster_answers_each_job(
+    redis_cluster: LocalRedisCluster, monkeypatched_url: str
+) -> None:
+    """`gateway.submit_many` writes through the routed pipeline too (records, index, the first
+    event, the queue entry: several slots, one pipeline per master)."""
+    before = getkeys_calls(redis_cluster)
+    job = {"type": "sleep", "data": {"seconds": 0}}
+    answers = gateway.submit_many([job] * 6)
+    assert [answer.get("status") for answer in answers] == ["queued"] * 6
+    for answer in answers:
+        key = f"gw:{{job:{answer['id']}}}:log"
+        history = redis_cluster.master_of_key(key).client().xrange(key)
+        assert [entry_id.decode() for entry_id, _fields in history] == [answer["last_event_id"]]
+    assert getkeys_calls(redis_cluster) == before
