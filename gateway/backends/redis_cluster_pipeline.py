@@ -202,6 +202,9 @@ async def _send_async(node: Any, asking: bool, commands: list[Any]) -> list[Any]
     replies: list[Any] = []
     try:
         try:
+            reader = getattr(connection, "_reader", None)
+            if reader is not None and reader.at_eof():  # closed by the server (a restart)
+                await connection.disconnect()
             await connection.connect()
         except LOST as exc:
             return NotSent(f"{node.name}: {exc}")
@@ -274,11 +277,10 @@ def _send_blocking(node: Any, asking: bool, commands: list[Sequence[Any]]) -> An
     """Write one batch to `node` (a `redis.cluster.ClusterNode`); returns a reader of its replies
     (called after every node's batch was written, so the nodes work at the same time)."""
     pool = node.redis_connection.connection_pool
-    connection = pool.get_connection()
     try:
+        connection = pool.get_connection()  # connects (and gives nothing back if it cannot)
         connection.connect()
     except LOST as exc:
-        pool.release(connection)
         failed = NotSent(f"{node.name}: {exc}")
         return lambda: failed
     try:
