@@ -16,7 +16,8 @@ median of each round's cluster/one ratio, so both sides of a ratio ran under the
 - `publish`: `--publishers` processes calling `gateway.publish` in a loop for `--duration`
   seconds, round-robin over `--channels` channels (bench/publisher.py): events/s summed;
 - `publish_many`: the same with `gateway.publish_many` batches of `--batch` events (one
-  pipeline per batch; the cluster client splits it per shard), where this tree has it;
+  pipeline per batch; on the cluster one per master, sent to all at once), where this tree
+  has it;
 - `jobs`: `--jobs` no-op jobs (type `noop`, or `sleep` 0 s where this tree has no `noop`)
   stored and queued first (`create_job`, as `POST /jobs` does), then `--workers`
   `gateway worker` processes with `GATEWAY_QUEUE_PARTITIONS=--partitions` drain them: jobs/s
@@ -27,7 +28,9 @@ median of each round's cluster/one ratio, so both sides of a ratio ran under the
 
 CPU seconds per process (Redis nodes, publishers, workers, gateways) are measured over each
 part and reported as % of one core: on a 2-core machine everything shares the same cores, and
-that is what stands between the cluster and linear scaling.
+that is what stands between the cluster and linear scaling. The client CPU per event or job
+(`publisher_cpu_us_per_event`, `worker_cpu_ms_per_job`) is reported too: unlike throughput it
+hardly depends on what else the machine runs.
 """
 
 from __future__ import annotations
@@ -297,6 +300,9 @@ def publish_many_part(a: argparse.Namespace, redis: Redis) -> dict[str, Any] | N
             "redis_nodes": percent(before, cpu_each(nodes), wall),
             "publishers": [round(100 * r["cpu_s"] / a.duration) for r in results],
         },
+        "publisher_cpu_us_per_event": round(
+            1e6 * sum(r["cpu_s"] for r in results) / max(sum(r["count"] for r in results), 1), 1
+        ),
         "redis_commands_per_event": calls_per(calls0, redis.calls(), events),
     }
     log(f"publish_many on {redis.name}: {events_s:,} events/s {result['cpu_pct']}")
@@ -417,6 +423,9 @@ def jobs_part(a: argparse.Namespace, redis: Redis, workdir: Path) -> dict[str, A
             "redis_nodes": percent(nodes0, nodes1, wall),
             "workers": percent(workers0, workers1, wall),
         },
+        "worker_cpu_ms_per_job": round(
+            1e3 * sum(b - a for a, b in zip(workers0, workers1, strict=True)) / max(n1 - n0, 1), 2
+        ),
         "redis_commands_per_job": {
             "enqueue": calls_per(calls0, calls1, a.jobs),
             "run": calls_per(calls1, calls2, finished),
@@ -471,6 +480,15 @@ def report(results: list[dict[str, Any]]) -> dict[str, Any]:
         compared = ratios(results, part, field)
         if compared:
             summary[part] = compared
+    for part, field in (
+        ("publish_many", "publisher_cpu_us_per_event"),
+        ("jobs", "worker_cpu_ms_per_job"),
+    ):
+        if part in summary:
+            summary[part][field] = {
+                side: [r[field] for r in results if r["part"] == part and r["redis"] == side]
+                for side in ("one", "cluster")
+            }
     fans = [r for r in results if r["part"] == "fanout"]
     if fans:
         base = fans[0]["sustainable_deliveries_s"] or 0

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import random
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -395,17 +395,23 @@ class Hub:
             subscriber.control("shutdown", message="the gateway is restarting", retry=retry_ms)
             subscriber.close()
 
-    def recover(self) -> Awaitable[None]:
-        """After the bus reconnected: fetch from history what live delivery missed meanwhile.
+    def recover(self, channels: Collection[str] | None = None) -> Awaitable[None]:
+        """After the bus reconnected: fetch from history what live delivery missed meanwhile,
+        on `channels` (those the bus re-subscribed; None: every channel held here).
 
         Live events are held back from here until each channel's history is read: one
         delivered first would move subscribers past the missed ones, dropped then as already
         seen. So the holding starts in this call, which the bus makes before it delivers
         anything live, not in the awaitable it returns.
         """
-        for channel in self._subscribers:
+        pending = [
+            channel
+            for channel in (self._subscribers if channels is None else channels)
+            if channel in self._subscribers
+        ]
+        for channel in pending:
             self._held.setdefault(channel, [])
-        return self._recover(list(self._subscribers))
+        return self._recover(pending)
 
     async def _recover(self, pending: list[str]) -> None:
         delay = 0.05

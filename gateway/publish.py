@@ -28,6 +28,7 @@ import hiredis
 import httpx
 import redis
 
+from gateway.backends.redis_cluster_pipeline import execute_routed_blocking
 from gateway.backends.redis_keys import publish_call
 from gateway.backends.redis_sync import publish_acknowledged, publish_script_text, sync_redis
 from gateway.backends.url import REDIS, backend_kind, is_cluster_url
@@ -204,11 +205,13 @@ class CommandList:
 
 def run_commands(redis_url: str, commands: list[tuple[Any, ...]]) -> list[Any] | None:
     """Send `commands` as one pipeline (packed by hiredis, one write) on this thread's
-    connection and read every reply (an error reply comes back as its exception). None when
-    the client is a Cluster client: use its pipeline instead. A connection found closed before
-    any reply came (a restarted Redis) is reopened and the commands sent again once."""
-    if not isinstance(sync_redis(redis_url), redis.Redis):
-        return None
+    connection and read every reply (an error reply comes back as its exception). On a Cluster,
+    one such pipeline per master (`execute_routed_blocking`), or None when a command cannot be
+    routed that way: use the client's pipeline instead. A connection found closed before any
+    reply came (a restarted Redis) is reopened and the commands sent again once."""
+    client = sync_redis(redis_url)
+    if not isinstance(client, redis.Redis):
+        return execute_routed_blocking(client, commands)
     packed = b"".join(hiredis.pack_command(command) for command in commands)
     connection = _connection(redis_url)
     for attempt in range(2):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
 import pytest
 import redis.asyncio as aioredis
@@ -46,6 +46,26 @@ async def test_live_event_ahead_of_the_recovery_read_loses_nothing() -> None:
     await recovery
     expected = [e.id for e in (first, *missed, live) if e is not None]
     assert received(subscriber) == expected
+
+
+async def test_a_recovery_of_some_channels_holds_back_only_them() -> None:
+    """A Cluster shard's reader came back: its channels are re-read, the others stay live
+    (held back until a recovery that never concerned them, they would go quiet for it)."""
+    backend = open_memory(Settings())
+    hub = Hub(backend.bus)
+    on_a, on_b = Subscriber("ws", 1000), Subscriber("ws", 1000)
+    await hub.attach(on_a, "room:a", None)
+    await hub.attach(on_b, "room:b", None)
+    await backend.bus.unsubscribe("room:a")  # room:a's shard is down
+    missed = await backend.bus.publish("room:a", "message", 1)
+    await backend.bus.subscribe("room:a")
+    recovery = hub.recover(["room:a"])
+    live_b = await backend.bus.publish("room:b", "message", 2)
+    assert live_b is not None and received(on_b) == [live_b.id]  # not held back
+    live_a = await backend.bus.publish("room:a", "message", 3)
+    assert received(on_a) == []  # held until room:a's history is read
+    await recovery
+    assert received(on_a) == [e.id for e in (missed, live_a) if e is not None]
 
 
 @pytest.fixture
@@ -116,8 +136,8 @@ async def test_every_recovery_listener_is_called_after_a_reconnect(
     called: list[str] = []
     both = asyncio.Event()
 
-    def recovery(name: str) -> Callable[[], Awaitable[None]]:
-        def recover() -> Awaitable[None]:
+    def recovery(name: str) -> Callable[[Collection[str] | None], Awaitable[None]]:
+        def recover(_channels: Collection[str] | None) -> Awaitable[None]:
             called.append(name)
             if len(called) == 2:
                 both.set()

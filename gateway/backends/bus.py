@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +22,10 @@ log = logging.getLogger("gateway.bus")
 EventListener = Callable[[Event], None]
 """Receives every live event of a subscribed channel; must not block (the hub queues frames)."""
 
-RecoveryListener = Callable[[], Awaitable[None]]
-"""Called after the bus reconnected and re-subscribed, so a listener can fetch what it missed.
+RecoveryListener = Callable[[Collection[str] | None], Awaitable[None]]
+"""Called after the bus reconnected and re-subscribed, so a listener can fetch what it missed:
+with the channels that were re-subscribed (a Cluster shard's reader came back: only that
+shard's channels missed anything), or None for every channel (the one connection came back).
 
 Buses call it before delivering any live event of the new connection (the call itself, not
 the awaitable it returns, is where the hub starts holding live events back)."""
@@ -121,11 +123,12 @@ class Bus(abc.ABC):
             except Exception:
                 log.exception("event listener %r failed on %s", listener, event.channel)
 
-    def _recovered(self) -> asyncio.Future[None] | None:
-        """Call every recovery listener now, and run what they return together."""
+    def _recovered(self, channels: Collection[str] | None = None) -> asyncio.Future[None] | None:
+        """Call every recovery listener now (for `channels`, None: all), and run what they
+        return together."""
         if not self._recovery_listeners:
             return None
-        waits = [listener() for listener in self._recovery_listeners]
+        waits = [listener(channels) for listener in self._recovery_listeners]
         return asyncio.ensure_future(_together(waits))
 
     async def start(self) -> None:  # noqa: B027 - optional hook

@@ -35,8 +35,9 @@ class RedisClusterBus(RedisBus):
         self._connection = connection
         self._cluster = connection
         self._redis = connection.redis
-        self._channels: set[str] = set()
-        self._recovery_task: asyncio.Future[None] | None = None
+        self._subscribed: dict[bytes, str] = {}
+        """Subscribed channels by their sharded pub/sub name."""
+        self._recoveries: set[asyncio.Future[None]] = set()
         self._closing = False
         self.reconnects = 0
         self.subscriptions = ShardedSubscriptions(
@@ -71,9 +72,15 @@ class RedisClusterBus(RedisBus):
         self._deliver(event)
 
     def _resubscribed(self, names: set[bytes]) -> None:
+        """One shard's channels are subscribed again: only they missed anything, only they
+        are re-read (every channel of the process was, before)."""
         self.reconnects += 1
         METRICS.redis_reconnects.inc()
-        self._recovery_task = self._recovered()
+        channels = [self._subscribed[name] for name in names if name in self._subscribed]
+        recovery = self._recovered(channels)
+        if recovery is not None:
+            self._recoveries.add(recovery)
+            recovery.add_done_callback(self._recoveries.discard)
 
     async def publish(
         self,
@@ -144,9 +151,11 @@ class RedisClusterBus(RedisBus):
         return event
 
     async def subscribe(self, channel: str) -> None:
-        self._channels.add(channel)
-        await self.subscriptions.add(bus_channel(channel).encode())
+        name = bus_channel(channel).encode()
+        self._subscribed[name] = channel
+        await self.subscriptions.add(name)
 
     async def unsubscribe(self, channel: str) -> None:
-        self._channels.discard(channel)
-        await self.subscriptions.remove(bus_channel(channel).encode())
+        name = bus_channel(channel).encode()
+        self._subscribed.pop(name, None)
+        await self.subscriptions.remove(name)

@@ -14,13 +14,14 @@ import contextlib
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, PipelineStrategy, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.backends.redis_cluster_pipeline import cluster_slot, execute_routed
 from gateway.backends.redis_connection import RedisConnection
 from gateway.backends.redis_keys import (
     BEGIN_ATTEMPT_LUA,
@@ -62,9 +63,36 @@ class ReachableCluster(RedisCluster):
             return super().pipeline(transaction, shard_hint)
         return ReachablePipeline(self, transaction)  # type: ignore[abstract]
 
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        """`XREAD`/`XREADGROUP` placed here: redis-py asks the server (`COMMAND GETKEYS`, a
+        round trip before every claim of the worker) since their keys move."""
+        if command.upper() in ("XREAD", "XREADGROUP"):
+            slot = cluster_slot((command, *args), {})
+            if slot is not None:
+                return slot
+        return int(await super()._determine_slot(command, *args))
+
 
 class ReachablePipeline(ClusterPipeline):
+    """A non-transactional pipeline goes by `execute_routed` (one plain pipeline per master,
+    redirects followed, nothing that may have run sent twice); a transaction, or a command it
+    cannot route, by redis-py's `ClusterPipeline`."""
+
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        strategy = self._execution_strategy
+        if isinstance(strategy, PipelineStrategy) and strategy._command_queue:
+            try:
+                replies = await execute_routed(self.cluster_client, strategy._command_queue)
+            except RedisClusterException as exc:
+                await self.reset()  # type: ignore[no-untyped-call]
+                raise unreachable(exc) from exc
+            if replies is not None:
+                await self.reset()  # type: ignore[no-untyped-call]
+                if raise_on_error:
+                    for reply in replies:
+                        if isinstance(reply, Exception):
+                            raise reply
+                return replies
         try:
             return await super().execute(raise_on_error, allow_redirections)
         except RedisClusterException as exc:

@@ -5,7 +5,7 @@ order), the gap a failover's lost writes leave, and `GATEWAY_REPLICA_WAIT`."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import pytest
@@ -123,7 +123,7 @@ async def test_channels_follow_a_failover_and_the_bus_recovers(
     bus.add_listener(heard.append)
     recoveries: list[int] = []
 
-    async def recovered() -> None:
+    async def recovered(_channels: Collection[str] | None) -> None:
         recoveries.append(1)
 
     bus.add_recovery_listener(recovered)
@@ -136,6 +136,27 @@ async def test_channels_follow_a_failover_and_the_bus_recovers(
     await async_wait_until(lambda: len(heard) >= 2, 5, "live events after the failover")
     assert sorted(e.id for e in heard) == sorted([after, spared_id])
     assert await bus.ping()
+
+
+async def test_a_shard_reader_coming_back_recovers_only_its_shards_channels(
+    redis_cluster: LocalRedisCluster, cluster_backend: Backend
+) -> None:
+    bus = cluster_backend.bus
+    assert isinstance(bus, RedisClusterBus)
+    spread = channels_on_every_shard(redis_cluster, 2)
+    for names in spread.values():
+        for channel in names:
+            await bus.subscribe(channel)
+    recovered: list[set[str]] = []
+
+    async def recovery(channels: Collection[str] | None) -> None:
+        recovered.append(set(channels) if channels is not None else {"every channel"})
+
+    bus.add_recovery_listener(recovery)
+    port = next(iter(spread))
+    redis_cluster.node(port).client().client_kill_filter(_type="pubsub")
+    await async_wait_until(lambda: bool(recovered), 10, "the shard's reader to come back")
+    assert recovered == [set(spread[port])]
 
 
 async def test_a_reader_reaching_a_replica_subscribes_on_the_master_and_recovers(
@@ -155,7 +176,7 @@ async def test_a_reader_reaching_a_replica_subscribes_on_the_master_and_recovers
     bus.add_listener(heard.append)
     recoveries: list[int] = []
 
-    async def recovered() -> None:
+    async def recovered(_channels: Collection[str] | None) -> None:
         recoveries.append(1)
 
     bus.add_recovery_listener(recovered)
@@ -189,7 +210,7 @@ async def test_a_migrated_slot_takes_its_subscribers_along(
     bus.add_listener(heard.append)
     recoveries: list[int] = []
 
-    async def recovered() -> None:
+    async def recovered(_channels: Collection[str] | None) -> None:
         recoveries.append(1)
 
     bus.add_recovery_listener(recovered)
