@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import hiredis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -107,9 +108,8 @@ class AutoPipeline:
         try:
             connection._writer.write(payload)
             await connection._writer.drain()
-            parser = connection._parser
             async with asyncio.timeout(connection.socket_timeout):
-                replies = [await parser.read_response() for _ in range(count)]
+                replies = await self._read_replies(connection, count)
         except TimeoutError as exc:
             await self._drop()
             raise RedisTimeoutError(f"no reply from Redis to {count} commands") from exc
@@ -118,6 +118,29 @@ class AutoPipeline:
             raise
         self.round_trips += 1
         self.commands += count
+        return replies
+
+    async def _read_replies(self, connection: Any, count: int) -> list[Any]:
+        """`count` replies parsed by the connection's hiredis reader, read straight from its
+        stream (redis-py's `read_response` per reply checks for push messages and
+        disconnection each time: a third of reading a pipeline's replies)."""
+        parser = connection._parser
+        reader = getattr(parser, "_reader", None)
+        if not isinstance(reader, hiredis.Reader):  # not the hiredis parser: its own way
+            return [await parser.read_response() for _ in range(count)]
+        stream = connection._reader
+        replies: list[Any] = []
+        while len(replies) < count:
+            reply = reader.gets()
+            if reply is _NOT_ENOUGH_DATA:
+                data = await stream.read(65536)
+                if not data:
+                    raise RedisConnectionError("Redis closed the connection")
+                reader.feed(data)
+            elif isinstance(reply, RedisConnectionError):
+                raise reply
+            else:
+                replies.append(reply)
         return replies
 
     async def _connect(self) -> Any:
