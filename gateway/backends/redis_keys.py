@@ -11,6 +11,7 @@ import hashlib
 import zlib
 from collections.abc import Mapping, Sequence
 from importlib import resources
+from itertools import chain
 from typing import Any
 
 from gateway.backends.bus import JobUpdate, NewJob, check_event_size
@@ -171,7 +172,7 @@ class CommandList:
         self.commands: list[tuple[Any, ...]] = []
 
     def hset(self, name: str, *, mapping: Mapping[str, Any]) -> None:
-        self.commands.append(("HSET", name, *(x for pair in mapping.items() for x in pair)))
+        self.commands.append(("HSET", name, *chain.from_iterable(mapping.items())))
 
     def zadd(self, name: str, mapping: Mapping[str, int]) -> None:
         scored = (x for member, score in mapping.items() for x in (score, member))
