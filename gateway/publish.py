@@ -222,7 +222,10 @@ def _run_publish_script(redis_url: str, keys: list[str], args: list[Any]) -> Any
     command: tuple[Any, ...] = ("EVALSHA", script.sha, len(keys), *keys, *args)
     for attempt in range(3):
         try:
-            connection.send_command(*command)
+            # Packed here (hiredis, C): redis-py's packer re-checks every argument in Python
+            # first, a fifth of a publish's CPU.
+            packable: Any = command
+            connection.send_packed_command([hiredis.pack_command(packable)], check_health=False)
             return connection.read_response()
         except redis.exceptions.NoScriptError:
             command = ("EVAL", publish_script_text(redis_url), len(keys), *keys, *args)
