@@ -270,7 +270,11 @@ async def test_auto_pipeline_survives_a_redis_restart(tmp_path: Path) -> None:
         await backend.bus.publish("room:r", "message", 1)
         reader = auto._connection._reader
         server.restart()
-        await async_wait_until(reader.at_eof, 5, "the closed connection seen by the loop")
+        await async_wait_until(
+            lambda: reader.at_eof() or reader.exception() is not None,
+            5,
+            "the closed (or reset) connection seen by the loop",
+        )
         event = await backend.bus.publish("room:r", "message", 2)
         assert event is not None
         assert [e.id for e in (await backend.bus.history("room:r", None)).events] == [event.id]
