@@ -204,7 +204,7 @@ def _none_revoked(jti: str | None) -> bool:
     return False
 
 
-def bearer_of(headers: Headers) -> str | None:
+def bearer_of(headers: Mapping[str, str]) -> str | None:
     scheme, _, value = headers.get("authorization", "").partition(" ")
     return value.strip() or None if scheme.lower() == "bearer" else None
 

@@ -84,6 +84,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         "port": settings.port,
         "log_level": settings.log_level,
         "log_config": logging_config(settings.log_level),
+        # Below `info` uvicorn would still format each request's access line (the path
+        # percent-quoted character by character: ~4 % of a publish) only to drop it.
+        "access_log": settings.log_level.lower() in {"info", "debug", "trace"},
         "ws_per_message_deflate": False,
         "http": http,
         "ws": websocket_protocol(args.ws),

@@ -49,6 +49,7 @@ from gateway.api.idempotency import (
 from gateway.api.jobs import checked_callback, job_from_request, parsed_job_body
 from gateway.auth import ChannelPolicy
 from gateway.backends.redis_keys import (
+    CommandList,
     idempotency_key,
     loads_script_once,
     queue_submissions,
@@ -63,7 +64,6 @@ from gateway.jobs.registry import REGISTRY, HandlerRegistry
 from gateway.problems import Problem, problem_for, unprocessable
 from gateway.publish import (
     BATCH_LIMIT,
-    CommandList,
     gateway_of,
     redis_url_of,
     run_commands,

@@ -113,7 +113,7 @@ class TokenSigner:
             raise ValueError("a TokenSigner needs at least one secret")
         self.secrets = tuple(secrets_)
         self.max_lifetime = max_lifetime
-        self._key = self.secrets[0].encode()
+        self._mac = hmac.new(self.secrets[0].encode(), digestmod=hashlib.sha256)
 
     @classmethod
     def ephemeral(cls, *, max_lifetime: float | None = None) -> TokenSigner:
@@ -144,7 +144,9 @@ class TokenSigner:
         # token is minted for every submission, and PyJWT's checks of the key (is it a PEM
         # or an SSH public key?) cost more than the signature. Verified by PyJWT as any is.
         signing_input = _HS256_HEADER + b"." + _b64url(orjson.dumps(claims))
-        signature = hmac.new(self._key, signing_input, hashlib.sha256).digest()
+        mac = self._mac.copy()  # the key's HMAC state, prepared once
+        mac.update(signing_input)
+        signature = mac.digest()
         return (signing_input + b"." + _b64url(signature)).decode()
 
     def verify(self, token: str) -> ChannelToken:

@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.access import Access, Rule, access_of
-from gateway.api.requests import is_json_media_type
+from gateway.api.requests import header_map, is_json_media_type
 from gateway.auth import COOKIE_TRUSTED, bearer_of, token_of
 from gateway.errors import Forbidden, InvalidChannel, RateLimited
 from gateway.events import validate_channel
@@ -136,7 +136,7 @@ class BodyLimit:
         if scope["type"] == "websocket":
             await self.app(scope, receive, send)
             return
-        length = Headers(scope=scope).get("content-length")
+        length = header_map(scope).get("content-length")
         if length is not None:
             if not length.isdigit():
                 await problem_response(
@@ -324,7 +324,7 @@ class AccessGuard:
         if kind not in {"http", "websocket"}:
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
+        headers = header_map(scope)
         host = headers.get("host")
         if not self.hosts.allows(host):
             log.info("refused a request for host %r", (host or "")[:200])
@@ -340,7 +340,7 @@ class AccessGuard:
         scope[COOKIE_TRUSTED] = origin is None or self.origins.trusted(origin, scope, host)
         found = self._route(scope)
         if kind == "websocket":
-            await self._websocket(scope, receive, send, headers, found)
+            await self._websocket(scope, receive, send, Headers(scope=scope), found)
             return
         if found is None:
             await self.app(scope, receive, send)  # no endpoint runs: the router answers 404/405
@@ -399,7 +399,7 @@ class AccessGuard:
         return found if found is not None else self._index[""]
 
     def _check_request_shape(
-        self, scope: Scope, headers: Headers, origin: str | None, host: str | None
+        self, scope: Scope, headers: Mapping[str, str], origin: str | None, host: str | None
     ) -> Response | None:
         """State-changing requests: from an allowed origin, with a JSON body if any.
 

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.guards import caller_of
+from gateway.api.requests import header_map
 from gateway.backends.bundle import Backend
 from gateway.errors import BackendUnavailable
 from gateway.problems import Problem, bad_request
@@ -33,7 +34,7 @@ REPLAYED_HEADERS = ("location", "content-type")
 
 
 def idempotency_key_of(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
+    key = header_map(request.scope).get("idempotency-key")
     if key is None:
         return None
     key = key.strip()

@@ -8,6 +8,7 @@ from typing import Any, Final, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
+from starlette.types import Scope
 
 from gateway.errors import InvalidChannel, InvalidEventId
 from gateway.events import parse_event_id, validate_channel
@@ -23,6 +24,23 @@ million entries (`errors_total` then says how many there were)."""
 """Field errors spelled out in a 422's `detail`; `errors` lists all of them."""
 
 
+HEADER_MAP: Final = "gateway.headers"
+"""Scope key of `header_map`'s dict."""
+
+
+def header_map(scope: Scope) -> dict[str, str]:
+    """The request's headers by (lower-case) name, the first of a repeated one as Starlette's
+    `Headers.get` gives it, decoded once per request and kept in the scope: the body limit,
+    the guard and the routes look up several each, and `Headers` scans the list every time."""
+    found: dict[str, str] | None = scope.get(HEADER_MAP)
+    if found is None:
+        found = {}
+        for name, value in reversed(scope["headers"]):
+            found[name.decode("latin-1")] = value.decode("latin-1")
+        scope[HEADER_MAP] = found
+    return found
+
+
 def is_json_media_type(content_type: str | None) -> bool:
     """`application/json` or `application/<something>+json`, parameters aside.
 
@@ -36,7 +54,7 @@ def is_json_media_type(content_type: str | None) -> bool:
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:
-    if not is_json_media_type(request.headers.get("content-type")):
+    if not is_json_media_type(header_map(request.scope).get("content-type")):
         raise Problem(
             415,
             "Unsupported Media Type",

@@ -16,8 +16,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.backends.bus import Bus, History, JobUpdate, NewJob, Publication
+from gateway.backends.redis_autopipeline import AutoPipeline
 from gateway.backends.redis_connection import RedisConnection
 from gateway.backends.redis_keys import (
+    CommandList,
     bus_channel,
     event_from_entry,
     loads_script_once,
@@ -39,11 +41,15 @@ log = logging.getLogger("gateway.redis")
 
 class RedisBus(Bus):
     kind = "redis"
+    _auto: AutoPipeline | None = None
+    """The one-server backend's auto-pipeline for publishes and submissions; None on a
+    Cluster (`RedisClusterBus`), which keeps redis-py's routing pipelines."""
 
     def __init__(self, settings: Settings, connection: RedisConnection) -> None:
         super().__init__(settings)
         self._connection = connection
         self._redis = connection.redis
+        self._auto = connection.auto
         self._pubsub_client = aioredis.Redis.from_url(
             connection.url,
             decode_responses=False,
@@ -90,10 +96,43 @@ class RedisBus(Bus):
     ) -> Event | None:
         keys, args, tail = publish_call(self.settings, channel, type_, data, source, job)
         try:
-            entry_id = await self._connection.publish(keys=keys, args=args)
+            if self._auto is not None:
+                (entry_id,) = await self._publish_scripts([(keys, args)])
+            else:
+                entry_id = await self._connection.publish(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"publish to {channel}: {exc}") from exc
         return published(channel, type_, tail, entry_id)
+
+    async def _publish_scripts(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """publish.lua by `EVALSHA` once per (keys, args), auto-pipelined with the other
+        requests' writes; the calls refused `NOSCRIPT` (Redis restarted or flushed its scripts:
+        nothing of them ran) go again once it is loaded, the others never twice."""
+        auto = self._auto
+        assert auto is not None
+        sha = self._connection.publish.sha
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for round_ in range(2):
+            commands = []
+            for index in todo:
+                keys, args = calls[index]
+                commands.append(("EVALSHA", sha, len(keys), *keys, *args))
+            answers = await auto.execute(
+                commands, preload=self._connection.load_publish if round_ else None
+            )
+            missing = []
+            for index, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, NoScriptError):
+                    missing.append(index)
+                elif isinstance(answer, Exception):
+                    raise answer
+                else:
+                    replies[index] = answer
+            if not missing:
+                return replies
+            todo = missing
+        raise BackendUnavailable("publish: Redis keeps losing the publish script")
 
     async def publish_and_enqueue(
         self, channel: str, type_: str, data: Any, *, source: str | None, job: JobUpdate
@@ -136,6 +175,17 @@ class RedisBus(Bus):
         pending = calls
         if not pending:
             return [answer for answer in answers if answer is not None]
+        if self._auto is not None:
+            try:
+                replies = await self._publish_scripts([(keys, args) for _i, keys, args, _ in calls])
+            except (RedisError, OSError) as exc:
+                raise BackendUnavailable(f"publish {len(publications)} events: {exc}") from exc
+            for (index, _keys, _args, tail), reply in zip(calls, replies, strict=True):
+                item = publications[index]
+                event = published(item.channel, item.type, tail, reply)
+                assert event is not None  # no job update: never refused
+                answers[index] = event
+            return [answer for answer in answers if answer is not None]
         try:
             for _attempt in range(2):
                 async with self._redis.pipeline(transaction=False) as pipe:
@@ -169,6 +219,8 @@ class RedisBus(Bus):
         `queue_submissions` for what it holds and why in that order."""
         if not jobs:
             return []
+        if self._auto is not None:
+            return await self._submit_auto(jobs)
         load = loads_script_once(self._connection.url, len(jobs))
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -186,6 +238,47 @@ class RedisBus(Bus):
         for job, tail, entry_id in zip(
             jobs, tails, submission_replies(replies, len(jobs), load_script=load), strict=True
         ):
+            event = published(job.event.channel, job.event.type, tail, entry_id)
+            if event is None:  # a record stored a moment ago cannot be terminal
+                raise BackendUnavailable(f"submit job {job.job_id}: its record vanished")
+            events.append(event)
+        return events
+
+    async def _submit_auto(self, jobs: Sequence[NewJob]) -> list[Event]:
+        """`submit_jobs` on the auto-pipeline: the publish script loaded once in front of the
+        batch its commands go out in (so each job's `XADD` follows its `job.queued`); if Redis
+        lost it in between anyway, only the refused scripts run again once it is loaded."""
+        assert self._auto is not None
+        recorded = CommandList()
+        tails = queue_submissions(
+            recorded,
+            self.settings,
+            jobs,
+            publish_lua=self._connection.publish_lua,
+            script_preloaded=True,
+        )
+        first = len(jobs) + 1  # the HSETs and the ZADD come first, then EVALSHA, XADD per job
+        try:
+            replies = await self._auto.execute(
+                recorded.commands, preload=self._connection.load_publish
+            )
+            entry_ids = submission_replies(replies, len(jobs))
+            refused = [i for i, reply in enumerate(entry_ids) if isinstance(reply, NoScriptError)]
+            for index, reply in enumerate(replies):
+                if isinstance(reply, Exception) and not (
+                    isinstance(reply, NoScriptError) and (index - first) % 2 == 0
+                ):
+                    raise reply
+            if refused:
+                again = await self._publish_scripts(
+                    [_script_call(recorded.commands[first + 2 * i]) for i in refused]
+                )
+                for i, entry_id in zip(refused, again, strict=True):
+                    entry_ids[i] = entry_id
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"submit {len(jobs)} jobs: {exc}") from exc
+        events = []
+        for job, tail, entry_id in zip(jobs, tails, entry_ids, strict=True):
             event = published(job.event.channel, job.event.type, tail, entry_id)
             if event is None:  # a record stored a moment ago cannot be terminal
                 raise BackendUnavailable(f"submit job {job.job_id}: its record vanished")
@@ -327,3 +420,9 @@ class RedisBus(Bus):
         if pubsub is not None:
             with contextlib.suppress(RedisError, OSError, RuntimeError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _script_call(command: Sequence[Any]) -> tuple[list[str], list[Any]]:
+    """(keys, args) of a queued `EVALSHA sha numkeys keys... args...`."""
+    numkeys = int(command[2])
+    return list(command[3 : 3 + numkeys]), list(command[3 + numkeys :])

@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.backends.redis_autopipeline import AutoPipeline
 from gateway.backends.redis_keys import (
     BEGIN_ATTEMPT_LUA,
     CLAIM_WEBHOOKS_LUA,
@@ -86,9 +87,15 @@ class RedisConnection:
             retry=retry,
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
+        self.auto = AutoPipeline(pool)
+        """The hot path's writes (publishes, submissions), auto-pipelined on a connection of
+        their own."""
         self.publish_lua = PUBLISH_LUA
         """publish.lua's text as this Redis runs it (pipelines send it with EVAL)."""
         self.publish = self.redis.register_script(PUBLISH_LUA)
+        load: Any = ("SCRIPT", "LOAD", PUBLISH_LUA)
+        self.load_publish = hiredis.pack_command(load)
+        """`SCRIPT LOAD` of publish.lua, packed once: the auto-pipeline's `preload`."""
         self.promote = self.redis.register_script(PROMOTE_LUA)
         self.begin_attempt = self.redis.register_script(BEGIN_ATTEMPT_LUA)
         self.claim_webhooks = self.redis.register_script(CLAIM_WEBHOOKS_LUA)
@@ -102,4 +109,5 @@ class RedisConnection:
             raise BackendUnavailable(f"{what}: {exc}") from exc
 
     async def close(self) -> None:
+        await self.auto.close()
         await self.redis.aclose()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
+from itertools import chain
 from typing import Any
 
 from gateway.backends.bus import JobUpdate, NewJob, check_event_size
@@ -155,6 +156,25 @@ once, not per call)."""
 PUBLISH_SHA = _SCRIPT_SOURCES[PUBLISH_LUA][1]
 
 
+class CommandList:
+    """Commands recorded with the pipeline calls `queue_submissions` makes (`hset`, `zadd`,
+    `execute_command`), to send as one packed pipeline (`gateway.publish.run_commands`, the
+    server's auto-pipeline)."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def hset(self, name: str, *, mapping: Mapping[str, Any]) -> None:
+        self.commands.append(("HSET", name, *chain.from_iterable(mapping.items())))
+
+    def zadd(self, name: str, mapping: Mapping[str, int]) -> None:
+        scored = (x for member, score in mapping.items() for x in (score, member))
+        self.commands.append(("ZADD", name, *scored))
+
+    def execute_command(self, *args: Any) -> None:
+        self.commands.append(args)
+
+
 def queue_submissions(
     pipe: Any,
     settings: Settings,
@@ -162,6 +182,7 @@ def queue_submissions(
     *,
     publish_lua: str = PUBLISH_LUA,
     load_script: bool = False,
+    script_preloaded: bool = False,
 ) -> list[bytes]:
     """Queue the submission of `jobs` on `pipe`, a non-transactional pipeline (the blocking
     client's or the async one's: queuing is the same call on both), and return each job's
@@ -176,7 +197,9 @@ def queue_submissions(
     `load_script` (a batch on one Redis server) by one `SCRIPT LOAD` in front and `EVALSHA`
     after it (Redis hashes a script's source on every `EVAL`: ~40 % of a publish's Redis
     time). `publish_lua`: the publish script's text as the backend runs it (`SPUBLISH` on a
-    Cluster). The event replies are at `submission_replies`. Raises `EventTooLarge` before
+    Cluster). `script_preloaded`: the caller sends the `SCRIPT LOAD` in front itself (the
+    server's auto-pipeline, once per batch of requests), so `EVALSHA` and no `SCRIPT LOAD`
+    here. The event replies are at `submission_replies`. Raises `EventTooLarge` before
     queuing anything.
     """
     calls = [
@@ -192,8 +215,9 @@ def queue_submissions(
     ]
     partitions = settings.queue_partitions
     source, sha = _SCRIPT_SOURCES[publish_lua]
-    if load_script:
-        pipe.execute_command("SCRIPT", "LOAD", source)
+    if load_script or script_preloaded:
+        if not script_preloaded:
+            pipe.execute_command("SCRIPT", "LOAD", source)
         script: tuple[Any, ...] = ("EVALSHA", sha)
     else:
         script = ("EVAL", source)

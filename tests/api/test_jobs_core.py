@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -151,3 +152,44 @@ def test_health_and_readiness(embedded_gateway: GatewayProcess) -> None:
 def test_dashboard_is_served(embedded_gateway: GatewayProcess) -> None:
     page = httpx.get(embedded_gateway.url + "/")
     assert page.status_code == 200 and "<html" in page.text.lower()
+
+
+def test_concurrent_posts_share_redis_round_trips(
+    gateway_factory: Callable[..., GatewayProcess], redis_url: str
+) -> None:
+    """Many keep-alive clients at once: their submissions and publishes reach Redis as
+    auto-pipelined batches on one connection (not one pooled connection per request in
+    flight), and each request gets its own answer."""
+    import asyncio
+
+    import redis
+
+    gateway = gateway_factory(REDIS_URL=redis_url, GATEWAY_SUBMIT_RATE="0")
+    count = 100
+
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+        async with httpx.AsyncClient(base_url=gateway.url, limits=limits, timeout=20) as client:
+            return await asyncio.gather(
+                *(
+                    client.post("/jobs", json={"type": "sleep", "data": {"n": n}})
+                    for n in range(count)
+                ),
+                *(
+                    client.post(f"/channels/room:{n % 4}/events", json={"data": n})
+                    for n in range(count)
+                ),
+            )
+
+    answers = asyncio.run(burst())
+    assert [r.status_code for r in answers] == [202] * (2 * count)
+    assert len({r.json()["id"] for r in answers[:count]}) == count
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.zcard("gw:{jobs}:index") == count
+        assert sum(client.xlen(f"gw:{{room:{n}}}:log") for n in range(4)) == count
+        # 2 x 100 requests in flight together; without auto-pipelining the pool opens a
+        # connection for each one waiting on Redis.
+        assert int(client.info("clients")["connected_clients"]) < 10
+    finally:
+        client.close()

@@ -3,7 +3,11 @@ one publish and one `create_job`, against both backends (the `backend` fixture).
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
+from redis.exceptions import ResponseError
 
 from gateway.backends.bundle import Backend
 from gateway.backends.bus import Publication
@@ -12,7 +16,7 @@ from gateway.errors import EventTooLarge
 from gateway.events import Event
 from gateway.jobs.model import create_jobs, load_job, new_job, submission
 from tests.conftest import make_settings
-from tests.support import async_wait_until
+from tests.support import RedisServer, async_wait_until
 
 
 async def test_publish_many_publishes_each_in_order_across_channels(backend: Backend) -> None:
@@ -148,3 +152,135 @@ async def test_submit_jobs_refuses_all_before_writing_when_an_event_is_too_large
             assert await backend.jobs.job_index(None, 10) == []
         finally:
             await backend.close()
+
+
+async def test_concurrent_writes_share_round_trips(redis_url: str) -> None:
+    """Publishes and submissions issued together go out as one pipeline (auto-pipelining), each
+    answered with its own event, every event stored exactly once."""
+    from gateway.backends.redis_bus import RedisBus
+    from gateway.backends.url import open_backend
+
+    backend = open_backend(make_settings(redis_url))
+    await backend.start()
+    try:
+        assert isinstance(backend.bus, RedisBus) and backend.bus._auto is not None
+        auto = backend.bus._auto
+        records = [new_job("sleep", {"seconds": 0, "n": n}) for n in range(20)]
+        before = auto.round_trips
+        answers = await asyncio.gather(
+            *(backend.bus.publish(f"room:{n % 3}", "message", n) for n in range(40)),
+            *(backend.bus.submit_jobs([submission(record, 1000)]) for record in records),
+        )
+        assert auto.round_trips - before <= 2  # one, unless the connection opened in between
+        events = [answer for answer in answers[:40] if isinstance(answer, Event)]
+        assert len({(event.channel, event.id) for event in events}) == 40
+        for room in range(3):
+            history = await backend.bus.history(f"room:{room}", None)
+            mine = [e.id for n, e in enumerate(events) if n % 3 == room]
+            assert sorted(e.id for e in history.events) == sorted(mine)
+        for record, submitted in zip(records, answers[40:], strict=True):
+            assert isinstance(submitted, list)
+            stored = await load_job(backend, record.id)
+            assert stored is not None and stored.last_event_id == submitted[0].id
+        assert (await backend.queue.reclaim("probe", 0, 100)) == []  # queued, not yet read
+    finally:
+        await backend.close()
+
+
+async def test_auto_pipeline_reloads_a_flushed_script_running_nothing_twice(
+    redis_url: str,
+) -> None:
+    """`SCRIPT FLUSH` between batches: the refused publishes and submissions' events run once
+    after the reload, and nothing that ran runs again."""
+    import redis.asyncio as aioredis
+
+    from gateway.backends.redis_bus import RedisBus
+    from gateway.backends.redis_keys import JOB_STREAM
+    from gateway.backends.url import open_backend
+
+    backend = open_backend(make_settings(redis_url))
+    await backend.start()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert isinstance(backend.bus, RedisBus) and backend.bus._auto is not None
+        auto = backend.bus._auto
+        await backend.bus.publish("room:warm", "message", 0)  # the script is loaded
+        await client.script_flush()
+        before = auto.round_trips
+        answers = await asyncio.gather(
+            *(backend.bus.publish("room:f", "message", n) for n in range(5))
+        )
+        assert auto.round_trips - before == 2  # refused, then loaded and run
+        history = await backend.bus.history("room:f", None)
+        assert [e.id for e in history.events] == [a.id for a in answers if a is not None]
+        assert len(history.events) == 5
+        await client.script_flush()
+        records = [new_job("sleep", {"seconds": 0, "n": n}) for n in range(3)]
+        await asyncio.gather(
+            backend.bus.submit_jobs([submission(record, 1000) for record in records[:2]]),
+            backend.bus.submit_jobs([submission(records[2], 1000)]),
+        )
+        for record in records:
+            job_history = await backend.bus.history(f"job:{record.id}", None)
+            assert [e.type for e in job_history.events] == ["job.queued"]
+        assert await client.xlen(JOB_STREAM) == 3
+        assert await client.script_exists(PUBLISH_SHA) == [True]
+    finally:
+        await client.aclose()
+        await backend.close()
+
+
+async def test_auto_pipeline_answers_each_caller_its_own_error(redis_url: str) -> None:
+    """An error reply fails only the caller whose command it answers."""
+    from gateway.backends.redis_autopipeline import AutoPipeline
+    from gateway.backends.redis_bus import RedisBus
+    from gateway.backends.url import open_backend
+
+    backend = open_backend(make_settings(redis_url))
+    await backend.start()
+    try:
+        assert isinstance(backend.bus, RedisBus)
+        auto = backend.bus._auto
+        assert isinstance(auto, AutoPipeline)
+        await auto.execute([("SET", "plain", "x")])
+        good, bad = await asyncio.gather(
+            auto.execute([("INCR", "counter"), ("INCR", "counter")]),
+            auto.execute([("INCR", "plain")]),
+        )
+        assert good == [1, 2]
+        assert isinstance(bad[0], ResponseError)
+    finally:
+        await backend.close()
+
+
+async def test_auto_pipeline_survives_a_redis_restart(tmp_path: Path) -> None:
+    """Its connection, closed by a restarted Redis while idle, is reopened before the next
+    batch: no request fails for it; while Redis is down a request is BackendUnavailable."""
+    from gateway.backends.redis_bus import RedisBus
+    from gateway.backends.url import open_backend
+    from gateway.errors import BackendUnavailable
+
+    server = RedisServer(tmp_path)
+    server.start()
+    backend = open_backend(make_settings(server.url))
+    await backend.start()
+    try:
+        assert isinstance(backend.bus, RedisBus) and backend.bus._auto is not None
+        auto = backend.bus._auto
+        await backend.bus.publish("room:r", "message", 1)
+        reader = auto._connection._reader
+        server.restart()
+        await async_wait_until(
+            lambda: reader.at_eof() or reader.exception() is not None,
+            5,
+            "the closed (or reset) connection seen by the loop",
+        )
+        event = await backend.bus.publish("room:r", "message", 2)
+        assert event is not None
+        assert [e.id for e in (await backend.bus.history("room:r", None)).events] == [event.id]
+        server.kill()
+        with pytest.raises(BackendUnavailable):
+            await backend.bus.publish("room:r", "message", 3)
+    finally:
+        await backend.close()
+        server.stop()
