@@ -300,6 +300,7 @@ def enqueue_runs(a: argparse.Namespace, system: str) -> list[dict[str, Any]]:
                         api=api,
                         seconds=a.seconds,
                         batch=a.batch,
+                        connections=a.http_connections if api == "http" else None,
                         url=url,
                     ),
                     watch,
@@ -479,7 +480,13 @@ def publish_runs(a: argparse.Namespace, system: str) -> list[dict[str, Any]]:
 
     gw = TREES[system]
     with fresh_redis() as (redis, workdir):
-        ns = argparse.Namespace(gw_args=[], duration=a.seconds, clients=a.publishers, batch=a.batch)
+        ns = argparse.Namespace(
+            gw_args=[],
+            duration=a.seconds,
+            clients=a.publishers,
+            batch=a.batch,
+            connections=a.http_connections,
+        )
         rows = publish_throughput(ns, redis, workdir, source=gw.source, has=gw.has)
     for row in rows:
         row["system"] = system
@@ -813,6 +820,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rt-jobs", type=int, default=None, help="round trip: jobs")
     p.add_argument("--batch", type=int, default=100, help="jobs/events per batch call")
     p.add_argument("--publishers", type=int, default=1, help="publish: producer processes")
+    p.add_argument(
+        "--http-connections",
+        type=int,
+        default=1,
+        help="POST /jobs and POST /channels/{ch}/events: requests in flight per producer, each "
+        "on its own keep-alive connection (default 1: one request at a time)",
+    )
     p.add_argument(
         "--concurrency",
         type=int,

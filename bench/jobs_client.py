@@ -54,6 +54,19 @@ def gateway_sender(args: Any, api: str) -> tuple[Callable[[], int], Callable[[],
     if api in ("http", "http-batch"):
         from rawhttp import RawHTTP  # bench/, this script's folder
 
+        if api == "http" and args.connections > 1:
+            from rawhttp import RawHTTPWave
+
+            wave = RawHTTPWave(args.url, args.connections)
+            body = orjson.dumps(job)
+
+            def send_wave() -> int:
+                for status, answer in wave.post("/jobs", body):
+                    if status != 202:
+                        raise RuntimeError(f"POST /jobs: {status} {answer[:200]!r}")
+                return args.connections
+
+            return send_wave, wave.close
         client = RawHTTP(args.url)
         if api == "http":
             body = orjson.dumps(job)
@@ -377,6 +390,9 @@ def main() -> None:
     p.add_argument("--count", type=int, default=10_000)
     p.add_argument("--jobs", type=int, default=200)
     p.add_argument("--batch", type=int, default=100)
+    p.add_argument(
+        "--connections", type=int, default=1, help="http: requests in flight on as many connections"
+    )
     p.add_argument("--job-type", default="noop")
     p.add_argument("--redis-url", required=True)
     p.add_argument("--url", default="http://127.0.0.1:8000")

@@ -77,6 +77,19 @@ def make_sender(args: Any) -> Callable[[int], int | None]:
         import orjson
         from rawhttp import RawHTTP  # bench/, this script's folder
 
+        if args.target == "http" and args.connections > 1:
+            from rawhttp import RawHTTPWave
+
+            wave = RawHTTPWave(args.url, args.connections)
+
+            def send_wave(seq: int) -> int:
+                body = orjson.dumps({"type": "notification", "data": make_data(seq, args.size)})
+                for status, answer in wave.post(f"/channels/{channels[seq % k]}/events", body):
+                    if status != 202:
+                        raise RuntimeError(f"publish failed: {status} {answer[:200]!r}")
+                return int(args.connections)
+
+            return send_wave
         client = RawHTTP(args.url)
 
         def send_http(seq: int) -> None:
@@ -132,6 +145,9 @@ def main() -> None:
         required=True,
     )
     p.add_argument("--batch", type=int, default=100, help="http-batch, python-many: per call")
+    p.add_argument(
+        "--connections", type=int, default=1, help="http: requests in flight on as many connections"
+    )
     p.add_argument("--channel", default="ch")
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--rate", type=float, default=0)

@@ -1,4 +1,5 @@
-"""A minimal HTTP/1.1 keep-alive client over one socket, one request at a time.
+"""A minimal HTTP/1.1 keep-alive client over one socket, one request at a time; `RawHTTPWave`
+keeps several such connections with one request in flight on each.
 
 The benchmark's load generator for `POST /jobs` and `POST /channels/{ch}/events`: a general
 client (httpx) spends more CPU per request than the gateway does, so one producer process could
@@ -60,6 +61,11 @@ class RawHTTP:
         return sock
 
     def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        self.send(path, body)
+        return self.receive()
+
+    def send(self, path: str, body: bytes) -> None:
+        """Write one request; its answer is read by `receive`."""
         sock = self._sock or self._connect()
         request = (
             b"POST "
@@ -72,6 +78,12 @@ class RawHTTP:
             + body
         )
         sock.sendall(request)
+
+    def receive(self) -> tuple[int, bytes]:
+        """(status, body) of the request `send` wrote."""
+        sock = self._sock
+        if sock is None:
+            raise RawHTTPError("no request in flight")
         while b"\r\n\r\n" not in self._buf:
             self._recv(sock)
         head, _, rest = self._buf.partition(b"\r\n\r\n")
@@ -97,3 +109,23 @@ class RawHTTP:
         if self._sock is not None:
             self._sock.close()
         self._sock, self._buf = None, b""
+
+
+class RawHTTPWave:
+    """`post(path, body) -> [(status, body)]`: the same request on each of `connections`
+    keep-alive connections, all written before any answer is read, so the server has that many
+    requests in flight at once (as many concurrent clients would) for the CPU of one process."""
+
+    def __init__(
+        self, base_url: str, connections: int, headers: dict[str, str] | None = None
+    ) -> None:
+        self._clients = [RawHTTP(base_url, headers) for _ in range(connections)]
+
+    def post(self, path: str, body: bytes) -> list[tuple[int, bytes]]:
+        for client in self._clients:
+            client.send(path, body)
+        return [client.receive() for client in self._clients]
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()

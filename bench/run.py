@@ -865,6 +865,8 @@ def publish_throughput(
                         str(a.duration),
                         "--batch",
                         str(batch),
+                        "--connections",
+                        str(getattr(a, "connections", 1)),
                         "--redis-url",
                         redis.url,
                         "--url",
