@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import hiredis
 from redis.client import NEVER_DECODE
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -47,8 +48,16 @@ from gateway.vocabulary import EventType
 
 
 def pack_commands(commands: Sequence[Sequence[Any]]) -> bytes:
-    """Commands in Redis's wire format (RESP), all in one buffer: the job flow's pipelines
-    send thousands of arguments a second, and redis-py encodes them one call at a time."""
+    """Commands in Redis's wire format (RESP), all in one buffer, packed by hiredis (C): the
+    job flow's pipelines send thousands of arguments a second, and redis-py encodes them in
+    Python, one call at a time."""
+    try:
+        return b"".join([hiredis.pack_command(tuple(command)) for command in commands])
+    except TypeError:  # an argument hiredis does not take (bytearray, memoryview...)
+        return _pack_in_python(commands)
+
+
+def _pack_in_python(commands: Sequence[Sequence[Any]]) -> bytes:
     out: list[bytes] = []
     for command in commands:
         parts = [
