@@ -303,12 +303,16 @@ class RedisJobQueue(JobQueue):
                 raise BackendUnavailable(f"claim: {exc}") from exc
             next_due = replies[len(commands) - (1 if block <= 0 else 0) - 1]
             reply = replies[-1] if block <= 0 else None
-            for answer in (*replies[: len(acks) and 2], reply):
-                if isinstance(answer, ResponseError):
-                    self._groups_ready.discard(partition)
-                    if "NOGROUP" in str(answer):
-                        return []  # the stream is gone, and its entries with it
-                    raise BackendUnavailable(f"claim: {answer}")
+            # Each reply on its own: what one command failed to do must not undo the others'
+            # (entries read are this consumer's now, acks sent are done).
+            failed = [a for a in replies[: len(acks) and 2] if isinstance(a, Exception)]
+            if failed and not any("NOGROUP" in str(a) for a in failed):
+                self._acks.setdefault(partition, []).extend(acks)  # sent again next time
+            if isinstance(reply, Exception):
+                self._groups_ready.discard(partition)
+                if "NOGROUP" in str(reply):
+                    return []  # the stream is gone, and its entries with it
+                raise BackendUnavailable(f"claim: {reply}")
             if isinstance(next_due, NoScriptError) or (
                 isinstance(next_due, ResponseError) and str(next_due).startswith("NOSCRIPT")
             ):
@@ -316,7 +320,9 @@ class RedisJobQueue(JobQueue):
                 await self._connection.call("load script", self._redis.script_load(promote.script))
                 next_due = -1
             elif isinstance(next_due, Exception):
-                raise BackendUnavailable(f"claim: {next_due}")
+                if not reply:
+                    raise BackendUnavailable(f"claim: {next_due}")
+                next_due = -1  # the entries read are kept; the next claim promotes again
             wait = deadline - time.monotonic()
             if next_due >= 0:
                 wait = min(wait, next_due / 1000 + 0.001)
