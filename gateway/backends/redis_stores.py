@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import hiredis
 from redis.client import NEVER_DECODE
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -35,6 +36,7 @@ from gateway.backends.stores import (
     JobStart,
     JobStep,
     JobStore,
+    ReadStarted,
     Started,
     WebhookSchedule,
 )
@@ -46,8 +48,16 @@ from gateway.vocabulary import EventType
 
 
 def pack_commands(commands: Sequence[Sequence[Any]]) -> bytes:
-    """Commands in Redis's wire format (RESP), all in one buffer: the job flow's pipelines
-    send thousands of arguments a second, and redis-py encodes them one call at a time."""
+    """Commands in Redis's wire format (RESP), all in one buffer, packed by hiredis (C): the
+    job flow's pipelines send thousands of arguments a second, and redis-py encodes them in
+    Python, one call at a time."""
+    try:
+        return b"".join([hiredis.pack_command(tuple(command)) for command in commands])
+    except TypeError:  # an argument hiredis does not take (bytearray, memoryview...)
+        return _pack_in_python(commands)
+
+
+def _pack_in_python(commands: Sequence[Sequence[Any]]) -> bytes:
     out: list[bytes] = []
     for command in commands:
         parts = [
@@ -102,6 +112,26 @@ async def send_pipeline(redis: Any, commands: Sequence[Sequence[Any]]) -> list[A
         raise
     finally:
         await pool.release(connection)
+
+
+def _entries(reply: Any) -> list[tuple[str, str]]:
+    """(entry id, job id) of each entry of an XREADGROUP reply: raw (RESP2 lists, or a RESP3
+    map) or as redis-py's parser gives it (a map of fields per entry)."""
+    if not reply:
+        return []
+    streams = reply.values() if isinstance(reply, dict) else [item[1] for item in reply]
+    taken: list[tuple[str, str]] = []
+    for entries in streams:
+        for entry_id, fields in entries:
+            if not isinstance(fields, dict):
+                items = iter(fields)
+                fields = dict(zip(items, items, strict=True))
+            taken.append((_text(entry_id), _text(fields[b"job"])))
+    return taken
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class RedisJobStore(JobStore):
@@ -222,6 +252,8 @@ class RedisJobQueue(JobQueue):
         self._groups_ready: set[int] = set()
         self._next_due: dict[int, float] = {}
         """Per partition, when (monotonic) its next delayed job falls due, as PROMOTE said."""
+        self._acks: dict[int, list[str]] = {}
+        """Per partition, the tokens `ack_soon` keeps for its next claim."""
 
     async def _ensure_group(self, partition: int) -> None:
         if partition in self._groups_ready:
@@ -245,40 +277,73 @@ class RedisJobQueue(JobQueue):
     async def claim_many(
         self, consumer: str, partition: int, count: int, block: float
     ) -> list[Delivery]:
-        """Promote the partition's due delayed jobs, then read its new entries; PROMOTE's
-        answer (when the next delayed job is due) bounds how long the read blocks."""
+        """Send the partition's waiting acks (`ack_soon`), promote its due delayed jobs and
+        read its new entries: one pipeline when not blocking (a worker's reads); PROMOTE's
+        answer (when the next delayed job is due) bounds how long a blocking read waits."""
         stream, delayed = self._keys[partition]
         deadline = time.monotonic() + block
         while True:
+            acks = self._acks.pop(partition, [])
             try:
                 await self._ensure_group(partition)
+                commands: list[tuple[Any, ...]] = []
+                if acks:
+                    commands.append(("XACK", stream, WORKER_GROUP, *acks))
+                    commands.append(("XDEL", stream, *acks))
+                promote = self._connection.promote
                 now_ms = int(time.time() * 1000)
-                next_due = await self._connection.promote(
-                    keys=[delayed, stream], args=[now_ms, 100]
-                )
-                wait = deadline - time.monotonic()
-                if next_due >= 0:
-                    wait = min(wait, next_due / 1000 + 0.001)
-                    self._next_due[partition] = time.monotonic() + next_due / 1000
-                else:
-                    self._next_due.pop(partition, None)
-                block_ms = int(wait * 1000) if wait > 0 else None
-                reply: Any = await self._redis.xreadgroup(
-                    WORKER_GROUP, consumer, {stream: ">"}, count=count, block=block_ms or None
-                )
-            except ResponseError as exc:
-                self._groups_ready.discard(partition)
-                if "NOGROUP" in str(exc):
-                    return []
-                raise BackendUnavailable(f"claim: {exc}") from exc
+                commands.append(("EVALSHA", promote.sha, 2, delayed, stream, now_ms, 100))
+                if block <= 0:
+                    read = ("XREADGROUP", "GROUP", WORKER_GROUP, consumer, "COUNT", count)
+                    commands.append((*read, "STREAMS", stream, ">"))
+                replies = await send_pipeline(self._redis, commands)
             except (RedisError, OSError) as exc:
+                self._acks.setdefault(partition, []).extend(acks)  # sent again next time
                 self._groups_ready.discard(partition)
                 raise BackendUnavailable(f"claim: {exc}") from exc
-            taken = [
-                Delivery(fields[b"job"].decode(), entry_id.decode(), partition)
-                for _stream, entries in reply or []
-                for entry_id, fields in entries
-            ]
+            next_due = replies[len(commands) - (1 if block <= 0 else 0) - 1]
+            reply = replies[-1] if block <= 0 else None
+            # Each reply on its own: what one command failed to do must not undo the others'
+            # (entries read are this consumer's now, acks sent are done).
+            failed = [a for a in replies[: len(acks) and 2] if isinstance(a, Exception)]
+            if failed and not any("NOGROUP" in str(a) for a in failed):
+                self._acks.setdefault(partition, []).extend(acks)  # sent again next time
+            if isinstance(reply, Exception):
+                self._groups_ready.discard(partition)
+                if "NOGROUP" in str(reply):
+                    return []  # the stream is gone, and its entries with it
+                raise BackendUnavailable(f"claim: {reply}")
+            if isinstance(next_due, NoScriptError) or (
+                isinstance(next_due, ResponseError) and str(next_due).startswith("NOSCRIPT")
+            ):
+                # The read went on without it: the next claim promotes.
+                await self._connection.call("load script", self._redis.script_load(promote.script))
+                next_due = -1
+            elif isinstance(next_due, Exception):
+                if not reply:
+                    raise BackendUnavailable(f"claim: {next_due}")
+                next_due = -1  # the entries read are kept; the next claim promotes again
+            wait = deadline - time.monotonic()
+            if next_due >= 0:
+                wait = min(wait, next_due / 1000 + 0.001)
+                self._next_due[partition] = time.monotonic() + next_due / 1000
+            else:
+                self._next_due.pop(partition, None)
+            if block > 0:
+                try:
+                    block_ms = int(wait * 1000) if wait > 0 else None
+                    reply = await self._redis.xreadgroup(
+                        WORKER_GROUP, consumer, {stream: ">"}, count=count, block=block_ms
+                    )
+                except ResponseError as exc:
+                    self._groups_ready.discard(partition)
+                    if "NOGROUP" in str(exc):
+                        return []
+                    raise BackendUnavailable(f"claim: {exc}") from exc
+                except (RedisError, OSError) as exc:
+                    self._groups_ready.discard(partition)
+                    raise BackendUnavailable(f"claim: {exc}") from exc
+            taken = [Delivery(job_id, entry_id, partition) for entry_id, job_id in _entries(reply)]
             if taken or time.monotonic() >= deadline:
                 return taken
 
@@ -355,6 +420,21 @@ class RedisJobQueue(JobQueue):
             if isinstance(reply, Exception):
                 raise BackendUnavailable(f"ack: {reply}")
 
+    async def ack_soon(self, deliveries: Sequence[Delivery]) -> None:
+        """Kept for the partition's next `claim_many`, which sends them in front of its read:
+        the worker's batches then cost no round trip of their own to ack."""
+        for delivery in deliveries:
+            self._acks.setdefault(delivery.partition, []).append(delivery.token)
+
+    async def flush_acks(self) -> None:
+        waiting = [
+            Delivery("", token, partition)
+            for partition, tokens in self._acks.items()
+            for token in tokens
+        ]
+        self._acks.clear()
+        await self.ack_many(waiting)
+
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
         # MULTI/EXEC on the delivery's partition: its stream and delayed set share one slot.
         stream, delayed = self._keys[delivery.partition]
@@ -368,9 +448,13 @@ class RedisJobQueue(JobQueue):
         await self._connection.call("requeue", pipe.execute())
 
 
+_ATTEMPT_END = b'"attempt":0}}'
+"""How `job.started`'s tail ends when built for attempt 0 (the number is the script's)."""
+
+
 class RedisJobFlow(JobFlow):
     """Batches of job transitions as pipelines of scripts, each on one job's slot: start_job.lua
-    (attempt count + `job.started`) and publish.lua (any other state change)."""
+    (record read + attempt count + `job.started`) and publish.lua (any other state change)."""
 
     def __init__(self, settings: Settings, connection: RedisConnection) -> None:
         self._settings = settings
@@ -436,28 +520,53 @@ class RedisJobFlow(JobFlow):
             args[3] = min(int(args[3]), step.expire)
         return keys, args
 
+    def _start_call(
+        self, job_id: str, limits: Sequence[Any], fields: Mapping[str, str], expected: int
+    ) -> tuple[list[str], list[Any]]:
+        """start_job.lua's KEYS and ARGV: `job.started`'s tail goes without its attempt
+        number, which the script appends (the count it finds, or `expected`)."""
+        step = JobStep(job_id, EventType.STARTED, {}, fields)
+        keys, args = self._call(step, {"job_id": job_id, "attempt": 0})
+        tail: bytes = args[1]
+        if not tail.endswith(_ATTEMPT_END):
+            raise AssertionError("job.started's data must end with its attempt number")
+        args[1] = tail[: -len(b"0}}")]
+        return keys, [expected, len(limits) // 2, *limits, *args]
+
+    def _started(self, reply: list[Any]) -> Started:
+        code, number = int(reply[0]), int(reply[1])
+        if code == 2:
+            return Started(None, conflict=True)
+        if code == 0:
+            return Started(Attempt(number, granted=False))
+        return Started(Attempt(number, granted=True), self._event_id(reply[2]))
+
     async def start_many(self, starts: Sequence[JobStart]) -> list[Started]:
-        calls = []
-        for start in starts:
-            step = JobStep(start.job_id, EventType.STARTED, {}, start.fields)
-            keys, args = self._call(
-                step, {"job_id": start.job_id, "attempt": start.expected_attempt}
+        calls = [
+            self._start_call(
+                start.job_id, ("", start.max_attempts), start.fields, start.expected_attempt
             )
-            calls.append((keys, [start.max_attempts, start.expected_attempt, *args]))
+            for start in starts
+        ]
         replies = await self._scripts(self._connection.start_job, calls)
-        results: list[Started] = []
+        return [self._started(reply) if reply else Started(None) for reply in replies]
+
+    async def read_and_start_many(
+        self, job_ids: Sequence[str], limits: Mapping[str, int], fields: Mapping[str, str]
+    ) -> list[ReadStarted]:
+        """start_job.lua reads the record (HGETALL) in the step that starts the job."""
+        pairs = [item for pair in limits.items() for item in pair]
+        calls = [self._start_call(job_id, pairs, fields, 0) for job_id in job_ids]
+        replies = await self._scripts(self._connection.start_job, calls)
+        results: list[ReadStarted] = []
         for reply in replies:
             if not reply:
-                results.append(Started(None))
+                results.append(ReadStarted(None, Started(None)))
                 continue
-            code, number = int(reply[0]), int(reply[1])
-            if code == 2:
-                results.append(Started(None, conflict=True))
-            elif code == 0:
-                results.append(Started(Attempt(number, granted=False)))
-            else:
-                event_id = self._event_id(reply[2])
-                results.append(Started(Attempt(number, granted=True), event_id))
+            items = iter(reply[3])
+            record = {k.decode(): v.decode() for k, v in zip(items, items, strict=True)}
+            started = None if int(reply[0]) == 3 else self._started(reply)
+            results.append(ReadStarted(record, started))
         return results
 
     async def finish_many(self, steps: Sequence[JobStep]) -> list[str | None]:

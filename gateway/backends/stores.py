@@ -64,6 +64,20 @@ class Started:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadStarted:
+    """What reading a job's record and starting it in one step came to
+    (`JobFlow.read_and_start_many`)."""
+
+    record: dict[str, str] | None
+    """The job's fields as they were before the start; None: the job is missing or has ended
+    (nothing may run)."""
+    started: Started | None
+    """How the start went (as `start_many`'s); None when the job was read and not started
+    (its type is not in `limits`, or it has a webhook): the caller starts it one step at a
+    time."""
+
+
+@dataclass(frozen=True, slots=True)
 class JobStep:
     """One job state change for a batch: its event's data and the record fields it sets."""
 
@@ -200,6 +214,18 @@ class JobQueue(abc.ABC):
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """`ack` every delivery given (one round trip where the backend can)."""
 
+    async def ack_soon(self, deliveries: Sequence[Delivery]) -> None:
+        """`ack_many`, or, where the backend can, in front of each partition's next
+        `claim_many` (the same round trip; `flush_acks` sends what is still waiting). Only for
+        deliveries whose outcome is already stored: an ack that waits leaves the delivery
+        pending a little longer, and a re-claim of it finds the job ended."""
+        await self.ack_many(deliveries)
+
+    async def flush_acks(self) -> None:
+        """Send every ack `ack_soon` still holds (a worker stopping); `ack_soon` itself
+        holds none here."""
+        return None
+
     @abc.abstractmethod
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
         """Finish the delivery and queue its job again (now or after `delay`), in one step.
@@ -220,6 +246,16 @@ class JobFlow(abc.ABC):
         """For each job: count the attempt against its limit (`JobStore.begin_attempt`) and,
         when granted, publish `job.started` with `{"attempt": n}` and set `fields`, in one
         atomic step per job."""
+
+    @abc.abstractmethod
+    async def read_and_start_many(
+        self, job_ids: Sequence[str], limits: Mapping[str, int], fields: Mapping[str, str]
+    ) -> list[ReadStarted]:
+        """For each job: read its record and, when its type has a limit in `limits` (max
+        attempts by job type) and it has no webhook, start it as `start_many` does with the
+        count it finds, setting `fields`. A worker's batch needs no read of its own (one round
+        trip less); where the backend can, read and start are one atomic step, so nothing
+        changes the count between them (no `conflict`)."""
 
     @abc.abstractmethod
     async def finish_many(self, steps: Sequence[JobStep]) -> list[str | None]:

@@ -16,7 +16,7 @@ import orjson
 
 from gateway.backends.bundle import Backend
 from gateway.backends.bus import JobUpdate, NewJob, Publication
-from gateway.backends.stores import JobFlow, JobStart, JobStep, Started
+from gateway.backends.stores import JobFlow, JobStart, JobStep, ReadStarted, Started
 from gateway.events import Event, iso_time, now_ms
 from gateway.vocabulary import JOB_TERMINAL_STATUSES, EventType, JobStatus
 from gateway.webhooks.schedule import (
@@ -333,6 +333,34 @@ class BusJobFlow(JobFlow):
                 job=JobUpdate(start.job_id, start.fields),
             )
             results.append(Started(attempt, None if event is None else event.id))
+        return results
+
+    async def read_and_start_many(
+        self, job_ids: Sequence[str], limits: Mapping[str, int], fields: Mapping[str, str]
+    ) -> list[ReadStarted]:
+        """`get_many`, then `start_many` of the jobs that may start, with the counts read."""
+        found = await self.backend.jobs.get_many(job_ids)
+        starts: list[JobStart] = []
+        for fields_read in found:
+            if fields_read is None or "id" not in fields_read:
+                continue
+            record = JobRecord.from_fields(fields_read)
+            limit = limits.get(record.type)
+            if not record.terminal and limit is not None and not record.callback_url:
+                starts.append(JobStart(record.id, record.attempts + 1, limit, fields))
+        started = iter(await self.start_many(starts))
+        results: list[ReadStarted] = []
+        for fields_read in found:
+            if fields_read is None or "id" not in fields_read:
+                results.append(ReadStarted(None, Started(None)))
+                continue
+            record = JobRecord.from_fields(fields_read)
+            if record.terminal:
+                results.append(ReadStarted(None, Started(None)))
+            elif record.type not in limits or record.callback_url:
+                results.append(ReadStarted(fields_read, None))
+            else:
+                results.append(ReadStarted(fields_read, next(started)))
         return results
 
     async def finish_many(self, steps: Sequence[JobStep]) -> list[str | None]:

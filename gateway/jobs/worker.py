@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any
 
 from gateway.backends.bundle import Backend
-from gateway.backends.stores import Delivery, JobFlow, JobStart, JobStep
+from gateway.backends.stores import Delivery, JobFlow, JobStep
 from gateway.errors import BackendUnavailable, HandlerError
 from gateway.events import Event, iso_time
 from gateway.jobs.model import (
@@ -56,11 +56,13 @@ class Worker:
     """Runs jobs from every queue partition with `settings.concurrency` slots.
 
     One reader per partition takes as many jobs as there are free slots (never more: a job
-    taken is a slot held) and hands them over as a batch: their records are read, their
-    attempts counted and `job.started` published, one pipeline for the batch
-    (`JobFlow.start_many`). A handler that finishes without waiting (`noop`) is completed with
-    the rest of its batch (`finish_many`, then one ack); one that awaits gets a task of its
-    own with its timeout and cancel handling, as do retries and failures.
+    taken is a slot held) and hands them over as a batch: each job's record is read, its
+    attempt counted and `job.started` published in one step, one pipeline for the batch
+    (`JobFlow.read_and_start_many`). A handler that finishes without waiting (`noop`) is
+    completed with the rest of its batch (`finish_many`); once that is confirmed the batch's
+    acks go in front of the partition's next read (`JobQueue.ack_soon`): three round trips a
+    batch. One that awaits gets a task of its own with its timeout and cancel handling, as do
+    retries and failures.
     """
 
     def __init__(
@@ -130,6 +132,11 @@ class Worker:
             await asyncio.gather(
                 *readers, reclaimer, heartbeat, watcher, webhooks, return_exceptions=True
             )
+            # The last batches' acks waited for reads that will not come.
+            try:
+                await self.backend.queue.flush_acks()
+            except BackendUnavailable as exc:
+                log.warning("cannot ack finished jobs (%s); they will be re-claimed", exc)
 
     # Slots -------------------------------------------------------------------------------
 
@@ -333,31 +340,26 @@ class Worker:
     async def _batch(self, deliveries: list[Delivery], alone: set[Delivery]) -> None:
         done: list[Delivery] = []
         """Deliveries to ack at the end of the batch."""
-        found = await self.backend.jobs.get_many([d.job_id for d in deliveries])
-        starts: list[tuple[Delivery, JobRecord, HandlerSpec, JobStart]] = []
         started_fields = job_changes(EventType.STARTED, {"progress": "0.0"})
-        for delivery, fields in zip(deliveries, found, strict=True):
+        opened = await self.flow.read_and_start_many(
+            [d.job_id for d in deliveries], self._limits(), started_fields
+        )
+        steps: list[JobStep] = []
+        finishing: list[tuple[Delivery, JobRecord, HandlerSpec, int, int]] = []
+        for delivery, read in zip(deliveries, opened, strict=True):
+            fields, started = read.record, read.started
             if fields is None or "id" not in fields:
-                done.append(delivery)
+                done.append(delivery)  # missing or ended: nothing may run
                 continue
             record = JobRecord.from_fields(fields)
-            spec = self.registry.get(record.type)
-            if record.terminal:
-                done.append(delivery)
-            elif spec is None or record.callback_url:
+            if started is None:
                 # Rare: no handler (failed) or a webhook to schedule: one at a time.
                 alone.add(delivery)
                 self._run_alone(delivery, self._run_job(delivery, record))
-            else:
-                max_attempts = self._max_attempts(spec)
-                start = JobStart(record.id, record.attempts + 1, max_attempts, started_fields)
-                starts.append((delivery, record, spec, start))
-        results = await self.flow.start_many([start for *_, start in starts]) if starts else []
-        steps: list[JobStep] = []
-        finishing: list[tuple[Delivery, JobRecord, HandlerSpec, int, int]] = []
-        for (delivery, record, spec, start), started in zip(starts, results, strict=True):
+                continue
             attempt = started.attempt
-            if started.conflict:
+            spec = self.registry.get(record.type)
+            if started.conflict or spec is None:
                 alone.add(delivery)
                 self._run_alone(delivery, self._run_job(delivery, record))
             elif attempt is None or (attempt.granted and started.event_id is None):
@@ -367,12 +369,13 @@ class Worker:
                 self._run_alone(delivery, self._refuse(delivery, record, attempt.number))
             else:
                 self._count(record.type, JobStatus.RUNNING)
-                step = self._run_now(delivery, record, spec, attempt.number, start.max_attempts)
+                most = self._max_attempts(spec)
+                step = self._run_now(delivery, record, spec, attempt.number, most)
                 if step is None:
                     alone.add(delivery)
                 else:
                     steps.append(step)
-                    finishing.append((delivery, record, spec, attempt.number, start.max_attempts))
+                    finishing.append((delivery, record, spec, attempt.number, most))
         if steps:
             try:
                 await self.flow.finish_many(steps)
@@ -391,7 +394,8 @@ class Worker:
                 for delivery, record, *_ in finishing:
                     self._count(record.type, JobStatus.COMPLETED)
                     done.append(delivery)
-        await self.backend.queue.ack_many(done)
+        # Every completion is confirmed: the acks may go with the partitions' next reads.
+        await self.backend.queue.ack_soon(done)
 
     def _run_now(
         self,
@@ -635,6 +639,10 @@ class Worker:
                     raise
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
+
+    def _limits(self) -> dict[str, int]:
+        """Max attempts by job type, for every type this worker has a handler for."""
+        return {spec.name: self._max_attempts(spec) for spec in self.registry.specs()}
 
     def _max_attempts(self, spec: HandlerSpec | None) -> int:
         if spec is not None and spec.retry.max_attempts is not None:

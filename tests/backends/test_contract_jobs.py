@@ -191,3 +191,53 @@ async def test_job_flow_loads_its_scripts_again_after_a_script_flush(backend: Ba
     for record in records:
         history = await backend.bus.history(job_channel(record.id), None)
         assert [e.type for e in history.events] == ["job.queued", "job.started", "job.completed"]
+
+
+async def test_job_flow_reads_and_starts_jobs_in_one_step(backend: Backend) -> None:
+    """A worker's batch: each record read and, for a type given a limit and no webhook, its
+    attempt counted and `job.started` published with the count found (the same event as
+    `start_many`'s); the others read only; ended or missing jobs neither."""
+    fresh = await create_job(backend, "sleep", {"n": 1})
+    again = await create_job(backend, "sleep", {})
+    assert await backend.jobs.begin_attempt(again.id, 3) == Attempt(1, granted=True)
+    spent = await create_job(backend, "fail", {})
+    assert await backend.jobs.begin_attempt(spent.id, 1) == Attempt(1, granted=True)
+    other = await create_job(backend, "noop", {})
+    hooked = await create_job(backend, "sleep", {}, callback_url="https://example.com/hook")
+    ended = await create_job(backend, "sleep", {})
+    await transition(backend, ended.id, "job.cancelled", {})
+    fields = job_changes("job.started", {"progress": "0.0"})
+    ids = [fresh.id, again.id, spent.id, other.id, hooked.id, ended.id, "no-such-job"]
+    read = await job_flow(backend).read_and_start_many(ids, {"sleep": 3, "fail": 1}, fields)
+    assert [r.started.attempt if r.started else "read" for r in read] == [
+        Attempt(1, granted=True),
+        Attempt(2, granted=True),
+        Attempt(1, granted=False),
+        "read",
+        "read",
+        None,
+        None,
+    ]
+    assert [r.record is None for r in read] == [False] * 5 + [True] * 2
+    assert read[0].record is not None
+    before = (read[0].record["status"], read[0].record["attempts"], read[0].record["data"])
+    assert before == ("queued", "0", '{"n":1}'), "the record as it was before the start"
+    for record, result, attempt in [(fresh, read[0], 1), (again, read[1], 2)]:
+        assert result.started is not None
+        stored = await load_job(backend, record.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts, stored.last_event_id) == (
+            "running",
+            attempt,
+            result.started.event_id,
+        )
+        history = await backend.bus.history(job_channel(record.id), None)
+        last = history.events[-1]
+        assert (last.type, last.id, last.to_dict()["data"]) == (
+            "job.started",
+            result.started.event_id,
+            {"job_id": record.id, "attempt": attempt},
+        )
+    for untouched in (spent, other, hooked):
+        history = await backend.bus.history(job_channel(untouched.id), None)
+        assert [e.type for e in history.events] == ["job.queued"]

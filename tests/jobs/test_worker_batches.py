@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
+from redis import Redis as SyncRedis
 
 from gateway.backends.bundle import Backend
 from gateway.backends.redis_keys import queue_partition
@@ -216,4 +218,112 @@ async def test_a_worker_on_many_partitions_keeps_connections_for_its_jobs(
         # commands by whole seconds.
         assert time.monotonic() - began < 3
     finally:
+        await backend.close()
+
+
+async def _monitor(redis_url: str, seen: list[dict[str, Any]], ready: asyncio.Event) -> None:
+    """Every command the server runs, as MONITOR shows them, until cancelled."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        async with client.monitor() as monitor:
+            ready.set()
+            while True:
+                seen.append(await monitor.next_command())
+    finally:
+        await client.aclose()
+
+
+async def test_a_batch_reads_its_records_in_the_start_and_acks_with_the_next_read(
+    redis_url: str,
+) -> None:
+    """Three round trips a batch on Redis: the queue read (the last batch's acks in front of
+    it, one pipeline), start_job.lua, which reads the record it starts (no HGETALL of the
+    worker's own), and the completions. An ack never travels behind a script in one pipeline:
+    a script that met NOSCRIPT would have been skipped while the ack behind it still ran."""
+    one = settings(redis_url, queue_partitions=1, concurrency=50)
+    backend = open_backend(one)
+    await backend.start()
+    registry = HandlerRegistry()
+    ran: list[str] = []
+
+    @handler("quick", registry=registry)
+    async def quick(ctx: JobContext) -> None:
+        ran.append(ctx.job_id)
+
+    seen: list[dict[str, Any]] = []
+    ready = asyncio.Event()
+    monitor = asyncio.create_task(_monitor(redis_url, seen, ready))
+    try:
+        job_ids = [(await create_job(backend, "quick", {})).id for _ in range(20)]
+        await asyncio.wait_for(ready.wait(), 10)
+        worker = Worker(backend, registry, one, name="trips")
+        task = asyncio.create_task(worker.run(grace=5))
+        try:
+            # The test's own reads would show in the log: wait on the worker's state instead.
+            async def finished() -> bool:
+                return sorted(ran) == sorted(job_ids) and not worker._held
+
+            await wait_for(finished, 20, "every job to end")
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, timeout=15)
+            monitor.cancel()
+            await asyncio.gather(monitor, return_exceptions=True)
+        assert await all_ended(backend, job_ids)
+        assert await backend.queue.reclaim("after", min_idle=0) == [], "every delivery acked"
+    finally:
+        monitor.cancel()
+        await backend.close()
+    sent = [
+        (c["client_address"], c["client_port"], c["command"].split(" ")[0].upper())
+        for c in seen
+        if c.get("client_type") != "lua"
+    ]
+    assert not [name for *_, name in sent if name == "HGETALL"], "records read in the start"
+    by_connection: dict[tuple[str, str], list[str]] = {}
+    for address, port, name in sent:
+        by_connection.setdefault((address, port), []).append(name)
+    acks = 0
+    for names in by_connection.values():
+        for at, name in enumerate(names):
+            if name == "XACK":
+                acks += 1
+                assert names[at - 1 : at] != ["EVALSHA"], "no ack behind a script"
+                following = names[at + 1 : at + 4]
+                # In front of a read, or the last acks sent when the worker stopped.
+                assert following in (["XDEL", "EVALSHA", "XREADGROUP"], ["XDEL"]), following
+    assert acks >= 1
+
+
+async def test_completions_whose_script_the_server_lost_are_published_before_the_ack(
+    redis_url: str,
+) -> None:
+    """Scripts flushed while a batch runs (Redis restarted, `SCRIPT FLUSH`): the completions
+    meet NOSCRIPT, are sent again with the script loaded, and only then acked; every job
+    ends completed with each event once and nothing is left pending."""
+    one = settings(redis_url, queue_partitions=1, concurrency=10)
+    backend = open_backend(one)
+    await backend.start()
+    registry = HandlerRegistry()
+    flusher = SyncRedis.from_url(redis_url)
+
+    @handler("flushing", registry=registry)
+    async def flushing(ctx: JobContext) -> None:
+        flusher.script_flush()  # blocking, no await: the handler finishes in its batch
+
+    try:
+        job_ids = [(await create_job(backend, "flushing", {})).id for _ in range(10)]
+        worker = Worker(backend, registry, one, name="noscript")
+        await run_until(worker, lambda: all_ended(backend, job_ids), "every job to end")
+        for job_id in job_ids:
+            record = await load_job(backend, job_id)
+            assert record is not None and (record.status, record.attempts) == ("completed", 1)
+            assert await event_types(backend, job_id) == [
+                "job.queued",
+                "job.started",
+                "job.completed",
+            ]
+        assert await backend.queue.reclaim("after", min_idle=0) == [], "every delivery acked"
+    finally:
+        flusher.close()
         await backend.close()
