@@ -79,6 +79,8 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{random.getrandbits(24):06x}"
         self.flow: JobFlow = backend.flow or BusJobFlow(backend)
         self._stopping = asyncio.Event()
+        self._loops_ended = False
+        """Set once no job is held: the heartbeat and cancel-watch loops end by themselves."""
         self._held: dict[Delivery, None] = {}
         """Deliveries this worker holds, each in a slot: being started, running or finishing."""
         self._reserved = 0
@@ -125,6 +127,7 @@ class Worker:
             for task in busy:
                 task.cancel()
             await asyncio.gather(*busy, return_exceptions=True)
+            self._loops_ended = True
             heartbeat.cancel()
             watcher.cancel()
             for task in readers:
@@ -256,8 +259,13 @@ class Worker:
         heartbeat) and must not run twice at once.
         """
         interval = max(self.settings.visibility_timeout / 2, 0.05)
-        while True:
+        # Ends on `stop()` by itself as well as by cancellation: a cancellation that meets a
+        # client library's own timeout can be swallowed (asyncio.timeout on Python 3.11), and
+        # the shutdown would then wait for this loop forever.
+        while not self._stopping.is_set():
             await asyncio.sleep(interval)
+            if self._stopping.is_set():
+                return
             free = self._free()
             if free <= 0:
                 continue
@@ -281,7 +289,7 @@ class Worker:
     async def _heartbeat_forever(self) -> None:
         """Reset the idle time of every delivery held, so no live worker's job is re-claimed."""
         interval = max(self.settings.visibility_timeout / 3, 0.05)
-        while True:
+        while not self._loops_ended:  # (see `_reclaim_forever`)
             await asyncio.sleep(interval)
             held = list(self._held)
             try:
@@ -292,7 +300,7 @@ class Worker:
     async def _watch_cancels_forever(self) -> None:
         """Tell running handlers their job was cancelled: one read of every running job's
         status per interval (not one per job)."""
-        while True:
+        while not self._loops_ended:  # (see `_reclaim_forever`)
             await asyncio.sleep(CANCEL_POLL_INTERVAL)
             watched = list(self._watched.items())
             if not watched:
