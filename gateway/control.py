@@ -84,6 +84,15 @@ class Sessions:
     def holding(self, jti: str) -> list[Session]:
         return list(self._by_key.get(("jti", jti), ()))
 
+    def holding_revoked(self) -> list[Session]:
+        """Connections that used a token now on the revocation list (one pass over the token
+        ids in use, done only when the list was reread)."""
+        found: set[Session] = set()
+        for (kind, value), sessions in list(self._by_key.items()):
+            if kind == "jti" and self.revoked(value):
+                found.update(sessions)
+        return list(found)
+
     def __len__(self) -> int:
         return len(self._keys)
 
@@ -95,6 +104,7 @@ class ControlService:
         self.bus = bus
         self.sessions = Sessions(bus.is_revoked)
         bus.add_listener(self.heard)
+        bus.add_reread_listener(self.sweep_revoked)
 
     async def disconnect_user(self, sub: str, reason: str, *, reconnect: bool) -> Outcome:
         code = CloseCode.DISCONNECTED_RECONNECT if reconnect else CloseCode.DISCONNECTED
@@ -109,6 +119,19 @@ class ControlService:
 
     async def revoke(self, jti: str, exp: float) -> Outcome:
         return await self.bus.revoke(jti, exp)
+
+    def sweep_revoked(self) -> int:
+        """After the revocation list was reread (this process was cut off from the others and
+        may have missed announcements): end the connections whose token is now revoked, as the
+        revoke command would have."""
+        sessions = self.sessions.holding_revoked()
+        for session in sessions:
+            session.disconnect(CloseCode.DISCONNECTED, REVOKED_REASON)
+        if sessions:
+            log.info(
+                "revocation list reread: %d connections with a revoked token closed", len(sessions)
+            )
+        return len(sessions)
 
     def heard(self, command: Mapping[str, Any]) -> int | None:
         """A command from any process (this one included): act on this process's connections;

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+import redis
 import websockets
 
 from tests.support import (
@@ -411,6 +413,46 @@ async def test_a_revoked_token_is_refused_everywhere_and_its_connections_closed(
     # The same user's other token still works.
     ok = httpx.get(f"{two.url}/channels/room:lobby/events", params={"token": other})
     assert ok.status_code == 200
+
+
+async def test_a_gateway_cut_off_during_a_revocation_closes_its_connections_once_back(
+    gateways: tuple[GatewayProcess, GatewayProcess], redis_server: RedisServer
+) -> None:
+    """Gateway two is frozen (SIGSTOP) and its pub/sub connections killed, so the revocation's
+    announcement cannot reach it; once it runs again it finds its control connection gone,
+    reconnects, rereads the list and closes what it holds with the revoked token, as the
+    announcement would have."""
+    one, two = gateways
+    grant = mint(one.url, "kim")
+    token, jti = grant["token"], grant["jti"]
+    other = mint(one.url, "kim")["token"]  # the same user, another token: not revoked
+    async with (
+        ws_client(f"{two.ws_url}?token={token}") as ws,
+        ws_client(f"{two.ws_url}?token={other}") as other_ws,
+        sse_stream(f"{two.url}/events?channel=room:lobby&token={token}") as sse,
+    ):
+        await subscribed(ws, "room:lobby")
+        await subscribed(other_ws, "room:lobby")
+        publish(one.url, "room:lobby", "x")
+        await first_event(sse, "note")
+        admin = redis.Redis.from_url(redis_server.url)
+        two.signal(signal.SIGSTOP)
+        try:
+            admin.client_kill_filter(_type="pubsub")
+            answer = control(one.url, "/tokens/revoke", {"jti": jti, "exp": grant["expires_at"]})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["connections"] == 0, answer.text  # two heard nothing
+        finally:
+            two.signal(signal.SIGCONT)
+            admin.close()
+        assert await asyncio.wait_for(closed_with(ws), 15) == (4001, "token revoked")
+        await ended_for_good(sse, "token revoked")
+        await still_open(other_ws)
+    # Gateway two hears commands again.
+    await async_wait_until(
+        lambda: control(one.url, "/users/nobody/disconnect", {}).json()["gateways"] == 2,
+        what="gateway two back on the control channel",
+    )
 
 
 def subscriptions_on(gateway: GatewayProcess) -> float:

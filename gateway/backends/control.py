@@ -27,6 +27,10 @@ log = logging.getLogger("gateway.control")
 ControlListener = Callable[[Mapping[str, Any]], int | None]
 """Hears every command sent to the processes; returns how many connections it acted on (the
 sender adds the answers up), or None to leave the command unanswered. Must not block."""
+RereadListener = Callable[[], int]
+"""Told that the revocation list was read again whole (after the link to the other processes
+was lost, when announcements may have been missed); returns how many connections it ended.
+Must not block."""
 
 PRUNE_FLOOR = 1024
 """Revocations held before expired ones are swept out (then again at twice what is left)."""
@@ -58,6 +62,7 @@ class ControlBus(abc.ABC):
 
     def __init__(self) -> None:
         self._listeners: tuple[ControlListener, ...] = ()
+        self._reread_listeners: tuple[RereadListener, ...] = ()
         self._revoked: dict[str, float] = {}
         self._prune_at = PRUNE_FLOOR
         self._pending: dict[str, _Pending] = {}
@@ -69,6 +74,9 @@ class ControlBus(abc.ABC):
 
     def remove_listener(self, listener: ControlListener) -> None:
         self._listeners = tuple(fn for fn in self._listeners if fn != listener)
+
+    def add_reread_listener(self, listener: RereadListener) -> None:
+        self._reread_listeners = (*self._reread_listeners, listener)
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect and load the revocation list; called once before use."""
@@ -155,6 +163,17 @@ class ControlBus(abc.ABC):
     def _load(self, revoked: Mapping[str, float]) -> None:
         now = time.time()
         self._revoked = {jti: exp for jti, exp in revoked.items() if exp > now}
+
+    def _reread(self, revoked: Mapping[str, float]) -> None:
+        """The whole list as stored, read after (re)connecting: replace this process's copy and
+        let the listeners end connections whose token was revoked while no announcement could
+        reach this process."""
+        self._load(revoked)
+        for listener in self._reread_listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("revocation list listener %r failed", listener)
 
     @abc.abstractmethod
     async def _publish(self, message: Mapping[str, Any]) -> int:

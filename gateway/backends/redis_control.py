@@ -106,11 +106,12 @@ class RedisControl(ControlBus):
         entries: Any = await self._redis.zrangebyscore(
             REVOKED_KEY, time.time(), "+inf", withscores=True
         )
-        self._load({member.decode(): float(score) for member, score in entries})
+        self._reread({member.decode(): float(score) for member, score in entries})
 
     async def _read_forever(self) -> None:
         """Subscribe, reread the revocation list, then hear commands; on any failure reconnect
-        with backoff and jitter (and reread the list: announcements may have been missed)."""
+        with backoff and jitter (and reread the list, closing the connections whose token was
+        revoked meanwhile: announcements may have been missed)."""
         delay = 0.05
         while not self._closing:
             pubsub = self._client.pubsub()
