@@ -11,10 +11,11 @@ process answers how many connections it acted on, and the route adds the answers
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from gateway.backends.control import ControlBus, Outcome
+from gateway.backends.control import ControlBus, Disconnect, Outcome
 from gateway.tokens import ChannelToken
 from gateway.vocabulary import CloseCode
 
@@ -24,6 +25,8 @@ REVOKED_REASON = "token revoked"
 DISCONNECT = "disconnect"
 UNSUBSCRIBE = "unsubscribe"
 REVOKE = "revoke"
+DISCONNECTS_REMEMBERED = 1024
+"""Disconnects carried out here before those older than the kept ones are forgotten."""
 
 
 class Session(Protocol):
@@ -50,7 +53,8 @@ class Sessions:
 
     def __init__(self, revoked: Callable[[str | None], bool]) -> None:
         self.revoked = revoked
-        self._by_key: dict[tuple[str, str], set[Session]] = {}
+        self._by_key: dict[tuple[str, str], dict[Session, float]] = {}
+        """Each session with when it was first indexed under the key (`time.time()`)."""
         self._keys: dict[Session, tuple[tuple[str, str], ...]] = {}
         """A tuple each: a connection uses one or two tokens, rarely more."""
 
@@ -65,7 +69,7 @@ class Sessions:
         for key in (("sub", token.sub), ("jti", token.jti or "")):
             if key[1] and key not in keys:
                 keys = (*keys, key)
-                self._by_key.setdefault(key, set()).add(session)
+                self._by_key.setdefault(key, {})[session] = time.time()
         if keys:
             self._keys[session] = keys
         return not self.revoked(token.jti)
@@ -74,12 +78,17 @@ class Sessions:
         for key in self._keys.pop(session, ()):
             sessions = self._by_key.get(key)
             if sessions is not None:
-                sessions.discard(session)
+                sessions.pop(session, None)
                 if not sessions:
                     del self._by_key[key]
 
-    def of_user(self, sub: str) -> list[Session]:
-        return list(self._by_key.get(("sub", sub), ()))
+    def of_user(self, sub: str, *, held_before: float | None = None) -> list[Session]:
+        """The user's connections; with `held_before`, only those that were the user's already
+        at that time (Unix seconds)."""
+        sessions = self._by_key.get(("sub", sub), {})
+        if held_before is None:
+            return list(sessions)
+        return [session for session, since in sessions.items() if since < held_before]
 
     def holding(self, jti: str) -> list[Session]:
         return list(self._by_key.get(("jti", jti), ()))
@@ -103,14 +112,16 @@ class ControlService:
     def __init__(self, bus: ControlBus) -> None:
         self.bus = bus
         self.sessions = Sessions(bus.is_revoked)
+        self._disconnects_done: dict[tuple[str, float], float] = {}
+        """User disconnects (user, sent at) this process carried out, heard or caught up on,
+        so a later reread does not apply them again (to connections opened since, when
+        clocks disagree)."""
         bus.add_listener(self.heard)
-        bus.add_reread_listener(self.sweep_revoked)
+        bus.add_reread_listener(self.sweep)
 
     async def disconnect_user(self, sub: str, reason: str, *, reconnect: bool) -> Outcome:
         code = CloseCode.DISCONNECTED_RECONNECT if reconnect else CloseCode.DISCONNECTED
-        return await self.bus.send(
-            {"op": DISCONNECT, "user": sub, "code": int(code), "reason": reason}
-        )
+        return await self.bus.disconnect(sub, int(code), reason)
 
     async def unsubscribe_user(self, sub: str, channel: str, reason: str) -> Outcome:
         return await self.bus.send(
@@ -120,18 +131,39 @@ class ControlService:
     async def revoke(self, jti: str, exp: float) -> Outcome:
         return await self.bus.revoke(jti, exp)
 
-    def sweep_revoked(self) -> int:
+    def sweep(self, disconnects: Sequence[Disconnect]) -> int:
         """After the revocation list was reread (this process was cut off from the others and
-        may have missed announcements): end the connections whose token is now revoked, as the
-        revoke command would have."""
-        sessions = self.sessions.holding_revoked()
-        for session in sessions:
+        may have missed commands): end the connections whose token is now revoked, and those
+        of a disconnected user that were already held when the disconnect was sent, as the
+        commands would have."""
+        revoked = self.sessions.holding_revoked()
+        for session in revoked:
             session.disconnect(CloseCode.DISCONNECTED, REVOKED_REASON)
-        if sessions:
+        ended = set(revoked)
+        for command in disconnects:
+            if command.code not in set(CloseCode) or not self._done(command.user, command.at):
+                continue
+            for session in self.sessions.of_user(command.user, held_before=command.at):
+                if session not in ended:
+                    ended.add(session)
+                    session.disconnect(command.code, command.reason)
+        if ended:
             log.info(
-                "revocation list reread: %d connections with a revoked token closed", len(sessions)
+                "control commands caught up after a reconnect: %d connections closed", len(ended)
             )
-        return len(sessions)
+        return len(ended)
+
+    def _done(self, user: str, at: float) -> bool:
+        """Note a disconnect as carried out here; False when it already was."""
+        if (user, at) in self._disconnects_done:
+            return False
+        self._disconnects_done[user, at] = at
+        if len(self._disconnects_done) >= DISCONNECTS_REMEMBERED:
+            oldest = time.time() - self.bus.disconnects_kept
+            self._disconnects_done = {
+                key: sent for key, sent in self._disconnects_done.items() if sent >= oldest
+            }
+        return True
 
     def heard(self, command: Mapping[str, Any]) -> int | None:
         """A command from any process (this one included): act on this process's connections;
@@ -141,6 +173,9 @@ class ControlService:
             user, code, reason = command.get("user"), command.get("code"), command.get("reason")
             if not isinstance(user, str) or code not in set(CloseCode):
                 return 0
+            at = command.get("at")
+            if isinstance(at, int | float):
+                self._done(user, float(at))
             sessions = self.sessions.of_user(user)
             for session in sessions:
                 session.disconnect(int(code), str(reason or ""))
