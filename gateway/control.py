@@ -5,7 +5,9 @@ A command is sent to every gateway process over the control bus (`gateway.backen
 each process looks up its own connections of that user (or holding that token) in `Sessions`
 and acts on them through the `Session` interface, which the WebSocket and SSE transports
 implement in their own way (a close code, or a last message and the end of the stream). Each
-process answers how many connections it acted on, and the route adds the answers up.
+process answers how many connections it acted on, and the route adds the answers up. A process
+that was cut off from the bus catches up when it is back (`ControlService.sweep`): the
+revocations and user disconnects kept meanwhile end its connections as the commands would have.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ DISCONNECT = "disconnect"
 UNSUBSCRIBE = "unsubscribe"
 REVOKE = "revoke"
 DISCONNECTS_REMEMBERED = 1024
-"""Disconnects carried out here before those older than the kept ones are forgotten."""
+"""Disconnects carried out here before those older than the kept ones are forgotten (then
+again at twice what is left)."""
 
 
 class Session(Protocol):
@@ -116,6 +119,7 @@ class ControlService:
         """User disconnects (user, sent at) this process carried out, heard or caught up on,
         so a later reread does not apply them again (to connections opened since, when
         clocks disagree)."""
+        self._prune_done_at = DISCONNECTS_REMEMBERED
         bus.add_listener(self.heard)
         bus.add_reread_listener(self.sweep)
 
@@ -158,11 +162,12 @@ class ControlService:
         if (user, at) in self._disconnects_done:
             return False
         self._disconnects_done[user, at] = at
-        if len(self._disconnects_done) >= DISCONNECTS_REMEMBERED:
+        if len(self._disconnects_done) >= self._prune_done_at:
             oldest = time.time() - self.bus.disconnects_kept
             self._disconnects_done = {
                 key: sent for key, sent in self._disconnects_done.items() if sent >= oldest
             }
+            self._prune_done_at = max(DISCONNECTS_REMEMBERED, 2 * len(self._disconnects_done))
         return True
 
     def heard(self, command: Mapping[str, Any]) -> int | None:
