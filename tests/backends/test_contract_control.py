@@ -13,7 +13,7 @@ import redis.asyncio as redis
 
 from gateway.backends.bundle import Backend
 from gateway.backends.control import PRUNE_FLOOR, ControlBus, Disconnect
-from gateway.backends.redis_control import REVOKED_KEY
+from gateway.backends.redis_control import REVOKED_KEY, RedisControl
 from gateway.backends.url import open_backend
 from tests.conftest import make_settings
 from tests.support import async_wait_until
@@ -59,6 +59,30 @@ async def test_a_revocation_holds_until_its_expiry(control: ControlBus) -> None:
     assert control.is_revoked("j1")
     assert not control.is_revoked("j1", now=now + 61)
     assert not control.is_revoked(None)
+
+
+async def test_a_disconnect_reaches_the_listeners_and_is_kept_for_a_reread(
+    control: ControlBus,
+) -> None:
+    heard: list[Mapping[str, Any]] = []
+    reread: list[Sequence[Disconnect]] = []
+    control.add_listener(lambda command: heard.append(command) or 1)
+    control.add_reread_listener(lambda disconnects: reread.append(disconnects) or 0)
+    outcome = await control.disconnect("u", 4002, "new token")
+    assert outcome.connections == 1 and outcome.complete
+    [command] = heard
+    sent = Disconnect("u", 4002, "new token", command["at"])
+    assert command == {
+        "op": "disconnect",
+        "user": "u",
+        "code": 4002,
+        "reason": "new token",
+        "at": sent.at,
+        "request": command["request"],
+    }
+    if isinstance(control, RedisControl):  # kept where a process cut off now finds it
+        await control._reload()
+        assert reread[-1] == [sent]
 
 
 async def test_a_revocation_reaches_every_process_and_later_ones(redis_url: str) -> None:
