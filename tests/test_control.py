@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+import redis
 import websockets
 
 from tests.support import (
@@ -411,6 +413,70 @@ async def test_a_revoked_token_is_refused_everywhere_and_its_connections_closed(
     # The same user's other token still works.
     ok = httpx.get(f"{two.url}/channels/room:lobby/events", params={"token": other})
     assert ok.status_code == 200
+
+
+@contextlib.contextmanager
+def cut_off(gateway: GatewayProcess, redis_server: RedisServer) -> Iterator[None]:
+    """The gateway frozen (SIGSTOP) and every pub/sub connection to Redis killed: no command
+    sent meanwhile reaches it; once it runs again it finds its control connection gone,
+    reconnects and rereads what was kept."""
+    admin = redis.Redis.from_url(redis_server.url)
+    gateway.signal(signal.SIGSTOP)
+    try:
+        admin.client_kill_filter(_type="pubsub")
+        yield
+    finally:
+        gateway.signal(signal.SIGCONT)
+        admin.close()
+
+
+async def test_a_gateway_cut_off_during_commands_carries_them_out_once_back(
+    gateways: tuple[GatewayProcess, GatewayProcess], redis_server: RedisServer
+) -> None:
+    """A revocation and a user disconnect sent while gateway two is cut off close what it
+    holds once it is back, as the commands would have; a connection opened after the
+    disconnect is left alone."""
+    one, two = gateways
+    grant = mint(one.url, "kim")
+    token, jti = grant["token"], grant["jti"]
+    other = mint(one.url, "kim")  # the same user, another token: not revoked (at first)
+    lee = mint(one.url, "lee")["token"]
+    async with (
+        ws_client(f"{two.ws_url}?token={token}") as ws,
+        ws_client(f"{two.ws_url}?token={other['token']}") as other_ws,
+        ws_client(f"{two.ws_url}?token={lee}") as lee_ws,
+        sse_stream(f"{two.url}/events?channel=room:lobby&token={token}") as sse,
+    ):
+        for each in (ws, other_ws, lee_ws):
+            await subscribed(each, "room:lobby")
+        publish(one.url, "room:lobby", "x")
+        await first_event(sse, "note")
+        with cut_off(two, redis_server):
+            answer = control(one.url, "/tokens/revoke", {"jti": jti, "exp": grant["expires_at"]})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["connections"] == 0, answer.text  # two heard nothing
+            answer = control(
+                one.url, "/users/lee/disconnect", {"reason": "new token", "reconnect": True}
+            )
+            assert answer.json()["connections"] == 0, answer.text
+        assert await asyncio.wait_for(closed_with(ws), 15) == (4001, "token revoked")
+        await ended_for_good(sse, "token revoked")
+        assert await asyncio.wait_for(closed_with(lee_ws), 15) == (4002, "new token")
+        await still_open(other_ws)
+        async with ws_client(f"{two.ws_url}?token={lee}") as lee_again:
+            await subscribed(lee_again, "room:lobby")
+            with cut_off(two, redis_server):
+                revoked = control(one.url, "/tokens/revoke", {"jti": other["jti"]})
+                assert revoked.json()["connections"] == 0, revoked.text
+            # The reread after this cut closed the other token's connection, and did not
+            # take lee's new connection for one the old disconnect missed.
+            assert await asyncio.wait_for(closed_with(other_ws), 15) == (4001, "token revoked")
+            await still_open(lee_again)
+    # Gateway two hears commands again.
+    await async_wait_until(
+        lambda: control(one.url, "/users/nobody/disconnect", {}).json()["gateways"] == 2,
+        what="gateway two back on the control channel",
+    )
 
 
 def subscriptions_on(gateway: GatewayProcess) -> float:

@@ -5,6 +5,9 @@ sees the claim) and stores its response when done; a retry with the same key and
 gets that response again, a retry with another body gets `422`, and a retry while the first is
 still being processed gets `409`. A claim whose request died is released after
 `IN_FLIGHT_TTL` seconds, so a crashed gateway does not lock a key for a day.
+
+Keys are kept per caller (`key_owner`): a replay carries the job's own token, which grants its
+events, so another caller who reuses a key and body must not get it.
 """
 
 from __future__ import annotations
@@ -13,19 +16,22 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from gateway.api.guards import caller_of
 from gateway.api.requests import header_map
+from gateway.auth import token_of
 from gateway.backends.bundle import Backend
 from gateway.errors import BackendUnavailable
 from gateway.problems import Problem, bad_request
-from gateway.services import services_of
+from gateway.services import Services, services_of
 
 IN_FLIGHT_TTL = 60
 """Seconds a claimed key stays claimed without a stored response."""
@@ -51,9 +57,33 @@ def checked_key(key: str, what: str) -> str:
 
 def scoped_key(key: str, api_key: str | None) -> str:
     """One client's key never answers with another client's response."""
+    return owned_key(key, api_key_owner(api_key) if api_key else None)
+
+
+def owned_key(key: str, owner: str | None) -> str:
+    return f"{owner}:{key}" if owner else key
+
+
+def api_key_owner(api_key: str) -> str:
+    """An API key's fingerprint (never the key itself in a Redis key name)."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+def key_owner(scope: Scope, services: Services) -> str | None:
+    """Whose key space a request's idempotency keys are in: its API key's fingerprint; without
+    one (no `GATEWAY_API_KEYS`), the subject of the channel token it carries, keyed with the
+    token secret so that no anonymous caller can spell the same stored key; else None (keys
+    shared by every anonymous caller). A token that does not verify is refused (`Forbidden`)
+    rather than quietly moving the caller to the anonymous key space."""
+    api_key = caller_of(scope).api_key
     if api_key:
-        return hashlib.sha256(api_key.encode()).hexdigest()[:16] + ":" + key
-    return key
+        return api_key_owner(api_key)
+    token = services.channels.token(token_of(scope), api_key=None)
+    if token is None or not token.sub or not services.settings.secrets:
+        return None
+    mac = hmac.new(services.settings.secrets[0].encode(), digestmod=hashlib.sha256)
+    mac.update(b"idempotency-key owner\0" + token.sub.encode())
+    return "sub-" + mac.hexdigest()[:16]
 
 
 async def idempotent(
@@ -71,7 +101,7 @@ async def idempotent(
         return await produce()
     services = services_of(request)
     backend = services.backend
-    key = scoped_key(key, caller_of(request.scope).api_key)
+    key = owned_key(key, key_owner(request.scope, services))
     if fingerprint_of is not None:
         fingerprint = fingerprint_of()
     else:
@@ -163,11 +193,19 @@ class BatchClaims:
     with another job is refused (422), as is one whose first job is still being submitted (409).
     """
 
-    def __init__(self, backend: Backend, ttl: int, api_key: str | None) -> None:
-        self.backend = backend
-        self.ttl = ttl
-        self.api_key = api_key
+    def __init__(self, services: Services, scope: Scope) -> None:
+        self.backend: Backend = services.backend
+        self.ttl = services.settings.idempotency_ttl
+        self._services = services
+        self._scope = scope
+        self._owner: tuple[str | None] | None = None
+        """`key_owner`, found out with the first item that names a key."""
         self._claimed: dict[int, tuple[str, str]] = {}
+
+    def _owned(self, key: str) -> str:
+        if self._owner is None:
+            self._owner = (key_owner(self._scope, self._services),)
+        return owned_key(key, self._owner[0])
 
     async def claim(self, index: int, item: Mapping[str, Any]) -> dict[str, Any] | None:
         """Claim the item's key, if it names one; the stored answer when it was used before
@@ -177,7 +215,7 @@ class BatchClaims:
             return None
         if not isinstance(raw, str):
             raise bad_request(f"{BATCH_KEY_FIELD} must be a string")
-        key = scoped_key(checked_key(raw, BATCH_KEY_FIELD), self.api_key)
+        key = self._owned(checked_key(raw, BATCH_KEY_FIELD))
         fingerprint = item_fingerprint(item)
         claim = orjson.dumps({"fingerprint": fingerprint, "state": "processing"})
         stored = await self.backend.idempotency.begin(key, claim, min(IN_FLIGHT_TTL, self.ttl))

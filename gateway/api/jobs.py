@@ -169,7 +169,7 @@ async def post_jobs_batch(request: Request) -> Response:
     caller = caller_of(request.scope)
     limiter, who = services.limits.submit, submission_key(request.scope, caller)
     answers: list[dict[str, Any] | None] = [None] * len(items)
-    claims = BatchClaims(services.backend, services.settings.idempotency_ttl, caller.api_key)
+    claims = BatchClaims(services, request.scope)
     chosen: list[tuple[int, JobRecord, float | None]] = []
     for index, item in enumerate(items):
         if index and index % BATCH_SLICE == 0:

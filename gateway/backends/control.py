@@ -18,7 +18,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,23 @@ log = logging.getLogger("gateway.control")
 ControlListener = Callable[[Mapping[str, Any]], int | None]
 """Hears every command sent to the processes; returns how many connections it acted on (the
 sender adds the answers up), or None to leave the command unanswered. Must not block."""
+RereadListener = Callable[[Sequence["Disconnect"]], int]
+"""Told that the revocation list was read again whole (after the link to the other processes
+was lost, when announcements may have been missed), with the user disconnects kept meanwhile;
+returns how many connections it ended. Must not block."""
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """A user disconnect as kept for processes that were cut off when it was sent."""
+
+    user: str
+    code: int
+    reason: str
+    at: float
+    """When it was sent (Unix seconds, the sender's clock): connections of the user this
+    process already held then are the ones it would have ended."""
+
 
 PRUNE_FLOOR = 1024
 """Revocations held before expired ones are swept out (then again at twice what is left)."""
@@ -55,9 +72,12 @@ class ControlBus(abc.ABC):
     """
 
     kind: str
+    disconnects_kept = 0.0
+    """Seconds a user disconnect is kept for processes cut off when it was sent."""
 
     def __init__(self) -> None:
         self._listeners: tuple[ControlListener, ...] = ()
+        self._reread_listeners: tuple[RereadListener, ...] = ()
         self._revoked: dict[str, float] = {}
         self._prune_at = PRUNE_FLOOR
         self._pending: dict[str, _Pending] = {}
@@ -69,6 +89,9 @@ class ControlBus(abc.ABC):
 
     def remove_listener(self, listener: ControlListener) -> None:
         self._listeners = tuple(fn for fn in self._listeners if fn != listener)
+
+    def add_reread_listener(self, listener: RereadListener) -> None:
+        self._reread_listeners = (*self._reread_listeners, listener)
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect and load the revocation list; called once before use."""
@@ -115,6 +138,15 @@ class ControlBus(abc.ABC):
         finally:
             del self._pending[request]
 
+    async def disconnect(self, user: str, code: int, reason: str) -> Outcome:
+        """Close the user's connections in every process (`code`, `reason`); kept for one token
+        lifetime, so a process cut off meanwhile closes them once it is back."""
+        at = time.time()
+        await self._store_disconnect(Disconnect(user, code, reason, at))
+        return await self.send(
+            {"op": "disconnect", "user": user, "code": code, "reason": reason, "at": at}
+        )
+
     async def revoke(self, jti: str, exp: float) -> Outcome:
         """Refuse tokens with this id until `exp` (unix seconds), in every process, and tell
         every process to close the connections that hold one."""
@@ -156,6 +188,17 @@ class ControlBus(abc.ABC):
         now = time.time()
         self._revoked = {jti: exp for jti, exp in revoked.items() if exp > now}
 
+    def _reread(self, revoked: Mapping[str, float], disconnects: Sequence[Disconnect]) -> None:
+        """The whole list as stored, read after (re)connecting: replace this process's copy and
+        let the listeners end connections whose token was revoked, or whose user was
+        disconnected, while no announcement could reach this process."""
+        self._load(revoked)
+        for listener in self._reread_listeners:
+            try:
+                listener(disconnects)
+            except Exception:
+                log.exception("revocation list listener %r failed", listener)
+
     @abc.abstractmethod
     async def _publish(self, message: Mapping[str, Any]) -> int:
         """Deliver a message to every process; how many processes it reached."""
@@ -167,6 +210,9 @@ class ControlBus(abc.ABC):
     @abc.abstractmethod
     async def _store_revocation(self, jti: str, exp: float) -> None:
         """Keep the revocation until `exp`, where processes started later find it."""
+
+    async def _store_disconnect(self, disconnect: Disconnect) -> None:  # noqa: B027 - optional hook
+        """Keep the disconnect for processes cut off now (one process: nothing to keep)."""
 
 
 class _Pending:

@@ -34,6 +34,7 @@ class RedisClusterControl(RedisControl):
     def __init__(self, settings: Settings, connection: RedisClusterConnection) -> None:
         ControlBus.__init__(self)  # not RedisControl's: no one-server pub/sub client here
         self.settings = settings
+        self.disconnects_kept = float(settings.max_token_ttl)
         self._connection = connection
         self._redis = connection.redis
         self._subscribed = asyncio.Event()

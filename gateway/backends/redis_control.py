@@ -1,11 +1,14 @@
-"""The control bus on Redis: one pub/sub channel for commands, a sorted set for revocations.
+"""The control bus on Redis: one pub/sub channel for commands, a sorted set for revocations
+(and one for user disconnects).
 
 Commands and answers travel on `gw:{control}` (each gateway process subscribes on a pub/sub
 connection of its own, so `PUBLISH` says how many processes heard a command). Revocations are
 a sorted set `gw:{control}:revoked` of token ids scored by their expiry: members past their
 expiry are dropped at every revocation, and the whole key expires once the longest-lived token
 it could name would have (`GATEWAY_MAX_TOKEN_TTL`), so it holds at most the revocations of one
-token lifetime.
+token lifetime. User disconnects are kept the same way in `gw:{control}:disconnected`
+(members `{"user", "code", "reason"}` scored by when they were sent), for processes that were
+cut off when one was sent.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from gateway.backends.control import ControlBus
+from gateway.backends.control import ControlBus, Disconnect
 from gateway.backends.redis_connection import RedisConnection
 from gateway.errors import BackendUnavailable
 from gateway.settings import Settings
@@ -34,6 +37,7 @@ log = logging.getLogger("gateway.redis")
 
 CONTROL_CHANNEL: Final = "gw:{control}"
 REVOKED_KEY: Final = "gw:{control}:revoked"
+DISCONNECTED_KEY: Final = "gw:{control}:disconnected"
 
 
 class RedisControl(ControlBus):
@@ -42,6 +46,7 @@ class RedisControl(ControlBus):
     def __init__(self, settings: Settings, connection: RedisConnection) -> None:
         super().__init__()
         self.settings = settings
+        self.disconnects_kept = float(settings.max_token_ttl)
         self._connection = connection
         self._redis = connection.redis
         self._client = aioredis.Redis.from_url(
@@ -102,15 +107,41 @@ class RedisControl(ControlBus):
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"store revocation: {exc}") from exc
 
-    async def _reload(self) -> None:
-        entries: Any = await self._redis.zrangebyscore(
-            REVOKED_KEY, time.time(), "+inf", withscores=True
+    async def _store_disconnect(self, disconnect: Disconnect) -> None:
+        keep = self.settings.max_token_ttl
+        member = orjson.dumps(
+            {"user": disconnect.user, "code": disconnect.code, "reason": disconnect.reason}
         )
-        self._load({member.decode(): float(score) for member, score in entries})
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zadd(DISCONNECTED_KEY, {member: disconnect.at})
+                pipe.zremrangebyscore(DISCONNECTED_KEY, "-inf", disconnect.at - keep)
+                pipe.expire(DISCONNECTED_KEY, int(keep + 60))
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"store disconnect: {exc}") from exc
+
+    async def _reload(self) -> None:
+        now = time.time()
+        entries: Any = await self._redis.zrangebyscore(REVOKED_KEY, now, "+inf", withscores=True)
+        kept: Any = await self._redis.zrangebyscore(
+            DISCONNECTED_KEY, now - self.settings.max_token_ttl, "+inf", withscores=True
+        )
+        disconnects = []
+        for member, at in kept:
+            with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                fields = orjson.loads(member)
+                disconnects.append(
+                    Disconnect(
+                        str(fields["user"]), int(fields["code"]), str(fields["reason"]), float(at)
+                    )
+                )
+        self._reread({member.decode(): float(score) for member, score in entries}, disconnects)
 
     async def _read_forever(self) -> None:
         """Subscribe, reread the revocation list, then hear commands; on any failure reconnect
-        with backoff and jitter (and reread the list: announcements may have been missed)."""
+        with backoff and jitter (and reread the list, closing the connections whose token was
+        revoked meanwhile: announcements may have been missed)."""
         delay = 0.05
         while not self._closing:
             pubsub = self._client.pubsub()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import orjson
 import redis
 
@@ -56,6 +58,94 @@ def test_idempotency_key_replays_and_refuses_other_bodies(
     assert fixed.status_code == 202  # a refused request does not burn the key
     jobs = httpx.get(first_gw.url + "/jobs").json()["jobs"]
     assert len(jobs) == 2
+
+
+def test_idempotency_keys_are_per_api_key(
+    redis_url: str, gateway_factory: Callable[..., GatewayProcess]
+) -> None:
+    """Two callers with different API keys and the same key and body make two jobs, over
+    `POST /jobs` and `POST /jobs/batch` alike; neither is answered with the other's job (whose
+    token grants its events); each still gets its own replay."""
+    alpha, beta = "a" * 32, "b" * 32
+    gateway = gateway_factory(REDIS_URL=redis_url, GATEWAY_API_KEYS=f"{alpha} {beta}", **OPEN)
+    body = {"type": "sleep", "data": {"seconds": 1, "steps": 1}}
+
+    def submit(api_key: str) -> dict[str, Any]:
+        response = httpx.post(
+            gateway.url + "/jobs",
+            json=body,
+            headers={"Authorization": f"Bearer {api_key}", "Idempotency-Key": "order-7"},
+        )
+        assert response.status_code == 202, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def submit_batch(api_key: str) -> dict[str, Any]:
+        response = httpx.post(
+            gateway.url + "/jobs/batch",
+            json={"jobs": [{**body, "idempotency_key": "order-8"}]},
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
+        assert response.status_code == 202, response.text
+        answer: dict[str, Any] = response.json()["jobs"][0]
+        return answer
+
+    for send in (submit, submit_batch):
+        first_alpha, first_beta = send(alpha), send(beta)
+        assert first_alpha["id"] != first_beta["id"]
+        assert first_alpha["token"] != first_beta["token"]
+        assert send(alpha) == first_alpha
+        assert send(beta) == first_beta
+    client = redis.Redis.from_url(redis_url)
+    stored = [name.decode() for name in client.scan_iter("gw:idem:*")]
+    client.close()
+    assert len(stored) == 4
+    assert not any(alpha in name or beta in name for name in stored)  # never the raw key
+
+
+def test_without_api_keys_idempotency_keys_are_per_token_subject(
+    redis_url: str, gateway_factory: Callable[..., GatewayProcess]
+) -> None:
+    """No API keys (anyone may submit, reads need tokens): a caller who sends a channel token
+    has its own key space (its subject's), apart from other subjects and from anonymous
+    callers, who share one; a token that does not verify is refused, not ignored."""
+    secret = "s" * 32
+    gateway = gateway_factory(REDIS_URL=redis_url, GATEWAY_SECRET=secret, **OPEN)
+    body = {"type": "sleep", "data": {"seconds": 1, "steps": 1}}
+
+    def token(sub: str, jti: str = "first") -> str:
+        claims = {"sub": sub, "jti": jti, "exp": int(time.time()) + 600, "channels": {}}
+        return jwt.encode(claims, secret, algorithm="HS256")
+
+    def submit(headers: dict[str, str]) -> httpx.Response:
+        return httpx.post(
+            gateway.url + "/jobs", json=body, headers={"Idempotency-Key": "order-9", **headers}
+        )
+
+    ann, bob = (
+        {"Authorization": f"Bearer {token('ann')}"},
+        {"Authorization": f"Bearer {token('bob')}"},
+    )
+    answers = [submit(headers).json() for headers in (ann, bob, {})]
+    assert len({answer["id"] for answer in answers}) == 3
+    again = submit({"Authorization": f"Bearer {token('ann', 'second')}"})  # another token
+    assert again.json() == answers[0]
+    assert submit(bob).json() == answers[1]
+    assert submit({}).json() == answers[2]
+    batch = [
+        httpx.post(
+            gateway.url + "/jobs/batch",
+            json={"jobs": [{**body, "idempotency_key": "order-9"}]},
+            headers=headers,
+        ).json()["jobs"][0]
+        for headers in (ann, bob, ann)
+    ]
+    # The batch item's key is the header's, in the same caller's key space.
+    assert [answer["id"] for answer in batch] == [answers[n]["id"] for n in (0, 1, 0)]
+    forged = jwt.encode({"sub": "ann", "exp": int(time.time()) + 600}, "x" * 32, algorithm="HS256")
+    refused = submit({"Authorization": f"Bearer {forged}"})
+    assert refused.status_code == 401, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
 
 
 def test_idempotency_key_in_flight_is_409(

@@ -5,15 +5,15 @@ that were running and ones started later."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 import redis.asyncio as redis
 
 from gateway.backends.bundle import Backend
-from gateway.backends.control import PRUNE_FLOOR, ControlBus
-from gateway.backends.redis_control import REVOKED_KEY
+from gateway.backends.control import PRUNE_FLOOR, ControlBus, Disconnect
+from gateway.backends.redis_control import REVOKED_KEY, RedisControl
 from gateway.backends.url import open_backend
 from tests.conftest import make_settings
 from tests.support import async_wait_until
@@ -61,6 +61,30 @@ async def test_a_revocation_holds_until_its_expiry(control: ControlBus) -> None:
     assert not control.is_revoked(None)
 
 
+async def test_a_disconnect_reaches_the_listeners_and_is_kept_for_a_reread(
+    control: ControlBus,
+) -> None:
+    heard: list[Mapping[str, Any]] = []
+    reread: list[Sequence[Disconnect]] = []
+    control.add_listener(lambda command: heard.append(command) or 1)
+    control.add_reread_listener(lambda disconnects: reread.append(disconnects) or 0)
+    outcome = await control.disconnect("u", 4002, "new token")
+    assert outcome.connections == 1 and outcome.complete
+    [command] = heard
+    sent = Disconnect("u", 4002, "new token", command["at"])
+    assert command == {
+        "op": "disconnect",
+        "user": "u",
+        "code": 4002,
+        "reason": "new token",
+        "at": sent.at,
+        "request": command["request"],
+    }
+    if isinstance(control, RedisControl):  # kept where a process cut off now finds it
+        await control._reload()
+        assert reread[-1] == [sent]
+
+
 async def test_a_revocation_reaches_every_process_and_later_ones(redis_url: str) -> None:
     first = open_backend(make_settings(redis_url))
     second = open_backend(make_settings(redis_url))
@@ -104,14 +128,20 @@ async def test_a_process_that_missed_an_announcement_rereads_the_list_on_reconne
     await backend.start()
     await backend.start_control()
     client = redis.Redis.from_url(redis_url)
+    reread: list[Sequence[Disconnect]] = []
+    backend.control.add_reread_listener(lambda disconnects: reread.append(disconnects) or 0)
     try:
         # Stored while no announcement reached this process (as if it was cut off then).
         await client.zadd(REVOKED_KEY, {"missed": time.time() + 60})
+        missed = Disconnect("u", 4002, "new token", time.time())
+        await backend.control._store_disconnect(missed)
         assert not backend.control.is_revoked("missed")
         await client.client_kill_filter(_type="pubsub")
         await async_wait_until(
             lambda: backend.control.is_revoked("missed"), 10, "the list reread on reconnect"
         )
+        # The listeners are told after the list is in place, with the kept disconnects.
+        assert reread[-1] == [missed]
     finally:
         await client.aclose()
         await backend.close()
