@@ -55,10 +55,8 @@ class ClusterNode(ChildProcess):
     def __init__(self, directory: Path, *, node_timeout_ms: int = NODE_TIMEOUT_MS) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError(MISSING_CLUSTER)
-        self.port = free_port()
-        self.bus_port = free_port()
-        self.directory = directory / str(self.port)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.root = directory
+        self._new_ports()
         self.node_timeout_ms = node_timeout_ms
         self.host = "127.0.0.1"
 
@@ -70,6 +68,19 @@ class ClusterNode(ChildProcess):
         return f"ClusterNode({self.address})"
 
     def start(self) -> None:
+        self.spawn_on_free_ports(self._start, self._new_ports)
+
+    def _new_ports(self) -> None:
+        """A client port and a cluster bus port, never the same (two free_port() calls may
+        return one number), and a directory of the client port's name."""
+        self.port = free_port()
+        self.bus_port = free_port()
+        while self.bus_port == self.port:
+            self.bus_port = free_port()
+        self.directory = self.root / str(self.port)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _start(self) -> None:
         assert REDIS_SERVER is not None
         args = [
             REDIS_SERVER,

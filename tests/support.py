@@ -67,24 +67,74 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+class PortTaken(RuntimeError):
+    """A server could not have the port it was given: another process took it first."""
+
+
+def _redis_pid(port: int) -> int | None:
+    """The process id of the Redis answering on `port` (None: nothing answers yet)."""
+    if not _port_open(port):
+        return None
+    import redis
+
+    client = redis.Redis(
+        host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=0.5
+    )
+    try:
+        return int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError, KeyError, ValueError):
+        return None
+    finally:
+        client.close()
+
+
 class ChildProcess:
     """A process a test starts and may stop, kill and restart (on the same ports): the one
     lifecycle of every server and gateway process the tests run. Each kind says how it
     `start`s; a redis-server is `spawn`ed and waited for on its port."""
 
     process: subprocess.Popen[bytes] | None = None
+    started = False
+    """Started once: a restart keeps its ports (clients and cluster peers know them)."""
 
     def start(self) -> None:
         raise NotImplementedError
+
+    def spawn_on_free_ports(self, start: Callable[[], None], new_ports: Callable[[], None]) -> None:
+        """`start()`; the first time only, when its port was taken (`PortTaken`), again on
+        `new_ports()`."""
+        for attempt in range(3):
+            try:
+                start()
+            except PortTaken:
+                if self.started or attempt == 2:
+                    raise
+                new_ports()
+                continue
+            self.started = True
+            return
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def spawn(self, args: list[str], port: int, what: str) -> None:
-        """Start `args` (output other than errors dropped); return once `port` accepts."""
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_until(lambda: _port_open(port), 10, f"{what} on port {port}")
+        """Start the redis-server `args` (output other than errors dropped); return once it
+        answers on `port`: it, not another process that took the free port first (two test
+        processes can be handed the same free port), which raises `PortTaken`."""
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = process
+
+        def answering() -> bool:
+            if process.poll() is not None:
+                raise PortTaken(f"{what} on port {port} exited with {process.returncode}")
+            return _redis_pid(port) == process.pid
+
+        try:
+            wait_until(answering, 10, f"{what} on port {port}")
+        except PortTaken:
+            self.process = None
+            raise
 
     def kill(self) -> None:
         """SIGKILL: no goodbye, nothing flushed."""
@@ -125,7 +175,7 @@ class RedisServer(ChildProcess):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def _start(self) -> None:
         assert REDIS_BINARY is not None
         args = [
             REDIS_BINARY,
@@ -147,6 +197,12 @@ class RedisServer(ChildProcess):
         if self.appendonly:
             args += ["--appendfsync", "always"]
         self.spawn(args, self.port, "redis-server")
+
+    def start(self) -> None:
+        self.spawn_on_free_ports(self._start, self._new_port)
+
+    def _new_port(self) -> None:
+        self.port = free_port()
 
     def flush(self) -> None:
         import redis
