@@ -197,7 +197,7 @@ TOKEN_REVOKED: Final = "token_revoked"
 
 def token_revoked() -> Forbidden:
     """The refusal of a revoked token (401 `token_revoked`), wherever it is found out."""
-    return Forbidden("the token was revoked; get a new one", TOKEN_REVOKED)
+    return Forbidden("the token was revoked; get a new one", "token_revoked")
 
 
 def _none_revoked(jti: str | None) -> bool:

@@ -42,6 +42,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.errors import GatewayError
+
 ROUTE_ATTEMPTS = 4
 """Sends of one command at most: a redirect or an unreachable node is followed this often."""
 
@@ -54,12 +56,12 @@ STREAM_READS = frozenset({"xread", "xreadgroup"})
 LOST = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 
-class OutcomeUnknown(RedisConnectionError):
+class OutcomeUnknown(GatewayError, RedisConnectionError):
     """The connection was lost after the command was sent and before its reply came: it may
     have run. Never sent again by the pipeline (a script must not run twice)."""
 
 
-class NotSent(Exception):
+class NotSent(GatewayError):
     """No connection to the node could be made: nothing of the batch was sent."""
 
 
