@@ -17,7 +17,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from gateway.backends.bus import Bus, History, JobUpdate, NewJob, Publication
 from gateway.backends.redis_autopipeline import AutoPipeline
-from gateway.backends.redis_connection import RedisConnection
+from gateway.backends.redis_connection import RedisConnection, ScriptCall, evalsha_each
 from gateway.backends.redis_keys import (
     CommandList,
     bus_channel,
@@ -104,35 +104,24 @@ class RedisBus(Bus):
             raise BackendUnavailable(f"publish to {channel}: {exc}") from exc
         return published(channel, type_, tail, entry_id)
 
-    async def _publish_scripts(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
-        """publish.lua by `EVALSHA` once per (keys, args), auto-pipelined with the other
-        requests' writes; the calls refused `NOSCRIPT` (Redis restarted or flushed its scripts:
-        nothing of them ran) go again once it is loaded, the others never twice."""
+    async def _publish_scripts(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """publish.lua once per (keys, args) (`evalsha_each`): auto-pipelined with the other
+        requests' writes when there is an auto-pipeline (the reload rides in front as a
+        preload), else one pipeline of the pool's."""
         auto = self._auto
-        assert auto is not None
-        sha = self._connection.publish.sha
-        replies: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for round_ in range(2):
-            commands = []
-            for index in todo:
-                keys, args = calls[index]
-                commands.append(("EVALSHA", sha, len(keys), *keys, *args))
-            answers = await auto.execute(
-                commands, preload=self._connection.load_publish if round_ else None
-            )
-            missing = []
-            for index, answer in zip(todo, answers, strict=True):
-                if isinstance(answer, NoScriptError):
-                    missing.append(index)
-                elif isinstance(answer, Exception):
-                    raise answer
-                else:
-                    replies[index] = answer
-            if not missing:
-                return replies
-            todo = missing
-        raise BackendUnavailable("publish: Redis keeps losing the publish script")
+
+        async def send(commands: list[tuple[Any, ...]], reload: bool) -> Sequence[Any]:
+            if auto is not None:
+                preload = self._connection.load_publish if reload else None
+                return await auto.execute(commands, preload=preload)
+            if reload:
+                await self._redis.script_load(self._connection.publish_lua)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                return list(await pipe.execute(raise_on_error=False))
+
+        return await evalsha_each(self._connection.publish.sha, calls, send, "publish")
 
     async def publish_and_enqueue(
         self, channel: str, type_: str, data: Any, *, source: str | None, job: JobUpdate
@@ -171,47 +160,17 @@ class RedisBus(Bus):
                 answers[index] = exc
                 continue
             calls.append((index, keys, args, tail))
-        sha = self._connection.publish.sha
-        pending = calls
-        if not pending:
-            return [answer for answer in answers if answer is not None]
-        if self._auto is not None:
-            try:
-                replies = await self._publish_scripts([(keys, args) for _i, keys, args, _ in calls])
-            except (RedisError, OSError) as exc:
-                raise BackendUnavailable(f"publish {len(publications)} events: {exc}") from exc
-            for (index, _keys, _args, tail), reply in zip(calls, replies, strict=True):
-                item = publications[index]
-                event = published(item.channel, item.type, tail, reply)
-                assert event is not None  # no job update: never refused
-                answers[index] = event
+        if not calls:
             return [answer for answer in answers if answer is not None]
         try:
-            for _attempt in range(2):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for _index, keys, args, _tail in pending:
-                        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-                    replies = await pipe.execute(raise_on_error=False)
-                missing = []
-                for call, reply in zip(pending, replies, strict=True):
-                    if isinstance(reply, NoScriptError):
-                        missing.append(call)
-                    elif isinstance(reply, Exception):
-                        raise reply
-                    else:
-                        index, _keys, _args, tail = call
-                        item = publications[index]
-                        event = published(item.channel, item.type, tail, reply)
-                        assert event is not None  # no job update: never refused
-                        answers[index] = event
-                if not missing:
-                    break
-                await self._redis.script_load(self._connection.publish_lua)
-                pending = missing
-            else:
-                raise BackendUnavailable("publish: Redis keeps losing the publish script")
+            replies = await self._publish_scripts([(keys, args) for _i, keys, args, _ in calls])
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"publish {len(publications)} events: {exc}") from exc
+        for (index, _keys, _args, tail), reply in zip(calls, replies, strict=True):
+            item = publications[index]
+            event = published(item.channel, item.type, tail, reply)
+            assert event is not None  # no job update: never refused
+            answers[index] = event
         return [answer for answer in answers if answer is not None]
 
     async def submit_jobs(self, jobs: Sequence[NewJob]) -> list[Event]:

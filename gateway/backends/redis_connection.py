@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -9,7 +10,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, RedisError
+from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.backends.redis_autopipeline import AutoPipeline
@@ -21,6 +22,44 @@ from gateway.backends.redis_keys import (
     START_JOB_LUA,
 )
 from gateway.errors import BackendUnavailable
+
+ScriptCall = tuple[Sequence[str], Sequence[Any]]
+"""One run of a script: (keys, args)."""
+
+
+async def evalsha_each(
+    sha: str,
+    calls: Sequence[ScriptCall],
+    send: Callable[[list[tuple[Any, ...]], bool], Awaitable[Sequence[Any]]],
+    what: str,
+) -> list[Any]:
+    """The script `sha` run once per call, as `send(commands, reload)` pipelines them; the
+    calls the server refused `NOSCRIPT` (restarted or flushed: nothing of them ran) go again
+    once, with `reload` set so `send` loads the script first, and the others never twice. An
+    error reply is raised as its exception (a `RedisError`)."""
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for reload in (False, True):
+        commands = []
+        for index in todo:
+            keys, args = calls[index]
+            commands.append(("EVALSHA", sha, len(keys), *keys, *args))
+        answers = await send(commands, reload)
+        missing = []
+        for index, answer in zip(todo, answers, strict=True):
+            if isinstance(answer, NoScriptError) or (
+                isinstance(answer, ResponseError) and str(answer).startswith("NOSCRIPT")
+            ):
+                missing.append(index)
+            elif isinstance(answer, Exception):
+                raise answer
+            else:
+                replies[index] = answer
+        if not missing:
+            return replies
+        todo = missing
+    raise BackendUnavailable(f"{what}: Redis keeps losing the script")
+
 
 REDIS_POOL_SIZE = 64
 """Connections one process opens for commands, plus one per queue partition for a worker's

@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.backends.bus import JobUpdate
-from gateway.backends.redis_connection import RedisConnection
+from gateway.backends.redis_connection import RedisConnection, ScriptCall, evalsha_each
 from gateway.backends.redis_keys import (
     JOB_INDEX,
     WEBHOOK_PAYLOADS,
@@ -470,39 +470,18 @@ class RedisJobFlow(JobFlow):
         self._published.inc()
         return entry_id.decode()
 
-    async def _scripts(
-        self, script: AsyncScript, calls: Sequence[tuple[list[str], list[Any]]]
-    ) -> list[Any]:
-        """Run `script` once per (keys, args) in one pipeline of EVALSHA; the calls that met a
-        server without the script (restarted, flushed) run again after loading it: none of
-        them ran, and the others must not run twice."""
-        replies: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for round_ in range(2):
-            commands = []
-            for index in todo:
-                keys, args = calls[index]
-                commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
-            try:
-                answers = await send_pipeline(self._redis, commands)
-            except (RedisError, OSError) as exc:
-                raise BackendUnavailable(f"job transition: {exc}") from exc
-            missing = []
-            for index, answer in zip(todo, answers, strict=True):
-                if isinstance(answer, NoScriptError) or (
-                    isinstance(answer, ResponseError) and str(answer).startswith("NOSCRIPT")
-                ):
-                    missing.append(index)
-                elif isinstance(answer, Exception):
-                    raise BackendUnavailable(f"job transition: {answer}")
-                else:
-                    replies[index] = answer
-            if not missing:
-                return replies
-            if round_ == 0:
-                await self._connection.call("load script", self._redis.script_load(script.script))
-            todo = missing
-        raise BackendUnavailable("job transition: the script could not be loaded")
+    async def _scripts(self, script: AsyncScript, calls: Sequence[ScriptCall]) -> list[Any]:
+        """`script` once per (keys, args) in one pipeline of EVALSHA (`evalsha_each`)."""
+
+        async def send(commands: list[tuple[Any, ...]], reload: bool) -> list[Any]:
+            if reload:
+                await self._redis.script_load(script.script)
+            return await send_pipeline(self._redis, commands)
+
+        try:
+            return await evalsha_each(script.sha, calls, send, "job transition")
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"job transition: {exc}") from exc
 
     def _call(self, step: JobStep, source_data: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
         channel = f"job:{step.job_id}"
